@@ -1,0 +1,264 @@
+"""
+    Dense{T}
+
+A fully connected layer: `W` (n_out x n_in, so y = W*x + b), `b`, and the fixed feedback matrix `B`
+where the rule gives this layer one (`nothing` otherwise).
+"""
+struct Dense{T}
+    W::Matrix{T}
+    b::Vector{T}
+    B::Union{Matrix{T},Nothing}
+end
+
+"Preallocated per-batch buffers, grown to the largest batch seen; smaller batches use views."
+mutable struct Workspace{T}
+    capacity::Int
+    A::Vector{Matrix{T}}   # pre-activations per layer (the last one is the network output)
+    H::Vector{Matrix{T}}   # hidden activations f(A)
+    D::Vector{Matrix{T}}   # error signals; D[end] is dL/d(output)
+    X::Matrix{T}           # gathered input batch
+    labels::Vector{Int}    # gathered class labels
+    targets::Matrix{T}     # gathered regression targets
+    order::Vector{Int}     # epoch permutation
+end
+
+function Workspace{T}(sizes, m) where {T}
+    widths = sizes[2:end]
+    buffers() = [Matrix{T}(undef, w, m) for w in widths]
+    return Workspace{T}(m, buffers(), buffers(), buffers(), Matrix{T}(undef, sizes[1], m),
+                        Vector{Int}(undef, m), Matrix{T}(undef, sizes[end], m), Int[])
+end
+
+mutable struct Network{T<:AbstractFloat,F,R<:LearningRule,L<:Loss}
+    layers::Vector{Dense{T}}
+    activation::F
+    rule::R
+    loss::L
+    seed::UInt64
+    feedback_seed::UInt64
+    rng::SplitMix64                          # shuffling
+    grads::Vector{Tuple{Matrix{T},Vector{T}}}
+    ws::Workspace{T}
+    optstate::Any                            # created by the first update, see optimisers.jl
+    epochs::Int                              # epochs trained so far
+end
+
+"""
+    Network(sizes; activation=tanh, rule=FA(), loss=CrossEntropy(), seed=0, feedback_seed=seed,
+            init=GlorotUniform(), feedback=GlorotUniform(), T=Float32)
+
+A dense network with layer widths `sizes` (inputs first). Hidden layers apply `activation`; the
+output layer is linear (softmax lives in the loss). Forward weights come from `init` with `seed`,
+feedback matrices from `feedback` with `feedback_seed`, each from its own `SplitMix64` stream.
+"""
+function Network(sizes::AbstractVector{<:Integer}; activation=tanh, rule::LearningRule=FA(),
+                 loss::Loss=CrossEntropy(), seed::Integer=0, feedback_seed::Integer=seed,
+                 init::Initialiser=GlorotUniform(), feedback::Initialiser=GlorotUniform(),
+                 T::Type{<:AbstractFloat}=Float32)
+    length(sizes) >= 2 || throw(ArgumentError("a network needs at least an input and an output size, got $sizes"))
+    all(>(0), sizes) || throw(ArgumentError("layer sizes must be positive, got $sizes"))
+    T in (Float32, Float64) || throw(ArgumentError("T must be Float32 or Float64, got $T"))
+    seed >= 0 && feedback_seed >= 0 || throw(ArgumentError("seeds must be non-negative"))
+    sizes = collect(Int, sizes)
+    wrng, brng = stream(seed, 1), stream(feedback_seed, 2)
+    layers = Dense{T}[]
+    for l in 1:length(sizes)-1
+        n_in, n_out = sizes[l], sizes[l+1]
+        W = init!(Matrix{T}(undef, n_out, n_in), init, wrng, n_in, n_out)
+        shape = feedback_shape(rule, sizes, l)
+        B = shape === nothing ? nothing : init!(Matrix{T}(undef, shape...), feedback, brng, shape[2], shape[1])
+        push!(layers, Dense{T}(W, zeros(T, n_out), B))
+    end
+    grads = [(similar(d.W), similar(d.b)) for d in layers]
+    return Network{T,typeof(activation),typeof(rule),typeof(loss)}(
+        layers, activation, rule, loss, UInt64(seed), UInt64(feedback_seed), stream(seed, 3),
+        grads, Workspace{T}(sizes, 0), nothing, 0)
+end
+
+Base.eltype(::Network{T}) where {T} = T
+insize(net::Network) = size(net.layers[1].W, 2)
+outsize(net::Network) = size(net.layers[end].W, 1)
+sizes(net::Network) = [insize(net); [size(d.W, 1) for d in net.layers]]
+
+function Base.show(io::IO, net::Network{T}) where {T}
+    print(io, "Network{$T}(", join(sizes(net), "-"), ", ", net.activation, ", ", typeof(net.rule).name.name,
+          "(), ", typeof(net.loss).name.name, "())")
+end
+
+function workspace!(net::Network{T}, m::Integer) where {T}
+    net.ws.capacity < m && (net.ws = Workspace{T}(sizes(net), m))
+    return net.ws
+end
+
+delta(ws::Workspace, l, m) = view(ws.D[l], :, 1:m)
+preact(ws::Workspace, l, m) = view(ws.A[l], :, 1:m)
+hidden(ws::Workspace, l, m) = view(ws.H[l], :, 1:m)
+
+function check_inputs(net::Network, X::AbstractMatrix)
+    size(X, 1) == insize(net) ||
+        throw(DimensionMismatch("X has $(size(X, 1)) features (rows), the network expects $(insize(net))"))
+    size(X, 2) >= 1 || throw(ArgumentError("X has no observations (columns)"))
+end
+
+"""
+    forward!(net, X) -> Z
+
+Network outputs for the batch `X` (features x m, m ≤ workspace capacity), in the workspace; the
+pre-activations and activations stay there for the backward pass.
+"""
+function forward!(net::Network{T}, X::AbstractMatrix{T}) where {T}
+    ws, m, f = net.ws, size(X, 2), net.activation
+    h = X
+    for (l, layer) in enumerate(net.layers)
+        A = preact(ws, l, m)
+        mul!(A, layer.W, h)
+        if l < length(net.layers)
+            H = hidden(ws, l, m)
+            bias_activate!(H, A, layer.b, f)
+            h = H
+        else
+            A .+= layer.b
+        end
+    end
+    return preact(ws, length(net.layers), m)
+end
+
+# A .+= b and H = f.(A) in one pass over memory.
+function bias_activate!(H::AbstractMatrix{T}, A::AbstractMatrix{T}, b::Vector{T}, f) where {T}
+    @inbounds for j in axes(A, 2)
+        @simd for i in axes(A, 1)
+            a = A[i, j] + b[i]
+            A[i, j] = a
+            H[i, j] = activate(f, a)
+        end
+    end
+end
+
+# D .*= f'(A) given the activations H = f(A).
+function times_deriv!(D::AbstractMatrix{T}, f, A::AbstractMatrix{T}, H::AbstractMatrix{T}) where {T}
+    @inbounds for j in axes(D, 2)
+        @simd for i in axes(D, 1)
+            D[i, j] *= deriv(f, A[i, j], H[i, j])
+        end
+    end
+end
+
+"""
+    backward!(grads, net, X)
+
+After `forward!` and with the output error in `net.ws.D[end]`, fill `grads` with each layer's
+(dW, db) under `net.rule`: the update the rule applies is W -= lr * dW.
+"""
+function backward!(grads, net::Network{T}, X::AbstractMatrix{T}) where {T}
+    ws, m, L = net.ws, size(X, 2), length(net.layers)
+    for l in L-1:-1:1
+        D = delta(ws, l, m)
+        hidden_error!(D, net.rule, net, l, m)
+        times_deriv!(D, net.activation, preact(ws, l, m), hidden(ws, l, m))
+    end
+    for l in 1:L
+        dW, db = grads[l]
+        D = delta(ws, l, m)
+        mul!(dW, D, transpose(l == 1 ? X : hidden(ws, l - 1, m)))
+        sum!(db, D)
+    end
+    return grads
+end
+
+"Forward, loss and backward on one batch (m ≤ capacity); returns (summed loss, number correct)."
+function loss_and_grads!(grads, net::Network{T}, X::AbstractMatrix{T}, Y) where {T}
+    Z = forward!(net, X)
+    total, correct = loss_and_error!(delta(net.ws, length(net.layers), size(X, 2)), net.loss, Z, Y)
+    backward!(grads, net, X)
+    return total, correct
+end
+
+"""
+    gradients!(grads, net, X, Y) -> loss
+
+Fill `grads` (a vector of (dW, db) per layer, shaped like (W, b)) with the update each layer would
+receive under the network's rule for the batch (X, Y); the parameters do not change.
+"""
+function gradients!(grads, net::Network{T}, X::AbstractMatrix{T}, Y) where {T}
+    check_inputs(net, X)
+    check_targets(net.loss, Y, outsize(net), size(X, 2))
+    length(grads) == length(net.layers) || throw(DimensionMismatch("need one (dW, db) per layer"))
+    for (g, d) in zip(grads, net.layers)
+        size(g[1]) == size(d.W) && size(g[2]) == size(d.b) ||
+            throw(DimensionMismatch("gradient buffers must have the shapes of (W, b)"))
+    end
+    workspace!(net, size(X, 2))
+    total, _ = loss_and_grads!(grads, net, X, Y)
+    return total / size(X, 2)
+end
+
+"Each layer's (dW, db) under the network's rule for the batch (X, Y), in new arrays."
+gradients(net::Network, X, Y) = (g = [(similar(d.W), similar(d.b)) for d in net.layers]; gradients!(g, net, X, Y); g)
+
+# Run the forward pass over X in chunks, calling visit(Z, columns) for each.
+function each_output_chunk(visit, net::Network{T}, X::AbstractMatrix{T}) where {T}
+    check_inputs(net, X)
+    n = size(X, 2)
+    chunk = max(net.ws.capacity, min(n, 1024))
+    workspace!(net, chunk)
+    for start in 1:chunk:n
+        cols = start:min(start + chunk - 1, n)
+        visit(forward!(net, view(X, :, cols)), cols)
+    end
+end
+
+"Network outputs (logits for classification) for every column of X."
+function outputs!(out::AbstractMatrix, net::Network, X::AbstractMatrix)
+    each_output_chunk((Z, cols) -> copyto!(view(out, :, cols), Z), net, X)
+    return out
+end
+outputs(net::Network{T}, X) where {T} = outputs!(Matrix{T}(undef, outsize(net), size(X, 2)), net, X)
+
+"Class probabilities (softmax of the outputs) for every column of X."
+function predict_proba!(P::AbstractMatrix, net::Network{T,F,R,CrossEntropy}, X::AbstractMatrix) where {T,F,R}
+    each_output_chunk((Z, cols) -> softmax!(view(P, :, cols), Z), net, X)
+    return P
+end
+predict_proba(net::Network{T}, X) where {T} = predict_proba!(Matrix{T}(undef, outsize(net), size(X, 2)), net, X)
+
+"Predicted class labels 1..K (argmax of the outputs) for every column of X, shifted by `offset`."
+function predict_labels!(y::AbstractVector, net::Network{T,F,R,CrossEntropy}, X::AbstractMatrix;
+                         offset::Integer=0) where {T,F,R}
+    each_output_chunk(net, X) do Z, cols
+        for (j, c) in enumerate(cols)
+            y[c] = argmax(view(Z, :, j)) + offset
+        end
+    end
+    return y
+end
+
+"""
+    predict(net, X)
+
+Class labels 1..K for a classifier (cross-entropy loss), the outputs for a regressor.
+"""
+predict(net::Network, X) = predict(net.loss, net, X)
+predict(::CrossEntropy, net, X) = predict_labels!(Vector{Int}(undef, size(X, 2)), net, X)
+predict(::Loss, net, X) = outputs(net, X)
+
+"""
+    evaluate(net, X, Y) -> (loss = ..., accuracy = ...)
+
+Mean loss over all observations and, for a classifier, the fraction classified correctly (NaN for
+a regressor).
+"""
+function evaluate(net::Network{T}, X::AbstractMatrix{T}, Y) where {T}
+    check_targets(net.loss, Y, outsize(net), size(X, 2))
+    total, correct = 0.0, 0
+    each_output_chunk(net, X) do Z, cols
+        E = delta(net.ws, length(net.layers), length(cols))
+        t, c = loss_and_error!(E, net.loss, Z, targetview(Y, cols))
+        total += t
+        correct += c
+    end
+    n = size(X, 2)
+    return (loss = total / n, accuracy = net.loss isa CrossEntropy ? correct / n : NaN)
+end
+
+targetview(y::AbstractVector, cols) = view(y, cols)
+targetview(Y::AbstractMatrix, cols) = view(Y, :, cols)

@@ -1,0 +1,117 @@
+"""
+    DivergenceError(loss, epoch, batch)
+
+Training stopped because a batch loss was NaN or Inf; the parameters keep the values they had
+before that batch. `epoch` and `batch` count from 1 (0 when the batch was a lone `step!`).
+"""
+struct DivergenceError <: Exception
+    loss::Float64
+    epoch::Int
+    batch::Int
+end
+
+function Base.showerror(io::IO, e::DivergenceError)
+    where = e.epoch == 0 ? "on this batch" : "at epoch $(e.epoch), batch $(e.batch)"
+    print(io, "training diverged: the loss became $(e.loss) $where; ",
+          "the parameters are those from before that batch. Try a smaller learning rate.")
+end
+
+"""
+    step!(net, X, Y, optimiser) -> loss
+
+One update on the batch (X, Y): forward, the rule's backward pass, and the optimiser step.
+Returns the batch's mean loss before the update.
+"""
+function step!(net::Network{T}, X::AbstractMatrix{T}, Y, opt::Optimiser) where {T}
+    check_inputs(net, X)
+    check_targets(net.loss, Y, outsize(net), size(X, 2))
+    workspace!(net, size(X, 2))
+    total, _ = loss_and_grads!(net.grads, net, X, Y)
+    loss = total / size(X, 2)
+    isfinite(loss) || throw(DivergenceError(loss, 0, 0))
+    update!(net, opt, net.grads)
+    return loss
+end
+
+"""
+    train_epoch!(net, X, Y, optimiser; batchsize=32, shuffle=true) -> (loss = ..., accuracy = ...)
+
+One pass over (X, Y) in minibatches, shuffled with the network's own generator. Returns the mean
+training loss and accuracy over the epoch's batches (each measured before its update).
+"""
+function train_epoch!(net::Network{T}, X::AbstractMatrix{T}, Y, opt::Optimiser;
+                      batchsize::Integer=32, shuffle::Bool=true) where {T}
+    check_inputs(net, X)
+    n = size(X, 2)
+    check_targets(net.loss, Y, outsize(net), n)
+    batchsize >= 1 || throw(ArgumentError("batchsize must be at least 1, got $batchsize"))
+    ws = workspace!(net, min(batchsize, n))
+    order = ws.order
+    resize!(order, n)
+    order .= 1:n
+    shuffle && shuffle!(net.rng, order)
+    epoch = net.epochs + 1
+    total, correct = 0.0, 0
+    for (batch, start) in enumerate(1:batchsize:n)
+        cols = start:min(start + batchsize - 1, n)
+        Xb, Yb = shuffle ? gather!(ws, X, Y, view(order, cols)) : (view(X, :, cols), targetview(Y, cols))
+        t, c = loss_and_grads!(net.grads, net, Xb, Yb)
+        isfinite(t) || throw(DivergenceError(t / length(cols), epoch, batch))
+        update!(net, opt, net.grads)
+        total += t
+        correct += c
+    end
+    net.epochs = epoch
+    return (loss = total / n, accuracy = net.loss isa CrossEntropy ? correct / n : NaN)
+end
+
+# Copy the observations `idx` of (X, Y) into the workspace's batch buffers.
+function gather!(ws::Workspace{T}, X::AbstractMatrix{T}, Y, idx) where {T}
+    m = length(idx)
+    Xb = view(ws.X, :, 1:m)
+    @inbounds for (j, c) in enumerate(idx)
+        copyto!(view(Xb, :, j), view(X, :, c))
+    end
+    return Xb, gather_targets!(ws, Y, idx)
+end
+
+function gather_targets!(ws::Workspace, y::AbstractVector, idx)
+    yb = view(ws.labels, 1:length(idx))
+    @inbounds for (j, c) in enumerate(idx)
+        yb[j] = y[c]
+    end
+    return yb
+end
+
+function gather_targets!(ws::Workspace, Y::AbstractMatrix, idx)
+    Yb = view(ws.targets, :, 1:length(idx))
+    @inbounds for (j, c) in enumerate(idx), i in axes(Y, 1)
+        Yb[i, j] = Y[i, c]
+    end
+    return Yb
+end
+
+"""
+    learn!(net, X, Y; epochs=1, batchsize=32, optimizer=SGD(0.01), shuffle=true,
+           validation=nothing, verbose=false) -> history
+
+Train for `epochs` passes over (X, Y) (features x observations; class labels 1..K, or targets
+outputs x observations for MSE). Returns one named tuple per epoch with the training loss and
+accuracy and, given `validation = (Xv, Yv)`, the validation loss and accuracy.
+"""
+function learn!(net::Network{T}, X::AbstractMatrix, Y; epochs::Integer=1, batchsize::Integer=32,
+                optimizer::Optimiser=SGD(0.01), shuffle::Bool=true, validation=nothing,
+                verbose::Bool=false) where {T}
+    epochs >= 1 || throw(ArgumentError("epochs must be at least 1, got $epochs"))
+    X = convert(AbstractMatrix{T}, X)
+    validation === nothing || (validation = (convert(AbstractMatrix{T}, validation[1]), validation[2]))
+    history = NamedTuple{(:epoch, :loss, :accuracy, :val_loss, :val_accuracy),NTuple{5,Float64}}[]
+    for _ in 1:epochs
+        train = train_epoch!(net, X, Y, optimizer; batchsize=batchsize, shuffle=shuffle)
+        val = validation === nothing ? (loss = NaN, accuracy = NaN) : evaluate(net, validation...)
+        push!(history, (epoch = net.epochs, loss = train.loss, accuracy = train.accuracy,
+                        val_loss = val.loss, val_accuracy = val.accuracy))
+        verbose && println("epoch ", net.epochs, ": ", history[end])
+    end
+    return history
+end

@@ -1,0 +1,19 @@
+"""pyjlfa: train neural networks without backpropagation, from Python, on a bundled Julia core.
+
+    import pyjlfa
+    Xtr, ytr, Xte, yte = pyjlfa.datasets.fashion_mnist()
+    net = pyjlfa.Network([784, 256, 256, 10], activation="tanh", rule="fa", seed=0)
+    net.fit(Xtr, ytr, epochs=10, batch_size=64, optimizer=pyjlfa.SGD(lr=0.05))
+    net.evaluate(Xte, yte)
+
+Importing pyjlfa starts nothing; Julia starts at the first Network (or ``pyjlfa.start_julia()``).
+"""
+
+from . import datasets
+from ._runtime import DivergenceError, JuliaError, runtime_info, start_julia
+from .network import Layer, Network
+from .optimizers import SGD
+
+__version__ = "0.1.0"
+__all__ = ["Network", "Layer", "SGD", "JuliaError", "DivergenceError", "runtime_info", "start_julia",
+           "datasets", "__version__"]

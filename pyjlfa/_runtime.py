@@ -1,0 +1,259 @@
+"""Starting Julia once per process and reaching the FeedbackAlignment entry points.
+
+Two ways in, one result. Either libjulia is embedded directly (ctypes, the same
+``jl_parse_opts`` / ``jl_init_with_image`` / ``jl_eval_string`` sequence juliacall's own start
+uses, with Julia's signal handling off), or, when juliacall is already running in the process or
+the user asks for it, the package is loaded through juliacall. Both end in the address of
+``fa_lookup``, from which every entry point of the flat C ABI is fetched by name; everything above
+this module is shared.
+"""
+
+import atexit
+import ctypes
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+from ctypes import POINTER, c_char_p, c_double, c_int, c_int64, c_uint64, c_void_p
+from pathlib import Path
+
+__all__ = ["JuliaError", "DivergenceError", "start_julia", "runtime_info", "engine"]
+
+
+class JuliaError(RuntimeError):
+    """An exception raised inside Julia; the message is Julia's own."""
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the message says at which epoch and batch."""
+
+
+def julia_package_path():
+    """The bundled Julia package: inside the installed wheel, else in the source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "julia" / "FeedbackAlignment", here.parent / "julia" / "FeedbackAlignment"):
+        if (candidate / "Project.toml").is_file():
+            return candidate
+    raise FileNotFoundError(f"the bundled Julia package FeedbackAlignment was not found next to {here}")
+
+
+# name: (return type, argument types) of each C entry point, as declared in julia/.../cabi.jl
+_SIGNATURES = {
+    "fa_new": (c_int, [POINTER(c_int64), c_int, c_int64, POINTER(c_int64), c_char_p, c_char_p,
+                       c_char_p, c_uint64, c_uint64]),
+    "fa_free": (c_int, [c_int64]),
+    "fa_live_handles": (c_int64, []),
+    "fa_param": (c_int, [c_int64, c_int64, c_int, POINTER(c_void_p), POINTER(c_int64)]),
+    "fa_forward": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int]),
+    "fa_evaluate": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, POINTER(c_double)]),
+    "fa_gradients": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, POINTER(c_void_p),
+                             POINTER(c_void_p), POINTER(c_double)]),
+    "fa_step": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_char_p, POINTER(c_double),
+                        c_int64, POINTER(c_double)]),
+    "fa_train_epoch": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_int,
+                               c_char_p, POINTER(c_double), c_int64, POINTER(c_double)]),
+    "fa_error_message": (c_void_p, []),
+    "fa_describe": (c_void_p, [c_char_p]),
+}
+
+
+class Engine:
+    """The table of entry points, and the rules for calling them."""
+
+    def __init__(self, lookup_address, started_by, details):
+        lookup = ctypes.CFUNCTYPE(c_void_p, c_char_p)(lookup_address)
+        self._fn = {}
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            address = lookup(name.encode())
+            if not address:
+                raise JuliaError(f"the Julia package has no entry point {name}; is it out of date?")
+            self._fn[name] = ctypes.CFUNCTYPE(restype, *argtypes)(address)
+        self.thread = threading.get_ident()
+        self.julia_version = (0,)  # until Julia tells us; meanwhile only this thread may call
+        self.started_by = started_by
+        self.details = details
+        self.runtime = dict(line.split("=", 1) for line in self.describe("runtime").splitlines())
+        self.julia_version = tuple(int(p) for p in self.runtime["julia_version"].split("-")[0].split(".")[:3])
+        self._names = {}
+        self._pending_free = []
+
+    def check_thread(self):
+        # Julia before 1.9 cannot adopt foreign threads: entering it from another thread crashes.
+        if self.julia_version < (1, 9) and threading.get_ident() != self.thread:
+            raise RuntimeError(
+                f"Julia {self.runtime['julia_version']} can only be called from the thread that started it "
+                f"(thread {self.thread}); this call came from thread {threading.get_ident()}. "
+                "Call pyjlfa from that thread, or use Julia 1.9 or newer.")
+
+    def call(self, name, *args):
+        """Call a status-returning entry point; raise Julia's error as a Python exception."""
+        self.check_thread()
+        self._free_pending()
+        status = self._fn[name](*args)
+        if status != 0:
+            message = ctypes.string_at(self._fn["fa_error_message"]()).decode("utf-8", "replace")
+            raise (DivergenceError if status == 2 else JuliaError)(message)
+
+    def describe(self, what):
+        self.check_thread()
+        return ctypes.string_at(self._fn["fa_describe"](what.encode())).decode()
+
+    def names(self, kind):
+        """The names Julia accepts for an activation, rule, loss or optimizer."""
+        if kind not in self._names:
+            self._names[kind] = tuple(n for n in self.describe(kind).split(",") if n)
+        return self._names[kind]
+
+    def live_handles(self):
+        self.check_thread()
+        self._free_pending()
+        return self._fn["fa_live_handles"]()
+
+    def free(self, handle):
+        """Free a network handle now, or at the next call if we are not on Julia's thread."""
+        if self.julia_version < (1, 9) and threading.get_ident() != self.thread:
+            self._pending_free.append(handle)
+        else:
+            self.call("fa_free", handle)
+
+    def _free_pending(self):
+        while self._pending_free:
+            self._fn["fa_free"](self._pending_free.pop())
+
+
+_engine = None
+_start_lock = threading.Lock()
+
+
+def engine():
+    """The running engine, starting Julia on first use."""
+    if _engine is None:
+        start_julia()
+    return _engine
+
+
+def start_julia(method=None, julia=None):
+    """Start Julia and load the FeedbackAlignment package (once per process).
+
+    method: "embed" (load libjulia of a Julia found on PATH, or given by ``julia`` or the
+    ``PYJLFA_JULIA`` environment variable) or "juliacall" (needs ``pip install pyjlfa[juliacall]``;
+    on a machine with internet juliacall also installs Julia itself). Default: the
+    ``PYJLFA_START`` environment variable, else "juliacall" if juliacall is already imported,
+    else "embed". Returns :func:`runtime_info`.
+    """
+    global _engine
+    with _start_lock:
+        method = method or os.environ.get("PYJLFA_START") or ("juliacall" if "juliacall" in sys.modules else "embed")
+        if method not in ("embed", "juliacall"):
+            raise ValueError(f"method must be 'embed' or 'juliacall', got {method!r}")
+        if _engine is not None:
+            if method != _engine.started_by:
+                raise RuntimeError(f"Julia is already running in this process (started by {_engine.started_by}); "
+                                   "it can only be started once")
+            return runtime_info()
+        openblas = _choose_openblas_coretype()
+        address, details = _start_juliacall() if method == "juliacall" else _start_embedded(julia)
+        details["openblas_coretype"] = openblas
+        _engine = Engine(address, method, details)
+    return runtime_info()
+
+
+def runtime_info():
+    """Which Julia computes, how it was started, and how its BLAS is configured."""
+    e = engine()
+    info = {"started_by": e.started_by, **e.details, **e.runtime}
+    info["julia_version"] = e.runtime["julia_version"]
+    return info
+
+
+def _choose_openblas_coretype():
+    """Pick OpenBLAS's kernel from the CPU flags unless the user chose one.
+
+    Julia 1.5's OpenBLAS 0.3.9 does not recognise recent AMD EPYC CPUs and falls back to a slow
+    generic kernel; the variable must be set before libjulia (and so OpenBLAS) loads.
+    """
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return f"{os.environ['OPENBLAS_CORETYPE']} (set by the user)"
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return "OpenBLAS's own choice"
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    core = "SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else None
+    if core is None:
+        return "OpenBLAS's own choice"
+    os.environ["OPENBLAS_CORETYPE"] = core
+    return f"{core} (chosen by pyjlfa from the CPU flags)"
+
+
+_JULIA_LOAD = """
+try
+    pushfirst!(LOAD_PATH, raw"{path}")
+    @eval Main import FeedbackAlignment
+    string(Main.FeedbackAlignment.CABI.lookup_address())
+catch e
+    "ERROR: " * sprint(showerror, e)
+end
+"""
+
+
+def _find_julia(julia):
+    exe = julia or os.environ.get("PYJLFA_JULIA") or shutil.which("julia")
+    if not exe or not shutil.which(exe):
+        raise FileNotFoundError(
+            "no Julia found: put `julia` on PATH, set PYJLFA_JULIA to a julia executable, or "
+            "`pip install pyjlfa[juliacall]` and set PYJLFA_START=juliacall (juliacall downloads Julia "
+            "where the network allows). On Debian: apt-get install julia (bookworm has none; "
+            "scripts/setup.sh installs bullseye's 1.5.3).")
+    return shutil.which(exe)
+
+
+def _start_embedded(julia):
+    exe = _find_julia(julia)
+    probe = ('using Libdl; print(Sys.BINDIR, "\\n", unsafe_string(Base.JLOptions().image_file), "\\n", '
+             'first(filter(p -> startswith(basename(p), "libjulia."), Libdl.dllist())))')
+    result = subprocess.run([exe, "--startup-file=no", "--history-file=no", "-e", probe],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise JuliaError(f"{exe} could not report its library paths: {result.stderr.strip()}")
+    bindir, sysimage, libpath = result.stdout.splitlines()[-3:]
+    lib = ctypes.CDLL(libpath, mode=ctypes.RTLD_GLOBAL)
+
+    # Options as on a julia command line; signal handling stays with Python.
+    options = [b"--handle-signals=no", b"--startup-file=no", b"--history-file=no"]
+    argc = c_int(len(options))
+    argv = ctypes.cast((c_char_p * len(options))(*options), POINTER(c_char_p))
+    lib.jl_parse_opts(ctypes.byref(argc), ctypes.byref(argv))
+    for symbol in ("jl_init_with_image__threading", "jl_init_with_image", "jl_init_with_image_file"):
+        if hasattr(lib, symbol):
+            init = getattr(lib, symbol)
+            break
+    else:
+        raise JuliaError(f"{libpath} has no jl_init_with_image entry point")
+    init.argtypes = [c_char_p, c_char_p]
+    init(bindir.encode(), sysimage.encode())
+    atexit.register(lib.jl_atexit_hook, 0)
+
+    lib.jl_eval_string.argtypes = [c_char_p]
+    lib.jl_eval_string.restype = c_void_p
+    lib.jl_string_ptr.argtypes = [c_void_p]
+    lib.jl_string_ptr.restype = c_char_p
+    value = lib.jl_eval_string(_JULIA_LOAD.format(path=str(julia_package_path())).encode())
+    answer = lib.jl_string_ptr(value).decode() if value else "ERROR: Julia returned nothing"
+    if answer.startswith("ERROR: "):
+        raise JuliaError(f"loading the Julia package FeedbackAlignment failed: {answer[7:]}")
+    return int(answer), {"julia_executable": exe, "libjulia": libpath, "sysimage": sysimage}
+
+
+def _start_juliacall():
+    try:
+        import juliacall
+    except ImportError as e:
+        raise ImportError("method='juliacall' needs juliacall: pip install pyjlfa[juliacall]") from e
+    answer = str(juliacall.Main.seval(_JULIA_LOAD.format(path=str(julia_package_path()))))
+    if answer.startswith("ERROR: "):
+        raise JuliaError(f"loading the Julia package FeedbackAlignment failed: {answer[7:]}")
+    return int(answer), {"juliacall_version": getattr(juliacall, "__version__", "unknown")}
