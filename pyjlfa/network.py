@@ -168,7 +168,8 @@ class Network:
             raise ValueError(f"{name} is empty: it has 0 samples")
         if X.shape[1] != self.n_features:
             raise ValueError(f"{name} has {X.shape[1]} features per sample; this network expects {self.n_features}")
-        X = np.ascontiguousarray(X, dtype=self.dtype)  # the same array when already suitable
+        with np.errstate(over="ignore"):  # an overflowing cast is reported as Inf just below
+            X = np.ascontiguousarray(X, dtype=self.dtype)  # the same array when already suitable
         if not np.isfinite(X).all():
             row, col = np.argwhere(~np.isfinite(X))[0]
             raise ValueError(f"{name} contains NaN or Inf (first at sample {row}, feature {col})")
@@ -192,7 +193,8 @@ class Network:
             raise ValueError(f"{name} must have shape ({n}, {self.n_outputs}) for the mse loss, got {y.shape}")
         if y.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {y.dtype}")
-        y = np.ascontiguousarray(y, dtype=self.dtype)
+        with np.errstate(over="ignore"):
+            y = np.ascontiguousarray(y, dtype=self.dtype)
         if not np.isfinite(y).all():
             raise ValueError(f"{name} contains NaN or Inf")
         return y

@@ -425,3 +425,42 @@ class ReferenceNetwork:
             idx = order[start:start + batch_size]
             total += self.step(X[idx], y[idx], lr, momentum) * len(idx)
         return total / n
+
+
+# ---------------------------------------------------------------------------
+# The library's random streams (SplitMix64), so that orders and draws can be replayed here
+# ---------------------------------------------------------------------------
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+class SplitMix64:
+    """SplitMix64 (Steele, Lea & Flood 2014), written from its definition in plain Python ints."""
+
+    GAMMA = 0x9E3779B97F4A7C15
+
+    def __init__(self, state):
+        self.state = state & _MASK64
+
+    @classmethod
+    def stream(cls, seed, tag):
+        """The library's stream for one purpose: 1 forward weights, 2 feedback, 3 shuffling."""
+        return cls(_mix64(seed & _MASK64) ^ tag)
+
+    def next(self):
+        self.state = (self.state + self.GAMMA) & _MASK64
+        return _mix64(self.state)
+
+    def permutation(self, n):
+        """Fisher-Yates from the last element down, j uniform in 0..i by modulo reduction."""
+        order = list(range(n))
+        for i in range(n - 1, 0, -1):
+            j = self.next() % (i + 1)
+            order[i], order[j] = order[j], order[i]
+        return np.array(order)

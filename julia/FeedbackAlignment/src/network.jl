@@ -123,8 +123,9 @@ function forward!(net::Network{T}, X::AbstractMatrix{T}) where {T}
     return preact(ws, length(net.layers), m)
 end
 
-# A .+= b and H = f.(A) in one pass over memory.
-function bias_activate!(H::AbstractMatrix{T}, A::AbstractMatrix{T}, b::Vector{T}, f) where {T}
+# A .+= b and H = f.(A) in one pass over memory. (`f::F` makes Julia specialise on the
+# activation, which it otherwise skips for functions that are only passed on.)
+function bias_activate!(H::AbstractMatrix{T}, A::AbstractMatrix{T}, b::Vector{T}, f::F) where {T,F}
     @inbounds for j in axes(A, 2)
         @simd for i in axes(A, 1)
             a = A[i, j] + b[i]
@@ -135,7 +136,7 @@ function bias_activate!(H::AbstractMatrix{T}, A::AbstractMatrix{T}, b::Vector{T}
 end
 
 # D .*= f'(A) given the activations H = f(A).
-function times_deriv!(D::AbstractMatrix{T}, f, A::AbstractMatrix{T}, H::AbstractMatrix{T}) where {T}
+function times_deriv!(D::AbstractMatrix{T}, f::F, A::AbstractMatrix{T}, H::AbstractMatrix{T}) where {T,F}
     @inbounds for j in axes(D, 2)
         @simd for i in axes(D, 1)
             D[i, j] *= deriv(f, A[i, j], H[i, j])

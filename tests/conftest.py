@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+import pyjlfa
+from pyjlfa.reference import ReferenceNetwork
+
+ACTIVATIONS = ("tanh", "sigmoid", "relu", "leaky_relu", "identity")
+RULES = ("bp", "fa", "dfa")
+LOSSES = ("cross_entropy", "mse")
+# float64 must agree to 1e-10 relative; float32 to 1e-4 (its epsilon is 1.2e-7, and Julia's
+# float32 tanh is a rational approximation, NumPy's is libm's).
+TOLERANCE = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-4, atol=1e-5)}
+
+
+def reference_of(net):
+    """A NumPy reference network holding copies of a pyjlfa network's current parameters."""
+    return ReferenceNetwork([l.W.copy() for l in net.layers], [l.b.copy() for l in net.layers],
+                            [None if l.B is None else l.B.copy() for l in net.layers],
+                            activation=net.activation, rule=net.rule, loss=net.loss)
+
+
+def batch(net, m, seed=1):
+    """Random inputs and targets of the right kind for `net`."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, net.n_features)).astype(net.dtype)
+    if net.loss == "cross_entropy":
+        y = rng.integers(0, net.n_outputs, size=m)
+    else:
+        y = rng.normal(size=(m, net.n_outputs)).astype(net.dtype)
+    return X, y
+
+
+def snapshot(net):
+    return [(l.W.copy(), l.b.copy(), None if l.B is None else l.B.copy()) for l in net.layers]
+
+
+def assert_unchanged(net, before):
+    for (W, b, B), layer in zip(before, net.layers):
+        np.testing.assert_array_equal(layer.W, W)
+        np.testing.assert_array_equal(layer.b, b)
+        if B is not None:
+            np.testing.assert_array_equal(layer.B, B)
+
+
+@pytest.fixture
+def small_net():
+    with pyjlfa.Network([6, 5, 4, 3], activation="tanh", rule="fa", seed=3, dtype="float64") as net:
+        yield net
