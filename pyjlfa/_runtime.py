@@ -174,7 +174,7 @@ def _choose_openblas_coretype():
     Julia 1.5's OpenBLAS 0.3.9 does not recognise recent AMD EPYC CPUs and falls back to a slow
     generic kernel; the variable must be set before libjulia (and so OpenBLAS) loads.
     """
-    if "OPENBLAS_CORETYPE" in os.environ:
+    if os.environ.get("OPENBLAS_CORETYPE"):
         return f"{os.environ['OPENBLAS_CORETYPE']} (set by the user)"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return "OpenBLAS's own choice"

@@ -29,5 +29,6 @@ include("network.jl")
 include("optimisers.jl")
 include("train.jl")
 include("cabi.jl")
+include("precompile.jl")
 
 end # module

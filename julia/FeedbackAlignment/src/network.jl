@@ -10,6 +10,17 @@ struct Dense{T}
     B::Union{Matrix{T},Nothing}
 end
 
+"""
+    gemm!(C, tA, A, tB, B)
+
+C = op(A) * op(B), op being transpose for 'T'. Strided float arrays go to BLAS directly: Julia
+1.5's generic `mul!` costs about a second of compilation per combination of view types, which a
+new process pays at its first training step. Anything else takes the generic `mul!`.
+"""
+gemm!(C::StridedMatrix{T}, tA::Char, A::StridedMatrix{T}, tB::Char, B::StridedMatrix{T}) where {T<:LinearAlgebra.BlasFloat} =
+    BLAS.gemm!(tA, tB, one(T), A, B, zero(T), C)
+gemm!(C, tA::Char, A, tB::Char, B) = mul!(C, tA == 'T' ? transpose(A) : A, tB == 'T' ? transpose(B) : B)
+
 "Preallocated per-batch buffers, grown to the largest batch seen; smaller batches use views."
 mutable struct Workspace{T}
     capacity::Int
@@ -111,7 +122,7 @@ function forward!(net::Network{T}, X::AbstractMatrix{T}) where {T}
     h = X
     for (l, layer) in enumerate(net.layers)
         A = preact(ws, l, m)
-        mul!(A, layer.W, h)
+        gemm!(A, 'N', layer.W, 'N', h)
         if l < length(net.layers)
             H = hidden(ws, l, m)
             bias_activate!(H, A, layer.b, f)
@@ -160,7 +171,7 @@ function backward!(grads, net::Network{T}, X::AbstractMatrix{T}) where {T}
     for l in 1:L
         dW, db = grads[l]
         D = delta(ws, l, m)
-        mul!(dW, D, transpose(l == 1 ? X : hidden(ws, l - 1, m)))
+        gemm!(dW, 'N', D, 'T', l == 1 ? X : hidden(ws, l - 1, m))
         sum!(db, D)
     end
     return grads

@@ -34,6 +34,6 @@ feedback_shape(::DFA, sizes, l) = l == length(sizes) - 1 ? nothing : (sizes[l+1]
 Write into `D` the error signal that hidden layer `l` receives (before the activation derivative)
 for a batch of `m` observations; `net.ws.D[l+1]` and the output error `net.ws.D[end]` are filled.
 """
-hidden_error!(D, ::BP, net, l, m) = mul!(D, transpose(net.layers[l+1].W), delta(net.ws, l + 1, m))
-hidden_error!(D, ::FA, net, l, m) = mul!(D, net.layers[l+1].B, delta(net.ws, l + 1, m))
-hidden_error!(D, ::DFA, net, l, m) = mul!(D, net.layers[l].B, delta(net.ws, length(net.layers), m))
+hidden_error!(D, ::BP, net, l, m) = gemm!(D, 'T', net.layers[l+1].W, 'N', delta(net.ws, l + 1, m))
+hidden_error!(D, ::FA, net, l, m) = gemm!(D, 'N', net.layers[l+1].B, 'N', delta(net.ws, l + 1, m))
+hidden_error!(D, ::DFA, net, l, m) = gemm!(D, 'N', net.layers[l].B, 'N', delta(net.ws, length(net.layers), m))
