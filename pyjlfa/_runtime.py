@@ -35,7 +35,7 @@ def julia_package_path():
     here = Path(__file__).resolve().parent
     for candidate in (here / "julia" / "FeedbackAlignment", here.parent / "julia" / "FeedbackAlignment"):
         if (candidate / "Project.toml").is_file():
-            return candidate
+            return candidate.resolve()
     raise FileNotFoundError(f"the bundled Julia package FeedbackAlignment was not found next to {here}")
 
 
