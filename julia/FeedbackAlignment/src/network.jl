@@ -156,16 +156,17 @@ function times_deriv!(D::AbstractMatrix{T}, f::F, A::AbstractMatrix{T}, H::Abstr
 end
 
 """
-    backward!(grads, net, X)
+    backward!(grads, net, X, rule = net.rule)
 
 After `forward!` and with the output error in `net.ws.D[end]`, fill `grads` with each layer's
-(dW, db) under `net.rule`: the update the rule applies is W -= lr * dW.
+(dW, db) under `rule`: the update the rule applies is W -= lr * dW. (Diagnostics pass `BP()` to
+compare a rule's updates with the true gradient on the same forward pass.)
 """
-function backward!(grads, net::Network{T}, X::AbstractMatrix{T}) where {T}
+function backward!(grads, net::Network{T}, X::AbstractMatrix{T}, rule::LearningRule=net.rule) where {T}
     ws, m, L = net.ws, size(X, 2), length(net.layers)
     for l in L-1:-1:1
         D = delta(ws, l, m)
-        hidden_error!(D, net.rule, net, l, m)
+        hidden_error!(D, rule, net, l, m)
         times_deriv!(D, net.activation, preact(ws, l, m), hidden(ws, l, m))
     end
     for l in 1:L
