@@ -17,9 +17,12 @@ C = op(A) * op(B), op being transpose for 'T'. Strided float arrays go to BLAS d
 1.5's generic `mul!` costs about a second of compilation per combination of view types, which a
 new process pays at its first training step. Anything else takes the generic `mul!`.
 """
-gemm!(C::StridedMatrix{T}, tA::Char, A::StridedMatrix{T}, tB::Char, B::StridedMatrix{T}) where {T<:LinearAlgebra.BlasFloat} =
-    BLAS.gemm!(tA, tB, one(T), A, B, zero(T), C)
-gemm!(C, tA::Char, A, tB::Char, B) = mul!(C, tA == 'T' ? transpose(A) : A, tB == 'T' ? transpose(B) : B)
+function gemm!(C::StridedMatrix{T}, tA::Char, A::StridedMatrix{T}, tB::Char, B::StridedMatrix{T}) where {T<:LinearAlgebra.BlasFloat}
+    stride(A, 1) == stride(B, 1) == stride(C, 1) == 1 || return generic_gemm!(C, tA, A, tB, B)
+    return BLAS.gemm!(tA, tB, one(T), A, B, zero(T), C)
+end
+gemm!(C, tA::Char, A, tB::Char, B) = generic_gemm!(C, tA, A, tB, B)
+generic_gemm!(C, tA, A, tB, B) = mul!(C, tA == 'T' ? transpose(A) : A, tB == 'T' ? transpose(B) : B)
 
 "Preallocated per-batch buffers, grown to the largest batch seen; smaller batches use views."
 mutable struct Workspace{T}
