@@ -9,11 +9,11 @@
 Importing pyjlfa starts nothing; Julia starts at the first Network (or ``pyjlfa.start_julia()``).
 """
 
-from . import datasets
+from . import datasets, init, rules
 from ._runtime import DivergenceError, JuliaError, runtime_info, start_julia
 from .network import Layer, Network
-from .optimizers import SGD
+from .optimizers import SGD, Adam, AdamW, Cosine, StepDecay
 
 __version__ = "0.1.0"
-__all__ = ["Network", "Layer", "SGD", "JuliaError", "DivergenceError", "runtime_info", "start_julia",
+__all__ = ["Network", "Layer", "SGD", "Adam", "AdamW", "StepDecay", "Cosine", "init", "rules", "JuliaError", "DivergenceError", "runtime_info", "start_julia",
            "datasets", "__version__"]

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from ctypes import POINTER, c_char_p, c_double, c_int, c_int64, c_uint64, c_void_p
+from ctypes import POINTER, c_char_p, c_double, c_int, c_int64, c_void_p
 from pathlib import Path
 
 __all__ = ["JuliaError", "DivergenceError", "start_julia", "runtime_info", "engine"]
@@ -41,8 +41,7 @@ def julia_package_path():
 
 # name: (return type, argument types) of each C entry point, as declared in julia/.../cabi.jl
 _SIGNATURES = {
-    "fa_new": (c_int, [POINTER(c_int64), c_int, c_int64, POINTER(c_int64), c_char_p, c_char_p,
-                       c_char_p, c_uint64, c_uint64]),
+    "fa_new": (c_int, [POINTER(c_int64), c_int, c_int64, POINTER(c_int64), c_char_p, POINTER(c_void_p)]),
     "fa_free": (c_int, [c_int64]),
     "fa_live_handles": (c_int64, []),
     "fa_param": (c_int, [c_int64, c_int64, c_int, POINTER(c_void_p), POINTER(c_int64)]),
@@ -50,10 +49,9 @@ _SIGNATURES = {
     "fa_evaluate": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, POINTER(c_double)]),
     "fa_gradients": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, POINTER(c_void_p),
                              POINTER(c_void_p), POINTER(c_double)]),
-    "fa_step": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_char_p, POINTER(c_double),
-                        c_int64, POINTER(c_double)]),
+    "fa_step": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_char_p, POINTER(c_double)]),
     "fa_train_epoch": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_int,
-                               c_char_p, POINTER(c_double), c_int64, POINTER(c_double)]),
+                               c_char_p, POINTER(c_double)]),
     "fa_error_message": (c_void_p, []),
     "fa_describe": (c_void_p, [c_char_p]),
 }

@@ -9,8 +9,10 @@ from typing import Optional
 
 import numpy as np
 
+from . import init as _init
 from ._runtime import engine
-from .optimizers import SGD
+from .optimizers import SGD, _Optimizer
+from .rules import FEEDBACK_STYLE
 
 __all__ = ["Network", "Layer"]
 
@@ -32,10 +34,13 @@ class Layer:
 
 
 class _Handle:
-    """Owns one Julia network; freed when the Network and every view of its memory are gone."""
+    """Owns one Julia network; freed when the Network and every view of its memory are gone.
 
-    def __init__(self, eng, handle):
-        self.engine, self.id = eng, handle
+    It also keeps alive the host arrays the Julia model reads in place (given feedback matrices).
+    """
+
+    def __init__(self, eng, handle, keepalive=()):
+        self.engine, self.id, self.keepalive = eng, handle, keepalive
 
     def __del__(self):
         if not sys.is_finalizing():
@@ -73,21 +78,28 @@ class Network:
     sizes : layer widths, inputs first, e.g. [784, 256, 256, 10].
     activation : hidden-layer activation: "tanh", "sigmoid", "relu", "leaky_relu" or "identity".
         The output layer is linear.
-    rule : how hidden layers get their error signal: "bp" (backprop, W.T), "fa" (feedback
-        alignment, a fixed random B per layer) or "dfa" (direct feedback alignment, the output
-        error through a fixed random B per hidden layer).
+    rule : how hidden layers get their error signal: "bp", "fa", "dfa", "usf", "frsf", "brsf",
+        "kp", "wm", "drtp", "sdfa" or "shallow" (see the README's table), or a rule value with
+        parameters such as ``pyjlfa.rules.WeightMirror(steps=2)``.
     loss : "cross_entropy" (softmax, integer labels 0..k-1) or "mse" (half squared error, real targets).
-    seed : seed of the forward weights and of the shuffling.
+    seed : seed of the forward weights, the shuffling, dropout and brSF's redraws.
     feedback_seed : seed of the feedback matrices (default: ``seed``), so one network can be
         trained with different feedback draws.
     dtype : "float32" or "float64", for parameters and all arithmetic.
+    init : initialiser of the forward weights (a name or a ``pyjlfa.init`` value).
+    feedback : initialiser of the feedback matrices: a name, a ``pyjlfa.init`` value, a NumPy
+        array (C-contiguous, of the network's dtype, used as B itself: not copied), or a list
+        with one of these per layer (None for layers without B).
+    dropout : probability of dropping a hidden unit during training (one number, or one per
+        hidden layer).
 
     Inputs are (samples, features) arrays. One that is C-contiguous and of the network's dtype is
     read in place by Julia; anything else is converted once per call (one copy of X).
     """
 
     def __init__(self, sizes, activation="tanh", rule="fa", loss="cross_entropy", seed=0,
-                 feedback_seed=None, dtype="float32"):
+                 feedback_seed=None, dtype="float32", init="glorot_uniform", feedback="glorot_uniform",
+                 dropout=0.0):
         if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__") or len(sizes) < 2:
             raise ValueError(f"sizes must list at least an input and an output width, got {sizes!r}")
         self.sizes = tuple(_positive_int(s, "every entry of sizes") for s in sizes)
@@ -100,18 +112,92 @@ class Network:
         feedback_seed = seed if feedback_seed is None else self._seed(feedback_seed, "feedback_seed")
         eng = engine()
         self.activation = _choice(activation, "activation", eng.names("activation"))
-        self.rule = _choice(rule, "rule", eng.names("rule"))
         self.loss = _choice(loss, "loss", eng.names("loss"))
+        if hasattr(rule, "_spec") and hasattr(rule, "name"):
+            self.rule, rule_spec = rule.name, rule._spec()
+        else:
+            self.rule = rule_spec = _choice(rule, "rule", eng.names("rule"))
+        if self.rule == "drtp" and self.loss != "cross_entropy":
+            raise ValueError("rule 'drtp' projects one-hot class targets: it needs loss='cross_entropy'")
         self.seed, self.feedback_seed = seed, feedback_seed
+        init_spec = self._initialiser(init, "init", eng)
+        feedback_specs, given = self._feedback(feedback, eng)
+        self.dropout = self._dropout(dropout)
 
+        spec = "\n".join([f"activation={self.activation}", f"loss={self.loss}", f"rule={rule_spec}",
+                          f"seed={seed}", f"feedback_seed={feedback_seed}", f"init={init_spec}",
+                          "feedback=[" + ", ".join(feedback_specs) + "]",
+                          "dropout=[" + ", ".join(map(repr, self.dropout)) + "]"])
         out = c_int64()
         widths = (c_int64 * len(self.sizes))(*self.sizes)
-        eng.call("fa_new", ctypes.byref(out), _DTYPES[dtype_name][1], len(self.sizes), widths,
-                 self.activation.encode(), self.rule.encode(), self.loss.encode(), seed, feedback_seed)
+        pointers = (c_void_p * (len(self.sizes) - 1))(*(None if B is None else B.ctypes.data for B in given))
+        eng.call("fa_new", ctypes.byref(out), _DTYPES[dtype_name][1], len(self.sizes), widths, spec.encode(), pointers)
         self._engine = eng
-        self._handle = _Handle(eng, out.value)
+        self._handle = _Handle(eng, out.value, keepalive=tuple(B for B in given if B is not None))
         self.layers = tuple(Layer(*(self._param(k, which) for which in range(3)))
                             for k in range(len(self.sizes) - 1))
+
+    @staticmethod
+    def _initialiser(value, name, eng):
+        if isinstance(value, _init.Initialiser):
+            return value._spec()
+        if isinstance(value, str):
+            return _choice(value, name, eng.names("initialiser"))
+        raise TypeError(f"{name} must be an initialiser name such as 'glorot_uniform' or a pyjlfa.init value, got {value!r}")
+
+    def feedback_shapes(self):
+        """The shape of each layer's B under this network's rule (None where it has none)."""
+        style, L = FEEDBACK_STYLE[self.rule], len(self.sizes) - 1
+        if style == "fa":
+            return [None] + [(self.sizes[k + 1], self.sizes[k]) for k in range(1, L)]
+        if style == "dfa":
+            return [(self.sizes[-1], self.sizes[k + 1]) for k in range(L - 1)] + [None]
+        return [None] * L
+
+    def _feedback(self, feedback, eng):
+        """Per layer: the initialiser's spec, and the array given as B (or None)."""
+        shapes = self.feedback_shapes()
+        entries = list(feedback) if isinstance(feedback, (list, tuple)) else [feedback] * len(shapes)
+        if len(entries) != len(shapes):
+            raise ValueError(f"feedback lists {len(entries)} entries; the network has {len(shapes)} layers")
+        specs, given = [], []
+        for k, (entry, shape) in enumerate(zip(entries, shapes)):
+            name = f"feedback[{k}]" if isinstance(feedback, (list, tuple)) else "feedback"
+            if isinstance(entry, np.ndarray):
+                if self.rule == "brsf":
+                    raise ValueError(f"{name}: rule 'brsf' redraws B every batch, so it cannot use a given matrix")
+                if shape is None:
+                    raise ValueError(f"{name}: layer {k} has no feedback matrix under rule {self.rule!r}; pass None")
+                if entry.shape != shape:
+                    raise ValueError(f"{name} has shape {entry.shape}; layer {k}'s B under rule {self.rule!r} needs {shape}")
+                if entry.dtype != self.dtype or not entry.flags.c_contiguous or not entry.flags.writeable:
+                    raise TypeError(f"{name} is used in place as B, so it must be a writeable C-contiguous "
+                                    f"{self.dtype.name} array; got {entry.dtype}, "
+                                    f"{'C' if entry.flags.c_contiguous else 'non-C'}-ordered "
+                                    f"(convert once with np.ascontiguousarray(B, dtype='{self.dtype.name}'))")
+                if not np.isfinite(entry).all():
+                    raise ValueError(f"{name} contains NaN or Inf")
+                specs.append("zeros()")
+                given.append(entry)
+            elif entry is None and (shape is None or isinstance(feedback, (list, tuple))):
+                if shape is not None:
+                    raise ValueError(f"{name} is None but layer {k} has a feedback matrix of shape {shape} under rule {self.rule!r}")
+                specs.append("zeros()")
+                given.append(None)
+            else:
+                specs.append(self._initialiser(entry, name, eng))
+                given.append(None)
+        return specs, given
+
+    def _dropout(self, dropout):
+        hidden = len(self.sizes) - 2
+        rates = list(dropout) if isinstance(dropout, (list, tuple)) else [dropout] * hidden
+        if len(rates) != hidden:
+            raise ValueError(f"dropout lists {len(rates)} rates; the network has {hidden} hidden layers")
+        for p in rates:
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+                raise ValueError(f"dropout rates must be numbers in [0, 1), got {p!r}")
+        return tuple(float(p) for p in rates)
 
     @staticmethod
     def _seed(value, name):
@@ -203,12 +289,13 @@ class Network:
         X = self._inputs(X, names[0])
         return X, self._targets(y, X.shape[0], names[1])
 
-    @staticmethod
-    def _optimizer(optimizer):
-        if not isinstance(optimizer, SGD):
+    def _optimizer(self, optimizer):
+        if not isinstance(optimizer, _Optimizer):
             raise TypeError(f"optimizer must be a pyjlfa optimizer such as pyjlfa.SGD(lr=0.05), got {optimizer!r}")
-        name, hyper = optimizer._engine_args()
-        return name.encode(), (c_double * len(hyper))(*hyper), len(hyper)
+        if optimizer.layer_lr is not None and len(optimizer.layer_lr) != len(self.sizes) - 1:
+            raise ValueError(f"optimizer layer_lr lists {len(optimizer.layer_lr)} multipliers; "
+                             f"the network has {len(self.sizes) - 1} layers")
+        return optimizer._spec().encode()
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True, validation_data=None,
@@ -238,7 +325,7 @@ class Network:
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             self._engine.call("fa_train_epoch", handle, X.ctypes.data, X.shape[0], X.shape[1], y.ctypes.data,
-                              batch_size, int(bool(shuffle)), *opt, out)
+                              batch_size, int(bool(shuffle)), opt, out)
             history["loss"].append(out[0])
             if classifier:
                 history["accuracy"].append(out[1])
@@ -256,7 +343,7 @@ class Network:
         X, y = self._data(X, y)
         loss = c_double()
         self._engine.call("fa_step", self._id(), X.ctypes.data, X.shape[0], X.shape[1], y.ctypes.data,
-                          *opt, ctypes.byref(loss))
+                          opt, ctypes.byref(loss))
         return loss.value
 
     def gradients(self, X, y):

@@ -1,27 +1,116 @@
-"""Optimizers: plain hyperparameter values; their state (momentum buffers) lives with the model in Julia."""
+"""Optimizers and learning-rate schedules: validated hyperparameter values.
 
-import math
+Their state (velocities, moments) lives with the model in Julia and carries over between calls
+while the optimizer's kind stays the same. Common options: ``weight_decay`` (L2, added to the
+gradient), ``decoupled_weight_decay`` (AdamW-style), both on weights (and on B for Kolen-Pollack)
+but not biases; ``layer_lr`` (a learning-rate multiplier per layer); ``schedule``.
+"""
+
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
-__all__ = ["SGD"]
+from ._spec import call, number
+
+__all__ = ["SGD", "Adam", "AdamW", "StepDecay", "Cosine"]
 
 
 @dataclass(frozen=True)
-class SGD:
-    """Stochastic gradient descent with heavy-ball momentum, in PyTorch's form.
+class StepDecay:
+    """Multiply the learning rate by ``gamma`` every ``every`` epochs."""
 
-    v = momentum * v + dW;  W -= lr * v   (with momentum 0: W -= lr * dW)
+    every: int
+    gamma: float = 0.1
+
+    def __post_init__(self):
+        number("StepDecay", "every", self.every, low=1, integer=True)
+        number("StepDecay", "gamma", self.gamma, low=0, low_open=True)
+
+    def _spec(self):
+        return call("step", self)
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """Cosine annealing from the full rate to ``min_factor`` times it over ``epochs`` epochs."""
+
+    epochs: int
+    min_factor: float = 0.0
+
+    def __post_init__(self):
+        number("Cosine", "epochs", self.epochs, low=1, integer=True)
+        number("Cosine", "min_factor", self.min_factor, low=0, high=1)
+
+    def _spec(self):
+        return call("cosine", self)
+
+
+class _Optimizer:
+    def _check_common(self):
+        owner = type(self).__name__
+        number(owner, "lr", self.lr, low=0, low_open=True)
+        number(owner, "weight_decay", self.weight_decay, low=0)
+        number(owner, "decoupled_weight_decay", self.decoupled_weight_decay, low=0)
+        if self.layer_lr is not None:
+            if isinstance(self.layer_lr, (str, bytes)) or not hasattr(self.layer_lr, "__len__"):
+                raise ValueError(f"{owner}: layer_lr must be a list of per-layer multipliers, got {self.layer_lr!r}")
+            object.__setattr__(self, "layer_lr", tuple(number(owner, "each layer_lr", x, low=0) for x in self.layer_lr))
+        if self.schedule is not None and not isinstance(self.schedule, (StepDecay, Cosine)):
+            raise TypeError(f"{owner}: schedule must be pyjlfa.StepDecay or pyjlfa.Cosine, got {self.schedule!r}")
+
+
+@dataclass(frozen=True)
+class SGD(_Optimizer):
+    """Stochastic gradient descent with momentum, in PyTorch's form.
+
+    g = dW + weight_decay*W;  v = momentum*v + g;  step = v (nesterov: g + momentum*v);
+    W -= lr*(step + decoupled_weight_decay*W).
     """
 
     lr: float = 0.01
     momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    decoupled_weight_decay: float = 0.0
+    layer_lr: Optional[Sequence[float]] = None
+    schedule: Optional[object] = None
 
     def __post_init__(self):
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"SGD: lr must be a positive finite number, got {self.lr!r}")
-        if isinstance(self.momentum, bool) or not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
-            raise ValueError(f"SGD: momentum must be a number in [0, 1), got {self.momentum!r}")
+        self._check_common()
+        number("SGD", "momentum", self.momentum, low=0, high=1, high_open=True)
+        if not isinstance(self.nesterov, bool):
+            raise ValueError(f"SGD: nesterov must be True or False, got {self.nesterov!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("SGD: nesterov needs a momentum > 0")
 
-    def _engine_args(self):
-        """The optimizer's name in the Julia registry and its hyperparameters, in order."""
-        return "sgd", (float(self.lr), float(self.momentum))
+    def _spec(self):
+        return call("sgd", self)
+
+
+@dataclass(frozen=True)
+class Adam(_Optimizer):
+    """Adam (Kingma & Ba 2015) with bias correction; AdamW with ``decoupled_weight_decay``."""
+
+    lr: float = 0.001
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decoupled_weight_decay: float = 0.0
+    layer_lr: Optional[Sequence[float]] = None
+    schedule: Optional[object] = None
+
+    def __post_init__(self):
+        self._check_common()
+        number(type(self).__name__, "beta1", self.beta1, low=0, high=1, high_open=True)
+        number(type(self).__name__, "beta2", self.beta2, low=0, high=1, high_open=True)
+        number(type(self).__name__, "eps", self.eps, low=0, low_open=True)
+
+    def _spec(self):
+        return call("adam", self)
+
+
+@dataclass(frozen=True)
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), 0.01 by default."""
+
+    decoupled_weight_decay: float = 0.01

@@ -60,7 +60,13 @@ __all__ = [
 ]
 
 ACTIVATIONS = ("tanh", "sigmoid", "relu", "leaky_relu", "identity")
-RULES = ("bp", "fa", "dfa")
+RULES = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm", "drtp", "sdfa", "shallow")
+# Rules whose B has the shape of W.T and carries delta back one layer (FA style), and rules whose
+# B sends an output-sized signal straight to a hidden layer (DFA style).
+FA_STYLE = ("fa", "usf", "frsf", "brsf", "kp", "wm")
+DFA_STYLE = ("dfa", "drtp", "sdfa")
+# Sign-symmetric rules use B = |B| * sign(W.T) (Liao, Leibo & Poggio 2016), sign(0) taken as +.
+SIGN_SYMMETRIC = ("usf", "frsf", "brsf")
 LOSSES = ("cross_entropy", "mse")
 
 # Slope of leaky_relu for negative inputs.
@@ -147,12 +153,11 @@ def feedback_shapes(sizes, rule):
     _check_name("rule", rule, RULES)
     n_layers = len(sizes) - 1
     n_out = sizes[-1]
-    if rule == "bp":
-        return [None] * n_layers
-    if rule == "fa":
+    if rule in FA_STYLE:
         return [None] + [(sizes[k + 1], sizes[k]) for k in range(1, n_layers)]
-    # dfa
-    return [(n_out, sizes[k + 1]) for k in range(n_layers - 1)] + [None]
+    if rule in DFA_STYLE:
+        return [(n_out, sizes[k + 1]) for k in range(n_layers - 1)] + [None]
+    return [None] * n_layers  # bp, shallow
 
 
 # ---------------------------------------------------------------------------
@@ -253,6 +258,7 @@ class ReferenceNetwork:
         # SGD-with-momentum velocities, one per parameter, starting at zero.
         self._vW = [np.zeros_like(W) for W in self.Ws]
         self._vb = [np.zeros_like(b) for b in self.bs]
+        self._vB = [None if B is None else np.zeros_like(B) for B in self.Bs]
 
     @property
     def n_layers(self):
@@ -354,12 +360,21 @@ class ReferenceNetwork:
         for k in range(L - 2, -1, -1):
             h = _activate(self.activation, pre[k])
             fprime = _derivative(self.activation, pre[k], h)
+            m = X.shape[0]
             if self.rule == "bp":
                 back = deltas[k + 1] @ self.Ws[k + 1].T
-            elif self.rule == "fa":
+            elif self.rule in SIGN_SYMMETRIC:
+                back = deltas[k + 1] @ np.copysign(np.abs(self.Bs[k + 1]), self.Ws[k + 1].T)
+            elif self.rule in FA_STYLE:  # fa, kp, wm
                 back = deltas[k + 1] @ self.Bs[k + 1]
-            else:  # dfa
+            elif self.rule == "dfa":
                 back = e @ self.Bs[k]
+            elif self.rule == "sdfa":  # sign of the error, keeping the batch-mean scale
+                back = (np.sign(e) / m) @ self.Bs[k]
+            elif self.rule == "drtp":  # the one-hot target stands in for the error's sign: -y*/m
+                back = (-np.eye(self.sizes[-1], dtype=e.dtype)[y] / m) @ self.Bs[k]
+            else:  # shallow: hidden layers do not learn
+                back = np.zeros_like(pre[k])
             deltas[k] = back * fprime
 
         grads = []
@@ -390,12 +405,20 @@ class ReferenceNetwork:
         # Python floats keep float32 networks in float32 (NumPy scalars might not).
         lr = float(lr)
         momentum = float(momentum)
+        if self.rule in ("brsf", "wm"):
+            raise NotImplementedError(f"the reference does not replay {self.rule}'s random draws during training")
         loss, grads = self._loss_and_gradients(X, y)
         for k, (dW, db) in enumerate(grads):
             self._vW[k] = momentum * self._vW[k] + dW
             self._vb[k] = momentum * self._vb[k] + db
             self.Ws[k] -= lr * self._vW[k]
             self.bs[k] -= lr * self._vb[k]
+            if self.rule == "kp" and self.Bs[k] is not None:  # Kolen-Pollack: B gets W.T's update
+                self._vB[k] = momentum * self._vB[k] + dW.T
+                self.Bs[k] -= lr * self._vB[k]
+        if self.rule in SIGN_SYMMETRIC:  # B follows W's new signs
+            for k in range(1, self.n_layers):
+                self.Bs[k] = np.copysign(np.abs(self.Bs[k]), self.Ws[k].T)
         return loss
 
     def train_epoch(self, X, y, batch_size, lr, momentum=0.0, order=None):

@@ -18,7 +18,7 @@ from conftest import assert_unchanged, batch, snapshot
     (dict(sizes=[784, 2.5, 10]), ValueError, "sizes must be a positive integer, got 2.5"),
     (dict(activation="tanhh"), ValueError, "unknown activation 'tanhh'; expected one of .*'tanh'"),
     (dict(activation=np.tanh), TypeError, "activation must be a string"),
-    (dict(rule="kp"), ValueError, "unknown rule 'kp'; expected one of 'bp', 'dfa', 'fa'"),
+    (dict(rule="xyz"), ValueError, "unknown rule 'xyz'; expected one of 'bp', 'brsf', 'dfa', 'drtp', 'fa', 'frsf', 'kp'"),
     (dict(loss="hinge"), ValueError, "unknown loss 'hinge'"),
     (dict(dtype="float16"), ValueError, "unknown dtype 'float16'"),
     (dict(dtype=object()), TypeError, "dtype must be 'float32' or 'float64'"),

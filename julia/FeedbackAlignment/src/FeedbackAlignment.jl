@@ -2,8 +2,10 @@
     FeedbackAlignment
 
 Dense networks trained without (or with) backpropagation: backprop (`BP`), feedback alignment
-(`FA`, Lillicrap et al. 2016) and direct feedback alignment (`DFA`, Nøkland 2016). Observations
-are columns; functions ending in `!` fill preallocated buffers. Standard library only, Julia 1.5+.
+(`FA`, Lillicrap et al. 2016), direct feedback alignment (`DFA`, Nøkland 2016), sign symmetry
+(`uSF`, `frSF`, `brSF`), Kolen-Pollack and weight mirrors (Akrout et al. 2019), `DRTP`, `sDFA`
+and `Shallow`. Observations are columns; functions ending in `!` fill preallocated buffers.
+Standard library only, Julia 1.5+.
 
 ```julia
 net = Network([784, 256, 256, 10]; activation=tanh, rule=FA(), seed=0)
@@ -15,10 +17,12 @@ module FeedbackAlignment
 
 using LinearAlgebra
 
-export Network, Dense, BP, FA, DFA, LearningRule, CrossEntropy, MSE, Loss, SGD, Optimiser,
-    GlorotUniform, SplitMix64, DivergenceError, sigmoid, relu, leakyrelu,
-    learn!, train_epoch!, step!, gradients, gradients!, predict, predict_proba, outputs, evaluate,
-    feedback_shape
+export Network, Dense, LearningRule, BP, FA, DFA, uSF, frSF, brSF, KolenPollack, WeightMirror,
+    DRTP, sDFA, Shallow, Loss, CrossEntropy, MSE, Optimiser, SGD, Adam, AdamW, Schedule, Constant,
+    StepDecay, Cosine, Initialiser, GlorotUniform, GlorotNormal, HeUniform, HeNormal, LeCunUniform,
+    LeCunNormal, Uniform, Normal, Orthogonal, Sparse, SignConcordant, Zeros, Given, SplitMix64,
+    DivergenceError, sigmoid, relu, leakyrelu, learn!, train_epoch!, step!, gradients, gradients!,
+    predict, predict_proba, outputs, evaluate, feedback_shape
 
 include("rng.jl")
 include("activations.jl")
@@ -28,6 +32,7 @@ include("rules.jl")
 include("network.jl")
 include("optimisers.jl")
 include("train.jl")
+include("spec.jl")
 include("cabi.jl")
 include("precompile.jl")
 

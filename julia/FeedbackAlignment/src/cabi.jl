@@ -9,9 +9,9 @@ module CABI
 
 using LinearAlgebra
 using ..FeedbackAlignment
-using ..FeedbackAlignment: ACTIVATIONS, RULES, LOSSES, OPTIMISERS, DivergenceError, ZeroBasedLabels,
-    CrossEntropy, outsize, insize, outputs!, predict_proba!, predict_labels!, gradients!,
-    train_epoch!, step!, evaluate
+using ..FeedbackAlignment: ACTIVATIONS, LOSSES, REGISTRIES, DivergenceError, ZeroBasedLabels,
+    CrossEntropy, Given, outsize, insize, outputs!, predict_proba!, predict_labels!, gradients!,
+    train_epoch!, step!, evaluate, interpret, build, feedback_shape
 
 const HANDLES = Dict{Int64,Network}()
 const LAST_HANDLE = Ref{Int64}(0)
@@ -31,8 +31,19 @@ end
 network(h::Int64) = get(() -> throw(ArgumentError("no network with handle $h (it was freed, or never created)")),
                         HANDLES, h)
 
-function named(table, what, name::Cstring)
-    s = unsafe_string(name)
+# One initialiser for every layer, or a vector literal of them.
+function initialisers(text, n)
+    expr = Meta.parse(text)
+    expr isa Expr && expr.head == :vect || return fill(interpret(text, "initialiser"), n)
+    length(expr.args) == n || throw(ArgumentError("feedback lists $(length(expr.args)) initialisers; the network has $n layers"))
+    return [build(e, "initialiser", text) for e in expr.args]
+end
+
+eval_literals(e::Expr) = e.head == :vect && all(x -> x isa Real, e.args) ? collect(e.args) :
+    throw(ArgumentError("expected a number or a vector of numbers, got $e"))
+
+named(table, what, name::Cstring) = named(table, what, unsafe_string(name))
+function named(table, what, s::AbstractString)
     haskey(table, s) || throw(ArgumentError("unknown $what \"$s\"; expected one of $(join(sort!(collect(keys(table))), ", "))"))
     return table[s]
 end
@@ -41,15 +52,40 @@ matrix(::Type{T}, p::Ptr{Cvoid}, rows, cols) where {T} = unsafe_wrap(Array, Ptr{
 inputs(net::Network{T}, p, n, d) where {T} = matrix(T, p, d, n)
 targets(net::Network{T}, p, n) where {T} =
     net.loss isa CrossEntropy ? ZeroBasedLabels(unsafe_wrap(Array, Ptr{Int64}(p), Int(n))) : matrix(T, p, outsize(net), n)
-optimiser(name, hyper::Ptr{Float64}, nhyper) = named(OPTIMISERS, "optimizer", name)(unsafe_wrap(Array, hyper, Int(nhyper)))
+optimiser(spec::Cstring) = interpret(unsafe_string(spec), "optimizer")
 
-function fa_new(out::Ptr{Int64}, dtype::Cint, nsizes::Int64, sizes::Ptr{Int64}, activation::Cstring,
-                rule::Cstring, loss::Cstring, seed::UInt64, feedback_seed::UInt64)::Cint
+"""
+    fa_new(out, dtype, nsizes, sizes, spec, given)
+
+`spec` holds `key=value` lines: activation, loss (names), rule, init (see `interpret`), feedback
+(one initialiser, or a vector of them, one per layer), dropout (a number or a vector), seed,
+feedback_seed. `given[l]`, when not NULL, is a host matrix used as layer l's B itself.
+"""
+function fa_new(out::Ptr{Int64}, dtype::Cint, nsizes::Int64, sizes::Ptr{Int64}, spec::Cstring,
+                given::Ptr{Ptr{Cvoid}})::Cint
     guarded() do
         T = dtype == 0 ? Float32 : dtype == 1 ? Float64 : throw(ArgumentError("unknown dtype code $dtype"))
-        net = Network(copy(unsafe_wrap(Array, sizes, Int(nsizes))); T=T, seed=seed, feedback_seed=feedback_seed,
-                      activation=named(ACTIVATIONS, "activation", activation),
-                      rule=named(RULES, "rule", rule), loss=named(LOSSES, "loss", loss))
+        widths = copy(unsafe_wrap(Array, sizes, Int(nsizes)))
+        opts = Dict{String,String}()
+        for line in split(unsafe_string(spec), '\n'; keepempty=false)
+            key, value = split(line, '='; limit=2)
+            opts[strip(key)] = strip(value)
+        end
+        rule = interpret(get(opts, "rule", "fa"), "rule")
+        feedback = Any[f for f in initialisers(get(opts, "feedback", "glorot_uniform"), length(widths) - 1)]
+        for l in eachindex(feedback)
+            p = unsafe_load(given, l)
+            shape = feedback_shape(rule, widths, l)
+            p == C_NULL || shape === nothing || (feedback[l] = Given(unsafe_wrap(Array, Ptr{T}(p), shape)))
+        end
+        dropout = Meta.parse(get(opts, "dropout", "0.0"))
+        net = Network(widths; T=T, rule=rule, feedback=feedback,
+                      seed=parse(UInt64, get(opts, "seed", "0")),
+                      feedback_seed=parse(UInt64, get(opts, "feedback_seed", get(opts, "seed", "0"))),
+                      activation=named(ACTIVATIONS, "activation", get(opts, "activation", "tanh")),
+                      loss=named(LOSSES, "loss", get(opts, "loss", "cross_entropy")),
+                      init=interpret(get(opts, "init", "glorot_uniform"), "initialiser"),
+                      dropout=dropout isa Expr ? Float64.(eval_literals(dropout)) : Float64(dropout))
         h = LAST_HANDLE[] += 1
         HANDLES[h] = net
         unsafe_store!(out, h)
@@ -106,19 +142,19 @@ function fa_gradients(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}
 end
 
 function fa_step(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}, opt::Cstring,
-                 hyper::Ptr{Float64}, nhyper::Int64, loss::Ptr{Float64})::Cint
+                 loss::Ptr{Float64})::Cint
     guarded() do
         net = network(h)
-        unsafe_store!(loss, step!(net, inputs(net, X, n, d), targets(net, Y, n), optimiser(opt, hyper, nhyper)))
+        unsafe_store!(loss, step!(net, inputs(net, X, n, d), targets(net, Y, n), optimiser(opt)))
     end
 end
 
 # One epoch; out receives (mean loss, accuracy, epochs trained so far).
 function fa_train_epoch(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}, batchsize::Int64,
-                        shuffle::Cint, opt::Cstring, hyper::Ptr{Float64}, nhyper::Int64, out::Ptr{Float64})::Cint
+                        shuffle::Cint, opt::Cstring, out::Ptr{Float64})::Cint
     guarded() do
         net = network(h)
-        r = train_epoch!(net, inputs(net, X, n, d), targets(net, Y, n), optimiser(opt, hyper, nhyper);
+        r = train_epoch!(net, inputs(net, X, n, d), targets(net, Y, n), optimiser(opt);
                          batchsize=batchsize, shuffle=shuffle != 0)
         unsafe_store!(out, r.loss, 1)
         unsafe_store!(out, r.accuracy, 2)
@@ -128,15 +164,13 @@ end
 
 fa_error_message()::Ptr{UInt8} = pointer(ERROR_MESSAGE[])
 
-# "runtime": key=value lines about Julia and its BLAS; "activation", "rule", "loss", "optimizer":
-# the names the engine accepts, comma-separated.
+# "runtime": key=value lines about Julia and its BLAS; "activation", "loss", "rule", "initialiser",
+# "optimizer", "schedule": the names the engine accepts, comma-separated.
 function fa_describe(what::Cstring)::Ptr{UInt8}
     w = unsafe_string(what)
+    table = w == "activation" ? ACTIVATIONS : w == "loss" ? LOSSES : get(REGISTRIES, w, nothing)
     ANSWER[] = w == "runtime" ? runtime_description() :
-               w == "activation" ? join(sort!(collect(keys(ACTIVATIONS))), ",") :
-               w == "rule" ? join(sort!(collect(keys(RULES))), ",") :
-               w == "loss" ? join(sort!(collect(keys(LOSSES))), ",") :
-               w == "optimizer" ? join(sort!(collect(keys(OPTIMISERS))), ",") : ""
+               table === nothing ? "" : join(sort!(collect(keys(table))), ",")
     return pointer(ANSWER[])
 end
 
@@ -171,15 +205,15 @@ lookup_address() = UInt(ENTRY_POINTS["fa_lookup"])
 function __init__()
     # @cfunction pointers are made at load time, never cached in a precompiled image.
     merge!(ENTRY_POINTS, Dict(
-        "fa_new" => @cfunction(fa_new, Cint, (Ptr{Int64}, Cint, Int64, Ptr{Int64}, Cstring, Cstring, Cstring, UInt64, UInt64)),
+        "fa_new" => @cfunction(fa_new, Cint, (Ptr{Int64}, Cint, Int64, Ptr{Int64}, Cstring, Ptr{Ptr{Cvoid}})),
         "fa_free" => @cfunction(fa_free, Cint, (Int64,)),
         "fa_live_handles" => @cfunction(fa_live_handles, Int64, ()),
         "fa_param" => @cfunction(fa_param, Cint, (Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
         "fa_forward" => @cfunction(fa_forward, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cint)),
         "fa_evaluate" => @cfunction(fa_evaluate, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64})),
         "fa_gradients" => @cfunction(fa_gradients, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Ptr{Cvoid}}, Ptr{Ptr{Cvoid}}, Ptr{Float64})),
-        "fa_step" => @cfunction(fa_step, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cstring, Ptr{Float64}, Int64, Ptr{Float64})),
-        "fa_train_epoch" => @cfunction(fa_train_epoch, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Int64, Cint, Cstring, Ptr{Float64}, Int64, Ptr{Float64})),
+        "fa_step" => @cfunction(fa_step, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cstring, Ptr{Float64})),
+        "fa_train_epoch" => @cfunction(fa_train_epoch, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Int64, Cint, Cstring, Ptr{Float64})),
         "fa_error_message" => @cfunction(fa_error_message, Ptr{UInt8}, ()),
         "fa_describe" => @cfunction(fa_describe, Ptr{UInt8}, (Cstring,)),
         "fa_lookup" => @cfunction(fa_lookup, Ptr{Cvoid}, (Cstring,)),

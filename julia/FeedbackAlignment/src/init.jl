@@ -1,21 +1,144 @@
+# Initialisers: values users pass for forward weights (`init`) and feedback matrices (`feedback`).
+# `init!(M, initialiser, rng, fan_in, fan_out, W)` fills M in memory order (Python's row-major
+# order of the same array) from a SplitMix64 stream; `W` is the layer's forward weight matrix,
+# which only sign-concordant feedback reads. Draws are computed in Float64 and rounded once.
+
 abstract type Initialiser end
 
-"""
-    GlorotUniform(gain = 1.0)
-
-Glorot & Bengio (2010): U(-l, l) with l = gain * sqrt(6 / (fan_in + fan_out)). Draws are taken in
-memory order (Python's row-major order of the same array) from a `SplitMix64` stream, computed in
-Float64 and rounded once to the element type, so every language and Julia version gets the same bits.
-"""
-struct GlorotUniform <: Initialiser
-    gain::Float64
+"Standard normal draw (Box-Muller on two SplitMix64 uniforms; the second value is discarded)."
+function gaussian(r::SplitMix64)
+    u1, u2 = uniform(r), uniform(r)
+    return sqrt(-2.0 * log(1.0 - u1)) * cos(2π * u2)
 end
-GlorotUniform() = GlorotUniform(1.0)
 
-function init!(M::AbstractArray{T}, init::GlorotUniform, rng::SplitMix64, fan_in, fan_out) where {T}
-    limit = init.gain * sqrt(6.0 / (fan_in + fan_out))
-    for i in eachindex(M)
-        M[i] = T((2.0 * uniform(rng) - 1.0) * limit)
+# Uniform and normal families with a scale rule: limit (uniform) or std (normal) from the fans.
+for (name, doc, scale) in (
+        (:GlorotUniform, "Glorot & Bengio (2010): U(-l, l), l = gain*sqrt(6/(fan_in+fan_out)).", :(i.gain * sqrt(6.0 / (fi + fo)))),
+        (:HeUniform, "He et al. (2015): U(-l, l), l = gain*sqrt(6/fan_in).", :(i.gain * sqrt(6.0 / fi))),
+        (:LeCunUniform, "LeCun: U(-l, l), l = gain*sqrt(3/fan_in), so std = gain/sqrt(fan_in).", :(i.gain * sqrt(3.0 / fi))))
+    @eval begin
+        @doc $doc struct $name <: Initialiser
+            gain::Float64
+        end
+        $name(; gain::Real=1.0) = $name(Float64(gain))
+        limit(i::$name, fi, fo) = $scale
+        draw(i::$name, r, fi, fo) = (2.0 * uniform(r) - 1.0) * limit(i, fi, fo)
+    end
+end
+for (name, doc, scale) in (
+        (:GlorotNormal, "Glorot & Bengio (2010): N(0, s²), s = gain*sqrt(2/(fan_in+fan_out)).", :(i.gain * sqrt(2.0 / (fi + fo)))),
+        (:HeNormal, "He et al. (2015): N(0, s²), s = gain*sqrt(2/fan_in).", :(i.gain * sqrt(2.0 / fi))),
+        (:LeCunNormal, "LeCun: N(0, s²), s = gain/sqrt(fan_in).", :(i.gain / sqrt(fi))))
+    @eval begin
+        @doc $doc struct $name <: Initialiser
+            gain::Float64
+        end
+        $name(; gain::Real=1.0) = $name(Float64(gain))
+        draw(i::$name, r, fi, fo) = gaussian(r) * ($scale)
+    end
+end
+
+"U(-scale, scale) with a fixed scale (Lillicrap et al. 2016 use U(-0.5, 0.5) for B)."
+struct Uniform <: Initialiser
+    scale::Float64
+    Uniform(scale::Real=0.5) = scale > 0 ? new(scale) : throw(ArgumentError("Uniform scale must be positive, got $scale"))
+end
+draw(i::Uniform, r, fi, fo) = (2.0 * uniform(r) - 1.0) * i.scale
+
+"N(0, std²) with a fixed standard deviation."
+struct Normal <: Initialiser
+    std::Float64
+    Normal(std::Real=0.1) = std > 0 ? new(std) : throw(ArgumentError("Normal std must be positive, got $std"))
+end
+draw(i::Normal, r, fi, fo) = gaussian(r) * i.std
+
+# The scalar families fill element by element.
+function init!(M::AbstractMatrix{T}, i::Initialiser, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
+    for k in eachindex(M)
+        M[k] = T(draw(i, r, fan_in, fan_out))
     end
     return M
 end
+
+"All zeros (for rules that learn B, or DFA's zero-initialised forward weights)."
+struct Zeros <: Initialiser end
+init!(M::AbstractMatrix, ::Zeros, r::SplitMix64, fan_in, fan_out, W=nothing) = fill!(M, 0)
+
+"A (semi-)orthogonal matrix times `gain`: Q of the QR factorisation of a Gaussian matrix (Saxe et al. 2014)."
+struct Orthogonal <: Initialiser
+    gain::Float64
+end
+Orthogonal(; gain::Real=1.0) = Orthogonal(Float64(gain))
+function init!(M::AbstractMatrix{T}, i::Orthogonal, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
+    rows, cols = size(M)
+    G = [gaussian(r) for _ in 1:max(rows, cols), _ in 1:min(rows, cols)]
+    F = qr(G)
+    Q = Matrix(F.Q) .* sign.(transpose(diag(F.R)))   # sign fix makes Q uniformly distributed
+    M .= T.(i.gain .* (rows >= cols ? Q : transpose(Q)))
+    return M
+end
+
+"""
+    Sparse(density, init = GlorotUniform())
+
+Exactly round(density * length) non-zeros at random positions, drawn from `init`; the rest zero.
+"""
+struct Sparse{I<:Initialiser} <: Initialiser
+    density::Float64
+    init::I
+    function Sparse(density::Real, init::I) where {I<:Initialiser}
+        0 < density <= 1 || throw(ArgumentError("Sparse density (fraction of non-zeros) must be in (0, 1], got $density"))
+        return new{I}(density, init)
+    end
+end
+Sparse(density::Real; init::Initialiser=GlorotUniform()) = Sparse(density, init)
+function init!(M::AbstractMatrix{T}, i::Sparse, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
+    init!(M, i.init, r, fan_in, fan_out, W)
+    n = length(M)
+    keep = round(Int, i.density * n)
+    positions = collect(1:n)
+    for k in 1:keep                       # partial Fisher-Yates: the first `keep` are kept
+        j = k + randbelow(r, n - k + 1)
+        positions[k], positions[j] = positions[j], positions[k]
+    end
+    for k in keep+1:n
+        M[positions[k]] = 0
+    end
+    return M
+end
+
+"""
+    SignConcordant(init = GlorotUniform())
+
+Magnitudes from `init`, signs of the layer's initial forward weights: B = |M| ∘ sign(Wᵀ)
+(B must have the shape of Wᵀ, as in FA-style rules).
+"""
+struct SignConcordant{I<:Initialiser} <: Initialiser
+    init::I
+end
+SignConcordant(; init::Initialiser=GlorotUniform()) = SignConcordant(init)
+function init!(M::AbstractMatrix{T}, i::SignConcordant, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
+    W !== nothing && size(W) == reverse(size(M)) ||
+        throw(ArgumentError("SignConcordant feedback needs a B shaped like the layer's Wᵀ (FA-style rules)"))
+    init!(M, i.init, r, fan_in, fan_out, W)
+    M .= copysign.(abs.(M), transpose(W))
+    return M
+end
+
+"""
+    Given(M)
+
+A matrix the user supplies, used as it is (not copied): from Python, the NumPy array itself.
+"""
+struct Given{T} <: Initialiser
+    M::Matrix{T}
+end
+
+"The std of a draw from `i` for these fans (uSF's default feedback scale), where defined."
+init_std(i::Union{GlorotUniform,HeUniform,LeCunUniform}, fi, fo) = limit(i, fi, fo) / sqrt(3.0)
+init_std(i::Uniform, fi, fo) = i.scale / sqrt(3.0)
+init_std(i::Normal, fi, fo) = i.std
+init_std(i::GlorotNormal, fi, fo) = i.gain * sqrt(2.0 / (fi + fo))
+init_std(i::HeNormal, fi, fo) = i.gain * sqrt(2.0 / fi)
+init_std(i::LeCunNormal, fi, fo) = i.gain / sqrt(fi)
+init_std(i::Initialiser, fi, fo) = 1.0 / sqrt(fi)

@@ -17,12 +17,14 @@ C = op(A) * op(B), op being transpose for 'T'. Strided float arrays go to BLAS d
 1.5's generic `mul!` costs about a second of compilation per combination of view types, which a
 new process pays at its first training step. Anything else takes the generic `mul!`.
 """
-function gemm!(C::StridedMatrix{T}, tA::Char, A::StridedMatrix{T}, tB::Char, B::StridedMatrix{T}) where {T<:LinearAlgebra.BlasFloat}
-    stride(A, 1) == stride(B, 1) == stride(C, 1) == 1 || return generic_gemm!(C, tA, A, tB, B)
-    return BLAS.gemm!(tA, tB, one(T), A, B, zero(T), C)
+function gemm!(C::StridedMatrix{T}, tA::Char, A::StridedMatrix{T}, tB::Char, B::StridedMatrix{T},
+               alpha=one(T), beta=zero(T)) where {T<:LinearAlgebra.BlasFloat}
+    stride(A, 1) == stride(B, 1) == stride(C, 1) == 1 || return generic_gemm!(C, tA, A, tB, B, alpha, beta)
+    return BLAS.gemm!(tA, tB, T(alpha), A, B, T(beta), C)
 end
-gemm!(C, tA::Char, A, tB::Char, B) = generic_gemm!(C, tA, A, tB, B)
-generic_gemm!(C, tA, A, tB, B) = mul!(C, tA == 'T' ? transpose(A) : A, tB == 'T' ? transpose(B) : B)
+gemm!(C, tA::Char, A, tB::Char, B, alpha=true, beta=false) = generic_gemm!(C, tA, A, tB, B, alpha, beta)
+generic_gemm!(C, tA, A, tB, B, alpha, beta) =
+    mul!(C, tA == 'T' ? transpose(A) : A, tB == 'T' ? transpose(B) : B, alpha, beta)
 
 "Preallocated per-batch buffers, grown to the largest batch seen; smaller batches use views."
 mutable struct Workspace{T}
@@ -34,13 +36,19 @@ mutable struct Workspace{T}
     labels::Vector{Int}    # gathered class labels
     targets::Matrix{T}     # gathered regression targets
     order::Vector{Int}     # epoch permutation
+    S::Matrix{T}           # output-space signal of DRTP / sDFA
+    mask::Vector{Matrix{T}}  # dropout: 0 or 1/(1-p) per hidden unit, and the dropped activations
+    dropped::Vector{Matrix{T}}
+    dropping::Bool         # whether the last forward pass applied dropout
 end
 
 function Workspace{T}(sizes, m) where {T}
     widths = sizes[2:end]
-    buffers() = [Matrix{T}(undef, w, m) for w in widths]
+    buffers(ws=widths) = [Matrix{T}(undef, w, m) for w in ws]
     return Workspace{T}(m, buffers(), buffers(), buffers(), Matrix{T}(undef, sizes[1], m),
-                        Vector{Int}(undef, m), Matrix{T}(undef, sizes[end], m), Int[])
+                        Vector{Int}(undef, m), Matrix{T}(undef, sizes[end], m), Int[],
+                        Matrix{T}(undef, sizes[end], m), buffers(widths[1:end-1]),
+                        buffers(widths[1:end-1]), false)
 end
 
 mutable struct Network{T<:AbstractFloat,F,R<:LearningRule,L<:Loss}
@@ -55,38 +63,75 @@ mutable struct Network{T<:AbstractFloat,F,R<:LearningRule,L<:Loss}
     ws::Workspace{T}
     optstate::Any                            # created by the first update, see optimisers.jl
     epochs::Int                              # epochs trained so far
+    init::Initialiser                        # forward weights' initialiser
+    feedback_init::Vector{Any}               # per layer: B's initialiser, or nothing
+    dropout::Vector{Float64}                 # per hidden layer: probability of dropping a unit
 end
 
 """
     Network(sizes; activation=tanh, rule=FA(), loss=CrossEntropy(), seed=0, feedback_seed=seed,
-            init=GlorotUniform(), feedback=GlorotUniform(), T=Float32)
+            init=GlorotUniform(), feedback=GlorotUniform(), dropout=0.0, T=Float32)
 
 A dense network with layer widths `sizes` (inputs first). Hidden layers apply `activation`; the
 output layer is linear (softmax lives in the loss). Forward weights come from `init` with `seed`,
 feedback matrices from `feedback` with `feedback_seed`, each from its own `SplitMix64` stream.
+`feedback` (and `dropout`) may also be a vector with one entry per layer (per hidden layer);
+`Given(M)` uses a matrix you supply as B itself. uSF ignores `feedback` and uses
+scale·sign(W)ᵀ.
 """
 function Network(sizes::AbstractVector{<:Integer}; activation=tanh, rule::LearningRule=FA(),
                  loss::Loss=CrossEntropy(), seed::Integer=0, feedback_seed::Integer=seed,
-                 init::Initialiser=GlorotUniform(), feedback::Initialiser=GlorotUniform(),
+                 init::Initialiser=GlorotUniform(), feedback=GlorotUniform(), dropout=0.0,
                  T::Type{<:AbstractFloat}=Float32)
     length(sizes) >= 2 || throw(ArgumentError("a network needs at least an input and an output size, got $sizes"))
     all(>(0), sizes) || throw(ArgumentError("layer sizes must be positive, got $sizes"))
     T in (Float32, Float64) || throw(ArgumentError("T must be Float32 or Float64, got $T"))
     seed >= 0 && feedback_seed >= 0 || throw(ArgumentError("seeds must be non-negative"))
+    needs_classes(rule) && !(loss isa CrossEntropy) &&
+        throw(ArgumentError("$(typeof(rule).name.name) projects one-hot class targets: it needs the cross-entropy loss, not $(typeof(loss).name.name)"))
     sizes = collect(Int, sizes)
+    L = length(sizes) - 1
+    feedbacks = per_layer(feedback, L, "feedback")
+    dropouts = Float64.(per_layer(dropout, L - 1, "dropout"))
+    all(p -> 0 <= p < 1, dropouts) || throw(ArgumentError("dropout probabilities must be in [0, 1), got $dropouts"))
     wrng, brng = stream(seed, 1), stream(feedback_seed, 2)
     layers = Dense{T}[]
-    for l in 1:length(sizes)-1
+    for l in 1:L
         n_in, n_out = sizes[l], sizes[l+1]
         W = init!(Matrix{T}(undef, n_out, n_in), init, wrng, n_in, n_out)
         shape = feedback_shape(rule, sizes, l)
-        B = shape === nothing ? nothing : init!(Matrix{T}(undef, shape...), feedback, brng, shape[2], shape[1])
+        B = shape === nothing ? nothing : feedback_matrix(T, shape, rule, feedbacks[l], brng, init, W)
         push!(layers, Dense{T}(W, zeros(T, n_out), B))
     end
     grads = [(similar(d.W), similar(d.b)) for d in layers]
+    inits = Any[feedback_shape(rule, sizes, l) === nothing ? nothing : feedbacks[l] for l in 1:L]
     return Network{T,typeof(activation),typeof(rule),typeof(loss)}(
         layers, activation, rule, loss, UInt64(seed), UInt64(feedback_seed), stream(seed, 3),
-        grads, Workspace{T}(sizes, 0), nothing, 0)
+        grads, Workspace{T}(sizes, 0), nothing, 0, init, inits, dropouts)
+end
+
+function per_layer(x, n, name)
+    x isa AbstractVector || return fill(x, n)
+    length(x) == n || throw(ArgumentError("$name has $(length(x)) entries; expected one per layer ($n)"))
+    return collect(x)
+end
+
+function feedback_matrix(::Type{T}, shape, rule, feedback, rng, init, W) where {T}
+    if rule isa uSF   # scale · sign(W)ᵀ: magnitudes are the scale, signs follow W (refresh_signs!)
+        scale = rule.scale === nothing ? init_std(init, size(W, 2), size(W, 1)) : rule.scale
+        return copysign.(fill(T(scale), shape), transpose(W))
+    end
+    feedback isa Initialiser || throw(ArgumentError("feedback must be an initialiser, got $(repr(feedback))"))
+    if feedback isa Given
+        rule isa brSF && throw(ArgumentError("brSF redraws B every batch; it cannot use a given matrix"))
+        size(feedback.M) == shape || throw(DimensionMismatch("the given feedback matrix has size $(size(feedback.M)); this layer's B needs $shape"))
+        eltype(feedback.M) == T || throw(ArgumentError("the given feedback matrix has element type $(eltype(feedback.M)), the network uses $T"))
+        B = feedback.M
+    else
+        B = init!(Matrix{T}(undef, shape...), feedback, rng, shape[2], shape[1], W)
+    end
+    rule isa SignSymmetric && (B .= copysign.(B, transpose(W)))
+    return B
 end
 
 Base.eltype(::Network{T}) where {T} = T
@@ -95,8 +140,8 @@ outsize(net::Network) = size(net.layers[end].W, 1)
 sizes(net::Network) = [insize(net); [size(d.W, 1) for d in net.layers]]
 
 function Base.show(io::IO, net::Network{T}) where {T}
-    print(io, "Network{$T}(", join(sizes(net), "-"), ", ", net.activation, ", ", typeof(net.rule).name.name,
-          "(), ", typeof(net.loss).name.name, "())")
+    print(io, "Network{$T}(", join(sizes(net), "-"), ", ", net.activation, ", ", net.rule, ", ",
+          typeof(net.loss).name.name, "())")
 end
 
 function workspace!(net::Network{T}, m::Integer) where {T}
@@ -107,6 +152,8 @@ end
 delta(ws::Workspace, l, m) = view(ws.D[l], :, 1:m)
 preact(ws::Workspace, l, m) = view(ws.A[l], :, 1:m)
 hidden(ws::Workspace, l, m) = view(ws.H[l], :, 1:m)
+# What layer l+1 reads: the activations, after dropout when the last forward pass applied it.
+layer_output(ws::Workspace, l, m) = ws.dropping ? view(ws.dropped[l], :, 1:m) : hidden(ws, l, m)
 
 function check_inputs(net::Network, X::AbstractMatrix)
     size(X, 1) == insize(net) ||
@@ -115,13 +162,15 @@ function check_inputs(net::Network, X::AbstractMatrix)
 end
 
 """
-    forward!(net, X) -> Z
+    forward!(net, X, training = false) -> Z
 
 Network outputs for the batch `X` (features x m, m ≤ workspace capacity), in the workspace; the
-pre-activations and activations stay there for the backward pass.
+pre-activations and activations stay there for the backward pass. With `training`, hidden layers
+apply dropout (inverted: kept units are scaled by 1/(1-p)) with masks from the network's generator.
 """
-function forward!(net::Network{T}, X::AbstractMatrix{T}) where {T}
+function forward!(net::Network{T}, X::AbstractMatrix{T}, training::Bool=false) where {T}
     ws, m, f = net.ws, size(X, 2), net.activation
+    ws.dropping = training && any(>(0), net.dropout)
     h = X
     for (l, layer) in enumerate(net.layers)
         A = preact(ws, l, m)
@@ -129,7 +178,8 @@ function forward!(net::Network{T}, X::AbstractMatrix{T}) where {T}
         if l < length(net.layers)
             H = hidden(ws, l, m)
             bias_activate!(H, A, layer.b, f)
-            h = H
+            ws.dropping && drop!(view(ws.dropped[l], :, 1:m), view(ws.mask[l], :, 1:m), H, net.dropout[l], net.rng)
+            h = layer_output(ws, l, m)
         else
             A .+= layer.b
         end
@@ -146,6 +196,15 @@ function bias_activate!(H::AbstractMatrix{T}, A::AbstractMatrix{T}, b::Vector{T}
             A[i, j] = a
             H[i, j] = activate(f, a)
         end
+    end
+end
+
+# Inverted dropout: M = 0 with probability p, else 1/(1-p); Hd = H .* M.
+function drop!(Hd::AbstractMatrix{T}, M::AbstractMatrix{T}, H::AbstractMatrix{T}, p::Float64, rng::SplitMix64) where {T}
+    keep = T(1 / (1 - p))
+    @inbounds for k in eachindex(M, H, Hd)
+        M[k] = ifelse(uniform(rng) < p, zero(T), keep)
+        Hd[k] = H[k] * M[k]
     end
 end
 
@@ -171,20 +230,26 @@ function backward!(grads, net::Network{T}, X::AbstractMatrix{T}, rule::LearningR
         D = delta(ws, l, m)
         hidden_error!(D, rule, net, l, m)
         times_deriv!(D, net.activation, preact(ws, l, m), hidden(ws, l, m))
+        ws.dropping && (D .*= view(ws.mask[l], :, 1:m))
     end
     for l in 1:L
         dW, db = grads[l]
         D = delta(ws, l, m)
-        gemm!(dW, 'N', D, 'T', l == 1 ? X : hidden(ws, l - 1, m))
+        gemm!(dW, 'N', D, 'T', l == 1 ? X : layer_output(ws, l - 1, m))
         sum!(db, D)
     end
     return grads
 end
 
-"Forward, loss and backward on one batch (m ≤ capacity); returns (summed loss, number correct)."
-function loss_and_grads!(grads, net::Network{T}, X::AbstractMatrix{T}, Y) where {T}
-    Z = forward!(net, X)
-    total, correct = loss_and_error!(delta(net.ws, length(net.layers), size(X, 2)), net.loss, Z, Y)
+"""
+Forward, loss and backward on one batch (m ≤ capacity); returns (summed loss, number correct).
+`training` turns dropout on (`gradients` leaves it off, so it is deterministic).
+"""
+function loss_and_grads!(grads, net::Network{T}, X::AbstractMatrix{T}, Y, training::Bool=false) where {T}
+    m = size(X, 2)
+    Z = forward!(net, X, training)
+    total, correct = loss_and_error!(delta(net.ws, length(net.layers), m), net.loss, Z, Y)
+    prepare_signal!(net.rule, net, Y, m)
     backward!(grads, net, X)
     return total, correct
 end
