@@ -17,9 +17,12 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--rules", nargs="+", default=["bp", "fa", "dfa"])
+    parser.add_argument("--rules", nargs="+", default=["bp", "fa", "dfa"],
+                        help="rules to compare (default: bp fa dfa; 'all' for every rule)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = parser.parse_args()
+    if args.rules == ["all"]:
+        args.rules = ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm", "drtp", "sdfa", "shallow"]
 
     Xtr, ytr, Xte, yte = pyjlfa.datasets.fashion_mnist(dtype=args.dtype)
     info = pyjlfa.start_julia()
