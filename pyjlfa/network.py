@@ -120,6 +120,7 @@ class Network:
         if self.rule == "drtp" and self.loss != "cross_entropy":
             raise ValueError("rule 'drtp' projects one-hot class targets: it needs loss='cross_entropy'")
         self.seed, self.feedback_seed = seed, feedback_seed
+        self.init, self.feedback = init, feedback  # recorded as given (arrays are the model's B)
         init_spec = self._initialiser(init, "init", eng)
         feedback_specs, given = self._feedback(feedback, eng)
         self.dropout = self._dropout(dropout)
