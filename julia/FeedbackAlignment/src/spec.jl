@@ -30,12 +30,13 @@ end
 
 function build(expr, kind, text)
     registry = REGISTRIES[kind]
-    if expr isa Symbol && haskey(registry, string(expr))
-        return registry[string(expr)]()
-    elseif expr isa Expr && expr.head == :call && expr.args[1] isa Symbol
-        name = string(expr.args[1])
-        haskey(registry, name) || throw(ArgumentError(
-            "unknown $kind \"$name\"; expected one of $(join(sort!(collect(keys(registry))), ", "))"))
+    name = expr isa Symbol ? string(expr) :
+           expr isa Expr && expr.head == :call && expr.args[1] isa Symbol ? string(expr.args[1]) : nothing
+    name === nothing || haskey(registry, name) || throw(ArgumentError(
+        "unknown $kind \"$name\"; expected one of $(join(sort!(collect(keys(registry))), ", "))"))
+    if expr isa Symbol
+        return registry[name]()
+    elseif name !== nothing
         args, kwargs = Any[], Pair{Symbol,Any}[]
         for a in expr.args[2:end]
             if a isa Expr && a.head in (:kw, :(=)) && a.args[1] isa Symbol

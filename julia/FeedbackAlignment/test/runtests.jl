@@ -45,10 +45,11 @@ end
 function cabi_new(sizes, activation, rule, loss; dtype=1, seed=0, feedback_seed=seed)
     h = Ref{Int64}(-1)
     sz = collect(Int64, sizes)
-    status = GC.@preserve h sz activation rule loss begin
+    spec = "activation=$activation\nrule=$rule\nloss=$loss\nseed=$seed\nfeedback_seed=$feedback_seed"
+    given = fill(C_NULL, length(sz) - 1)                 # no host-supplied feedback matrices
+    status = GC.@preserve h sz spec given begin
         CABI.fa_new(Base.unsafe_convert(Ptr{Int64}, h), Cint(dtype), Int64(length(sz)), pointer(sz),
-                    Base.unsafe_convert(Cstring, activation), Base.unsafe_convert(Cstring, rule),
-                    Base.unsafe_convert(Cstring, loss), UInt64(seed), UInt64(feedback_seed))
+                    Base.unsafe_convert(Cstring, spec), pointer(given))
     end
     return status, h[]
 end
@@ -288,6 +289,14 @@ end
     @test sort(v) == 1:50
     @test v != 1:50
     @test FAL.shuffle!(SplitMix64(7), collect(1:50)) == v     # deterministic
+    # ... and uniform: each of the 6 orders of 1:3 about 1/6 of the time (sd ≈ 29 of 1000)
+    r = SplitMix64(3)
+    counts = Dict{Vector{Int},Int}()
+    for _ in 1:6000
+        p = FAL.shuffle!(r, [1, 2, 3])
+        counts[p] = get(counts, p, 0) + 1
+    end
+    @test length(counts) == 6 && all(c -> abs(c - 1000) < 150, values(counts))
 
     sizes = [3, 6, 5, 2]
     for rule in (FA(), DFA())
@@ -487,5 +496,7 @@ end
     @test ccall(lookup, Ptr{Cvoid}, (Cstring,), "fa_forward") == CABI.ENTRY_POINTS["fa_forward"]
     @test ccall(lookup, Ptr{Cvoid}, (Cstring,), unknown) == C_NULL
 end
+
+include("rules.jl")
 
 end # FeedbackAlignment
