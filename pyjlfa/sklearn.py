@@ -28,14 +28,19 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .network import Network
-from .optimizers import SGD
+from .optimizers import SGD, Adam
 
 __all__ = ["FeedbackAlignmentClassifier", "FeedbackAlignmentRegressor"]
 
-# solver name -> the pyjlfa optimizer it means, built from the estimator's parameters.
-# New pyjlfa optimizers (e.g. Adam, with beta_1, beta_2, epsilon) are added here.
+# solver name -> the pyjlfa optimizer it means, built from the estimator's parameters and the
+# batch size. scikit-learn's L2 term adds alpha * W / batch_size to each batch's gradient, which is
+# pyjlfa's (coupled) weight_decay = alpha / batch_size; like scikit-learn, it spares the biases.
 _SOLVERS = {
-    "sgd": lambda est: SGD(lr=est.learning_rate_init, momentum=est.momentum),
+    "sgd": lambda est, batch: SGD(lr=est.learning_rate_init, momentum=est.momentum,
+                                  nesterov=bool(est.nesterovs_momentum and est.momentum > 0),
+                                  weight_decay=est.alpha / batch),
+    "adam": lambda est, batch: Adam(lr=est.learning_rate_init, beta1=est.beta_1, beta2=est.beta_2,
+                                    eps=est.epsilon, weight_decay=est.alpha / batch),
 }
 # scikit-learn's activation names that pyjlfa spells differently; others pass through to Network.
 _ACTIVATION_ALIASES = {"logistic": "sigmoid"}
@@ -99,16 +104,15 @@ class _BaseFeedbackAlignment(BaseEstimator):
                              f"{', '.join(map(repr, _SOLVERS))}")
         if not (_is_real(self.alpha) and self.alpha >= 0):
             raise ValueError(f"alpha must be a non-negative number, got {self.alpha!r}")
-        if self.alpha > 0:
-            raise ValueError(f"alpha={self.alpha!r} asks for an L2 penalty (weight decay), which pyjlfa "
-                             "does not have yet; use alpha=0.0")
         if not (_is_real(self.learning_rate_init) and self.learning_rate_init > 0):
             raise ValueError(f"learning_rate_init must be a positive number, got {self.learning_rate_init!r}")
         if not (_is_real(self.momentum) and 0 <= self.momentum < 1):
             raise ValueError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
-        if self.nesterovs_momentum and self.solver == "sgd" and self.momentum > 0:
-            raise ValueError("nesterovs_momentum=True: pyjlfa's SGD has heavy-ball momentum only; "
-                             "set nesterovs_momentum=False (or momentum=0)")
+        if self.solver == "adam" and not (_is_real(self.beta_1) and 0 <= self.beta_1 < 1
+                                          and _is_real(self.beta_2) and 0 <= self.beta_2 < 1):
+            raise ValueError(f"beta_1 and beta_2 must be numbers in [0, 1), got {self.beta_1!r}, {self.beta_2!r}")
+        if self.solver == "adam" and not (_is_real(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"epsilon must be a positive number, got {self.epsilon!r}")
         if not (self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size > 0)):
             raise ValueError(f"batch_size must be 'auto' or a positive integer, got {self.batch_size!r}")
         if not (_is_int(self.max_iter) and self.max_iter > 0):
@@ -225,7 +229,7 @@ class _BaseFeedbackAlignment(BaseEstimator):
                 warnings.warn(f"batch_size={self.batch_size} is larger than the {n} training samples; "
                               f"using {n}", stacklevel=3)
             batch_size = min(self.batch_size, n)
-        optimizer = _SOLVERS[self.solver](self)
+        optimizer = _SOLVERS[self.solver](self, batch_size)
 
         self.n_iter_ = 0
         for _ in range(1 if incremental else self.max_iter):
@@ -325,10 +329,11 @@ _PARAMETERS_DOC = """
         "dfa" (direct feedback alignment), or any other rule name pyjlfa.Network accepts.
     feedback_seed : int or None, default=None
         Seed of the fixed random feedback matrices; None uses the network's seed.
-    solver : {"sgd"}, default="sgd"
-        The optimizer. pyjlfa has SGD with heavy-ball momentum; other names raise ValueError.
+    solver : {"sgd", "adam"}, default="sgd"
+        The optimizer: pyjlfa.SGD (momentum, Nesterov) or pyjlfa.Adam (beta_1, beta_2, epsilon).
     alpha : float, default=0.0
-        L2 penalty. pyjlfa has no weight decay yet: only 0.0 is accepted.
+        L2 penalty as in scikit-learn: alpha * W / batch_size is added to each batch's gradient
+        (pyjlfa's weight_decay = alpha / batch_size); biases are not penalised.
     batch_size : int or "auto", default="auto"
         Minibatch size; "auto" is min(200, n_samples).
     learning_rate_init : float, default=0.001
@@ -349,7 +354,7 @@ _PARAMETERS_DOC = """
     momentum : float, default=0.9
         SGD momentum in [0, 1) (PyTorch's form: v = momentum*v + dW; W -= lr*v).
     nesterovs_momentum : bool, default=False
-        Only False is possible with momentum > 0: pyjlfa's SGD has no Nesterov variant yet.
+        Nesterov momentum for the sgd solver (when momentum > 0).
     early_stopping : bool, default=False
         Hold out validation_fraction of the training data, stop when its score stops improving
         and keep the parameters of the best epoch.

@@ -30,12 +30,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::sklearn.exceptions.Convergence
               pytest.mark.filterwarnings("ignore:batch_size=.* is larger than:UserWarning")]
 
 # Checks expected to fail, each with its reason (also listed in the README).
-EXPECTED_FAILURES = {
-    FeedbackAlignmentRegressor: {
-        "check_regressors_train": "the check sets alpha=0.01 and pyjlfa has no L2 penalty (weight decay) yet; "
-                                  "test_regressor_trains_on_the_checks_data runs the rest of it with alpha=0",
-    },
-}
+EXPECTED_FAILURES = {}
 
 
 def _expected_failures(estimator):
@@ -303,11 +298,11 @@ def test_pipeline_grid_search_and_cross_val_score():
     assert scores.shape == (3,) and np.all(scores > 0.9)
 
 
-# -- what pyjlfa cannot do yet is refused clearly ------------------------------------------------------
+# -- what pyjlfa cannot do is refused clearly ----------------------------------------------------------
 @pytest.mark.parametrize("params,message", [
-    (dict(solver="adam"), r"solver='adam' is not available in pyjlfa; available solvers: 'sgd'"),
-    (dict(alpha=1e-4), r"weight decay"),
-    (dict(nesterovs_momentum=True), r"heavy-ball momentum only"),
+    (dict(solver="lbfgs"), r"solver='lbfgs' is not available in pyjlfa; available solvers: 'sgd', 'adam'"),
+    (dict(alpha=-1.0), r"alpha must be a non-negative number"),
+    (dict(solver="adam", beta_1=1.0), r"beta_1 and beta_2 must be numbers in \[0, 1\)"),
     (dict(rule="nope"), r"unknown rule 'nope'"),
     (dict(activation="nope"), r"unknown activation 'nope'"),
     (dict(hidden_layer_sizes=(4, 0)), r"hidden_layer_sizes"),
@@ -326,3 +321,31 @@ def test_verbose_prints_the_loss(capsys):
     clf = FeedbackAlignmentClassifier(hidden_layer_sizes=(4,), max_iter=2, verbose=True, random_state=0).fit(X, y)
     out = capsys.readouterr().out
     assert f"Iteration 2, loss = {clf.loss_curve_[1]:.8f}" in out
+
+
+def test_alpha_nesterov_and_adam_map_to_pyjlfa_optimisers():
+    """alpha is scikit-learn's L2 term (alpha * W / batch_size added to the gradient, biases spared):
+    one epoch of one full batch equals a hand-computed step; adam and Nesterov SGD train."""
+    from pyjlfa.reference import ReferenceNetwork
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 3)), rng.normal(size=20)
+    reg = FeedbackAlignmentRegressor(hidden_layer_sizes=(4,), rule="fa", alpha=0.5, batch_size=20,
+                                     learning_rate_init=0.1, max_iter=1, shuffle=False, random_state=0)
+    init = FeedbackAlignmentRegressor(hidden_layer_sizes=(4,), rule="fa", batch_size=20, learning_rate_init=1e-12,
+                                      max_iter=1, shuffle=False, random_state=0).fit(X, y)
+    ref = ReferenceNetwork([W.copy() for W in init.coefs_], [b.copy() for b in init.intercepts_],
+                           [None if B is None else B.copy() for B in init.feedback_matrices_],
+                           activation="relu", rule="fa", loss="mse")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg.fit(X, y)
+    grads = ref.gradients(X, y.reshape(-1, 1))
+    for W, b, (dW, db), W0, b0 in zip(reg.coefs_, reg.intercepts_, grads, init.coefs_, init.intercepts_):
+        np.testing.assert_allclose(W, W0 - 0.1 * (dW + 0.5 / 20 * W0), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(b, b0 - 0.1 * db, rtol=1e-6, atol=1e-9)
+    for params in (dict(solver="adam", learning_rate_init=0.01), dict(learning_rate_init=0.1, momentum=0.9, nesterovs_momentum=True)):
+        clf = FeedbackAlignmentClassifier(hidden_layer_sizes=(16,), max_iter=100, batch_size=20, random_state=0, **params)
+        Xc = rng.normal(size=(120, 2))
+        yc = (Xc[:, 0] + Xc[:, 1] > 0).astype(int)
+        assert clf.fit(Xc, yc).score(Xc, yc) > 0.9
