@@ -158,6 +158,10 @@ def _fields(optimizer):
 def _atomic_write(path, write):
     """Write a new temporary file next to ``path`` and rename it over ``path``; on failure remove it."""
     folder, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
     while True:
         tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:

@@ -398,6 +398,10 @@ def test_save_checks_its_arguments(tmp_path, small_net):
         small_net.save(3)
     with pytest.raises(TypeError, match="include_optimizer must be True or False"):
         small_net.save(tmp_path / "m.safetensors", include_optimizer="yes")
+    with pytest.raises(FileNotFoundError, match="the folder .*no_such_folder does not exist"):
+        small_net.save(tmp_path / "no_such_folder" / "m.safetensors")
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        small_net.save(tmp_path)
     small_net.close()
     with pytest.raises(ValueError, match="this Network is closed"):
         small_net.save(tmp_path / "m.safetensors")

@@ -146,7 +146,7 @@ end
 
 # Address and Julia dimensions of optimiser `optimizer`'s state array `slot` (0-based) for layer
 # `layer`'s W (which = 0) or b (1); NULL if the network holds no such state. With create != 0 the
-# network gets a zero state first (replacing any other), for a host to fill in place.
+# network without such a state first gets a zero one (replacing any other), for a host to fill in place.
 function fa_optstate(h::Int64, optimizer::Cstring, create::Cint, slot::Int64, layer::Int64, which::Cint,
                      ptr::Ptr{Ptr{Cvoid}}, dims::Ptr{Int64})::Cint
     guarded() do

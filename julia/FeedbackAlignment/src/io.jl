@@ -246,10 +246,9 @@ end
 # an initialiser is again {"name": ..., "params": ...}).
 
 const FILE_DTYPES = Dict(Float32 => ("float32", "F32"), Float64 => ("float64", "F64"))
-# The initialisers a file may name. (Initialisers are values users pass to `Network`; this table
-# lists the ones the package defines.)
+# The initialisers a file may name, by the names files use.
 const FILE_INITIALISERS = Dict{String,Any}("glorot_uniform" => GlorotUniform)
-# Optimisers whose state files store, and the names of its slots (one array per W and per b each).
+# Optimisers whose state files store, and the names of their state slots (one array per W and b).
 const STATE_SLOTS = Dict("sgd" => ["velocity"])
 
 snake_case(s) = lowercase(replace(string(s), r"(?<=[a-z0-9])(?=[A-Z])" => "_"))
@@ -315,8 +314,8 @@ end
     optimiser_buffer(net, kind, create, slot, l, which)
 
 The optimiser state array of slot `slot` (1-based) for layer `l`'s W (`which` 1) or b (2), when
-the network holds a state of optimiser `kind` ("sgd"); `nothing` if it holds none, unless
-`create`, which replaces the network's state by a zero one first.
+the network holds a state of optimiser `kind` ("sgd"); `nothing` if it holds none. With `create`,
+a network without such a state first gets a zero one (replacing a state of another optimiser).
 """
 function optimiser_buffer(net::Network, kind::AbstractString, create::Bool, slot::Integer, l::Integer, which::Integer)
     haskey(STATE_SLOTS, kind) || throw(ArgumentError("no optimiser state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS))), ", "))"))
@@ -384,6 +383,8 @@ end
 "Run `f(io)` on a new temporary file next to `path`, then rename it to `path`; on failure remove it."
 function atomic_write(f, path::AbstractString)
     path = abspath(path)
+    isdir(dirname(path)) || throw(ArgumentError("cannot write $path: the folder $(dirname(path)) does not exist"))
+    isdir(path) && throw(ArgumentError("cannot write $path: it is a folder"))
     flags = Base.Filesystem.JL_O_CREAT | Base.Filesystem.JL_O_EXCL | Base.Filesystem.JL_O_WRONLY
     tmp, io = "", nothing
     for attempt in 1:100   # O_EXCL: never reuse a file someone else made
@@ -415,6 +416,12 @@ end
 # Reading
 
 fail(path, msg) = throw(ModelFileError(path, msg))
+
+# Run f(io) on the model file at `path`, opened for reading.
+function open_model(f, path::AbstractString)
+    isdir(path) && fail(path, "it is a folder, not a file")
+    return open(f, path, "r")
+end
 
 """
     read_header(io, path) -> (header, data_start)
@@ -476,7 +483,7 @@ end
 The metadata of a model file (after checking its header), without loading the model.
 """
 function read_metadata(path::AbstractString)
-    header, _ = open(io -> read_header(io, path), path)
+    header, _ = open_model(io -> read_header(io, path), path)
     return metadata_of(header, path)
 end
 
@@ -553,7 +560,7 @@ format version, or tensors that disagree with the metadata.
 """
 function load(path::AbstractString)
     ENDIAN_BOM == 0x04030201 || error("model files are little-endian; this machine is not")
-    open(path, "r") do io
+    open_model(path) do io
         header, data_start = read_header(io, path)
         meta = metadata_of(header, path)
         sizes = json_field(meta, "sizes", path, v -> v isa Vector{Any} && length(v) >= 2 && all(x -> x isa Int64 && x >= 1, v),

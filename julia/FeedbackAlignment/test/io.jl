@@ -184,6 +184,8 @@ end
             @test read(target, String) == "new" && sort(readdir(dir)) == before
             @test_throws ArgumentError save(path("x.safetensors"), Network([2, 2]; activation=x -> x))
             @test !isfile(path("x.safetensors"))
+            @test_throws ArgumentError save(joinpath(dir, "no_such_folder", "m.safetensors"), Network([2, 2]))
+            @test occursin("it is a folder", load_error(dir))
         end
     end
 end
