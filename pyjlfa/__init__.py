@@ -11,9 +11,10 @@ Importing pyjlfa starts nothing; Julia starts at the first Network (or ``pyjlfa.
 
 from . import datasets, init, rules
 from ._runtime import DivergenceError, JuliaError, runtime_info, start_julia
+from .io import ModelFileError, load
 from .network import Layer, Network
 from .optimizers import SGD, Adam, AdamW, Cosine, StepDecay
 
 __version__ = "0.1.0"
 __all__ = ["Network", "Layer", "SGD", "Adam", "AdamW", "StepDecay", "Cosine", "init", "rules", "JuliaError", "DivergenceError", "runtime_info", "start_julia",
-           "datasets", "__version__"]
+           "datasets", "__version__", "load", "ModelFileError"]

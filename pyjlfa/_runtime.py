@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from ctypes import POINTER, c_char_p, c_double, c_int, c_int64, c_void_p
+from ctypes import POINTER, c_char_p, c_double, c_int, c_int64, c_uint64, c_void_p
 from pathlib import Path
 
 __all__ = ["JuliaError", "DivergenceError", "start_julia", "runtime_info", "engine"]
@@ -52,6 +52,10 @@ _SIGNATURES = {
     "fa_step": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_char_p, POINTER(c_double)]),
     "fa_train_epoch": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_int,
                                c_char_p, POINTER(c_double)]),
+    "fa_state_get": (c_int, [c_int64, POINTER(c_int64), POINTER(c_uint64)]),
+    "fa_state_set": (c_int, [c_int64, c_int64, c_uint64]),
+    "fa_optstate": (c_int, [c_int64, c_char_p, c_int, c_int64, c_int64, c_int, POINTER(c_void_p),
+                            POINTER(c_int64)]),
     "fa_error_message": (c_void_p, []),
     "fa_describe": (c_void_p, [c_char_p]),
 }

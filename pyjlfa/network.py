@@ -113,6 +113,7 @@ class Network:
         eng = engine()
         self.activation = _choice(activation, "activation", eng.names("activation"))
         self.loss = _choice(loss, "loss", eng.names("loss"))
+        self.rule_value = rule  # the name, or the rule value with its parameters
         if hasattr(rule, "_spec") and hasattr(rule, "name"):
             self.rule, rule_spec = rule.name, rule._spec()
         else:
@@ -137,6 +138,7 @@ class Network:
         self._handle = _Handle(eng, out.value, keepalive=tuple(B for B in given if B is not None))
         self.layers = tuple(Layer(*(self._param(k, which) for which in range(3)))
                             for k in range(len(self.sizes) - 1))
+        self.optimizer = None  # the optimizer of the last fit/step (recorded by save)
 
     @staticmethod
     def _initialiser(value, name, eng):
@@ -317,6 +319,7 @@ class Network:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             validation = self._data(*validation_data, names=("validation_data[0]", "validation_data[1]"))
         handle = self._id()
+        self.optimizer = SGD() if optimizer is None else optimizer
 
         classifier = self.loss == "cross_entropy"
         keys = ["loss"] + (["accuracy"] if classifier else [])
@@ -342,6 +345,7 @@ class Network:
         """One update on the batch (X, y); returns the batch loss before the update."""
         opt = self._optimizer(optimizer)
         X, y = self._data(X, y)
+        self.optimizer = optimizer
         loss = c_double()
         self._engine.call("fa_step", self._id(), X.ctypes.data, X.shape[0], X.shape[1], y.ctypes.data,
                           opt, ctypes.byref(loss))
@@ -361,6 +365,26 @@ class Network:
         self._engine.call("fa_gradients", handle, X.ctypes.data, X.shape[0], X.shape[1], y.ctypes.data,
                           dW, db, ctypes.byref(loss))
         return grads
+
+    # -- model files ---------------------------------------------------------------------------
+    @property
+    def epochs(self):
+        """Epochs trained so far (carried by model files)."""
+        epochs, rng = c_int64(), ctypes.c_uint64()
+        self._engine.call("fa_state_get", self._id(), ctypes.byref(epochs), ctypes.byref(rng))
+        return epochs.value
+
+    def save(self, path, include_optimizer=False):
+        """Write the model to a safetensors file that ``pyjlfa.load`` and Julia's ``load`` read.
+
+        It holds the parameters, feedback matrices, epochs trained, the shuffling generator's
+        state and what built the network; with ``include_optimizer``, the optimizer state (SGD's
+        velocities) and ``self.optimizer``'s hyperparameters too, so training resumes exactly.
+        The file is written next to ``path`` and renamed: ``path`` is never half-written.
+        """
+        from .io import save
+
+        save(self, path, include_optimizer)
 
     # -- inference -----------------------------------------------------------------------------
     def evaluate(self, X, y):

@@ -57,6 +57,8 @@ __all__ = [
     "LOSSES",
     "feedback_shapes",
     "ReferenceNetwork",
+    "SplitMix64",
+    "initial_parameters",
 ]
 
 ACTIVATIONS = ("tanh", "sigmoid", "relu", "leaky_relu", "identity")
@@ -480,6 +482,23 @@ class SplitMix64:
         self.state = (self.state + self.GAMMA) & _MASK64
         return _mix64(self.state)
 
+    def next_block(self, n):
+        """The next ``n`` outputs as a uint64 array, equal to ``n`` calls of :meth:`next`.
+
+        Output i mixes state0 + (i+1)*GAMMA, so a block is computed at once (uint64 arithmetic
+        wraps modulo 2**64, as the generator's does).
+        """
+        steps = np.arange(1, n + 1, dtype=np.uint64)
+        z = np.uint64(self.state) + steps * np.uint64(self.GAMMA)
+        self.state = (self.state + n * self.GAMMA) & _MASK64
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    def uniforms(self, n):
+        """``n`` float64 uniforms in [0, 1): the top 53 bits of each output times 2**-53."""
+        return (self.next_block(n) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
     def permutation(self, n):
         """Fisher-Yates from the last element down, j uniform in 0..i by modulo reduction."""
         order = list(range(n))
@@ -487,3 +506,33 @@ class SplitMix64:
             j = self.next() % (i + 1)
             order[i], order[j] = order[j], order[i]
         return np.array(order)
+
+
+def _glorot_uniform(shape, rng, dtype, gain=1.0):
+    """Glorot & Bengio (2010) U(-l, l), l = gain * sqrt(6 / (fan_in + fan_out)), drawn in
+    row-major order; each value computed in float64 as (2u - 1) * l and rounded once to dtype."""
+    fan_in, fan_out = shape
+    limit = gain * np.sqrt(6.0 / (fan_in + fan_out))
+    u = rng.uniforms(fan_in * fan_out)
+    return ((2.0 * u - 1.0) * limit).astype(dtype).reshape(shape)
+
+
+def initial_parameters(sizes, rule, seed, feedback_seed=None, dtype="float32"):
+    """The initial ``(Ws, bs, Bs)`` of a pyjlfa network, computed here from the seeds alone.
+
+    The library's documented construction: forward weights come from ``SplitMix64.stream(seed,
+    1)``, feedback matrices from ``SplitMix64.stream(feedback_seed, 2)`` (``feedback_seed``
+    defaults to ``seed``), both Glorot-uniform and drawn layer after layer, each matrix in the
+    row-major order of its shape here (``W[k]`` is ``(n_k, n_{k+1})``; ``B[k]`` as in
+    :func:`feedback_shapes`). Biases start at zero.
+    """
+    sizes = _check_sizes(sizes)
+    dtype = np.dtype(dtype)
+    feedback_seed = seed if feedback_seed is None else feedback_seed
+    wrng, brng = SplitMix64.stream(seed, 1), SplitMix64.stream(feedback_seed, 2)
+    Ws, bs, Bs = [], [], []
+    for k, shape in enumerate(feedback_shapes(sizes, rule)):
+        Ws.append(_glorot_uniform((sizes[k], sizes[k + 1]), wrng, dtype))
+        bs.append(np.zeros(sizes[k + 1], dtype=dtype))
+        Bs.append(None if shape is None else _glorot_uniform(shape, brng, dtype))
+    return Ws, bs, Bs

@@ -85,10 +85,10 @@ def test_fit_refuses_bad_input_and_leaves_the_model_unchanged(name, override, er
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(lr=0), "lr must be a positive finite number"),
-    (dict(lr=-0.1), "lr must be a positive finite number"),
-    (dict(lr=float("nan")), "lr must be a positive finite number"),
-    (dict(lr=0.1, momentum=1.0), r"momentum must be a number in \[0, 1\)"),
+    (dict(lr=0), "SGD: lr must be > 0, got 0"),
+    (dict(lr=-0.1), "SGD: lr must be > 0, got -0.1"),
+    (dict(lr=float("nan")), "SGD: lr must be a finite number, got nan"),
+    (dict(lr=0.1, momentum=1.0), r"SGD: momentum must be < 1, got 1.0"),
     (dict(lr=0.1, momentum=-0.5), "momentum"),
 ])
 def test_sgd_refuses_bad_hyperparameters(kwargs, match):

@@ -23,6 +23,7 @@ export Network, Dense, LearningRule, BP, FA, DFA, uSF, frSF, brSF, KolenPollack,
     LeCunNormal, Uniform, Normal, Orthogonal, Sparse, SignConcordant, Zeros, Given, SplitMix64,
     DivergenceError, sigmoid, relu, leakyrelu, learn!, train_epoch!, step!, gradients, gradients!,
     predict, predict_proba, outputs, evaluate, feedback_shape
+export save, load, ModelFileError
 
 include("rng.jl")
 include("activations.jl")
@@ -33,6 +34,7 @@ include("network.jl")
 include("optimisers.jl")
 include("train.jl")
 include("spec.jl")
+include("io.jl")
 include("cabi.jl")
 include("precompile.jl")
 

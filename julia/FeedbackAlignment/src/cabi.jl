@@ -162,6 +162,37 @@ function fa_train_epoch(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoi
     end
 end
 
+# Training state that model files carry: epochs trained so far and the network generator's state.
+function fa_state_get(h::Int64, epochs::Ptr{Int64}, rng::Ptr{UInt64})::Cint
+    guarded() do
+        net = network(h)
+        unsafe_store!(epochs, net.epochs)
+        unsafe_store!(rng, net.rng.state)
+    end
+end
+
+function fa_state_set(h::Int64, epochs::Int64, rng::UInt64)::Cint
+    guarded() do
+        epochs >= 0 || throw(ArgumentError("epochs must be non-negative, got $epochs"))
+        net = network(h)
+        net.epochs = epochs
+        net.rng.state = rng
+    end
+end
+
+# Address and Julia dimensions of optimiser `optimizer`'s state array `slot` (0-based) for layer
+# `layer`'s W (which = 0) or b (1); NULL if the network holds no such state. With create != 0 the
+# network without such a state first gets a zero one (replacing any other), for a host to fill in place.
+function fa_optstate(h::Int64, optimizer::Cstring, create::Cint, slot::Int64, layer::Int64, which::Cint,
+                     ptr::Ptr{Ptr{Cvoid}}, dims::Ptr{Int64})::Cint
+    guarded() do
+        A = FeedbackAlignment.optimiser_buffer(network(h), unsafe_string(optimizer), create != 0, slot + 1, layer, which + 1)
+        unsafe_store!(ptr, A === nothing ? C_NULL : Ptr{Cvoid}(pointer(A)))
+        unsafe_store!(dims, A === nothing ? 0 : size(A, 1), 1)
+        unsafe_store!(dims, A === nothing ? 0 : size(A, 2), 2)
+    end
+end
+
 fa_error_message()::Ptr{UInt8} = pointer(ERROR_MESSAGE[])
 
 # "runtime": key=value lines about Julia and its BLAS; "activation", "loss", "rule", "initialiser",
@@ -214,6 +245,9 @@ function __init__()
         "fa_gradients" => @cfunction(fa_gradients, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Ptr{Cvoid}}, Ptr{Ptr{Cvoid}}, Ptr{Float64})),
         "fa_step" => @cfunction(fa_step, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cstring, Ptr{Float64})),
         "fa_train_epoch" => @cfunction(fa_train_epoch, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Int64, Cint, Cstring, Ptr{Float64})),
+        "fa_state_get" => @cfunction(fa_state_get, Cint, (Int64, Ptr{Int64}, Ptr{UInt64})),
+        "fa_state_set" => @cfunction(fa_state_set, Cint, (Int64, Int64, UInt64)),
+        "fa_optstate" => @cfunction(fa_optstate, Cint, (Int64, Cstring, Cint, Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
         "fa_error_message" => @cfunction(fa_error_message, Ptr{UInt8}, ()),
         "fa_describe" => @cfunction(fa_describe, Ptr{UInt8}, (Cstring,)),
         "fa_lookup" => @cfunction(fa_lookup, Ptr{Cvoid}, (Cstring,)),

@@ -498,5 +498,6 @@ end
 end
 
 include("rules.jl")
+include("io.jl")
 
 end # FeedbackAlignment

@@ -1,0 +1,667 @@
+# Model files in the safetensors layout (https://github.com/huggingface/safetensors):
+#
+#     8 bytes   n, the header length (unsigned, little-endian)
+#     n bytes   a JSON object, padded with spaces so that the data starts at a multiple of 8:
+#               {"__metadata__": {string: string, ...},
+#                "layers.0.W": {"dtype": "F32", "shape": [784, 256], "data_offsets": [0, 802816]}, ...}
+#     the rest  the tensors' raw little-endian bytes, back to back (offsets count from here)
+#
+# Tensors are stored in the shape Python sees (row-major): Julia's column-major W (n_out, n_in) is
+# the (n_in, n_out) tensor with the same bytes, so nothing is transposed. The metadata says how to
+# rebuild the network. pyjlfa/io.py implements the same format independently, with Python's
+# standard library and NumPy; the `safetensors` package reads these files too.
+
+const FILE_FORMAT = "pyjlfa-safetensors"
+const FILE_FORMAT_VERSION = "1"
+const MAX_HEADER_BYTES = 100_000_000   # the safetensors package's own limit
+
+include_dependency(joinpath(@__DIR__, "..", "Project.toml"))
+const LIBRARY_VERSION = match(r"^version\s*=\s*\"([^\"]+)\""m,
+                              read(joinpath(@__DIR__, "..", "Project.toml"), String))[1]
+
+"A model file that cannot be read, and why."
+struct ModelFileError <: Exception
+    path::String
+    msg::String
+end
+Base.showerror(io::IO, e::ModelFileError) = print(io, "cannot load model file ", e.path, ": ", e.msg)
+
+# ---------------------------------------------------------------------------------------------
+# JSON: a writer for the values model files hold, and a parser for the same subset (objects,
+# arrays, strings, numbers, true/false/null), strict and bounded in depth.
+
+json(x) = sprint(json, x)
+json(io::IO, x::Bool) = print(io, x ? "true" : "false")
+json(io::IO, x::Integer) = print(io, x)
+json(io::IO, ::Nothing) = print(io, "null")
+function json(io::IO, x::AbstractFloat)
+    isfinite(x) || throw(ArgumentError("$x cannot be written as JSON"))
+    print(io, repr(Float64(x)))   # the shortest text that reads back to the same Float64
+end
+function json(io::IO, s::AbstractString)
+    print(io, '"')
+    for c in s
+        c == '"' ? print(io, "\\\"") : c == '\\' ? print(io, "\\\\") :
+        c < ' ' ? print(io, "\\u", string(UInt32(c), base=16, pad=4)) : print(io, c)
+    end
+    print(io, '"')
+end
+function json(io::IO, v::Union{AbstractVector,Tuple})
+    print(io, '[')
+    for (i, x) in enumerate(v)
+        i > 1 && print(io, ',')
+        json(io, x)
+    end
+    print(io, ']')
+end
+function json(io::IO, d::AbstractVector{<:Pair})   # an object, keys in the given order
+    print(io, '{')
+    for (i, (k, v)) in enumerate(d)
+        i > 1 && print(io, ',')
+        json(io, string(k))
+        print(io, ':')
+        json(io, v)
+    end
+    print(io, '}')
+end
+json(io::IO, d::AbstractDict) = json(io, sort!([string(k) => v for (k, v) in d]; by=first))
+
+mutable struct JSONReader
+    s::Vector{UInt8}
+    i::Int
+    depth::Int
+end
+
+struct JSONSyntaxError <: Exception
+    msg::String
+end
+Base.showerror(io::IO, e::JSONSyntaxError) = print(io, e.msg)
+
+"""
+    parse_json(text)
+
+The value of a JSON text: objects as `Dict{String,Any}` (a repeated key is an error), arrays as
+`Vector{Any}`, integers as `Int64`, other numbers as `Float64`, and `true`, `false`, `nothing`.
+"""
+function parse_json(text::Union{AbstractString,AbstractVector{UInt8}})
+    bytes = Vector{UInt8}(codeunits(text isa AbstractString ? String(text) : String(copy(text))))
+    isvalid(String, bytes) || throw(JSONSyntaxError("not valid UTF-8"))
+    r = JSONReader(bytes, 1, 0)
+    value = read_value(r)
+    skip_space(r)
+    r.i <= length(r.s) && json_fail(r, "unexpected text after the JSON value")
+    return value
+end
+
+json_fail(r::JSONReader, msg) = throw(JSONSyntaxError("$msg at byte $(r.i)"))
+peek_byte(r::JSONReader) = r.i <= length(r.s) ? r.s[r.i] : json_fail(r, "unexpected end of text")
+function skip_space(r::JSONReader)
+    while r.i <= length(r.s) && r.s[r.i] in (UInt8(' '), UInt8('\t'), UInt8('\n'), UInt8('\r'))
+        r.i += 1
+    end
+end
+function expect(r::JSONReader, c::Char)
+    skip_space(r)
+    peek_byte(r) == UInt8(c) || json_fail(r, "expected '$c'")
+    r.i += 1
+end
+
+function read_value(r::JSONReader)
+    skip_space(r)
+    c = Char(peek_byte(r))
+    c == '{' && return read_object(r)
+    c == '[' && return read_array(r)
+    c == '"' && return read_string(r)
+    (c == '-' || isdigit(c)) && return read_number(r)
+    for (word, value) in (("true", true), ("false", false), ("null", nothing))
+        if r.i + length(word) - 1 <= length(r.s) && String(r.s[r.i:r.i+length(word)-1]) == word
+            r.i += length(word)
+            return value
+        end
+    end
+    json_fail(r, "unexpected character '$c'")
+end
+
+function nest(f, r::JSONReader)
+    (r.depth += 1) > 64 && json_fail(r, "nested deeper than 64 levels")
+    value = f()
+    r.depth -= 1
+    return value
+end
+
+function read_object(r::JSONReader)
+    nest(r) do
+        d = Dict{String,Any}()
+        r.i += 1
+        skip_space(r)
+        peek_byte(r) == UInt8('}') && (r.i += 1; return d)
+        while true
+            skip_space(r)
+            peek_byte(r) == UInt8('"') || json_fail(r, "expected a string key")
+            at = r.i
+            key = read_string(r)
+            haskey(d, key) && throw(JSONSyntaxError("key \"$key\" appears twice (at byte $at)"))
+            expect(r, ':')
+            d[key] = read_value(r)
+            skip_space(r)
+            peek_byte(r) == UInt8('}') && (r.i += 1; return d)
+            expect(r, ',')
+        end
+    end
+end
+
+function read_array(r::JSONReader)
+    nest(r) do
+        v = Any[]
+        r.i += 1
+        skip_space(r)
+        peek_byte(r) == UInt8(']') && (r.i += 1; return v)
+        while true
+            push!(v, read_value(r))
+            skip_space(r)
+            peek_byte(r) == UInt8(']') && (r.i += 1; return v)
+            expect(r, ',')
+        end
+    end
+end
+
+function read_hex4(r::JSONReader)
+    r.i + 3 <= length(r.s) || json_fail(r, "unfinished \\u escape")
+    code = tryparse(UInt16, String(r.s[r.i:r.i+3]); base=16)
+    code === nothing && json_fail(r, "bad \\u escape")
+    r.i += 4
+    return code
+end
+
+function read_string(r::JSONReader)
+    r.i += 1   # the opening quote
+    out = IOBuffer()
+    while true
+        b = peek_byte(r)
+        if b == UInt8('"')
+            r.i += 1
+            return String(take!(out))
+        elseif b == UInt8('\\')
+            r.i += 1
+            e = Char(peek_byte(r))
+            r.i += 1
+            if e == 'u'
+                code = UInt32(read_hex4(r))
+                if 0xd800 <= code <= 0xdbff   # a surrogate pair
+                    r.i + 1 <= length(r.s) && r.s[r.i] == UInt8('\\') && r.s[r.i+1] == UInt8('u') ||
+                        json_fail(r, "unpaired surrogate in \\u escape")
+                    r.i += 2
+                    low = UInt32(read_hex4(r))
+                    0xdc00 <= low <= 0xdfff || json_fail(r, "unpaired surrogate in \\u escape")
+                    code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00)
+                elseif 0xdc00 <= code <= 0xdfff
+                    json_fail(r, "unpaired surrogate in \\u escape")
+                end
+                print(out, Char(code))
+            else
+                i = findfirst(==(e), "\"\\/bfnrt")
+                i === nothing && json_fail(r, "unknown escape \\$e")
+                print(out, "\"\\/\b\f\n\r\t"[i])
+            end
+        elseif b < 0x20
+            json_fail(r, "control character in a string")
+        else
+            write(out, b)
+            r.i += 1
+        end
+    end
+end
+
+function read_number(r::JSONReader)
+    start = r.i
+    digits() = (n = r.i; while r.i <= length(r.s) && UInt8('0') <= r.s[r.i] <= UInt8('9'); r.i += 1; end; r.i > n)
+    r.i <= length(r.s) && r.s[r.i] == UInt8('-') && (r.i += 1)
+    leading_zero = r.i <= length(r.s) && r.s[r.i] == UInt8('0')
+    digits() || json_fail(r, "bad number")
+    leading_zero && r.i - start > 1 + (r.s[start] == UInt8('-')) && json_fail(r, "number with a leading zero")
+    integer = true
+    if r.i <= length(r.s) && r.s[r.i] == UInt8('.')
+        r.i += 1
+        integer = false
+        digits() || json_fail(r, "bad number")
+    end
+    if r.i <= length(r.s) && r.s[r.i] in (UInt8('e'), UInt8('E'))
+        r.i += 1
+        r.i <= length(r.s) && r.s[r.i] in (UInt8('+'), UInt8('-')) && (r.i += 1)
+        integer = false
+        digits() || json_fail(r, "bad number")
+    end
+    text = String(r.s[start:r.i-1])
+    if integer
+        n = tryparse(Int64, text)
+        n === nothing && (r.i = start; json_fail(r, "integer $text does not fit in 64 bits"))
+        return n
+    end
+    return parse(Float64, text)
+end
+
+# ---------------------------------------------------------------------------------------------
+# How a network is described in the metadata. A rule, initialiser or optimiser is a name from its
+# registry and its parameters, taken from its fields (a nested value such as an initialiser inside
+# an initialiser is again {"name": ..., "params": ...}).
+
+const FILE_DTYPES = Dict(Float32 => ("float32", "F32"), Float64 => ("float64", "F64"))
+# The initialisers a file may name, by the names files use.
+const FILE_INITIALISERS = INITIALISERS
+# Optimisers whose state files store, and the names of their state slots (one array per W and b).
+const STATE_SLOTS = Dict("sgd" => ["velocity"])
+
+snake_case(s) = lowercase(replace(string(s), r"(?<=[a-z0-9])(?=[A-Z])" => "_"))
+
+# The name `x` has in `registry` (whose values are instances or types), else its type's name in snake_case.
+function registry_name(registry, x)
+    for (name, entry) in registry
+        (entry isa Type ? x isa entry : typeof(entry) === typeof(x)) && return name
+    end
+    return snake_case(nameof(typeof(x)))
+end
+
+function params(x)
+    T = typeof(x)
+    return Pair{String,Any}[string(f) => param_value(getfield(x, f)) for f in fieldnames(T)]
+end
+param_value(x::Union{Real,AbstractString,Nothing}) = x
+param_value(x::AbstractVector) = Any[param_value(v) for v in x]
+param_value(x::Initialiser) = Pair{String,Any}["name" => registry_name(FILE_INITIALISERS, x), "params" => params(x)]
+param_value(x) = Pair{String,Any}["name" => snake_case(nameof(typeof(x))), "params" => params(x)]
+
+function name_in(table, value, what)
+    name = findfirst(v -> v === value, table)
+    name === nothing && throw(ArgumentError("cannot save a network whose $what is $value: files hold only the named ones ($(join(sort!(collect(keys(table))), ", ")))"))
+    return name
+end
+
+# The initialisers that built the network (the tensors, not these, decide a loaded network's
+# parameters). Files record one feedback initialiser: the first layer's; a matrix the user gave
+# (`Given`) is recorded as the default, its values being in the tensors.
+forward_initialiser(net::Network) = net.init
+function feedback_initialiser(net::Network)
+    i = findfirst(x -> x !== nothing && !(x isa Given), net.feedback_init)
+    return i === nothing ? GlorotUniform() : net.feedback_init[i]
+end
+
+function file_metadata(net::Network{T}) where {T}
+    winit, binit = forward_initialiser(net), feedback_initialiser(net)
+    return Pair{String,String}[
+        "format" => FILE_FORMAT, "format_version" => FILE_FORMAT_VERSION,
+        "library_version" => LIBRARY_VERSION, "created_by" => "FeedbackAlignment.jl (Julia $VERSION)",
+        "sizes" => json(sizes(net)), "dtype" => FILE_DTYPES[T][1],
+        "activation" => name_in(ACTIVATIONS, net.activation, "activation"),
+        "loss" => registry_name(LOSSES, net.loss),
+        "rule" => registry_name(RULES, net.rule), "rule_params" => json(params(net.rule)),
+        "init" => registry_name(FILE_INITIALISERS, winit), "init_params" => json(params(winit)),
+        "feedback_init" => registry_name(FILE_INITIALISERS, binit), "feedback_init_params" => json(params(binit)),
+        "seed" => string(net.seed), "feedback_seed" => string(net.feedback_seed),
+        "epochs" => string(net.epochs), "rng_state" => string(net.rng.state),
+        "dropout" => json(net.dropout)]
+end
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser state. `state_kind` names the optimiser a state belongs to; `state_array` is its
+# array for (slot, layer, W or b); `new_state!` gives a network a zero state for an optimiser.
+
+state_kind(::Nothing) = nothing
+state_kind(s::OptState) = s.kind === SGD ? "sgd" : s.kind === Adam ? "adam" : string(s.kind)
+# OptState keeps, per layer, the state arrays of W, then b (then B), `nslots` each.
+state_array(s::OptState, slot::Integer, l::Integer, which::Integer) =
+    s.slots[l][(which - 1) * length(STATE_SLOTS[state_kind(s)]) + slot]
+
+function new_state!(net::Network, kind::AbstractString)
+    kind == "sgd" || throw(ArgumentError("no optimiser state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS))), ", "))"))
+    net.optstate = nothing
+    return optimiser_state!(net, SGD(0.01))   # the hyperparameters play no part in the state
+end
+
+# Format 1 stores SGD's velocities of W and b: Adam's step count and Kolen-Pollack's B state are
+# not in it yet, so saving them is refused rather than resumed inexactly.
+function check_savable_state(net::Network)
+    kind = state_kind(net.optstate)
+    kind === nothing || haskey(STATE_SLOTS, kind) ||
+        throw(ArgumentError("saving the state of optimizer $kind is not supported yet (model files store SGD's momentum only); save without include_optimizer"))
+    kind === nothing || !learns_feedback(net.rule) ||
+        throw(ArgumentError("saving Kolen-Pollack's optimizer state (B's momentum) is not supported yet; save without include_optimizer"))
+end
+
+"""
+    optimiser_buffer(net, kind, create, slot, l, which)
+
+The optimiser state array of slot `slot` (1-based) for layer `l`'s W (`which` 1) or b (2), when
+the network holds a state of optimiser `kind` ("sgd"); `nothing` if it holds none. With `create`,
+a network without such a state first gets a zero one (replacing a state of another optimiser).
+"""
+function optimiser_buffer(net::Network, kind::AbstractString, create::Bool, slot::Integer, l::Integer, which::Integer)
+    haskey(STATE_SLOTS, kind) || throw(ArgumentError("no optimiser state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS))), ", "))"))
+    1 <= slot <= length(STATE_SLOTS[kind]) || throw(ArgumentError("optimiser $kind has no state slot $slot"))
+    1 <= l <= length(net.layers) || throw(ArgumentError("no layer $l"))
+    which in (1, 2) || throw(ArgumentError("which must be 1 (W) or 2 (b)"))
+    create && state_kind(net.optstate) != kind && new_state!(net, kind)
+    state_kind(net.optstate) == kind || return nothing
+    return state_array(net.optstate, slot, l, which)
+end
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+"""
+    save(path, net; include_optimizer=false, optimizer=nothing) -> path
+
+Write `net` to a model file that both Julia (`load`) and Python (`pyjlfa.load`) read: its
+parameters and feedback matrices, the epochs trained and the state of its generator, and what
+built it (sizes, activation, loss, rule, initialisers, seeds, dtype). With `include_optimizer`,
+the optimiser state (SGD's momentum velocities) too, so that training resumes exactly; pass the
+`optimizer` to record its hyperparameters as well. The file is written to a temporary file in the
+same folder and renamed, so `path` never holds a half-written file.
+"""
+function save(path::AbstractString, net::Network{T}; include_optimizer::Bool=false, optimizer=nothing) where {T}
+    ENDIAN_BOM == 0x04030201 || error("model files are little-endian; this machine is not")
+    meta = file_metadata(net)
+    tensors = Pair{String,Array{T}}[]
+    for (k, d) in enumerate(net.layers)
+        push!(tensors, "layers.$(k-1).W" => d.W, "layers.$(k-1).b" => d.b)
+        d.B === nothing || push!(tensors, "layers.$(k-1).B" => d.B)
+    end
+    if include_optimizer
+        check_savable_state(net)
+        kind = state_kind(net.optstate)
+        if optimizer !== nothing
+            name = registry_name(OPTIMISERS, optimizer)
+            kind === nothing || kind == name ||
+                throw(ArgumentError("the network holds $kind state, but optimizer is $name"))
+            kind = name
+            push!(meta, "optimizer_params" => json(params(optimizer)))
+        end
+        slots = state_kind(net.optstate) === nothing ? String[] : STATE_SLOTS[kind]
+        push!(meta, "optimizer" => something(kind, "none"), "optimizer_slots" => json(slots))
+        for (s, slot) in enumerate(slots), k in 1:length(net.layers), which in 1:2
+            push!(tensors, "optimizer.$slot.$(k-1).$(which == 1 ? 'W' : 'b')" => state_array(net.optstate, s, k, which))
+        end
+    end
+    header = Pair{String,Any}["__metadata__" => meta]
+    offset = 0
+    for (name, A) in tensors
+        push!(header, name => Pair{String,Any}["dtype" => FILE_DTYPES[T][2], "shape" => reverse(collect(size(A))),
+                                               "data_offsets" => [offset, offset + sizeof(A)]])
+        offset += sizeof(A)
+    end
+    text = json(header)
+    text *= " "^(mod(-ncodeunits(text), 8))   # the data starts at a multiple of 8
+    atomic_write(path) do io
+        write(io, htol(UInt64(ncodeunits(text))))
+        write(io, text)
+        foreach(t -> write(io, t[2]), tensors)
+    end
+    return path
+end
+
+"Run `f(io)` on a new temporary file next to `path`, then rename it to `path`; on failure remove it."
+function atomic_write(f, path::AbstractString)
+    path = abspath(path)
+    isdir(dirname(path)) || throw(ArgumentError("cannot write $path: the folder $(dirname(path)) does not exist"))
+    isdir(path) && throw(ArgumentError("cannot write $path: it is a folder"))
+    flags = Base.Filesystem.JL_O_CREAT | Base.Filesystem.JL_O_EXCL | Base.Filesystem.JL_O_WRONLY
+    tmp, io = "", nothing
+    for attempt in 1:100   # O_EXCL: never reuse a file someone else made
+        tmp = joinpath(dirname(path), ".$(basename(path)).$(getpid()).$(string(time_ns() % 0xfffff, base=16)).tmp")
+        try
+            io = Base.Filesystem.open(tmp, flags, 0o666)
+            break
+        catch e
+            (e isa Base.IOError && ispath(tmp) && attempt < 100) || rethrow()
+        end
+    end
+    done = false
+    try
+        try
+            f(io)
+            Sys.isunix() && ccall(:fsync, Cint, (Cint,), reinterpret(Cint, io.handle))
+        finally
+            close(io)
+        end
+        Base.Filesystem.rename(tmp, path)   # atomic; `mv(; force=true)` would delete `path` first
+        done = true
+    finally
+        done || rm(tmp; force=true)
+    end
+    return path
+end
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+fail(path, msg) = throw(ModelFileError(path, msg))
+
+# Run f(io) on the model file at `path`, opened for reading.
+function open_model(f, path::AbstractString)
+    isdir(path) && fail(path, "it is a folder, not a file")
+    return open(f, path, "r")
+end
+
+"""
+    read_header(io, path) -> (header, data_start)
+
+The parsed JSON header of the safetensors file open in `io`, with every tensor's entry checked
+(dtype, shape, data_offsets) and the offsets checked to tile the data section exactly.
+"""
+function read_header(io::IO, path)
+    total = filesize(io)
+    total >= 8 || fail(path, "truncated file: $total bytes, but a model file starts with an 8-byte header length")
+    seekstart(io)
+    n = ltoh(read(io, UInt64))
+    n <= MAX_HEADER_BYTES || fail(path, "the header length field says $n bytes, more than the $MAX_HEADER_BYTES a header may have (corrupt file, or not a safetensors file)")
+    n <= total - 8 || fail(path, "truncated file: the header length field says $n bytes, but only $(total - 8) bytes follow it")
+    header = try
+        parse_json(read(io, Int(n)))
+    catch e
+        e isa JSONSyntaxError || rethrow()
+        fail(path, "corrupt header: $(e.msg) (not valid JSON)")
+    end
+    header isa Dict{String,Any} || fail(path, "corrupt header: it is not a JSON object")
+    data_start, data_length = 8 + Int(n), total - 8 - Int(n)
+    spans = Tuple{Int,Int,String}[]
+    for (name, entry) in header
+        name == "__metadata__" && continue
+        entry isa Dict{String,Any} && haskey(entry, "dtype") && haskey(entry, "shape") && haskey(entry, "data_offsets") ||
+            fail(path, "corrupt header: tensor \"$name\" needs dtype, shape and data_offsets")
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        shape isa Vector{Any} && all(x -> x isa Int64 && x >= 0, shape) ||
+            fail(path, "corrupt header: tensor \"$name\" has shape $(json(shape)), not a list of non-negative integers")
+        offsets isa Vector{Any} && length(offsets) == 2 && all(x -> x isa Int64 && x >= 0, offsets) && offsets[1] <= offsets[2] ||
+            fail(path, "corrupt header: tensor \"$name\" has data_offsets $(json(offsets)), not [begin, end] with begin <= end")
+        itemsize = get(Dict("F32" => 4, "F64" => 8), entry["dtype"], 0)
+        itemsize > 0 || fail(path, "tensor \"$name\" has dtype $(json(entry["dtype"])); model files hold F32 or F64")
+        nbytes = try
+            foldl(Base.checked_mul, shape; init=itemsize)
+        catch e
+            e isa OverflowError || rethrow()
+            fail(path, "tensor \"$name\" has an impossibly large shape $(json(shape))")
+        end
+        offsets[2] - offsets[1] == nbytes ||
+            fail(path, "tensor \"$name\" of shape $(json(shape)) needs $nbytes bytes, but its data_offsets $(json(offsets)) span $(offsets[2] - offsets[1])")
+        push!(spans, (offsets[1], offsets[2], name))
+    end
+    at = 0
+    for (first, last, name) in sort!(spans)
+        first == at || fail(path, "tensor \"$name\" starts at data byte $first, but the previous tensor ends at $at (overlap or gap)")
+        at = last
+    end
+    at == data_length || fail(path, at > data_length ?
+        "truncated file: the tensors need $at bytes of data, but only $data_length follow the header" :
+        "$(data_length - at) bytes follow the last tensor (corrupt file)")
+    return header, data_start
+end
+
+"""
+    read_metadata(path) -> Dict{String,String}
+
+The metadata of a model file (after checking its header), without loading the model.
+"""
+function read_metadata(path::AbstractString)
+    header, _ = open_model(io -> read_header(io, path), path)
+    return metadata_of(header, path)
+end
+
+function metadata_of(header, path)
+    meta = get(header, "__metadata__", nothing)
+    meta isa Dict{String,Any} && get(meta, "format", nothing) == FILE_FORMAT ||
+        fail(path, "not a pyjlfa model file: its safetensors header has no pyjlfa metadata (__metadata__.format = \"$FILE_FORMAT\")")
+    all(v -> v isa String, values(meta)) || fail(path, "corrupt header: __metadata__ values must be strings")
+    version = get(meta, "format_version", "(missing)")
+    version == FILE_FORMAT_VERSION ||
+        fail(path, "unknown format version \"$version\"; this FeedbackAlignment reads version $FILE_FORMAT_VERSION (is the file from a newer release?)")
+    return Dict{String,String}(meta)
+end
+
+function field(meta, key, path)
+    haskey(meta, key) || fail(path, "the metadata lacks \"$key\"")
+    return meta[key]
+end
+
+function json_field(meta, key, path, check, expected)
+    text = field(meta, key, path)
+    value = try
+        parse_json(text)
+    catch e
+        e isa JSONSyntaxError || rethrow()
+        fail(path, "metadata \"$key\" is not valid JSON ($(e.msg)): $text")
+    end
+    check(value) || fail(path, "metadata \"$key\" must be $expected, got $text")
+    return value
+end
+
+function integer_field(meta, key, path, ::Type{I}) where {I<:Union{Int64,UInt64}}
+    text = field(meta, key, path)
+    n = all(isdigit, text) ? tryparse(I, text) : nothing
+    n === nothing && fail(path, "metadata \"$key\" must be an integer in [0, 2**$(I == Int64 ? 63 : 64)), got \"$text\"")
+    return n
+end
+
+function lookup(table, what, name, path)
+    haskey(table, name) || fail(path, "unknown $what \"$name\"; this FeedbackAlignment knows $(join(sort!(collect(keys(table))), ", "))")
+    return table[name]
+end
+
+is_object(x) = x isa Dict{String,Any}
+
+# A rule or initialiser from its registry name and parameters (the type's fields, in order).
+function rebuild(registry, what, name, ps, path)
+    entry = lookup(registry, what, name, path)
+    !(entry isa Type) && isempty(ps) && return entry
+    R = entry isa Type ? entry : typeof(entry)
+    fields = string.(fieldnames(R))
+    Set(keys(ps)) == Set(fields) ||
+        fail(path, "$what \"$name\" takes the parameters ($(join(fields, ", "))), but the file gives ($(join(sort!(collect(keys(ps))), ", ")))")
+    try
+        return R((from_param(ps[f], path) for f in fields)...)
+    catch e
+        e isa ModelFileError && rethrow()
+        fail(path, "cannot rebuild $what \"$name\" from $(json(ps)): $(sprint(showerror, e))")
+    end
+end
+from_param(x::Dict{String,Any}, path) =
+    rebuild(FILE_INITIALISERS, "initialiser", get(x, "name", ""), get(x, "params", Dict{String,Any}()), path)
+from_param(x::Vector{Any}, path) = all(v -> v isa Real, x) ? Float64.(x) : [from_param(v, path) for v in x]
+from_param(x, path) = x
+
+"""
+    load(path) -> Network
+
+A new network from a model file written by `save` or by Python's `Network.save`: the same
+parameters, feedback matrices, epochs, generator state and (when the file has it) optimiser
+state, so training continues exactly where it stopped. Throws a `ModelFileError` saying what is
+wrong for a truncated or corrupt file, a safetensors file that is not a pyjlfa model, an unknown
+format version, or tensors that disagree with the metadata.
+"""
+function load(path::AbstractString)
+    ENDIAN_BOM == 0x04030201 || error("model files are little-endian; this machine is not")
+    open_model(path) do io
+        header, data_start = read_header(io, path)
+        meta = metadata_of(header, path)
+        sizes = json_field(meta, "sizes", path, v -> v isa Vector{Any} && length(v) >= 2 && all(x -> x isa Int64 && x >= 1, v),
+                           "a list of at least two positive integers")
+        dtype = field(meta, "dtype", path)
+        T = lookup(Dict(name => T for (T, (name, _)) in FILE_DTYPES), "dtype", dtype, path)
+        activation = lookup(ACTIVATIONS, "activation", field(meta, "activation", path), path)
+        loss = lookup(LOSSES, "loss", field(meta, "loss", path), path)
+        objects = Dict(k => json_field(meta, k, path, is_object, "a JSON object")
+                       for k in ("rule_params", "init_params", "feedback_init_params"))
+        rule = rebuild(RULES, "rule", field(meta, "rule", path), objects["rule_params"], path)
+        init = rebuild(FILE_INITIALISERS, "initialiser", field(meta, "init", path), objects["init_params"], path)
+        feedback = rebuild(FILE_INITIALISERS, "initialiser", field(meta, "feedback_init", path), objects["feedback_init_params"], path)
+        seed, feedback_seed = integer_field(meta, "seed", path, UInt64), integer_field(meta, "feedback_seed", path, UInt64)
+        epochs, rng_state = integer_field(meta, "epochs", path, Int64), integer_field(meta, "rng_state", path, UInt64)
+
+        # The tensors the metadata calls for, in Python's shapes.
+        expected = Pair{String,Vector{Int}}[]
+        for l in 1:length(sizes)-1
+            push!(expected, "layers.$(l-1).W" => [sizes[l], sizes[l+1]], "layers.$(l-1).b" => [sizes[l+1]])
+            shape = feedback_shape(rule, sizes, l)
+            shape === nothing || push!(expected, "layers.$(l-1).B" => reverse(collect(shape)))
+        end
+        kind = get(meta, "optimizer", nothing)
+        slots = String[]
+        if kind !== nothing && kind != "none"
+            haskey(STATE_SLOTS, kind) || fail(path, "unknown optimizer \"$kind\"; this FeedbackAlignment knows $(join(sort!(collect(keys(STATE_SLOTS))), ", "))")
+            slots = String.(json_field(meta, "optimizer_slots", path,
+                                       v -> v isa Vector{Any} && (isempty(v) || v == STATE_SLOTS[kind]),
+                                       "[] or $(json(STATE_SLOTS[kind])) for $kind"))
+            for slot in slots, l in 1:length(sizes)-1, (which, shape) in (("W", [sizes[l], sizes[l+1]]), ("b", [sizes[l+1]]))
+                push!(expected, "optimizer.$slot.$(l-1).$which" => shape)
+            end
+        end
+        for (name, shape) in expected
+            haskey(header, name) || fail(path, "tensor \"$name\" is missing (the metadata describes a $(field(meta, "rule", path)) network of sizes $(json(sizes)))")
+            entry = header[name]
+            entry["dtype"] == FILE_DTYPES[T][2] || fail(path, "tensor \"$name\" is $(entry["dtype"]), but the metadata says dtype $dtype")
+            entry["shape"] == shape || fail(path, "tensor \"$name\" has shape $(json(entry["shape"])), but the metadata (sizes $(json(sizes)), rule $(field(meta, "rule", path))) needs $(json(shape))")
+        end
+        for name in sort!(collect(keys(header)))
+            name == "__metadata__" || any(e -> e[1] == name, expected) || fail(path, "unexpected tensor \"$name\" (the metadata does not describe it)")
+        end
+
+        # Everything is checked: build a new network and read the tensors straight into it.
+        dropout = haskey(meta, "dropout") ? json_field(meta, "dropout", path,
+            v -> v isa Vector{Any} && length(v) == length(sizes) - 2 && all(x -> x isa Real && 0 <= x < 1, v),
+            "a list of one rate in [0, 1) per hidden layer") : zeros(length(sizes) - 2)
+        net = Network(Int.(sizes); T=T, activation=activation, loss=loss, rule=rule, init=init, feedback=feedback,
+                      seed=seed, feedback_seed=feedback_seed, dropout=Float64.(dropout))
+        isempty(slots) || new_state!(net, kind)
+        for (name, _) in expected
+            target = tensor_target(net, name, kind)
+            seek(io, data_start + header[name]["data_offsets"][1])
+            read!(io, target)
+        end
+        net.epochs = epochs
+        net.rng.state = rng_state
+        return net
+    end
+end
+
+function tensor_target(net::Network, name, kind)
+    parts = split(name, '.')
+    if parts[1] == "layers"
+        d = net.layers[parse(Int, parts[2])+1]
+        return parts[3] == "W" ? d.W : parts[3] == "b" ? d.b : d.B
+    end
+    slot = findfirst(==(parts[2]), STATE_SLOTS[kind])
+    return state_array(net.optstate, slot, parse(Int, parts[3]) + 1, parts[4] == "W" ? 1 : 2)
+end
+
+
+# Save and load a small network of each common kind while the package precompiles, so that a new
+# process does not spend seconds inferring them.
+let dir = mktempdir()
+    try
+        for T in (Float32, Float64), rule in (BP(), FA(), DFA())
+            net = Network([3, 4, 2]; rule=rule, T=T)
+            step!(net, ones(T, 3, 2), [1, 2], SGD(0.1, 0.9))
+            load(save(joinpath(dir, "model.safetensors"), net; include_optimizer=true, optimizer=SGD(0.1, 0.9)))
+        end
+    finally
+        rm(dir; recursive=true, force=true)
+    end
+end

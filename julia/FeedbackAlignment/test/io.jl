@@ -1,0 +1,196 @@
+# Model files (src/io.jl): the JSON subset, save/load round trips, exact resumption, every corrupt
+# case, and atomic writes. Included from runtests.jl; Python reads and writes the same files in
+# tests/test_io.py.
+
+# Bytes of a safetensors file with the given header text and data, built by hand.
+function raw_file(path, header::AbstractString, data::Vector{UInt8}=UInt8[])
+    header *= " "^mod(-ncodeunits(header), 8)
+    write(path, [reinterpret(UInt8, [htol(UInt64(ncodeunits(header)))]); Vector{UInt8}(header); data])
+    return path
+end
+
+# The error message `load(path)` throws (a ModelFileError), or "loaded".
+function load_error(path)
+    try
+        load(path)
+        return "loaded"
+    catch e
+        e isa ModelFileError || rethrow()
+        return sprint(showerror, e)
+    end
+end
+
+samebits(a::Network, b::Network) = all(zip(a.layers, b.layers)) do (x, y)
+    x.W == y.W && x.b == y.b && (x.B === nothing ? y.B === nothing : x.B == y.B)
+end
+
+@testset "model files" begin
+    @testset "JSON subset" begin
+        text = "{\"a\":[1,-2,3.5e2,\"q\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\"],\"b\":{\"c\":null,\"d\":true,\"e\":false},\"f\":[]}"
+        v = FAL.parse_json(text)
+        @test v["a"] == Any[1, -2, 350.0, "q\"\\/\b\f\n\r\té😀"]
+        @test v["a"][1] isa Int64 && v["a"][3] isa Float64
+        @test v["b"] == Dict{String,Any}("c" => nothing, "d" => true, "e" => false) && v["f"] == Any[]
+        # writing and reading back gives the same value, floats to the last bit
+        values = Pair{String,Any}["s" => "tab\t\"quote\" \\ \u01 é", "x" => [0.1, 1e-5, 1e300, -0.0, 2.5f0], "n" => nothing, "i" => typemax(Int64)]
+        back = FAL.parse_json(FAL.json(values))
+        @test back["s"] == values[1][2] && back["n"] === nothing && back["i"] == typemax(Int64)
+        @test back["x"] == Float64[0.1, 1e-5, 1e300, -0.0, 2.5] && signbit(back["x"][4])
+        @test FAL.json(Pair{String,Any}["b" => [1, 2], "a" => Pair{String,Any}[]]) == "{\"b\":[1,2],\"a\":{}}"
+        @test_throws ArgumentError FAL.json(NaN)
+        for bad in ("{\"a\":1,\"a\":2}", "[1,]", "{\"a\" 1}", "01", "1.", "-", "\"\\x\"", "\"\\ud800\"", "[1] 2",
+                    "\"a\nb\"", "nul", "9223372036854775808", "[" ^ 100 * "]" ^ 100, "\"abc")
+            @test_throws FAL.JSONSyntaxError FAL.parse_json(bad)
+        end
+        @test_throws FAL.JSONSyntaxError FAL.parse_json(UInt8[0x22, 0xff, 0x22])   # not UTF-8
+    end
+
+    mktempdir() do dir
+        path(name) = joinpath(dir, name)
+        X = randn(MersenneTwister(2), 6, 30)
+        y = [mod1(j, 3) for j in 1:30]
+
+        @testset "save and load round trip ($T, $(typeof(rule)))" for T in (Float32, Float64), rule in (BP(), FA(), DFA())
+            net = Network([6, 5, 4, 3]; rule=rule, activation=sigmoid, seed=4, feedback_seed=9, T=T)
+            learn!(net, T.(X), y; epochs=2, batchsize=7, optimizer=SGD(0.1, 0.9))
+            @test save(path("a.safetensors"), net; include_optimizer=true, optimizer=SGD(0.1, 0.9)) == path("a.safetensors")
+            loaded = load(path("a.safetensors"))
+            @test loaded isa Network{T,typeof(sigmoid),typeof(rule),CrossEntropy}
+            @test samebits(net, loaded) && loaded.epochs == 2 && loaded.rng.state == net.rng.state
+            @test (loaded.seed, loaded.feedback_seed) == (4, 9)
+            @test all(FeedbackAlignment.state_array(loaded.optstate, 1, l, i) ==
+                      FeedbackAlignment.state_array(net.optstate, 1, l, i) for l in 1:3, i in 1:2)
+            @test predict_proba(loaded, T.(X)) == predict_proba(net, T.(X))
+            loaded.layers[1].W[1] += 1   # a new model: the old one does not change
+            @test loaded.layers[1].W[1] != net.layers[1].W[1]
+            # saving the loaded model again gives the same bytes
+            save(path("b.safetensors"), load(path("a.safetensors")); include_optimizer=true, optimizer=SGD(0.1, 0.9))
+            @test read(path("a.safetensors")) == read(path("b.safetensors"))
+            meta = FeedbackAlignment.read_metadata(path("a.safetensors"))
+            @test meta["sizes"] == "[6,5,4,3]" && meta["dtype"] == (T == Float32 ? "float32" : "float64")
+            @test meta["activation"] == "sigmoid" && meta["rule"] == lowercase(string(typeof(rule))) && meta["rule_params"] == "{}"
+            @test meta["feedback_init"] == "glorot_uniform" && meta["feedback_init_params"] == "{\"gain\":1.0}"
+            @test meta["optimizer"] == "sgd" && startswith(meta["optimizer_params"], "{\"lr\":0.1,\"momentum\":0.9,\"nesterov\":false")
+            @test meta["optimizer_slots"] == "[\"velocity\"]" && meta["epochs"] == "2" && meta["format_version"] == "1"
+        end
+
+        @testset "the layout is safetensors'" begin
+            net = Network([3, 2]; rule=BP(), T=Float32)
+            bytes = read(save(path("c.safetensors"), net))
+            n = Int(ltoh(reinterpret(UInt64, bytes[1:8])[1]))
+            @test (8 + n) % 8 == 0 && bytes[8+n] == UInt8(' ')
+            header = FAL.parse_json(String(bytes[9:8+n]))
+            @test header["layers.0.W"] == Dict{String,Any}("dtype" => "F32", "shape" => [3, 2], "data_offsets" => [0, 24])
+            @test header["layers.0.b"]["data_offsets"] == [24, 32] && length(bytes) == 8 + n + 32
+            # W (n_out, n_in) column-major is stored as-is: Python's (n_in, n_out) row-major
+            @test reinterpret(Float32, bytes[9+n:8+n+24]) == vec(net.layers[1].W)
+        end
+
+        @testset "training resumes exactly" for rule in (FA(), DFA())
+            straight = Network([6, 8, 3]; rule=rule, seed=1, T=Float64)
+            learn!(straight, X, y; epochs=2, batchsize=4, optimizer=SGD(0.05, 0.9))
+            first = Network([6, 8, 3]; rule=rule, seed=1, T=Float64)
+            learn!(first, X, y; epochs=1, batchsize=4, optimizer=SGD(0.05, 0.9))
+            save(path("r.safetensors"), first; include_optimizer=true)
+            save(path("r0.safetensors"), first)
+            resumed = load(path("r.safetensors"))
+            learn!(resumed, X, y; epochs=1, batchsize=4, optimizer=SGD(0.05, 0.9))
+            @test samebits(straight, resumed) && resumed.epochs == 2
+            without = load(path("r0.safetensors"))   # no velocities: a different second epoch
+            @test without.optstate === nothing
+            learn!(without, X, y; epochs=1, batchsize=4, optimizer=SGD(0.05, 0.9))
+            @test !samebits(straight, without)
+        end
+
+        @testset "optimiser state that does not exist, or cannot be saved yet" begin
+            net = Network([3, 2]; T=Float64)                # never trained: no state
+            save(path("s.safetensors"), net; include_optimizer=true)
+            meta = FeedbackAlignment.read_metadata(path("s.safetensors"))
+            @test meta["optimizer"] == "none" && meta["optimizer_slots"] == "[]" && !haskey(meta, "optimizer_params")
+            @test load(path("s.safetensors")).optstate === nothing
+            step!(net, ones(3, 2), [1, 2], Adam(0.01))      # Adam's step count is not in format 1
+            @test_throws ArgumentError save(path("s.safetensors"), net; include_optimizer=true)
+            kp = Network([3, 4, 2]; rule=KolenPollack(), T=Float64)
+            step!(kp, ones(3, 2), [1, 2], SGD(0.1, 0.9))   # nor is B's momentum
+            @test_throws ArgumentError save(path("s.safetensors"), kp; include_optimizer=true)
+        end
+
+        @testset "corrupt files raise a clear ModelFileError" begin
+            net = Network([6, 5, 4, 3]; rule=FA(), T=Float32)
+            step!(net, ones(Float32, 6, 2), [1, 2], SGD(0.1, 0.9))
+            good = read(save(path("good.safetensors"), net; include_optimizer=true))
+            n = Int(ltoh(reinterpret(UInt64, good[1:8])[1]))
+            header = String(good[9:8+n])
+            data = good[9+n:end]
+            with(name, bytes) = (write(path(name), bytes); path(name))
+            edit(name, old, new) = raw_file(path(name), replace(header, old => new), data)
+            cases = [
+                with("t1", good[1:5]) => "truncated file: 5 bytes, but a model file starts with an 8-byte header length",
+                with("t2", good[1:108]) => "truncated file: the header length field says $n bytes, but only 100 bytes follow it",
+                with("t3", good[1:end-10]) => "truncated file: the tensors need $(length(data)) bytes of data, but only $(length(data) - 10) follow the header",
+                with("big", [reinterpret(UInt8, [htol(UInt64(1) << 62)]); good[9:end]]) =>
+                    "the header length field says 4611686018427387904 bytes, more than the 100000000 a header may have",
+                with("json", [good[1:8]; Vector{UInt8}(replace(header, "{\"format\"" => "{{\"format\"")[1:n]); data]) =>
+                    "corrupt header: expected a string key at byte 18 (not valid JSON)",
+                raw_file(path("foreign"), "{\"__metadata__\":{\"framework\":\"pt\"},\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", zeros(UInt8, 4)) =>
+                    "not a pyjlfa model file: its safetensors header has no pyjlfa metadata",
+                raw_file(path("bare"), "{\"w\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}", zeros(UInt8, 8)) =>
+                    "not a pyjlfa model file",
+                edit("version", "\"format_version\":\"1\"", "\"format_version\":\"7\"") =>
+                    "unknown format version \"7\"; this FeedbackAlignment reads version 1",
+                edit("shape", "\"shape\":[5,4]", "\"shape\":[4,5]") =>
+                    "tensor \"layers.1.W\" has shape [4,5], but the metadata (sizes [6,5,4,3], rule fa) needs [5,4]",
+                edit("sizes", "\"sizes\":\"[6,5,4,3]\"", "\"sizes\":\"[6,7,4,3]\"") =>
+                    "tensor \"layers.0.W\" has shape [6,5], but the metadata (sizes [6,7,4,3], rule fa) needs [6,7]",
+                edit("dtype", "\"dtype\":\"float32\"", "\"dtype\":\"float64\"") =>
+                    "tensor \"layers.0.W\" is F32, but the metadata says dtype float64",
+                edit("rule", "\"rule\":\"fa\"", "\"rule\":\"dfa\"") =>
+                    "tensor \"layers.0.B\" is missing (the metadata describes a dfa network of sizes [6,5,4,3])",
+                edit("unknown", "\"activation\":\"tanh\"", "\"activation\":\"swish\"") =>
+                    "unknown activation \"swish\"; this FeedbackAlignment knows identity, leaky_relu, relu, sigmoid, tanh",
+                edit("seed", "\"seed\":\"0\"", "\"seed\":\"x1\"") => "metadata \"seed\" must be an integer in [0, 2**64), got \"x1\"",
+                edit("params", "\"rule_params\":\"{}\"", "\"rule_params\":\"{\\\"alpha\\\":1.0}\"") =>
+                    "rule \"fa\" takes the parameters (), but the file gives (alpha)",
+                edit("slots", "\"optimizer_slots\":\"[\\\"velocity\\\"]\"", "\"optimizer_slots\":\"[]\"") =>
+                    "unexpected tensor \"optimizer.velocity.0.W\" (the metadata does not describe it)",
+                edit("offsets", "\"data_offsets\":[0,120]", "\"data_offsets\":[0,116]") =>
+                    "tensor \"layers.0.W\" of shape [6,5] needs 120 bytes, but its data_offsets [0,116] span 116",
+                with("trailing", [good; UInt8[1, 2, 3]]) => "3 bytes follow the last tensor (corrupt file)",
+            ]
+            for (file, expected) in cases
+                msg = load_error(file)
+                @test startswith(msg, "cannot load model file $file: ")
+                occursin(expected, msg) || @error "unexpected message" file expected msg
+                @test occursin(expected, msg)
+            end
+        end
+
+        @testset "rules and initialisers are rebuilt from their parameters" begin
+            p = Dict{String,Any}("gain" => 2.0)
+            @test FAL.rebuild(FAL.FILE_INITIALISERS, "initialiser", "glorot_uniform", p, "f") == GlorotUniform(2.0)
+            @test FAL.param_value(GlorotUniform(0.5)) == Pair{String,Any}["name" => "glorot_uniform", "params" => Pair{String,Any}["gain" => 0.5]]
+            @test FAL.rebuild(FAL.RULES, "rule", "dfa", Dict{String,Any}(), "f") === DFA()
+            @test_throws ModelFileError FAL.rebuild(FAL.FILE_INITIALISERS, "initialiser", "glorot_uniform", Dict{String,Any}(), "f")
+            @test_throws ModelFileError FAL.rebuild(FAL.FILE_INITIALISERS, "initialiser", "glorot_uniform",
+                                                     Dict{String,Any}("gain" => "x"), "f")
+            @test FAL.snake_case("GlorotUniform") == "glorot_uniform" && FAL.snake_case("SGD") == "sgd"
+        end
+
+        @testset "saving is atomic" begin
+            target = path("atomic.safetensors")
+            write(target, "previous")
+            before = sort(readdir(dir))
+            @test_throws ErrorException FeedbackAlignment.atomic_write(target) do io
+                write(io, "half a mod")
+                error("disk full (simulated)")
+            end
+            @test read(target, String) == "previous" && sort(readdir(dir)) == before
+            FeedbackAlignment.atomic_write(io -> write(io, "new"), target)
+            @test read(target, String) == "new" && sort(readdir(dir)) == before
+            @test_throws ArgumentError save(path("x.safetensors"), Network([2, 2]; activation=x -> x))
+            @test !isfile(path("x.safetensors"))
+            @test_throws ArgumentError save(joinpath(dir, "no_such_folder", "m.safetensors"), Network([2, 2]))
+            @test occursin("it is a folder", load_error(dir))
+        end
+    end
+end

@@ -1,0 +1,514 @@
+"""Model files: one safetensors file that Python and Julia both read and write.
+
+Layout (https://github.com/huggingface/safetensors)::
+
+    8 bytes   n, the header length (unsigned, little-endian)
+    n bytes   a JSON object, padded with spaces so that the data starts at a multiple of 8:
+              {"__metadata__": {string: string, ...},
+               "layers.0.W": {"dtype": "F32", "shape": [784, 256], "data_offsets": [0, 802816]}, ...}
+    the rest  the tensors' raw little-endian bytes, back to back (offsets count from here)
+
+Tensors are stored in the shape Python sees: ``layers.k.W`` is (n_in, n_out), ``layers.k.b`` is
+(n_out,), ``layers.k.B`` the feedback matrix where the rule has one, and with the optimizer state
+``optimizer.<slot>.k.W``/``.b`` (SGD's slot is ``velocity``). The ``__metadata__`` strings say how
+to rebuild the network: format, format_version, sizes, dtype, activation, loss, rule and
+rule_params, init/feedback_init and their params, seed, feedback_seed, epochs, rng_state (the
+network generator, so that shuffling resumes exactly), optimizer, optimizer_params and
+optimizer_slots (with the optimizer state), library_version.
+
+This module implements the format with the standard library and NumPy only, independently of the
+Julia package's ``save``/``load`` (julia/FeedbackAlignment/src/io.jl); the tests cross-read the two.
+Parameters move without intermediate copies: tensors are written from, and read straight into,
+the Julia-owned parameter buffers.
+"""
+
+import ctypes
+import json
+import os
+import secrets
+import sys
+from ctypes import c_int64, c_uint64, c_void_p
+
+import numpy as np
+
+__all__ = ["ModelFileError", "save", "load", "read_metadata", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "pyjlfa-safetensors"
+FORMAT_VERSION = "1"
+MAX_HEADER_BYTES = 100_000_000  # the safetensors package's own limit
+# dtype name in the metadata -> (safetensors dtype, little-endian NumPy dtype)
+_DTYPES = {"float32": ("F32", np.dtype("<f4")), "float64": ("F64", np.dtype("<f8"))}
+_ITEMSIZE = {"F32": 4, "F64": 8}
+# Optimizers whose state files store, and the names of their state slots (one array per W and b).
+_OPTIMIZER_SLOTS = {"sgd": ("velocity",)}
+_DEFAULT_INIT = ("glorot_uniform", {"gain": 1.0})  # what the engine builds every network with today
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read; the message names the file and says what is wrong."""
+
+    def __init__(self, path, message):
+        super().__init__(f"cannot load model file {os.fspath(path)}: {message}")
+
+
+def _json(value):
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _path(path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    return os.fspath(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+
+def _optimizer_view(net, kind, create, slot, layer, which):
+    """A NumPy view of Julia's optimizer state array, or None when the network holds none."""
+    from .network import _JuliaBuffer
+
+    address, dims = c_void_p(), (c_int64 * 2)()
+    net._engine.call("fa_optstate", net._id(), kind.encode(), int(create), slot, layer + 1, which,
+                     ctypes.byref(address), dims)
+    if not address.value:
+        return None
+    shape = (dims[0],) if which == 1 else (dims[1], dims[0])  # Julia's column-major -> row-major
+    return np.asarray(_JuliaBuffer(net._handle, address.value, shape, net.dtype))
+
+
+def _optimizer_state(net):
+    """(kind, {tensor name: view}) of the optimizer state the network holds, or (None, {})."""
+    for kind, slots in _OPTIMIZER_SLOTS.items():
+        if _optimizer_view(net, kind, False, 0, 0, 0) is not None:
+            return kind, {f"optimizer.{slot}.{k}.{p}": _optimizer_view(net, kind, False, s, k, which)
+                          for s, slot in enumerate(slots) for k in range(len(net.layers))
+                          for which, p in enumerate("Wb")}
+    return None, {}
+
+
+def _metadata(net):
+    epochs, rng = c_int64(), c_uint64()
+    net._engine.call("fa_state_get", net._id(), ctypes.byref(epochs), ctypes.byref(rng))
+    from . import __version__
+
+    inits = getattr(net, "_initializers", None) or {
+        "init": _initializer_record(net.init),
+        "feedback_init": _initializer_record(_first_feedback(net.feedback))}
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
+        "created_by": f"pyjlfa (Python {sys.version.split()[0]})",
+        "sizes": _json(list(net.sizes)), "dtype": net.dtype.name,
+        "activation": net.activation, "loss": net.loss, "rule": net.rule,
+        "rule_params": _json(_rule_params(net.rule_value)), "dropout": _json(list(net.dropout)),
+    }
+    for key, (name, params) in inits.items():
+        meta[key], meta[f"{key}_params"] = name, _json(params)
+    meta.update(seed=str(net.seed), feedback_seed=str(net.feedback_seed), epochs=str(epochs.value),
+                rng_state=str(rng.value))
+    return meta
+
+
+def save(net, path, include_optimizer=False):
+    """Write ``net`` to ``path`` (see the module docstring); ``Network.save`` calls this."""
+    path = _path(path)
+    if not isinstance(include_optimizer, bool):
+        raise TypeError(f"include_optimizer must be True or False, got {include_optimizer!r}")
+    if sys.byteorder != "little":
+        raise NotImplementedError("model files are little-endian; this machine is not")
+    net._id()  # refuses a closed network
+    meta = _metadata(net)
+    tensors = {}
+    for k, layer in enumerate(net.layers):
+        tensors[f"layers.{k}.W"], tensors[f"layers.{k}.b"] = layer.W, layer.b
+        if layer.B is not None:
+            tensors[f"layers.{k}.B"] = layer.B
+    if include_optimizer:
+        recorded = getattr(net, "optimizer", None)
+        if recorded is not None and _optimizer_kind(recorded) not in _OPTIMIZER_SLOTS:
+            raise ValueError(f"saving the state of optimizer {_optimizer_kind(recorded)} is not supported yet "
+                             "(model files store SGD's momentum only); save without include_optimizer")
+        if recorded is not None and net.rule == "kp" and getattr(recorded, "momentum", 0) > 0:
+            raise ValueError("saving Kolen-Pollack's optimizer state (B's momentum) is not supported yet; "
+                             "save without include_optimizer")
+        kind, state = _optimizer_state(net)
+        optimizer = getattr(net, "optimizer", None)
+        if optimizer is not None:
+            name = _optimizer_kind(optimizer)
+            if kind is None or name == kind:
+                kind = name
+                meta["optimizer_params"] = _json(_fields(optimizer))
+        meta["optimizer"] = kind or "none"
+        meta["optimizer_slots"] = _json(list(_OPTIMIZER_SLOTS[kind]) if state else [])
+        tensors.update(state)
+
+    header, offset = {"__metadata__": meta}, 0
+    for name, array in tensors.items():
+        header[name] = {"dtype": _DTYPES[net.dtype.name][0], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    text = _json(header).encode()
+    text += b" " * (-len(text) % 8)  # the data starts at a multiple of 8
+
+    def write(f):
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for array in tensors.values():
+            f.write(memoryview(array).cast("B"))  # straight from Julia's memory
+
+    _atomic_write(path, write)
+
+
+def _fields(value):
+    """A dataclass's fields as JSON values; nested options as {"name": ..., "params": ...}, the
+    way the Julia side writes them."""
+    import dataclasses
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {"name": _OPTION_NAMES.get(type(v).__name__, getattr(v, "_name", type(v).__name__.lower())),
+                    "params": _fields(v)}
+        return list(v) if isinstance(v, tuple) else v
+    return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+
+
+# Python option classes whose file names differ from their Python class names.
+_OPTION_NAMES = {"StepDecay": "step_decay", "Cosine": "cosine"}
+
+
+def _optimizer_kind(optimizer):
+    from .optimizers import SGD, Adam
+    return "sgd" if isinstance(optimizer, SGD) else "adam" if isinstance(optimizer, Adam) else None
+
+
+def _rule_params(rule):
+    """A rule's parameters under the Julia field names (what both sides write)."""
+    from .rules import USF, WeightMirror
+    if isinstance(rule, USF):
+        return {"scale": rule.scale}
+    if isinstance(rule, WeightMirror):
+        return {"noise_std": rule.noise_std, "lr": rule.lr, "steps": rule.steps, "batchsize": rule.batch_size,
+                "decay": rule.noise_std ** 2 if rule.decay is None else rule.decay}
+    return {}
+
+
+def _rule_from(name, params, path):
+    from .rules import USF, WeightMirror
+    try:
+        if name == "usf":
+            return USF(**params)
+        if name == "wm":
+            p = dict(params)
+            p["batch_size"] = p.pop("batchsize", 16)
+            return WeightMirror(**p)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(path, f'cannot rebuild rule "{name}" from {_json(params)}: {e}') from None
+    if params:
+        raise ModelFileError(path, f'rule "{name}" takes no parameters, but the file gives {_json(params)}')
+    return name
+
+
+def _initializer_record(value):
+    """(name, params) of an initialiser given by name or as a pyjlfa.init value."""
+    from . import init
+    if isinstance(value, str):  # a name stands for that initialiser with its default parameters
+        defaults = {cls._name: cls for cls in map(lambda n: getattr(init, n), init.__all__)
+                    if getattr(cls, "_name", "") and cls._name not in ("sparse",)}
+        value = defaults[value]() if value in defaults else init.GlorotUniform()
+    return value._name, _fields(value)
+
+
+def _first_feedback(feedback):
+    entries = feedback if isinstance(feedback, (list, tuple)) else [feedback]
+    named = [e for e in entries if isinstance(e, str) or hasattr(e, "_name")]
+    return named[0] if named else _DEFAULT_INIT[0]
+
+
+def _atomic_write(path, write):
+    """Write a new temporary file next to ``path`` and rename it over ``path``; on failure remove it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    while True:
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+
+def _no_duplicates(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_json(text):
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+
+
+def _is_count(x):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _read_header(f, path):
+    """The checked header of the open file ``f``: (header dict, offset of the data section)."""
+    total = os.fstat(f.fileno()).st_size
+    if total < 8:
+        raise ModelFileError(path, f"truncated file: {total} bytes, but a model file starts with an 8-byte header length")
+    f.seek(0)
+    n = int.from_bytes(f.read(8), "little")
+    if n > MAX_HEADER_BYTES:
+        raise ModelFileError(path, f"the header length field says {n} bytes, more than the {MAX_HEADER_BYTES} a header "
+                                   "may have (corrupt file, or not a safetensors file)")
+    if n > total - 8:
+        raise ModelFileError(path, f"truncated file: the header length field says {n} bytes, but only {total - 8} "
+                                   "bytes follow it")
+    try:
+        header = _parse_json(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelFileError(path, f"corrupt header: {e} (not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(path, "corrupt header: it is not a JSON object")
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+            raise ModelFileError(path, f"corrupt header: tensor \"{name}\" needs dtype, shape and data_offsets")
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if not isinstance(shape, list) or not all(map(_is_count, shape)):
+            raise ModelFileError(path, f"corrupt header: tensor \"{name}\" has shape {_json(shape)}, "
+                                       "not a list of non-negative integers")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets))
+                or offsets[0] > offsets[1]):
+            raise ModelFileError(path, f"corrupt header: tensor \"{name}\" has data_offsets {_json(offsets)}, "
+                                       "not [begin, end] with begin <= end")
+        if entry["dtype"] not in _ITEMSIZE:
+            raise ModelFileError(path, f"tensor \"{name}\" has dtype {_json(entry['dtype'])}; model files hold F32 or F64")
+        nbytes = _ITEMSIZE[entry["dtype"]] * int(np.prod(shape, dtype=object))
+        if offsets[1] - offsets[0] != nbytes:
+            raise ModelFileError(path, f"tensor \"{name}\" of shape {_json(shape)} needs {nbytes} bytes, but its "
+                                       f"data_offsets {_json(offsets)} span {offsets[1] - offsets[0]}")
+        spans.append((offsets[0], offsets[1], name))
+    at, data_length = 0, total - 8 - n
+    for first, last, name in sorted(spans):
+        if first != at:
+            raise ModelFileError(path, f"tensor \"{name}\" starts at data byte {first}, but the previous tensor ends "
+                                       f"at {at} (overlap or gap)")
+        at = last
+    if at > data_length:
+        raise ModelFileError(path, f"truncated file: the tensors need {at} bytes of data, but only {data_length} "
+                                   "follow the header")
+    if at < data_length:
+        raise ModelFileError(path, f"{data_length - at} bytes follow the last tensor (corrupt file)")
+    return header, 8 + n
+
+
+def _metadata_of(header, path):
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(path, "not a pyjlfa model file: its safetensors header has no pyjlfa metadata "
+                                   f'(__metadata__.format = "{FORMAT}")')
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise ModelFileError(path, "corrupt header: __metadata__ values must be strings")
+    version = meta.get("format_version", "(missing)")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(path, f'unknown format version "{version}"; this pyjlfa reads version '
+                                   f"{FORMAT_VERSION} (is the file from a newer release?)")
+    return meta
+
+
+def read_metadata(path):
+    """The metadata strings of a model file (after checking its header), without loading the model."""
+    path = _path(path)
+    with open(path, "rb") as f:
+        return _metadata_of(_read_header(f, path)[0], path)
+
+
+class _Fields:
+    """Typed access to the metadata strings, with errors that name the key."""
+
+    def __init__(self, meta, path):
+        self.meta, self.path = meta, path
+
+    def text(self, key):
+        if key not in self.meta:
+            raise ModelFileError(self.path, f'the metadata lacks "{key}"')
+        return self.meta[key]
+
+    def json(self, key, check, expected):
+        text = self.text(key)
+        try:
+            value = _parse_json(text)
+        except (ValueError, RecursionError) as e:
+            raise ModelFileError(self.path, f'metadata "{key}" is not valid JSON ({e}): {text}') from None
+        if not check(value):
+            raise ModelFileError(self.path, f'metadata "{key}" must be {expected}, got {text}')
+        return value
+
+    def integer(self, key, bits):
+        text = self.text(key)
+        if not (text.isascii() and text.isdigit()) or int(text) >= 2 ** bits:
+            raise ModelFileError(self.path, f'metadata "{key}" must be an integer in [0, 2**{bits}), got "{text}"')
+        return int(text)
+
+    def choice(self, key, allowed):
+        value = self.text(key)
+        if value not in allowed:
+            raise ModelFileError(self.path, f'unknown {key} "{value}"; this pyjlfa knows {", ".join(sorted(allowed))}')
+        return value
+
+
+def _description(meta, path):
+    """Everything the metadata says, checked, as keyword values (nothing is built yet)."""
+    from ._runtime import engine
+
+    m = _Fields(meta, path)
+    d = {"sizes": m.json("sizes", lambda v: isinstance(v, list) and len(v) >= 2 and all(
+             _is_count(x) and x >= 1 for x in v), "a list of at least two positive integers"),
+         "dtype": m.choice("dtype", _DTYPES)}
+    eng = engine()
+    for key in ("activation", "loss", "rule"):
+        d[key] = m.choice(key, eng.names(key))
+    is_object = (lambda v: isinstance(v, dict)), "a JSON object"
+    d["rule"] = _rule_from(d["rule"], m.json("rule_params", *is_object), path)
+    d["dropout"] = m.json("dropout", lambda v: isinstance(v, list) and len(v) == len(d["sizes"]) - 2 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in v),
+        "a list of one rate in [0, 1) per hidden layer") if "dropout" in meta else [0.0] * (len(d["sizes"]) - 2)
+    d["initializers"] = {key: (m.text(key), m.json(f"{key}_params", *is_object)) for key in ("init", "feedback_init")}
+    d["seed"], d["feedback_seed"] = m.integer("seed", 64), m.integer("feedback_seed", 64)
+    d["epochs"], d["rng_state"] = m.integer("epochs", 63), m.integer("rng_state", 64)
+    d["optimizer"], d["optimizer_params"], d["slots"] = None, None, ()
+    if meta.get("optimizer", "none") != "none":
+        kind = d["optimizer"] = m.choice("optimizer", _OPTIMIZER_SLOTS)
+        slots = list(_OPTIMIZER_SLOTS[kind])
+        d["slots"] = tuple(m.json("optimizer_slots", lambda v: v in ([], slots), f"[] or {_json(slots)} for {kind}"))
+        if "optimizer_params" in meta:
+            d["optimizer_params"] = _optimizer_from(kind, m.json("optimizer_params", *is_object), path)
+    return d
+
+
+def _optimizer_from(kind, params, path):
+    from .optimizers import SGD
+
+    from .optimizers import Adam, Cosine, StepDecay
+
+    try:
+        params = dict(params)
+        schedule = params.get("schedule")
+        if isinstance(schedule, dict):
+            params["schedule"] = None if schedule.get("name") == "constant" else \
+                {"step_decay": StepDecay, "cosine": Cosine}[schedule["name"]](**schedule["params"])
+        return {"sgd": SGD, "adam": Adam}[kind](**params)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ModelFileError(path, f'cannot rebuild optimizer "{kind}" from {_json(params)}: {e}') from None
+
+
+def _expected_tensors(d):
+    """Name -> shape of every tensor the metadata calls for; feedback matrices as (name -> None):
+    their shapes depend on the rule, and are checked against the network the engine builds."""
+    sizes, expected = d["sizes"], {}
+    for k in range(len(sizes) - 1):
+        expected[f"layers.{k}.W"], expected[f"layers.{k}.b"] = [sizes[k], sizes[k + 1]], [sizes[k + 1]]
+    for slot in d["slots"]:
+        for k in range(len(sizes) - 1):
+            expected[f"optimizer.{slot}.{k}.W"] = [sizes[k], sizes[k + 1]]
+            expected[f"optimizer.{slot}.{k}.b"] = [sizes[k + 1]]
+    return expected
+
+
+def _check_tensor(header, name, shape, d, path):
+    if name not in header:
+        raise ModelFileError(path, f'tensor "{name}" is missing (the metadata describes a {d["rule"]} '
+                                   f'network of sizes {_json(d["sizes"])})')
+    if header[name]["dtype"] != _DTYPES[d["dtype"]][0]:
+        raise ModelFileError(path, f'tensor "{name}" is {header[name]["dtype"]}, but the metadata says '
+                                   f'dtype {d["dtype"]}')
+    if header[name]["shape"] != shape:
+        raise ModelFileError(path, f'tensor "{name}" has shape {_json(header[name]["shape"])}, but the '
+                                   f'metadata (sizes {_json(d["sizes"])}, rule {d["rule"]}) needs {_json(shape)}')
+
+
+def load(path):
+    """A new :class:`pyjlfa.Network` from a model file written by Python or Julia.
+
+    It has the file's parameters, feedback matrices, epochs, generator state and (when the file
+    has it) optimizer state, so that training continues exactly where it stopped; ``net.optimizer``
+    is the optimizer the file records (or None). Raises :class:`ModelFileError` (a ValueError)
+    saying what is wrong for a truncated or corrupt file, a safetensors file that is not a pyjlfa
+    model, an unknown format version, or tensors that disagree with the metadata. Nothing existing
+    is touched: the checks come before the new network is built.
+    """
+    from .network import Network
+
+    path = _path(path)
+    if sys.byteorder != "little":
+        raise NotImplementedError("model files are little-endian; this machine is not")
+    with open(path, "rb") as f:
+        header, data_start = _read_header(f, path)
+        meta = _metadata_of(header, path)
+        d = _description(meta, path)
+        expected = _expected_tensors(d)
+        feedback = {name for name in header if name.startswith("layers.") and name.endswith(".B")}
+        for name, shape in expected.items():
+            _check_tensor(header, name, shape, d, path)
+        for name in sorted(header):
+            if name != "__metadata__" and name not in expected and name not in feedback:
+                raise ModelFileError(path, f'unexpected tensor "{name}" (the metadata does not describe it)')
+
+        net = Network(d["sizes"], activation=d["activation"], rule=d["rule"], loss=d["loss"], seed=d["seed"],
+                      feedback_seed=d["feedback_seed"], dtype=d["dtype"], dropout=d["dropout"])
+        try:
+            targets = {}
+            for k, layer in enumerate(net.layers):
+                targets[f"layers.{k}.W"], targets[f"layers.{k}.b"] = layer.W, layer.b
+            for k, layer in enumerate(net.layers):  # the engine knows each rule's feedback shapes
+                name = f"layers.{k}.B"
+                if layer.B is None:
+                    if name in header:
+                        raise ModelFileError(path, f'unexpected tensor "{name}" (the metadata does not describe it)')
+                    continue
+                _check_tensor(header, name, list(layer.B.shape), d, path)
+                targets[name] = layer.B
+            for s, slot in enumerate(d["slots"]):
+                for k in range(len(net.layers)):
+                    for which, p in enumerate("Wb"):
+                        targets[f"optimizer.{slot}.{k}.{p}"] = _optimizer_view(net, d["optimizer"], True, s, k, which)
+            for name, target in targets.items():  # straight into Julia's memory
+                f.seek(data_start + header[name]["data_offsets"][0])
+                view = memoryview(target).cast("B")
+                if f.readinto(view) != len(view):
+                    raise ModelFileError(path, f'the file ended while reading tensor "{name}" (did it change?)')
+        except BaseException:
+            net.close()
+            raise
+    net._engine.call("fa_state_set", net._id(), d["epochs"], d["rng_state"])
+    net._initializers = d["initializers"]
+    net.optimizer = d["optimizer_params"]
+    return net

@@ -1,0 +1,71 @@
+"""The model-file examples run in both directions, and each side sees the other's model exactly.
+
+Python trains and saves -> Julia loads, evaluates, fine-tunes and saves; Julia trains and saves ->
+Python loads, evaluates, fine-tunes and saves. (One epoch on 5000 images keeps them quick.)
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pyjlfa
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+QUICK = ["--epochs", "1", "--train-samples", "5000"]
+METRICS = r"test loss ([-\d.e]+), test accuracy ([\d.]+)"
+
+
+def run(command, cwd):
+    # The same environment as this process: PYTHONPATH finds this pyjlfa, and the OPENBLAS_CORETYPE
+    # pyjlfa chose makes the Julia processes use the same BLAS kernel (and so the same bits).
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def metrics(stdout, prefix):
+    match = re.search(prefix + r".*?" + METRICS, stdout)
+    assert match, stdout
+    return float(match.group(1)), float(match.group(2))
+
+
+@pytest.fixture(scope="module")
+def julia():
+    pyjlfa.start_julia()  # sets OPENBLAS_CORETYPE in os.environ, as in a user's process
+    return [pyjlfa.runtime_info()["julia_executable"], "--startup-file=no"]
+
+
+def test_python_trains_and_saves_then_julia_loads_and_finetunes(tmp_path, julia):
+    out = run([sys.executable, str(EXAMPLES / "train_and_save.py"), *QUICK, "--out", "py.safetensors"], tmp_path)
+    trained = metrics(out, "trained 1 epochs")
+    assert 0.6 < trained[1] < 1
+
+    out = run([*julia, str(EXAMPLES / "load_finetune.jl"), "py.safetensors", *QUICK, "--out", "py_jl.safetensors"], tmp_path)
+    assert "written by pyjlfa" in out
+    assert metrics(out, "loaded after 1 epochs") == trained  # Julia sees exactly the model Python saved
+    finetuned = metrics(out, "fine-tuned to 2 epochs")
+    assert finetuned[0] < trained[0]
+
+    net = pyjlfa.load(tmp_path / "py_jl.safetensors")
+    _, _, Xte, yte = pyjlfa.datasets.fashion_mnist()
+    result = net.evaluate(Xte, yte)
+    assert net.epochs == 2 and (result["loss"], result["accuracy"]) == finetuned
+
+
+def test_julia_trains_and_saves_then_python_loads_and_finetunes(tmp_path, julia):
+    out = run([*julia, str(EXAMPLES / "train_and_save.jl"), *QUICK, "--out", "jl.safetensors"], tmp_path)
+    trained = metrics(out, "trained 1 epochs")
+    assert 0.6 < trained[1] < 1
+
+    out = run([sys.executable, str(EXAMPLES / "load_finetune.py"), "jl.safetensors", *QUICK, "--out", "jl_py.safetensors"],
+              tmp_path)
+    assert "written by FeedbackAlignment.jl" in out
+    assert metrics(out, "loaded after 1 epochs") == trained  # Python sees exactly the model Julia saved
+    assert metrics(out, "fine-tuned to 2 epochs")[0] < trained[0]
+    assert pyjlfa.load(tmp_path / "jl_py.safetensors").epochs == 2
