@@ -19,6 +19,7 @@ export Network, Dense, BP, FA, DFA, LearningRule, CrossEntropy, MSE, Loss, SGD, 
     GlorotUniform, SplitMix64, DivergenceError, sigmoid, relu, leakyrelu,
     learn!, train_epoch!, step!, gradients, gradients!, predict, predict_proba, outputs, evaluate,
     feedback_shape
+export alignment, AlignmentTracker, teacher_task
 
 include("rng.jl")
 include("activations.jl")
@@ -28,6 +29,8 @@ include("rules.jl")
 include("network.jl")
 include("optimisers.jl")
 include("train.jl")
+include("diagnostics.jl")
+include("experiments.jl")
 include("cabi.jl")
 include("precompile.jl")
 
