@@ -80,25 +80,42 @@ function downstream(net::Network, l)
 end
 
 """
-    angle_between(a, b) -> degrees
+    dot_norms(a, b) -> (a⋅b, ‖a‖², ‖b‖²)
 
-The angle between two arrays of the same shape as vectors, NaN if either is zero. Kahan's formula
-2 atan(‖â − b̂‖, ‖â + b̂‖), accurate near 0° and 180° where acos of the cosine is not; Float64 sums.
+One pass over two arrays of the same shape, summed in Float64 (so Float32 parameters lose nothing).
 """
-function angle_between(a::AbstractArray, b::AbstractArray)
-    size(a) == size(b) || throw(DimensionMismatch("angle between arrays of sizes $(size(a)) and $(size(b))"))
-    na, nb = norm64(a), norm64(b)
-    (na == 0 || nb == 0 || !isfinite(na) || !isfinite(nb)) && return NaN
-    minus, plus = 0.0, 0.0
-    @inbounds for I in CartesianIndices(a)
-        x, y = Float64(a[I]) / na, Float64(b[I]) / nb
-        minus += (x - y)^2
-        plus += (x + y)^2
+function dot_norms(a::AbstractArray, b::AbstractArray)
+    size(a) == size(b) || throw(DimensionMismatch("comparing arrays of sizes $(size(a)) and $(size(b))"))
+    ab, aa, bb = 0.0, 0.0, 0.0
+    if a isa StridedArray && b isa StridedArray && IndexStyle(a) isa IndexLinear && IndexStyle(b) isa IndexLinear
+        @inbounds @simd for i in eachindex(a, b)
+            x, y = Float64(a[i]), Float64(b[i])
+            ab += x * y
+            aa += x * x
+            bb += y * y
+        end
+    else
+        @inbounds for I in CartesianIndices(a)
+            x, y = Float64(a[I]), Float64(b[I])
+            ab += x * y
+            aa += x * x
+            bb += y * y
+        end
     end
-    return rad2deg(2 * atan(sqrt(minus), sqrt(plus)))
+    return ab, aa, bb
 end
 
-norm64(a) = sqrt(mapreduce(x -> Float64(x)^2, +, a; init=0.0))
+"Degrees between two vectors given their (a⋅b, ‖a‖², ‖b‖²); NaN if either is zero. The Float64 sums
+keep the cosine's rounding near 1e-16, so even an angle near 0 is good to ~1e-6 degrees."
+function degrees_between(ab, aa, bb)
+    (aa == 0 || bb == 0 || !isfinite(aa) || !isfinite(bb)) && return NaN
+    return acosd(clamp(ab / sqrt(aa * bb), -1.0, 1.0))
+end
+
+"The angle in degrees between two arrays of the same shape taken as vectors (NaN if either is zero)."
+angle_between(a, b) = degrees_between(dot_norms(a, b)...)
+
+norm64(a) = sqrt(dot_norms(a, a)[2])
 ratio(x, y) = y == 0 ? NaN : x / y
 
 # Mean over columns of m² * dot(P[:, j], Q[:, j]): the per-sample alignment product.
@@ -161,18 +178,20 @@ function alignment_matrix!(out::AbstractMatrix{Float64}, probe::AlignmentProbe{T
         role = layer_role(net.rule, L, l)
         if l < L
             rule_delta, bp_delta = view(probe.deltas[l], :, 1:m), delta(ws, l, m)
-            role != :output && (norm64(dW) == 0 || norm64(rule_delta) == 0) && (role = :no_signal)
+            role != :output && (iszero(dW) || iszero(rule_delta)) && (role = :no_signal)
         end
         compared = role == :feedback && l < L
         target = B === nothing ? nothing : feedback_target(net.rule, net, l)
+        update = dot_norms(dW, bpW)                        # one pass each: angle and norms together
+        feedback = target === nothing ? (NaN, NaN, NaN) : dot_norms(B, target)
         out[1, l] = findfirst(==(role), ALIGNMENT_ROLES) - 1
         out[2, l] = compared ? angle_between(rule_delta, bp_delta) : NaN
-        out[3, l] = compared ? angle_between(dW, bpW) : NaN
-        out[4, l] = target === nothing ? NaN : angle_between(B, target)
+        out[3, l] = compared ? degrees_between(update...) : NaN
+        out[4, l] = target === nothing ? NaN : degrees_between(feedback...)
         out[5, l] = compared ? mean_column_product(bp_delta, rule_delta) : NaN
-        out[6, l] = ratio(norm64(dW), norm64(W))
-        out[7, l] = ratio(norm64(dW), norm64(bpW))
-        out[8, l] = target === nothing ? NaN : ratio(norm64(target), norm64(B))
+        out[6, l] = ratio(sqrt(update[2]), norm64(W))
+        out[7, l] = ratio(sqrt(update[2]), sqrt(update[3]))
+        out[8, l] = target === nothing ? NaN : ratio(sqrt(feedback[3]), sqrt(feedback[2]))
     end
     for l in 1:L-1
         copyto!(delta(ws, l, m), view(probe.deltas[l], :, 1:m))

@@ -484,4 +484,6 @@ end
     @test ccall(lookup, Ptr{Cvoid}, (Cstring,), unknown) == C_NULL
 end
 
+include("diagnostics.jl")
+
 end # FeedbackAlignment
