@@ -3,7 +3,9 @@
 :func:`figures` draws every figure that fits a result of :mod:`pyjlfa.experiments` and returns
 the PNG paths: for a teacher task one figure (error, hidden-layer angle to backprop, W-vs-B angle);
 for a comparison of rules the learning curves, the alignment angles per layer over training, the
-W-vs-B angles, and a summary.
+W-vs-B angles, and a summary. Saved results can be drawn again without Julia:
+
+    python -m pyjlfa.plots results/fashion_mnist.json [OUT_DIR]
 """
 
 import os
@@ -69,13 +71,17 @@ def _roles_note(runs):
         if "feedback" not in final:
             why = "is backprop itself" if "backprop" in final else "gives its hidden layers no error signal"
             notes.append(f"{_label(rule)} {why}")
-    return "; ".join(notes)
+    return "\n".join(notes)
 
 
 def _save(fig, path):
-    fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
+    from PIL import Image   # a dependency of matplotlib
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+    with Image.open(path) as image:   # line plots need few colours: a palette PNG is ~3x smaller
+        small = image.convert("RGB").quantize(colors=256)
+    small.save(path, optimize=True)
     return path
 
 
@@ -84,7 +90,7 @@ def teacher_task_figure(result, path):
     plt = require_matplotlib()
     p, steps, runs = result["params"], np.array(result["step"]), result["runs"]
     rules = list(runs)
-    widths = [1.0, 2.2, 0.6]  # line widths per layer index, so layers of one rule differ
+    widths = [1.5, 3.3, 0.9]  # line widths, so that several layers of one rule can be told apart
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     for rule, run in runs.items():
         c, ls = _color(rule, rules), _style(rule)
@@ -92,12 +98,12 @@ def teacher_task_figure(result, path):
         axes[0].semilogy(steps, np.maximum(np.array(run["error"], dtype=float), 1e-32), color=c, ls=ls,
                          label=f"{_label(rule)}{lr}")
         a = run["alignment"]
-        for k in _compared_layers(a):
-            axes[1].plot(steps, _series(a, "delta_angle", k), color=c, ls=ls, lw=widths[k % 3] * 1.5,
+        for i, k in enumerate(_compared_layers(a)):
+            axes[1].plot(steps, _series(a, "delta_angle", k), color=c, ls=ls, lw=widths[i % 3],
                          label=f"{_label(rule)}, hidden layer {k}")
-        for k in _layers_with_B(a):
+        for i, k in enumerate(_layers_with_B(a)):
             target = {"fa": "Wᵀ", "dfa": f"(W_{k + 1}⋯W_out)ᵀ"}.get(rule, "its stand-in")
-            axes[2].plot(steps, _series(a, "feedback_angle", k), color=c, ls=ls, lw=widths[k % 3] * 1.5,
+            axes[2].plot(steps, _series(a, "feedback_angle", k), color=c, ls=ls, lw=widths[i % 3],
                          label=f"{_label(rule)}: B of layer {k} ∠ {target}")
     axes[0].set(xlabel="training step (samples seen)", ylabel="normalised test error (1 − R²)",
                 title="(a) error on 1000 test inputs")
@@ -315,3 +321,21 @@ def figures(result, out_dir):
                   feedback_curves(result, os.path.join(out_dir, f"{name}_feedback.png")),
                   summary_figure(result, os.path.join(out_dir, f"{name}_summary.png"))]
     return paths
+
+
+def main(argv=None):
+    import argparse
+    import json
+    parser = argparse.ArgumentParser(prog="python -m pyjlfa.plots",
+                                     description="Draw the figures of a saved pyjlfa result (a .json file).")
+    parser.add_argument("result", help="a <name>.json written by pyjlfa (experiments, compare, train)")
+    parser.add_argument("out_dir", nargs="?", help="where to write the PNGs (default: next to the result)")
+    args = parser.parse_args(argv)
+    with open(args.result) as f:
+        result = json.load(f)
+    for path in figures(result, args.out_dir or os.path.dirname(os.path.abspath(args.result))):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

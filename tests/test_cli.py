@@ -86,3 +86,14 @@ def test_a_missing_matplotlib_is_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"pip install 'pyjlfa\[plot\]'"):
         plots.require_matplotlib()
+
+
+def test_cpp_extensions_can_throw_after_julia_started():
+    """libjulia's libunwind must not catch C++ exceptions of modules loaded later (matplotlib aborted)."""
+    pytest.importorskip("matplotlib", reason="needs a C++ extension that throws: matplotlib's ft2font")
+    code = ("import pyjlfa; pyjlfa.Network([3, 2]); import matplotlib.ft2font as f\n"
+            "try:\n    f.no_such_name\nexcept AttributeError:\n    print('caught')\n"
+            "import matplotlib.pyplot")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "caught" in result.stdout, result.stderr[-2000:]
