@@ -58,6 +58,14 @@ _SIGNATURES = {
                             POINTER(c_int64)]),
     "fa_error_message": (c_void_p, []),
     "fa_describe": (c_void_p, [c_char_p]),
+    # alignment diagnostics and experiments (cabi_diagnostics.jl)
+    "fa_alignment_fields": (c_void_p, []),
+    "fa_alignment": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_void_p]),
+    "fa_track_alignment": (c_int, [c_int64, c_int64]),
+    "fa_alignment_records": (c_int, [c_int64, c_void_p, c_int64, POINTER(c_int64)]),
+    "fa_teacher_task": (c_int, [c_char_p, c_char_p, c_int, c_int64, POINTER(c_int64), c_int64, c_int64,
+                                POINTER(c_double), c_double, c_double, c_uint64, c_int64, c_int64, c_void_p,
+                                c_void_p]),
 }
 
 
@@ -213,6 +221,21 @@ def _find_julia(julia):
     return shutil.which(exe)
 
 
+def _unwind_with_libgcc():
+    """Put the system's C++ unwinder (libgcc_s) in the global symbol scope ahead of libjulia's.
+
+    libjulia, loaded RTLD_GLOBAL, brings a libunwind.so.8 that also defines _Unwind_Resume and
+    friends; a C++ extension loaded afterwards (matplotlib's ft2font, any pybind11 module) whose
+    exception then unwinds through it aborts the process. Loaded globally first, libgcc_s keeps
+    those symbols; Julia itself only calls libunwind's own unw_* functions.
+    """
+    if platform.system() == "Linux":
+        try:
+            ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass
+
+
 def _start_embedded(julia):
     exe = _find_julia(julia)
     probe = ('using Libdl; print(Sys.BINDIR, "\\n", unsafe_string(Base.JLOptions().image_file), "\\n", '
@@ -222,6 +245,7 @@ def _start_embedded(julia):
     if result.returncode != 0:
         raise JuliaError(f"{exe} could not report its library paths: {result.stderr.strip()}")
     bindir, sysimage, libpath = result.stdout.splitlines()[-3:]
+    _unwind_with_libgcc()
     lib = ctypes.CDLL(libpath, mode=ctypes.RTLD_GLOBAL)
 
     # Options as on a julia command line; signal handling stays with Python.

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from . import init as _init
+from . import diagnostics as _diagnostics
 from ._runtime import engine
 from .optimizers import SGD, _Optimizer
 from .rules import FEEDBACK_STYLE
@@ -302,13 +303,17 @@ class Network:
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True, validation_data=None,
-            progress=False):
+            progress=False, track_alignment=None):
         """Train for ``epochs`` passes over (X, y); each epoch is one call into Julia.
 
         Returns the history: per epoch "loss" (and "accuracy" for classifiers) averaged over the
         epoch's batches, each measured before its update; "val_loss"/"val_accuracy" given
         ``validation_data=(X_val, y_val)``; and "seconds". A NaN or infinite loss stops training
         with :class:`pyjlfa.DivergenceError` naming the epoch and batch.
+
+        ``track_alignment=n`` records :meth:`alignment` every n batches, on the batch being trained
+        (before its update), into ``history["alignment"]``: {"epoch", "batch", "step", "role",
+        "update_angle", ...}, each a list with one entry per record (per-layer lists inside).
         """
         epochs = _positive_int(epochs, "epochs")
         batch_size = _positive_int(batch_size, "batch_size")
@@ -320,6 +325,7 @@ class Network:
             validation = self._data(*validation_data, names=("validation_data[0]", "validation_data[1]"))
         handle = self._id()
         self.optimizer = SGD() if optimizer is None else optimizer
+        tracker = _diagnostics.Tracker.start(self, track_alignment)
 
         classifier = self.loss == "cross_entropy"
         keys = ["loss"] + (["accuracy"] if classifier else [])
@@ -334,12 +340,24 @@ class Network:
             if classifier:
                 history["accuracy"].append(out[1])
             history["seconds"].append(time.perf_counter() - start)
+            if tracker:
+                tracker.collect(-(-X.shape[0] // batch_size))
             if validation_data is not None:
                 for k, v in self._evaluate(*validation).items():
                     history[f"val_{k}"].append(v)
             if progress:
                 _show_progress(self.rule, epoch, epochs, {k: v[-1] for k, v in history.items()})
+        if tracker:
+            history["alignment"] = tracker.finish()
         return history
+
+    def alignment(self, X, y):
+        """How this network's rule compares with backprop on the batch (X, y); nothing changes.
+
+        Per layer: role, angles (degrees) between the rule's and backprop's error signals and
+        updates, the W-vs-B angle, the alignment product and norm ratios; see :mod:`pyjlfa.diagnostics`.
+        """
+        return _diagnostics.alignment(self, X, y)
 
     def step(self, X, y, optimizer):
         """One update on the batch (X, y); returns the batch loss before the update."""

@@ -24,6 +24,7 @@ export Network, Dense, LearningRule, BP, FA, DFA, uSF, frSF, brSF, KolenPollack,
     DivergenceError, sigmoid, relu, leakyrelu, learn!, train_epoch!, step!, gradients, gradients!,
     predict, predict_proba, outputs, evaluate, feedback_shape
 export save, load, ModelFileError
+export alignment, AlignmentTracker, teacher_task
 
 include("rng.jl")
 include("activations.jl")
@@ -35,6 +36,8 @@ include("optimisers.jl")
 include("train.jl")
 include("spec.jl")
 include("io.jl")
+include("diagnostics.jl")
+include("experiments.jl")
 include("cabi.jl")
 include("precompile.jl")
 

@@ -155,7 +155,7 @@ function fa_train_epoch(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoi
     guarded() do
         net = network(h)
         r = train_epoch!(net, inputs(net, X, n, d), targets(net, Y, n), optimiser(opt);
-                         batchsize=batchsize, shuffle=shuffle != 0)
+                         batchsize=batchsize, shuffle=shuffle != 0, observe=tracker_of(net))
         unsafe_store!(out, r.loss, 1)
         unsafe_store!(out, r.accuracy, 2)
         unsafe_store!(out, net.epochs, 3)
@@ -226,6 +226,8 @@ end
 blas_config() = isdefined(BLAS, :get_config) ? replace(string(BLAS.get_config()), '\n' => ' ') :
                                                strip(BLAS.openblas_get_config())
 
+include("cabi_diagnostics.jl")
+
 const ENTRY_POINTS = Dict{String,Ptr{Cvoid}}()
 
 fa_lookup(name::Cstring)::Ptr{Cvoid} = get(ENTRY_POINTS, unsafe_string(name), C_NULL)
@@ -252,6 +254,7 @@ function __init__()
         "fa_describe" => @cfunction(fa_describe, Ptr{UInt8}, (Cstring,)),
         "fa_lookup" => @cfunction(fa_lookup, Ptr{Cvoid}, (Cstring,)),
     ))
+    merge!(ENTRY_POINTS, diagnostics_entry_points())
 end
 
 end # module CABI

@@ -35,13 +35,15 @@ function step!(net::Network{T}, X::AbstractMatrix{T}, Y, opt::Optimiser) where {
 end
 
 """
-    train_epoch!(net, X, Y, optimiser; batchsize=32, shuffle=true) -> (loss = ..., accuracy = ...)
+    train_epoch!(net, X, Y, optimiser; batchsize=32, shuffle=true, observe=nothing) -> (loss = ..., accuracy = ...)
 
 One pass over (X, Y) in minibatches, shuffled with the network's own generator. Returns the mean
 training loss and accuracy over the epoch's batches (each measured before its update).
+`observe(net, Xb, Yb, epoch, batch)`, if given, is called after each batch's backward pass and
+before its update (e.g. an `AlignmentTracker`).
 """
 function train_epoch!(net::Network{T}, X::AbstractMatrix{T}, Y, opt::Optimiser;
-                      batchsize::Integer=32, shuffle::Bool=true) where {T}
+                      batchsize::Integer=32, shuffle::Bool=true, observe=nothing) where {T}
     check_inputs(net, X)
     n = size(X, 2)
     check_targets(net.loss, Y, outsize(net), n)
@@ -59,6 +61,7 @@ function train_epoch!(net::Network{T}, X::AbstractMatrix{T}, Y, opt::Optimiser;
         before_batch!(net.rule, net)
         t, c = loss_and_grads!(net.grads, net, Xb, Yb, true)
         isfinite(t) || throw(DivergenceError(t / length(cols), epoch, batch))
+        observe === nothing || observe(net, Xb, Yb, epoch, batch)
         update!(net, opt, net.grads)
         total += t
         correct += c
@@ -95,21 +98,22 @@ end
 
 """
     learn!(net, X, Y; epochs=1, batchsize=32, optimizer=SGD(0.01), shuffle=true,
-           validation=nothing, verbose=false) -> history
+           validation=nothing, verbose=false, observe=nothing) -> history
 
 Train for `epochs` passes over (X, Y) (features x observations; class labels 1..K, or targets
 outputs x observations for MSE). Returns one named tuple per epoch with the training loss and
-accuracy and, given `validation = (Xv, Yv)`, the validation loss and accuracy.
+accuracy and, given `validation = (Xv, Yv)`, the validation loss and accuracy. `observe` is passed
+on to `train_epoch!`.
 """
 function learn!(net::Network{T}, X::AbstractMatrix, Y; epochs::Integer=1, batchsize::Integer=32,
                 optimizer::Optimiser=SGD(0.01), shuffle::Bool=true, validation=nothing,
-                verbose::Bool=false) where {T}
+                verbose::Bool=false, observe=nothing) where {T}
     epochs >= 1 || throw(ArgumentError("epochs must be at least 1, got $epochs"))
     X = convert(AbstractMatrix{T}, X)
     validation === nothing || (validation = (convert(AbstractMatrix{T}, validation[1]), validation[2]))
     history = NamedTuple{(:epoch, :loss, :accuracy, :val_loss, :val_accuracy),NTuple{5,Float64}}[]
     for _ in 1:epochs
-        train = train_epoch!(net, X, Y, optimizer; batchsize=batchsize, shuffle=shuffle)
+        train = train_epoch!(net, X, Y, optimizer; batchsize=batchsize, shuffle=shuffle, observe=observe)
         val = validation === nothing ? (loss = NaN, accuracy = NaN) : evaluate(net, validation...)
         push!(history, (epoch = net.epochs, loss = train.loss, accuracy = train.accuracy,
                         val_loss = val.loss, val_accuracy = val.accuracy))

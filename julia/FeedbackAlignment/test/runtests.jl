@@ -499,5 +499,6 @@ end
 
 include("rules.jl")
 include("io.jl")
+include("diagnostics.jl")
 
 end # FeedbackAlignment

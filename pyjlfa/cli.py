@@ -1,0 +1,344 @@
+"""The ``pyjlfa`` command: train one network, compare learning rules, or reproduce a paper's experiment.
+
+    pyjlfa train --rule fa --epochs 10 --out runs/fa
+    pyjlfa compare --rules bp fa dfa --epochs 10 --out runs/compare
+    pyjlfa reproduce linear --out results
+
+``pyjlfa <command> --help`` explains every option. (Also ``python -m pyjlfa``.)
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+__all__ = ["main"]
+
+_EPILOG = ("Julia starts at the first command that needs it (~1-5 s, plus compiling on first use). "
+           "Data: Fashion-MNIST from Debian's dataset-fashion-mnist package, the folder in "
+           "PYJLFA_FASHION_MNIST, or --data-path; or your own .npz file.")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default unless it is None/False or the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is not None and action.default is not False and action.default != argparse.SUPPRESS \
+                and "default" not in text and action.option_strings:
+            default = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+            text += f" (default: {default})"
+        return text
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonnegative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _momentum(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"momentum must be in [0, 1), got {text}")
+    return value
+
+
+def _add_data(p):
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="fashion-mnist", metavar="fashion-mnist|FILE.npz",
+                   help="'fashion-mnist', or an .npz file holding X_train (samples x features), y_train "
+                        "(integer labels 0..k-1) and optionally X_test, y_test")
+    g.add_argument("--data-path", metavar="DIR",
+                   help="folder with the four Fashion-MNIST IDX files (default: $PYJLFA_FASHION_MNIST, "
+                        "else /usr/share/datasets/fashion-mnist)")
+    g.add_argument("--train-size", type=_positive_int, metavar="N",
+                   help="use only the first N training samples (quick runs)")
+
+
+def _add_model(p, rule=True):
+    g = p.add_argument_group("network and training")
+    g.add_argument("--hidden", type=_positive_int, nargs="+", default=[256, 256], metavar="WIDTH",
+                   help="hidden-layer widths; input and output widths come from the data")
+    g.add_argument("--activation", default="tanh", help="hidden activation: tanh, sigmoid, relu, leaky_relu, identity")
+    if rule:
+        g.add_argument("--rule", default="fa",
+                       help="learning rule: bp (backprop), fa (feedback alignment), dfa (direct feedback "
+                            "alignment), or any other rule this pyjlfa's engine has")
+    g.add_argument("--feedback-seed", type=_nonnegative_int, metavar="S",
+                   help="seed of the random feedback matrices B (default: --seed)")
+    g.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training data")
+    g.add_argument("--batch-size", type=_positive_int, default=64, help="samples per SGD step")
+    g.add_argument("--lr", type=_positive_float, default=0.05, help="SGD learning rate")
+    g.add_argument("--momentum", type=_momentum, default=0.0, help="SGD momentum, in [0, 1)")
+    g.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the forward weights and the shuffling")
+    g.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision of the model")
+    g.add_argument("--track-alignment", type=_nonnegative_int, default=50, metavar="N",
+                   help="record the angles between each rule's updates and backprop's every N batches "
+                        "(0: off)")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="pyjlfa", description=__doc__.split("\n\n")[0], epilog=_EPILOG,
+                                     formatter_class=_Formatter)
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,reproduce}")
+    sub.required = True
+
+    train = sub.add_parser("train", formatter_class=_Formatter, epilog=_EPILOG,
+                           help="train one network and save its history (and model)",
+                           description="Train one network with one learning rule; print a progress bar per epoch; "
+                                       "save the history as JSON and CSV (and the model, where this pyjlfa can "
+                                       "save models) into --out.")
+    _add_data(train)
+    _add_model(train)
+    train.add_argument("--out", default="pyjlfa-train", metavar="DIR", help="folder for history.json, history.csv, model")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    compare = sub.add_parser("compare", formatter_class=_Formatter, epilog=_EPILOG,
+                             help="train several rules side by side; print a table and write plots",
+                             description="Train one network per learning rule from the same seed (same initial "
+                                         "forward weights), print a table of accuracies and final angles to "
+                                         "backprop, and write compare.json, compare.csv and figures into --out.")
+    _add_data(compare)
+    _add_model(compare, rule=False)
+    compare.add_argument("--rules", nargs="+", default=None, metavar="RULE",
+                         help="learning rules to compare (default: every rule the engine has)")
+    compare.add_argument("--out", default="pyjlfa-compare", metavar="DIR", help="folder for results and figures")
+    compare.add_argument("--no-plots", action="store_true", help="write no figures (they need matplotlib)")
+    compare.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    rep = sub.add_parser("reproduce", formatter_class=_Formatter, epilog=_EPILOG,
+                         help="run a published experiment (Lillicrap et al. 2016; Fashion-MNIST curves)",
+                         description="linear: Lillicrap et al. 2016's 30-20-10 linear network learning y = T x "
+                                     "(BP, FA, shallow). nonlinear: their 30-20-10 tanh network learning a random "
+                                     "30-20-10-10 tanh network (BP, FA, DFA). fashion-mnist: learning and "
+                                     "alignment curves for every rule. Each writes <name>.json, <name>.csv and "
+                                     "figures into --out.")
+    rep.add_argument("experiment", choices=["linear", "nonlinear", "fashion-mnist"], help="which experiment")
+    rep.add_argument("--out", default="results", metavar="DIR", help="folder for results and figures")
+    rep.add_argument("--rules", nargs="+", metavar="RULE",
+                     help="rules to run (default: linear bp fa shallow; nonlinear bp fa dfa; fashion-mnist all)")
+    rep.add_argument("--steps", type=_positive_int, metavar="N",
+                     help="SGD steps of the teacher tasks (default: linear 5000, nonlinear 20000)")
+    rep.add_argument("--hidden", type=_positive_int, nargs="+", metavar="WIDTH",
+                     help="the student's hidden widths for the teacher tasks (default 20, as in the paper)")
+    rep.add_argument("--epochs", type=_positive_int, default=10, help="epochs (fashion-mnist)")
+    rep.add_argument("--train-size", type=_positive_int, metavar="N", help="first N training images (fashion-mnist)")
+    rep.add_argument("--data-path", metavar="DIR", help="Fashion-MNIST folder (fashion-mnist)")
+    rep.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of every random draw")
+    rep.add_argument("--no-plots", action="store_true", help="write no figures (they need matplotlib)")
+    rep.add_argument("--quiet", action="store_true", help="no progress output")
+    return parser
+
+
+def _load_data(args, parser):
+    from . import datasets
+    if args.data == "fashion-mnist":
+        try:
+            Xtr, ytr, Xte, yte = datasets.fashion_mnist(path=args.data_path, dtype=args.dtype)
+        except FileNotFoundError as e:
+            parser.error(str(e))
+    elif args.data.endswith(".npz"):
+        if not os.path.isfile(args.data):
+            parser.error(f"--data {args.data}: no such file")
+        with np.load(args.data) as f:
+            missing = [k for k in ("X_train", "y_train") if k not in f]
+            if missing:
+                parser.error(f"--data {args.data} lacks {', '.join(missing)} (it has {', '.join(f.files) or 'nothing'})")
+            Xtr, ytr = f["X_train"], f["y_train"]
+            Xte, yte = (f["X_test"], f["y_test"]) if "X_test" in f and "y_test" in f else (None, None)
+    else:
+        parser.error(f"--data must be 'fashion-mnist' or a path ending in .npz, got {args.data!r}")
+    if Xtr.ndim != 2:
+        parser.error(f"X_train must be 2-D (samples, features), got shape {Xtr.shape}")
+    if args.train_size:
+        Xtr, ytr = Xtr[:args.train_size], ytr[:args.train_size]
+    validation = None if Xte is None else (Xte, yte)
+    return Xtr, ytr, validation
+
+
+def _check_names(parser, option, names, kind):
+    from ._runtime import engine
+    allowed = engine().names(kind)
+    for name in names:
+        if name not in allowed:
+            parser.error(f"{option}: unknown {kind} {name!r}; this engine has {', '.join(allowed)}")
+
+
+def _sizes(args, Xtr, ytr):
+    return [Xtr.shape[1], *args.hidden, int(np.max(ytr)) + 1]
+
+
+def _train(args, parser):
+    from . import experiments
+    from .network import Network
+    from .optimizers import SGD
+    Xtr, ytr, validation = _load_data(args, parser)
+    _check_names(parser, "--rule", [args.rule], "rule")
+    _check_names(parser, "--activation", [args.activation], "activation")
+    sizes = _sizes(args, Xtr, ytr)
+    os.makedirs(args.out, exist_ok=True)
+    print(f"training {'-'.join(map(str, sizes))} {args.activation}, rule {args.rule}, {len(Xtr)} samples, "
+          f"SGD lr {args.lr} momentum {args.momentum}, batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
+    try:
+        net = Network(sizes, activation=args.activation, rule=args.rule, seed=args.seed,
+                      feedback_seed=args.feedback_seed, dtype=args.dtype)
+        history = net.fit(Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size,
+                          optimizer=SGD(lr=args.lr, momentum=args.momentum), validation_data=validation,
+                          progress=not args.quiet, track_alignment=args.track_alignment or None)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    result = {"experiment": "history", "params": dict(vars(args), sizes=sizes), "runs": {args.rule: history}}
+    files = experiments.save_results(result, args.out, plot=False)
+    model = os.path.join(args.out, "model.safetensors")
+    if hasattr(net, "save"):   # model files come with a later pyjlfa (issue 4)
+        net.save(model)
+        files.append(model)
+    else:
+        print("(this pyjlfa cannot save models yet: only the history was saved)")
+    last = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v and not isinstance(v[-1], list)}
+    print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "seconds"))
+    print("wrote " + ", ".join(files))
+
+
+def _table(result):
+    """One row per rule: accuracy, seconds, and the final angle of each hidden layer to backprop."""
+    from .plots import _final   # the same "last epoch's records" mean the summary figure shows
+    runs = result["runs"]
+    n_hidden = len(result["params"]["sizes"]) - 2
+    head = f"{'rule':<8} {'test acc':>8} {'train loss':>10} {'s/epoch':>8}" + \
+        "".join(f"{f'dW∠BP L{k}':>10}" for k in range(n_hidden)) + \
+        "".join(f"{f'B∠W L{k}':>9}" for k in range(n_hidden + 1))
+    lines = [head]
+    for rule, h in runs.items():
+        acc = h.get("val_accuracy", h.get("accuracy", [float("nan")]))[-1]
+        steady = h["seconds"][1:] or h["seconds"]  # the first epoch includes compiling for this network
+        row = f"{rule:<8} {acc:>8.4f} {h['loss'][-1]:>10.4f} {np.mean(steady):>8.2f}"
+        a = h.get("alignment")
+        for k in range(n_hidden):
+            v = _final(a, "update_angle", k) if a and a["step"] else float("nan")
+            row += f"{'-' if np.isnan(v) else f'{v:.1f}':>10}"
+        for k in range(n_hidden + 1):
+            v = _final(a, "feedback_angle", k) if a and a["step"] else float("nan")
+            row += f"{'-' if np.isnan(v) else f'{v:.1f}':>9}"
+        lines.append(row)
+    lines.append("s/epoch: mean seconds per epoch after the first (which includes compiling);")
+    lines.append("dW∠BP Lk: degrees between the rule's update of hidden layer k and backprop's (mean of the "
+                 "last epoch's records; - where the rule has none to compare);")
+    lines.append("B∠W Lk: degrees between layer k's feedback matrix and the forward weights it stands in for.")
+    return "\n".join(lines)
+
+
+def _plots_available(args):
+    if args.no_plots:
+        return False
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("(no figures: matplotlib is not installed; pip install 'pyjlfa[plot]', or pass --no-plots)",
+              file=sys.stderr)
+        return False
+    return True
+
+
+def _compare(args, parser):
+    from . import experiments
+    from .optimizers import SGD
+    Xtr, ytr, validation = _load_data(args, parser)
+    rules = args.rules or list(experiments.available_rules())
+    _check_names(parser, "--rules", rules, "rule")
+    _check_names(parser, "--activation", [args.activation], "activation")
+    sizes = _sizes(args, Xtr, ytr)
+    data = "Fashion-MNIST" if args.data == "fashion-mnist" else os.path.basename(args.data)
+    title = (f"{data} ({len(Xtr)} training samples), {'-'.join(map(str, sizes))} {args.activation}, SGD lr {args.lr}"
+             f"{f' momentum {args.momentum}' if args.momentum else ''}, batch {args.batch_size}, {args.epochs} epochs, "
+             f"seed {args.seed}")
+    print(f"comparing {', '.join(rules)}: {title}")
+    try:
+        result = experiments.compare(Xtr, ytr, validation, rules=rules, sizes=sizes, activation=args.activation,
+                                     epochs=args.epochs, batch_size=args.batch_size,
+                                     optimizer=SGD(lr=args.lr, momentum=args.momentum), seed=args.seed,
+                                     feedback_seed=args.feedback_seed, dtype=args.dtype,
+                                     track_alignment=args.track_alignment or None, name="compare",
+                                     progress=not args.quiet, title=title)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    files = experiments.save_results(result, args.out, plot=_plots_available(args))
+    print()
+    print(_table(result))
+    print("\nwrote " + ", ".join(files))
+
+
+def _reproduce(args, parser):
+    from . import experiments
+    plot = _plots_available(args)
+    kwargs = dict(seed=args.seed, out_dir=args.out, plot=plot, progress=not args.quiet)
+    try:
+        if args.experiment == "fashion-mnist":
+            result = experiments.fashion_mnist(rules=args.rules, epochs=args.epochs, train_size=args.train_size,
+                                               path=args.data_path, **kwargs)
+        else:
+            if args.rules:
+                kwargs["rules"] = args.rules
+            if args.steps:
+                kwargs["steps"] = args.steps
+                kwargs["record_every"] = max(1, args.steps // 200)
+            if args.hidden:
+                kwargs["hidden"] = args.hidden
+                kwargs["name"] = f"{args.experiment}_task_{'-'.join(map(str, [30, *args.hidden, 10]))}"
+            task = experiments.linear_task if args.experiment == "linear" else experiments.nonlinear_task
+            result = task(**kwargs)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        parser.error(str(e))
+    if "step" in result:
+        print(f"\n{'rule':<8} {'lr':>7} {'normalised error':>17} {'hidden δ∠BP (deg)':>18} {'B∠W (deg)':>10}")
+        for rule, run in result["runs"].items():
+            a = run["alignment"]
+            delta = [v for v in a["delta_angle"][-1] if v == v]
+            wb = [v for v in a["feedback_angle"][-1] if v == v]
+            print(f"{rule:<8} {run['lr']:>7g} {run['error'][-1]:>17.3g} "
+                  f"{(', '.join(f'{v:.1f}' for v in delta) or '-'):>18} {(', '.join(f'{v:.1f}' for v in wb) or '-'):>10}")
+    else:
+        print()
+        print(_table(result))
+    print(f"\nwrote {args.out}/{result['experiment']}.*")
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    sub = parser._subparsers._group_actions[0].choices[args.command]
+    {"train": _train, "compare": _compare, "reproduce": _reproduce}[args.command](args, sub)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""Figures of learning and alignment curves (matplotlib, an optional extra: ``pip install pyjlfa[plot]``).
+
+:func:`figures` draws every figure that fits a result of :mod:`pyjlfa.experiments` and returns
+the PNG paths: for a teacher task one figure (error, hidden-layer angle to backprop, W-vs-B angle);
+for a comparison of rules the learning curves, the alignment angles per layer over training, the
+W-vs-B angles, and a summary. Saved results can be drawn again without Julia:
+
+    python -m pyjlfa.plots results/fashion_mnist.json [OUT_DIR]
+"""
+
+import os
+
+import numpy as np
+
+__all__ = ["figures", "teacher_task_figure", "learning_curves", "alignment_curves", "feedback_curves",
+           "summary_figure", "require_matplotlib"]
+
+_COLORS = {"bp": "black", "fa": "tab:green", "dfa": "tab:blue", "shallow": "tab:gray"}
+_EXTRA = ["tab:orange", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+
+
+def require_matplotlib():
+    """matplotlib.pyplot with a file-only backend, or an ImportError that says how to get it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("pyjlfa's plots need matplotlib, which is not installed: "
+                          "pip install 'pyjlfa[plot]' (or pip install matplotlib)") from None
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _color(rule, rules):
+    if rule in _COLORS:
+        return _COLORS[rule]
+    others = [r for r in rules if r not in _COLORS]
+    return _EXTRA[others.index(rule) % len(_EXTRA)]
+
+
+def _style(rule):
+    """DFA dashed, so that it shows where it coincides with FA (one hidden layer)."""
+    return "--" if rule == "dfa" else "-"
+
+
+def _label(rule):
+    return rule.upper() if rule in ("bp", "fa", "dfa") else rule
+
+
+def _series(alignment, field, layer):
+    return np.array([np.nan if v is None else v for v in (rec[layer] for rec in alignment[field])], dtype=float)
+
+
+def _compared_layers(alignment):
+    """Layers whose role is "feedback" in some record (those with angles to backprop)."""
+    roles = alignment["role"]
+    n = len(roles[0]) if roles else 0
+    return [k for k in range(n) if any(rec[k] == "feedback" for rec in roles)]
+
+
+def _layers_with_B(alignment):
+    values = np.array([[np.nan if v is None else v for v in rec] for rec in alignment["feedback_angle"]], dtype=float)
+    return [k for k in range(values.shape[1]) if np.isfinite(values[:, k]).any()] if values.size else []
+
+
+def _roles_note(runs):
+    """Which rules have no angle to show, and why."""
+    notes = []
+    for rule, a in runs.items():
+        final = a["role"][-1] if a["role"] else []
+        if "feedback" not in final:
+            why = "is backprop itself" if "backprop" in final else "gives its hidden layers no error signal"
+            notes.append(f"{_label(rule)} {why}")
+    return "\n".join(notes)
+
+
+def _save(fig, path):
+    import matplotlib.pyplot as plt
+    from PIL import Image   # a dependency of matplotlib
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    with Image.open(path) as image:   # line plots need few colours: a palette PNG is ~3x smaller
+        small = image.convert("RGB").quantize(colors=256)
+    small.save(path, optimize=True)
+    return path
+
+
+def teacher_task_figure(result, path):
+    """Normalised error, hidden-layer angle to backprop, and W-vs-B angle of a teacher task."""
+    plt = require_matplotlib()
+    p, steps, runs = result["params"], np.array(result["step"]), result["runs"]
+    rules = list(runs)
+    widths = [1.5, 3.3, 0.9]  # line widths, so that several layers of one rule can be told apart
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    for rule, run in runs.items():
+        c, ls = _color(rule, rules), _style(rule)
+        lr = f" (lr {run['lr']:g})" if run.get("lr") is not None else ""
+        axes[0].semilogy(steps, np.maximum(np.array(run["error"], dtype=float), 1e-32), color=c, ls=ls,
+                         label=f"{_label(rule)}{lr}")
+        a = run["alignment"]
+        for i, k in enumerate(_compared_layers(a)):
+            axes[1].plot(steps, _series(a, "delta_angle", k), color=c, ls=ls, lw=widths[i % 3],
+                         label=f"{_label(rule)}, hidden layer {k}")
+        for i, k in enumerate(_layers_with_B(a)):
+            target = {"fa": "Wᵀ", "dfa": f"(W_{k + 1}⋯W_out)ᵀ"}.get(rule, "its stand-in")
+            axes[2].plot(steps, _series(a, "feedback_angle", k), color=c, ls=ls, lw=widths[i % 3],
+                         label=f"{_label(rule)}: B of layer {k} ∠ {target}")
+    axes[0].set(xlabel="training step (samples seen)", ylabel="normalised test error (1 − R²)",
+                title="(a) error on 1000 test inputs")
+    axes[1].axhline(90, color="gray", ls=":", lw=1)
+    axes[1].set(xlabel="training step (samples seen)", ylabel="angle (degrees)", ylim=(0, 180),
+                title="(b) hidden error signal: rule ∠ backprop (Δh)")
+    axes[2].axhline(90, color="gray", ls=":", lw=1)
+    axes[2].set(xlabel="training step (samples seen)", ylabel="angle (degrees)", ylim=(0, 180),
+                title="(c) feedback matrix B ∠ the weights it replaces")
+    notes = [_roles_note({r: run["alignment"] for r, run in runs.items()})]
+    same = [f"{_label(b)} = {_label(a)}" for i, a in enumerate(rules) for b in rules[i + 1:]
+            if runs[a]["error"] == runs[b]["error"]]
+    if same:
+        notes.append("identical curves: " + ", ".join(same))
+    axes[1].text(0.02, 0.02, "\n".join(n for n in notes if n), transform=axes[1].transAxes, fontsize=8,
+                 color="dimgray")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(_ticks())
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    sizes = "-".join(map(str, p.get("sizes", [30, 20, 10])))
+    kind = f"linear {sizes} network learns y = T x" if p["task"] == "linear" else \
+        f"{sizes} tanh network learns a random 30-20-10-10 tanh network"
+    fig.suptitle(f"Lillicrap et al. 2016 {p['task']} task: {kind}\nx ~ N(0, I), batch {p['batch_size']}, "
+                 f"initial W ~ U(±{p['weight_range']:g}), B ~ U(±{p['feedback_range']:g}), seed {p['seed']}, "
+                 f"{p['steps']} steps")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _ticks():
+    from matplotlib.ticker import MaxNLocator
+    return MaxNLocator(nbins=5, integer=True)
+
+
+def _title(result):
+    if result.get("title"):
+        return result["title"]
+    p = result["params"]
+    return (f"{result['experiment']}: {'-'.join(map(str, p['sizes']))} {p['activation']}, SGD lr {p['lr']:g}, "
+            f"batch {p['batch_size']}, {p['epochs']} epochs, seed {p['seed']}")
+
+
+def _steps_axis(result):
+    return f"training step (minibatches of {result['params']['batch_size']})"
+
+
+def _accuracy_key(history):
+    return "val_accuracy" if "val_accuracy" in history else "accuracy" if "accuracy" in history else None
+
+
+def learning_curves(result, path):
+    """Training loss and (validation) accuracy per epoch for each rule."""
+    plt = require_matplotlib()
+    runs, rules = result["runs"], list(result["runs"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    for rule, h in runs.items():
+        epochs = np.arange(1, len(h["loss"]) + 1)
+        c = _color(rule, rules)
+        axes[0].plot(epochs, h["loss"], "-o", ms=3, color=c, label=f"{_label(rule)} training (epoch mean)")
+        if "val_loss" in h:
+            axes[0].plot(epochs, h["val_loss"], "--", color=c, label=f"{_label(rule)} test")
+        key = _accuracy_key(h)
+        if key:
+            axes[1].plot(epochs, 100 * np.array(h[key]), "-o", ms=3, color=c,
+                         label=f"{_label(rule)} ({100 * h[key][-1]:.2f}%)")
+    axes[0].set(xlabel="epoch", ylabel="cross-entropy loss (nats per sample)", title="loss")
+    axes[1].set(xlabel="epoch", ylabel="accuracy (%)",
+                title="test accuracy" if "val_accuracy" in next(iter(runs.values())) else "training accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(_ticks())
+        ax.legend(fontsize=8)
+    fig.suptitle(_title(result))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def alignment_curves(result, path):
+    """Per hidden layer: the angle between each rule's update and backprop's, over training."""
+    plt = require_matplotlib()
+    runs = {r: h["alignment"] for r, h in result["runs"].items() if h.get("alignment") and h["alignment"]["step"]}
+    rules = list(result["runs"])
+    layers = sorted({k for a in runs.values() for k in _compared_layers(a)}) or [0]
+    fig, axes = plt.subplots(1, len(layers), figsize=(5.2 * len(layers), 4.3), squeeze=False)
+    for ax, k in zip(axes[0], layers):
+        for rule, a in runs.items():
+            if k not in _compared_layers(a):
+                continue
+            steps, c = np.array(a["step"]), _color(rule, rules)
+            ax.plot(steps, _series(a, "update_angle", k), color=c, label=f"{_label(rule)} dW ∠ dW_BP")
+            ax.plot(steps, _series(a, "delta_angle", k), color=c, ls="--", lw=1, label=f"{_label(rule)} δ ∠ δ_BP")
+        ax.axhline(90, color="gray", ls=":", lw=1)
+        ax.set(xlabel=_steps_axis(result), ylabel="angle to backprop (degrees)", ylim=(0, 180),
+               title=f"hidden layer {k} (W of shape {_layer_shape(result, k)})")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    note = _roles_note(runs)
+    if note:
+        axes[0][0].text(0.02, 0.02, note, transform=axes[0][0].transAxes, fontsize=8, color="dimgray")
+    fig.suptitle(f"{_title(result)}\nangle between each rule's update and backprop's on the batch being trained")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _layer_shape(result, k):
+    sizes = result["params"]["sizes"]
+    return f"{sizes[k]}x{sizes[k + 1]}"
+
+
+def feedback_curves(result, path):
+    """The angle between each feedback matrix B and the weights it stands in for, over training."""
+    plt = require_matplotlib()
+    runs = {r: h["alignment"] for r, h in result["runs"].items() if h.get("alignment") and h["alignment"]["step"]}
+    rules = list(result["runs"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    styles = ["-", "--", "-.", ":"]
+    for rule, a in runs.items():
+        for i, k in enumerate(_layers_with_B(a)):
+            target = {"fa": "Wᵀ", "dfa": f"(W_{k + 1}⋯W_out)ᵀ"}.get(rule, "its stand-in")
+            ax.plot(a["step"], _series(a, "feedback_angle", k), color=_color(rule, rules), ls=styles[i % 4],
+                    label=f"{_label(rule)}: B of layer {k} ∠ {target}")
+    ax.axhline(90, color="gray", ls=":", lw=1)
+    ax.set(xlabel=_steps_axis(result), ylabel="angle (degrees)", ylim=(0, 180),
+           title=f"{_title(result)}\nweight alignment: feedback matrix B ∠ the forward weights it replaces")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no rule here has a feedback matrix", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def summary_figure(result, path):
+    """Accuracy, final angle per layer and rule, mean angle over training, W-vs-B angle: one page."""
+    plt = require_matplotlib()
+    all_runs, rules = result["runs"], list(result["runs"])
+    runs = {r: h["alignment"] for r, h in all_runs.items() if h.get("alignment") and h["alignment"]["step"]}
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    (acc, bars), (curves, wb) = axes
+    for rule, h in all_runs.items():
+        key = _accuracy_key(h)
+        if key:
+            acc.plot(np.arange(1, len(h[key]) + 1), 100 * np.array(h[key]), "-o", ms=3, color=_color(rule, rules),
+                     label=f"{_label(rule)} {100 * h[key][-1]:.2f}%")
+    test = "val_accuracy" in next(iter(all_runs.values()))
+    acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"(a) {'test' if test else 'training'} accuracy per epoch")
+    acc.xaxis.set_major_locator(_ticks())
+
+    layers = sorted({k for a in runs.values() for k in _compared_layers(a)})
+    compared = [r for r in runs if _compared_layers(runs[r])]
+    width = 0.8 / max(len(compared), 1)
+    for i, rule in enumerate(compared):
+        a = runs[rule]
+        final = [_final(a, "update_angle", k) for k in layers]
+        pos = np.arange(len(layers)) + (i - (len(compared) - 1) / 2) * width
+        b = bars.bar(pos, final, width, color=_color(rule, rules), label=_label(rule))
+        bars.bar_label(b, fmt="%.0f", fontsize=8)
+    bars.set_xticks(np.arange(len(layers)))
+    bars.set_xticklabels([f"hidden layer {k}" for k in layers])
+    bars.axhline(90, color="gray", ls=":", lw=1)
+    bars.set(ylabel="angle to backprop (degrees)", ylim=(0, 100),
+             title="(b) final dW ∠ dW_BP (mean of the last epoch's records)")
+
+    for rule, a in runs.items():
+        ks = _compared_layers(a)
+        if ks:
+            mean = np.nanmean(np.stack([_series(a, "update_angle", k) for k in ks]), axis=0)
+            curves.plot(a["step"], mean, color=_color(rule, rules), label=_label(rule))
+    curves.axhline(90, color="gray", ls=":", lw=1)
+    curves.set(xlabel=_steps_axis(result), ylabel="angle to backprop (degrees)", ylim=(0, 180),
+               title="(c) dW ∠ dW_BP, mean over hidden layers")
+
+    for rule, a in runs.items():
+        for k in _layers_with_B(a):
+            wb.plot(a["step"], _series(a, "feedback_angle", k), color=_color(rule, rules),
+                    ls="-" if k == max(_layers_with_B(a)) else "--", label=f"{_label(rule)} layer {k}")
+    wb.axhline(90, color="gray", ls=":", lw=1)
+    wb.set(xlabel=_steps_axis(result), ylabel="angle (degrees)", ylim=(0, 180),
+           title="(d) feedback matrix B ∠ the weights it replaces")
+    note = _roles_note(runs)
+    if note:
+        curves.text(0.02, 0.02, note, transform=curves.transAxes, fontsize=8, color="dimgray")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(_title(result))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _final(alignment, field, layer):
+    """Mean of ``field`` for ``layer`` over the records of the last epoch."""
+    last = alignment["epoch"][-1]
+    values = [rec[layer] for rec, e in zip(alignment[field], alignment["epoch"]) if e == last]
+    values = np.array([np.nan if v is None else v for v in values], dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def figures(result, out_dir):
+    """Every figure for ``result`` (from :mod:`pyjlfa.experiments`) as PNG files in ``out_dir``."""
+    require_matplotlib()
+    os.makedirs(out_dir, exist_ok=True)
+    name = result["experiment"]
+    if "step" in result:
+        return [teacher_task_figure(result, os.path.join(out_dir, f"{name}.png"))]
+    paths = [learning_curves(result, os.path.join(out_dir, f"{name}_learning.png"))]
+    if any(h.get("alignment") and h["alignment"]["step"] for h in result["runs"].values()):
+        paths += [alignment_curves(result, os.path.join(out_dir, f"{name}_alignment.png")),
+                  feedback_curves(result, os.path.join(out_dir, f"{name}_feedback.png")),
+                  summary_figure(result, os.path.join(out_dir, f"{name}_summary.png"))]
+    return paths
+
+
+def main(argv=None):
+    import argparse
+    import json
+    parser = argparse.ArgumentParser(prog="python -m pyjlfa.plots",
+                                     description="Draw the figures of a saved pyjlfa result (a .json file).")
+    parser.add_argument("result", help="a <name>.json written by pyjlfa (experiments, compare, train)")
+    parser.add_argument("out_dir", nargs="?", help="where to write the PNGs (default: next to the result)")
+    args = parser.parse_args(argv)
+    with open(args.result) as f:
+        result = json.load(f)
+    for path in figures(result, args.out_dir or os.path.dirname(os.path.abspath(args.result))):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

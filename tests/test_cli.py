@@ -1,0 +1,101 @@
+"""The pyjlfa command line and the figures."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pyjlfa import cli, plots
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "pyjlfa", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+def npz(tmp_path):
+    """A small separable 3-class problem in the .npz layout the CLI reads."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 6)).astype(np.float32)
+    y = X[:, :3].argmax(axis=1)
+    path = tmp_path / "blobs.npz"
+    np.savez(path, X_train=X[:300], y_train=y[:300], X_test=X[300:], y_test=y[300:])
+    return path
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["compare"], ["reproduce"]])
+def test_help_explains_every_option(command):
+    result = run(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    options = [a for a in cli._parser()._subparsers._group_actions[0].choices[command[0]]._actions
+               if a.option_strings] if command else []
+    for action in options:
+        assert action.help, action.option_strings      # every option has an explanation ...
+        assert action.option_strings[-1] in text
+    if command == ["train"]:
+        assert "(default: 0.05)" in text and "--track-alignment" in text
+
+
+def test_bad_arguments_say_what_to_fix(npz):
+    result = run("train", "--epochs", "0")
+    assert result.returncode == 2
+    assert "argument --epochs: expected a positive integer, got 0" in result.stderr
+    result = run("compare", "--data", "missing.npz")
+    assert result.returncode == 2 and "--data missing.npz: no such file" in result.stderr
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--data", str(npz), "--rule", "kp"])
+    assert stop.value.code == 2
+
+
+def test_train_saves_the_history(npz, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(npz), "--hidden", "8", "--epochs", "3", "--batch-size", "10",
+                     "--lr", "0.1", "--track-alignment", "5", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "epoch 3/3" in printed.err                   # the progress bar
+    assert "val_accuracy" in printed.out
+    assert {"history.json", "history.csv", "history_alignment.csv"} <= set(os.listdir(out))
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[0] == "rule,epoch,loss,accuracy,val_loss,val_accuracy,seconds" and len(rows) == 4
+
+
+def test_compare_prints_a_table_and_writes_figures(npz, tmp_path):
+    pytest.importorskip("matplotlib", reason="the figures need matplotlib (pip install pyjlfa[plot])")
+    out = tmp_path / "cmp"
+    result = run("compare", "--data", str(npz), "--hidden", "16", "16", "--epochs", "2", "--batch-size", "10",
+                 "--lr", "0.1", "--track-alignment", "4", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.split()[:1] in
+            (["bp"], ["fa"], ["dfa"])}
+    assert set(rows) == {"bp", "fa", "dfa"}
+    assert rows["bp"][4] == "-" and float(rows["fa"][4]) < 180   # angles only where they apply
+    from PIL import Image   # comes with matplotlib
+    for name in ("compare_learning.png", "compare_alignment.png", "compare_feedback.png", "compare_summary.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width >= 600 and image.height >= 400, name
+            assert len(image.convert("RGB").getcolors(1 << 16)) > 20, name   # drawn on, not blank
+
+
+def test_a_missing_matplotlib_is_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'pyjlfa\[plot\]'"):
+        plots.require_matplotlib()
+
+
+def test_cpp_extensions_can_throw_after_julia_started():
+    """libjulia's libunwind must not catch C++ exceptions of modules loaded later (matplotlib aborted)."""
+    pytest.importorskip("matplotlib", reason="needs a C++ extension that throws: matplotlib's ft2font")
+    code = ("import pyjlfa; pyjlfa.Network([3, 2]); import matplotlib.ft2font as f\n"
+            "try:\n    f.no_such_name\nexcept AttributeError:\n    print('caught')\n"
+            "import matplotlib.pyplot")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "caught" in result.stdout, result.stderr[-2000:]
