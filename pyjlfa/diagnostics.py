@@ -17,7 +17,8 @@ quantity is derived); this module shapes the answers. Per layer ``k`` (the order
     Below 90 the update decreases the loss to first order.
 ``feedback_angle``
     Degrees between the feedback matrix ``B`` this layer holds and the matrix it stands in for:
-    FA ``W_k`` (Python's view: Julia's Wᵀ), DFA the product of the downstream weights.
+    FA ``W.T`` (B replaces it in the backward pass); DFA ``(W_{k+1} @ ... @ W_out).T``, the
+    downstream weights' product (exact for a linear network; derivatives in between left out).
 ``alignment_product``
     Mean over the batch of ``delta_bp · delta_rule`` per sample: for a one-hidden-layer linear FA
     network exactly Lillicrap's ``eᵀ W B e``; positive means the rule helps that sample.
