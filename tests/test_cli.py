@@ -51,7 +51,7 @@ def test_bad_arguments_say_what_to_fix(npz):
     result = run("compare", "--data", "missing.npz")
     assert result.returncode == 2 and "--data missing.npz: no such file" in result.stderr
     with pytest.raises(SystemExit) as stop:
-        cli.main(["train", "--data", str(npz), "--rule", "kp"])
+        cli.main(["train", "--data", str(npz), "--rule", "no_such_rule"])
     assert stop.value.code == 2
 
 

@@ -87,8 +87,8 @@ def test_nonlinear_task_dfa_is_fa_with_one_hidden_layer_but_not_with_two():
 
 
 def test_teacher_task_refuses_bad_arguments():
-    with pytest.raises(ValueError, match="unknown rule 'kp'"):
-        experiments.linear_task(rules=["kp"], steps=10)
+    with pytest.raises(ValueError, match="unknown rule 'no_such_rule'"):
+        experiments.linear_task(rules=["no_such_rule"], steps=10)
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         experiments.linear_task(steps=0)
     with pytest.raises(ValueError, match="task must be"):
