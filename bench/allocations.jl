@@ -1,0 +1,31 @@
+# Bytes Julia allocates per training step in the steady state, as bench/run.py reports them.
+#
+#     julia --startup-file=no bench/allocations.jl [--compiled-modules=no]
+#
+# Measured with Julia's allocation counter (@allocated) over many steps after a warm-up, for
+# `step!` (one batch) and `train_epoch!` (per batch of an epoch, so per-epoch costs show divided).
+push!(LOAD_PATH, joinpath(@__DIR__, "..", "julia"))
+using FeedbackAlignment
+const FA_ = FeedbackAlignment
+
+function per_step(net, X, y, Xb, yb, opt, batchsize)
+    step!(net, Xb, yb, opt); train_epoch!(net, X, y, opt; batchsize=batchsize)    # warm up
+    n = 20
+    step_bytes = @allocated for _ in 1:n
+        step!(net, Xb, yb, opt)
+    end
+    epoch_bytes = @allocated for _ in 1:n
+        train_epoch!(net, X, y, opt; batchsize=batchsize)
+    end
+    return step_bytes / n, epoch_bytes / n / cld(size(X, 2), batchsize)
+end
+
+println("bytes allocated per step (784-256-256-10 tanh, batch 32, 1024 samples per epoch):")
+println(rpad("dtype", 8), rpad("rule", 5), rpad("optimizer", 16), lpad("step!", 8), lpad("train_epoch! per batch", 24))
+for T in (Float32, Float64), rule in (BP(), FA(), DFA()), opt in (SGD(0.01), SGD(0.01, 0.9))
+    net = Network([784, 256, 256, 10]; rule=rule, T=T)
+    X = rand(T, 784, 1024)
+    y = FA_.ZeroBasedLabels(rand(0:9, 1024))
+    s, e = per_step(net, X, y, X[:, 1:32], FA_.ZeroBasedLabels(y.data[1:32]), opt, 32)
+    println(rpad(T, 8), rpad(typeof(rule).name.name, 5), rpad(string(opt), 16), lpad(round(Int, s), 8), lpad(round(e, digits=1), 24))
+end

@@ -1,0 +1,154 @@
+"""PyTorch (CPU) peer for bench/run.py, run in its own process (PyTorch and embedded Julia must not
+share one: both bring LLVM, and libjulia is loaded with RTLD_GLOBAL).
+
+FA and DFA are written the way PyTorch users write them (as biotorch does): custom
+``torch.autograd.Function``s whose backward uses the fixed feedback matrices B. Reads one JSON
+command per line on stdin and answers one JSON line on stdout:
+
+    {"case": {...}, "data": "x.npy", "labels": "y.npy", "params": "p.npz", ...} -> {"step": s, "epoch": s}
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class LinearFA(torch.autograd.Function):
+    """y = x W^T + b; the error reaches the input through the fixed B (the shape of W) instead of W."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, B):
+        ctx.save_for_backward(x, B)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, B = ctx.saved_tensors
+        grad_x = grad_out.mm(B) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_out.t().mm(x), grad_out.sum(0), None
+
+
+class OutputDFA(torch.autograd.Function):
+    """Identity on the logits z; backward sends the output error e = dL/dz straight to every hidden
+    layer's activation as e @ B_k (the forward path between layers is detached, so nothing flows
+    back through the weights)."""
+
+    @staticmethod
+    def forward(ctx, z, Bs, *hiddens):
+        ctx.Bs = Bs
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, e):
+        return (e, None, *(e.mm(B) for B in ctx.Bs))
+
+
+class Net(torch.nn.Module):
+    def __init__(self, params, rule, dtype):
+        super().__init__()
+        n = len(params["b"])
+        # nn.Linear's layout: weight (n_out, n_in) = pyjlfa's W.T; pyjlfa's FA B already has it.
+        self.weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.tensor(params["W"][k].T.copy(), dtype=dtype)) for k in range(n)])
+        self.biases = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.tensor(params["b"][k], dtype=dtype)) for k in range(n)])
+        self.B = [None if B is None else torch.tensor(B, dtype=dtype) for B in params["B"]]
+        self.rule = rule
+
+    def forward(self, x):
+        n = len(self.weights)
+        hiddens = []
+        h = x
+        for k in range(n):
+            if self.rule == "fa":
+                a = LinearFA.apply(h, self.weights[k], self.biases[k], self.B[k])
+            elif self.rule == "dfa" and k > 0:
+                a = F.linear(h.detach(), self.weights[k], self.biases[k])
+            else:
+                a = F.linear(h, self.weights[k], self.biases[k])
+            if k < n - 1:
+                h = torch.tanh(a)
+                hiddens.append(h)
+        if self.rule == "dfa":
+            a = OutputDFA.apply(a, self.B[:-1], *hiddens)
+        return a
+
+
+def load_params(path):
+    with np.load(path) as f:
+        n = int(f["n"])
+        return {"W": [f[f"W{k}"] for k in range(n)], "b": [f[f"b{k}"] for k in range(n)],
+                "B": [f[f"B{k}"] if f"B{k}" in f.files else None for k in range(n)]}
+
+
+def timed(f, rounds):
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run_case(cmd, cache):
+    c = cmd["case"]
+    dtype = {"float32": torch.float32, "float64": torch.float64}[c["dtype"]]
+    key = (cmd["data"], c["dtype"])
+    if key not in cache:
+        X = torch.from_numpy(np.load(cmd["data"]).astype(c["dtype"]))
+        cache.clear()
+        cache[key] = X
+    X, y = cache[key], torch.from_numpy(np.load(cmd["labels"]))
+    net = Net(load_params(cmd["params"]), c["rule"], dtype)
+    opt = torch.optim.SGD(net.parameters(), lr=cmd["lr"])
+    m = c["batch"]
+
+    def step(xb, yb):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(xb), yb)
+        loss.backward()
+        opt.step()
+        return loss
+
+    batches = [(X[i * m:(i + 1) * m], y[i * m:(i + 1) * m]) for i in range(cmd["steps"])]
+
+    def steps():
+        for xb, yb in batches:
+            step(xb, yb)
+
+    n = cmd["epoch_samples"]
+    Xe, ye = X[:n], y[:n]
+
+    def epoch():
+        order = torch.randperm(n)
+        for i in range(0, n, m):
+            idx = order[i:i + m]
+            step(Xe[idx], ye[idx])
+
+    for xb, yb in batches[:2]:  # warm up
+        step(xb, yb)
+    t_step = timed(steps, cmd["rounds"]) / cmd["steps"]
+    t_epoch = timed(epoch, cmd["epoch_rounds"])
+    return {"step": t_step, "epoch": t_epoch}
+
+
+def main():
+    torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads())
+    print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+    cache = {}
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            answer = run_case(json.loads(line), cache)
+        except Exception as e:  # report, keep serving
+            answer = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main()
