@@ -1,7 +1,10 @@
 # Bytes Julia allocates per training step in the steady state, as bench/run.py reports them.
 #
-#     julia --startup-file=no bench/allocations.jl [--compiled-modules=no]
+#     julia --startup-file=no [--compiled-modules=no] bench/allocations.jl
 #
+# In Julia 1.5, code inferred while the package precompiles (precompile.jl's workload) calls some
+# methods through boxed arguments; with --compiled-modules=no everything is compiled here and the
+# difference shows what the cache costs.
 # Measured with Julia's allocation counter (@allocated) over many steps after a warm-up, for
 # `step!` (one batch) and `train_epoch!` (per batch of an epoch, so per-epoch costs show divided).
 push!(LOAD_PATH, joinpath(@__DIR__, "..", "julia"))
@@ -20,7 +23,9 @@ function per_step(net, X, y, Xb, yb, opt, batchsize)
     return step_bytes / n, epoch_bytes / n / cld(size(X, 2), batchsize)
 end
 
-println("bytes allocated per step (784-256-256-10 tanh, batch 32, 1024 samples per epoch):")
+cached = Base.JLOptions().use_compiled_modules != 0
+println("bytes allocated per step (784-256-256-10 tanh, batch 32, 1024 samples per epoch), package ",
+        cached ? "loaded from its precompile cache:" : "compiled in this process (--compiled-modules=no):")
 println(rpad("dtype", 8), rpad("rule", 5), rpad("optimizer", 16), lpad("step!", 8), lpad("train_epoch! per batch", 24))
 for T in (Float32, Float64), rule in (BP(), FA(), DFA()), opt in (SGD(0.01), SGD(0.01, 0.9))
     net = Network([784, 256, 256, 10]; rule=rule, T=T)

@@ -5,7 +5,9 @@ FA and DFA are written the way PyTorch users write them (as biotorch does): cust
 ``torch.autograd.Function``s whose backward uses the fixed feedback matrices B. Reads one JSON
 command per line on stdin and answers one JSON line on stdout:
 
-    {"case": {...}, "data": "x.npy", "labels": "y.npy", "params": "p.npz", ...} -> {"step": s, "epoch": s}
+    {"op": "case", "case": {...}, "data": "X.npy", "labels": "y.npy", "params": "p.npz", ...} -> {}
+    {"op": "steps"} -> {"seconds": per step over the case's batches}
+    {"op": "epoch"} -> {"seconds": one shuffled pass}
 """
 
 import json
@@ -85,66 +87,66 @@ def load_params(path):
                 "B": [f[f"B{k}"] if f"B{k}" in f.files else None for k in range(n)]}
 
 
-def timed(f, rounds):
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - start)
-    return best
+class Case:
+    """One network, optimizer and data set; times a round of steps or one epoch on request."""
 
+    def __init__(self, cmd, cache):
+        c = cmd["case"]
+        dtype = {"float32": torch.float32, "float64": torch.float64}[c["dtype"]]
+        key = (cmd["data"], c["dtype"])
+        if key not in cache:
+            cache.clear()
+            cache[key] = torch.from_numpy(np.load(cmd["data"]).astype(c["dtype"]))
+        X, y = cache[key], torch.from_numpy(np.load(cmd["labels"]))
+        self.net = Net(load_params(cmd["params"]), c["rule"], dtype)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=cmd["lr"])
+        self.m = m = c["batch"]
+        self.batches = [(X[i * m:(i + 1) * m], y[i * m:(i + 1) * m]) for i in range(cmd["steps"])]
+        n = cmd["epoch_samples"]
+        self.Xe, self.ye = X[:n], y[:n]
+        for xb, yb in self.batches[:2]:  # warm up
+            self.step(xb, yb)
 
-def run_case(cmd, cache):
-    c = cmd["case"]
-    dtype = {"float32": torch.float32, "float64": torch.float64}[c["dtype"]]
-    key = (cmd["data"], c["dtype"])
-    if key not in cache:
-        X = torch.from_numpy(np.load(cmd["data"]).astype(c["dtype"]))
-        cache.clear()
-        cache[key] = X
-    X, y = cache[key], torch.from_numpy(np.load(cmd["labels"]))
-    net = Net(load_params(cmd["params"]), c["rule"], dtype)
-    opt = torch.optim.SGD(net.parameters(), lr=cmd["lr"])
-    m = c["batch"]
-
-    def step(xb, yb):
-        opt.zero_grad()
-        loss = F.cross_entropy(net(xb), yb)
+    def step(self, xb, yb):
+        self.opt.zero_grad()
+        loss = F.cross_entropy(self.net(xb), yb)
         loss.backward()
-        opt.step()
+        self.opt.step()
         return loss
 
-    batches = [(X[i * m:(i + 1) * m], y[i * m:(i + 1) * m]) for i in range(cmd["steps"])]
+    def steps(self):
+        start = time.perf_counter()
+        for xb, yb in self.batches:
+            self.step(xb, yb)
+        return (time.perf_counter() - start) / len(self.batches)
 
-    def steps():
-        for xb, yb in batches:
-            step(xb, yb)
-
-    n = cmd["epoch_samples"]
-    Xe, ye = X[:n], y[:n]
-
-    def epoch():
+    def epoch(self):
+        """One shuffled pass as PyTorch users write it: randperm, then index each batch."""
+        start = time.perf_counter()
+        n, m = len(self.Xe), self.m
         order = torch.randperm(n)
         for i in range(0, n, m):
             idx = order[i:i + m]
-            step(Xe[idx], ye[idx])
+            self.step(self.Xe[idx], self.ye[idx])
+        return time.perf_counter() - start
 
-    for xb, yb in batches[:2]:  # warm up
-        step(xb, yb)
-    t_step = timed(steps, cmd["rounds"]) / cmd["steps"]
-    t_epoch = timed(epoch, cmd["epoch_rounds"])
-    return {"step": t_step, "epoch": t_epoch}
+
+def serve(cmd, state):
+    if cmd["op"] == "case":
+        state["case"] = Case(cmd, state.setdefault("data", {}))
+        return {}
+    return {"seconds": getattr(state["case"], cmd["op"])()}   # "steps" (per step) or "epoch"
 
 
 def main():
     torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads())
     print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
-    cache = {}
+    state = {}
     for line in sys.stdin:
         if not line.strip():
             continue
         try:
-            answer = run_case(json.loads(line), cache)
+            answer = serve(json.loads(line), state)
         except Exception as e:  # report, keep serving
             answer = {"error": f"{type(e).__name__}: {e}"}
         print(json.dumps(answer), flush=True)
