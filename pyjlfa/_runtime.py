@@ -58,6 +58,7 @@ _SIGNATURES = {
                             POINTER(c_int64)]),
     "fa_error_message": (c_void_p, []),
     "fa_describe": (c_void_p, [c_char_p]),
+    "fa_set_blas": (c_int, [c_void_p, c_void_p]),
     # alignment diagnostics and experiments (cabi_diagnostics.jl)
     "fa_alignment_fields": (c_void_p, []),
     "fa_alignment": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_void_p]),
@@ -167,6 +168,9 @@ def start_julia(method=None, julia=None):
         address, details = _start_juliacall() if method == "juliacall" else _start_embedded(julia)
         details["openblas_coretype"] = openblas
         _engine = Engine(address, method, details)
+        from ._blas import use_numpy_blas  # matrix products through NumPy's newer OpenBLAS, if it has one
+        details["gemm_blas"] = use_numpy_blas(_engine)
+        _engine.runtime = dict(line.split("=", 1) for line in _engine.describe("runtime").splitlines())
     return runtime_info()
 
 

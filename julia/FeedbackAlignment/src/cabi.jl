@@ -52,7 +52,16 @@ matrix(::Type{T}, p::Ptr{Cvoid}, rows, cols) where {T} = unsafe_wrap(Array, Ptr{
 inputs(net::Network{T}, p, n, d) where {T} = matrix(T, p, d, n)
 targets(net::Network{T}, p, n) where {T} =
     net.loss isa CrossEntropy ? ZeroBasedLabels(unsafe_wrap(Array, Ptr{Int64}(p), Int(n))) : matrix(T, p, outsize(net), n)
-optimiser(spec::Cstring) = interpret(unsafe_string(spec), "optimizer")
+# Parsed optimiser specs by text: a host sends the same spec with every `fa_step`, and parsing it
+# (Meta.parse) costs ~0.5 ms, more than a small training step. Optimisers are immutable values.
+const PARSED_OPTIMISERS = Dict{String,Any}()
+function optimiser(spec::Cstring)
+    text = unsafe_string(spec)
+    opt = get(PARSED_OPTIMISERS, text, nothing)
+    opt === nothing || return opt
+    length(PARSED_OPTIMISERS) >= 64 && empty!(PARSED_OPTIMISERS)   # a bound, for hosts that vary it
+    return PARSED_OPTIMISERS[text] = interpret(text, "optimizer")
+end
 
 """
     fa_new(out, dtype, nsizes, sizes, spec, given)
@@ -195,6 +204,10 @@ end
 
 fa_error_message()::Ptr{UInt8} = pointer(ERROR_MESSAGE[])
 
+# Matrix products through the host's BLAS: ILP64 Fortran sgemm and dgemm (both NULL: Julia's own).
+fa_set_blas(sgemm::Ptr{Cvoid}, dgemm::Ptr{Cvoid})::Cint =
+    guarded(() -> FeedbackAlignment.use_external_blas!(sgemm, dgemm))
+
 # "runtime": key=value lines about Julia and its BLAS; "activation", "loss", "rule", "initialiser",
 # "optimizer", "schedule": the names the engine accepts, comma-separated.
 function fa_describe(what::Cstring)::Ptr{UInt8}
@@ -208,6 +221,7 @@ end
 function runtime_description()
     lines = ["julia_version=$VERSION", "julia_bindir=$(Sys.BINDIR)", "julia_threads=$(Threads.nthreads())",
              "blas=$(blas_config())", "blas_threads=$(openblas_threads())",
+             "gemm=$(FeedbackAlignment.EXTERNAL_SGEMM[] == C_NULL ? "julia" : "external")",
              "package_path=$(dirname(dirname(pathof(FeedbackAlignment))))"]
     return join(lines, "\n")
 end
@@ -251,6 +265,7 @@ function __init__()
         "fa_state_set" => @cfunction(fa_state_set, Cint, (Int64, Int64, UInt64)),
         "fa_optstate" => @cfunction(fa_optstate, Cint, (Int64, Cstring, Cint, Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
         "fa_error_message" => @cfunction(fa_error_message, Ptr{UInt8}, ()),
+        "fa_set_blas" => @cfunction(fa_set_blas, Cint, (Ptr{Cvoid}, Ptr{Cvoid})),
         "fa_describe" => @cfunction(fa_describe, Ptr{UInt8}, (Cstring,)),
         "fa_lookup" => @cfunction(fa_lookup, Ptr{Cvoid}, (Cstring,)),
     ))

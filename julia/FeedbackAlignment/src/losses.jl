@@ -75,7 +75,7 @@ end
 
 "Throw an ArgumentError unless `Y` are valid targets for `n` observations and `k` outputs."
 function check_targets(::CrossEntropy, y, k::Integer, n::Integer)
-    y isa AbstractVector{<:Integer} ||
+    y isa AbstractVector && eltype(y) <: Integer ||   # (`isa AbstractVector{<:Integer}` allocates the type)
         throw(ArgumentError("cross-entropy targets must be a vector of integer class labels, got $(typeof(y))"))
     length(y) == n || throw(DimensionMismatch("$(length(y)) labels for $n observations"))
     for (j, label) in enumerate(y)

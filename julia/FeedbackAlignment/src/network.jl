@@ -11,44 +11,72 @@ struct Dense{T}
 end
 
 """
-    gemm!(C, tA, A, tB, B)
-
-C = op(A) * op(B), op being transpose for 'T'. Strided float arrays go to BLAS directly: Julia
-1.5's generic `mul!` costs about a second of compilation per combination of view types, which a
-new process pays at its first training step. Anything else takes the generic `mul!`.
+The first `m` columns of each workspace buffer as arrays of their own, sharing the buffers'
+memory. Julia 1.5 allocates a wrapper whenever a view reaches BLAS or leaves an inlined function,
+so a step through `view`s is never allocation-free; these are made once per batch size.
 """
-function gemm!(C::StridedMatrix{T}, tA::Char, A::StridedMatrix{T}, tB::Char, B::StridedMatrix{T},
-               alpha=one(T), beta=zero(T)) where {T<:LinearAlgebra.BlasFloat}
-    stride(A, 1) == stride(B, 1) == stride(C, 1) == 1 || return generic_gemm!(C, tA, A, tB, B, alpha, beta)
-    return BLAS.gemm!(tA, tB, T(alpha), A, B, T(beta), C)
+struct Columns{T}
+    m::Int
+    A::Vector{Matrix{T}}
+    H::Vector{Matrix{T}}
+    D::Vector{Matrix{T}}
+    mask::Vector{Matrix{T}}
+    dropped::Vector{Matrix{T}}
+    X::Matrix{T}
+    labels::Vector{Int}
+    targets::Matrix{T}
+    S::Matrix{T}
 end
-gemm!(C, tA::Char, A, tB::Char, B, alpha=true, beta=false) = generic_gemm!(C, tA, A, tB, B, alpha, beta)
-generic_gemm!(C, tA, A, tB, B, alpha, beta) =
-    mul!(C, tA == 'T' ? transpose(A) : A, tB == 'T' ? transpose(B) : B, alpha, beta)
 
-"Preallocated per-batch buffers, grown to the largest batch seen; smaller batches use views."
+"""
+Preallocated per-batch buffers, grown to the largest batch seen. A smaller batch uses the buffers'
+first columns through a `Columns`, made the first time that batch size comes (an epoch's last,
+shorter batch; a training batch after a larger evaluation chunk) and kept, so steps allocate none.
+"""
 mutable struct Workspace{T}
     capacity::Int
-    A::Vector{Matrix{T}}   # pre-activations per layer (the last one is the network output)
-    H::Vector{Matrix{T}}   # hidden activations f(A)
-    D::Vector{Matrix{T}}   # error signals; D[end] is dL/d(output)
-    X::Matrix{T}           # gathered input batch
-    labels::Vector{Int}    # gathered class labels
-    targets::Matrix{T}     # gathered regression targets
+    full::Columns{T}       # the buffers themselves: A pre-activations per layer (the last one is
+                           # the output), H activations f(A), D error signals (D[end] = dL/dZ),
+                           # dropout masks (0 or 1/(1-p)) and dropped activations per hidden layer,
+                           # the gathered batch X with its labels or targets, S the output-space
+                           # signal of DRTP / sDFA
+    cuts::Vector{Columns{T}}   # the smaller batch sizes seen, most recent first (at most MAX_CUTS)
     order::Vector{Int}     # epoch permutation
-    S::Matrix{T}           # output-space signal of DRTP / sDFA
-    mask::Vector{Matrix{T}}  # dropout: 0 or 1/(1-p) per hidden unit, and the dropped activations
-    dropped::Vector{Matrix{T}}
     dropping::Bool         # whether the last forward pass applied dropout
 end
+
+const MAX_CUTS = 4
 
 function Workspace{T}(sizes, m) where {T}
     widths = sizes[2:end]
     buffers(ws=widths) = [Matrix{T}(undef, w, m) for w in ws]
-    return Workspace{T}(m, buffers(), buffers(), buffers(), Matrix{T}(undef, sizes[1], m),
-                        Vector{Int}(undef, m), Matrix{T}(undef, sizes[end], m), Int[],
-                        Matrix{T}(undef, sizes[end], m), buffers(widths[1:end-1]),
-                        buffers(widths[1:end-1]), false)
+    full = Columns{T}(m, buffers(), buffers(), buffers(), buffers(widths[1:end-1]), buffers(widths[1:end-1]),
+                      Matrix{T}(undef, sizes[1], m), Vector{Int}(undef, m), Matrix{T}(undef, sizes[end], m),
+                      Matrix{T}(undef, sizes[end], m))
+    return Workspace{T}(m, full, Columns{T}[], Int[], false)
+end
+
+"The workspace's buffers cut to their first `m` columns (m ≤ capacity)."
+@inline function columns(ws::Workspace, m::Integer)
+    m == ws.capacity && return ws.full
+    for c in ws.cuts
+        c.m == m && return c
+    end
+    return cut!(ws, Int(m))
+end
+
+# The wrappers share the buffers' memory; the workspace holds both, so the memory lives as long as
+# they do.
+@noinline function cut!(ws::Workspace{T}, m::Int) where {T}
+    1 <= m <= ws.capacity || throw(ArgumentError("a batch of $m observations does not fit the workspace (capacity $(ws.capacity))"))
+    c = ws.full
+    lead(M::Matrix) = unsafe_wrap(Array, pointer(M), (size(M, 1), m))
+    lead(v::Vector) = unsafe_wrap(Array, pointer(v), m)
+    cut = Columns{T}(m, lead.(c.A), lead.(c.H), lead.(c.D), lead.(c.mask), lead.(c.dropped),
+                     lead(c.X), lead(c.labels), lead(c.targets), lead(c.S))
+    length(ws.cuts) >= MAX_CUTS && pop!(ws.cuts)
+    pushfirst!(ws.cuts, cut)
+    return cut
 end
 
 mutable struct Network{T<:AbstractFloat,F,R<:LearningRule,L<:Loss}
@@ -149,11 +177,11 @@ function workspace!(net::Network{T}, m::Integer) where {T}
     return net.ws
 end
 
-delta(ws::Workspace, l, m) = view(ws.D[l], :, 1:m)
-preact(ws::Workspace, l, m) = view(ws.A[l], :, 1:m)
-hidden(ws::Workspace, l, m) = view(ws.H[l], :, 1:m)
+delta(ws::Workspace, l, m) = columns(ws, m).D[l]
+preact(ws::Workspace, l, m) = columns(ws, m).A[l]
+hidden(ws::Workspace, l, m) = columns(ws, m).H[l]
 # What layer l+1 reads: the activations, after dropout when the last forward pass applied it.
-layer_output(ws::Workspace, l, m) = ws.dropping ? view(ws.dropped[l], :, 1:m) : hidden(ws, l, m)
+layer_output(ws::Workspace, l, m) = ws.dropping ? columns(ws, m).dropped[l] : hidden(ws, l, m)
 
 function check_inputs(net::Network, X::AbstractMatrix)
     size(X, 1) == insize(net) ||
@@ -178,7 +206,7 @@ function forward!(net::Network{T}, X::AbstractMatrix{T}, training::Bool=false) w
         if l < length(net.layers)
             H = hidden(ws, l, m)
             bias_activate!(H, A, layer.b, f)
-            ws.dropping && drop!(view(ws.dropped[l], :, 1:m), view(ws.mask[l], :, 1:m), H, net.dropout[l], net.rng)
+            ws.dropping && drop!(columns(ws, m).dropped[l], columns(ws, m).mask[l], H, net.dropout[l], net.rng)
             h = layer_output(ws, l, m)
         else
             A .+= layer.b
@@ -230,15 +258,26 @@ function backward!(grads, net::Network{T}, X::AbstractMatrix{T}, rule::LearningR
         D = delta(ws, l, m)
         hidden_error!(D, rule, net, l, m)
         times_deriv!(D, net.activation, preact(ws, l, m), hidden(ws, l, m))
-        ws.dropping && (D .*= view(ws.mask[l], :, 1:m))
+        ws.dropping && (D .*= columns(ws, m).mask[l])
     end
     for l in 1:L
         dW, db = grads[l]
         D = delta(ws, l, m)
         gemm!(dW, 'N', D, 'T', l == 1 ? X : layer_output(ws, l - 1, m))
-        sum!(db, D)
+        rowsums!(db, D)
     end
     return grads
+end
+
+# db = sum of D's columns (a loop: Julia 1.5's `sum!` allocates).
+function rowsums!(db::AbstractVector{T}, D::AbstractMatrix{T}) where {T}
+    fill!(db, zero(T))
+    @inbounds for j in axes(D, 2)
+        @simd for i in axes(D, 1)
+            db[i] += D[i, j]
+        end
+    end
+    return db
 end
 
 """

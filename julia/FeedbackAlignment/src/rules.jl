@@ -96,19 +96,19 @@ feedback_shape(::DFAStyle, sizes, l) = l == length(sizes) - 1 ? nothing : (sizes
     hidden_error!(D, rule, net, l, m)
 
 Write into `D` the error signal that hidden layer `l` receives (before the activation derivative)
-for a batch of `m` observations; `net.ws.D[l+1]`, the output error `net.ws.D[end]` and the rule's
-output-space signal `net.ws.S` (see `prepare_signal!`) are filled.
+for a batch of `m` observations; `delta(net.ws, l + 1, m)`, the output error `delta(net.ws, L, m)` and the rule's
+output-space signal `columns(net.ws, m).S` (see `prepare_signal!`) are filled.
 """
 hidden_error!(D, ::BP, net, l, m) = gemm!(D, 'T', net.layers[l+1].W, 'N', delta(net.ws, l + 1, m))
 hidden_error!(D, ::FAStyle, net, l, m) = gemm!(D, 'N', net.layers[l+1].B, 'N', delta(net.ws, l + 1, m))
 hidden_error!(D, ::DFA, net, l, m) = gemm!(D, 'N', net.layers[l].B, 'N', delta(net.ws, length(net.layers), m))
-hidden_error!(D, ::Union{DRTP,sDFA}, net, l, m) = gemm!(D, 'N', net.layers[l].B, 'N', view(net.ws.S, :, 1:m))
+hidden_error!(D, ::Union{DRTP,sDFA}, net, l, m) = gemm!(D, 'N', net.layers[l].B, 'N', columns(net.ws, m).S)
 hidden_error!(D, ::Shallow, net, l, m) = fill!(D, 0)
 
 """
     prepare_signal!(rule, net, Y, m)
 
-Called after the output error is known and before `hidden_error!`: fills `net.ws.S` for rules
+Called after the output error is known and before `hidden_error!`: fills `columns(net.ws, m).S` for rules
 that project something other than e (DRTP: -y*/m; sDFA: sign(e)/m, keeping the batch-mean scale).
 Sign-symmetric rules refresh B's signs from the current W here.
 """
@@ -116,7 +116,7 @@ prepare_signal!(::LearningRule, net, Y, m) = nothing
 
 function prepare_signal!(::DRTP, net, y, m)
     T = eltype(net)
-    S = view(net.ws.S, :, 1:m)
+    S = columns(net.ws, m).S
     fill!(S, zero(T))
     @inbounds for j in 1:m
         S[y[j], j] = -one(T) / m
@@ -124,7 +124,7 @@ function prepare_signal!(::DRTP, net, y, m)
 end
 
 function prepare_signal!(::sDFA, net, Y, m)
-    S, E = view(net.ws.S, :, 1:m), delta(net.ws, length(net.layers), m)
+    S, E = columns(net.ws, m).S, delta(net.ws, length(net.layers), m)
     S .= sign.(E) ./ eltype(net)(m)
 end
 

@@ -57,7 +57,7 @@ function train_epoch!(net::Network{T}, X::AbstractMatrix{T}, Y, opt::Optimiser;
     total, correct = 0.0, 0
     for (batch, start) in enumerate(1:batchsize:n)
         cols = start:min(start + batchsize - 1, n)
-        Xb, Yb = shuffle ? gather!(ws, X, Y, view(order, cols)) : (view(X, :, cols), targetview(Y, cols))
+        Xb, Yb = gather!(ws, X, Y, view(order, cols))   # `order` is 1:n when not shuffling
         before_batch!(net.rule, net)
         t, c = loss_and_grads!(net.grads, net, Xb, Yb, true)
         isfinite(t) || throw(DivergenceError(t / length(cols), epoch, batch))
@@ -70,18 +70,20 @@ function train_epoch!(net::Network{T}, X::AbstractMatrix{T}, Y, opt::Optimiser;
     return (loss = total / n, accuracy = net.loss isa CrossEntropy ? correct / n : NaN)
 end
 
-# Copy the observations `idx` of (X, Y) into the workspace's batch buffers.
+# Copy the observations `idx` of (X, Y) into the workspace's batch buffers, as plain loops: in
+# Julia 1.5 a `copyto!` between column views allocates.
 function gather!(ws::Workspace{T}, X::AbstractMatrix{T}, Y, idx) where {T}
-    m = length(idx)
-    Xb = view(ws.X, :, 1:m)
+    Xb = columns(ws, length(idx)).X
     @inbounds for (j, c) in enumerate(idx)
-        copyto!(view(Xb, :, j), view(X, :, c))
+        @simd for i in axes(Xb, 1)
+            Xb[i, j] = X[i, c]
+        end
     end
     return Xb, gather_targets!(ws, Y, idx)
 end
 
 function gather_targets!(ws::Workspace, y::AbstractVector, idx)
-    yb = view(ws.labels, 1:length(idx))
+    yb = columns(ws, length(idx)).labels
     @inbounds for (j, c) in enumerate(idx)
         yb[j] = y[c]
     end
@@ -89,7 +91,7 @@ function gather_targets!(ws::Workspace, y::AbstractVector, idx)
 end
 
 function gather_targets!(ws::Workspace, Y::AbstractMatrix, idx)
-    Yb = view(ws.targets, :, 1:length(idx))
+    Yb = columns(ws, length(idx)).targets
     @inbounds for (j, c) in enumerate(idx), i in axes(Y, 1)
         Yb[i, j] = Y[i, c]
     end

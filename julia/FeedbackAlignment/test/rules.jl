@@ -122,7 +122,7 @@ end
         net = Network([8, 32, 3]; rule=FA(), dropout=0.5, T=Float64)
         FeedbackAlignment.workspace!(net, 20)
         FeedbackAlignment.forward!(net, X[:, 1:20], true)
-        M = FeedbackAlignment.view(net.ws.mask[1], :, 1:20)
+        M = FeedbackAlignment.columns(net.ws, 20).mask[1]
         @test all(m -> m == 0 || m == 2, M) && 0.3 < count(iszero, M) / length(M) < 0.7
         @test evaluate(net, X, y) == evaluate(net, X, y)        # deterministic outside training
     end

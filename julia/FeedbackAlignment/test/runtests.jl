@@ -500,5 +500,6 @@ end
 include("rules.jl")
 include("io.jl")
 include("diagnostics.jl")
+include("speed.jl")
 
 end # FeedbackAlignment

@@ -1,0 +1,52 @@
+# Matrix products. Every GEMM of training goes through `gemm!`, so the BLAS behind it is chosen here.
+
+# A faster BLAS the host already has loaded: from Python that is NumPy's OpenBLAS (0.3.2x-0.3.3x
+# against Julia 1.5's 0.3.9; 1.1-1.9x faster on 1000-wide layers here, bench/breakdown.jl). The host
+# hands over the Fortran `sgemm`/`dgemm` with 64-bit integers (`scipy_sgemm_64_`, ...). C_NULL, the
+# default, keeps Julia's own BLAS. One choice per process, like `BLAS.set_num_threads`.
+const EXTERNAL_SGEMM = Ref{Ptr{Cvoid}}(C_NULL)
+const EXTERNAL_DGEMM = Ref{Ptr{Cvoid}}(C_NULL)
+external_gemm(::Type{Float32}) = EXTERNAL_SGEMM[]
+external_gemm(::Type{Float64}) = EXTERNAL_DGEMM[]
+external_gemm(::Type) = C_NULL
+
+"""
+    use_external_blas!(sgemm, dgemm)
+
+Route the package's matrix products through these ILP64 Fortran `sgemm`/`dgemm` functions
+(addresses); `C_NULL` for both goes back to Julia's BLAS.
+"""
+function use_external_blas!(sgemm::Ptr{Cvoid}, dgemm::Ptr{Cvoid})
+    (sgemm == C_NULL) == (dgemm == C_NULL) || throw(ArgumentError("give both sgemm and dgemm, or neither"))
+    EXTERNAL_SGEMM[], EXTERNAL_DGEMM[] = sgemm, dgemm
+    return nothing
+end
+
+"""
+    gemm!(C, tA, A, tB, B, alpha = 1, beta = 0)
+
+C = alpha * op(A) * op(B) + beta * C, op being transpose for 'T'. Dense float matrices go to BLAS
+directly (the external one if set): Julia 1.5's generic `mul!` costs about a second of compilation
+per combination of view types, which a new process pays at its first training step. Anything else
+takes the generic `mul!`.
+"""
+function gemm!(C::StridedMatrix{T}, tA::Char, A::StridedMatrix{T}, tB::Char, B::StridedMatrix{T},
+               alpha=one(T), beta=zero(T)) where {T<:LinearAlgebra.BlasFloat}
+    stride(A, 1) == stride(B, 1) == stride(C, 1) == 1 || return generic_gemm!(C, tA, A, tB, B, alpha, beta)
+    f = external_gemm(T)
+    f == C_NULL && return BLAS.gemm!(tA, tB, T(alpha), A, B, T(beta), C)
+    m, k = tA == 'N' ? size(A) : reverse(size(A))
+    kB, n = tB == 'N' ? size(B) : reverse(size(B))
+    k == kB && size(C) == (m, n) ||
+        throw(DimensionMismatch("gemm!: C is $(size(C)), op(A) is ($m, $k), op(B) is ($kB, $n)"))
+    # Fortran signature: transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, then the
+    # hidden lengths of the two character arguments.
+    ccall(f, Cvoid, (Ref{UInt8}, Ref{UInt8}, Ref{Int64}, Ref{Int64}, Ref{Int64}, Ref{T}, Ptr{T}, Ref{Int64},
+                     Ptr{T}, Ref{Int64}, Ref{T}, Ptr{T}, Ref{Int64}, Clong, Clong),
+          UInt8(tA), UInt8(tB), m, n, k, T(alpha), A, max(1, stride(A, 2)), B, max(1, stride(B, 2)),
+          T(beta), C, max(1, stride(C, 2)), 1, 1)
+    return C
+end
+gemm!(C, tA::Char, A, tB::Char, B, alpha=true, beta=false) = generic_gemm!(C, tA, A, tB, B, alpha, beta)
+generic_gemm!(C, tA, A, tB, B, alpha, beta) =
+    mul!(C, tA == 'T' ? transpose(A) : A, tB == 'T' ? transpose(B) : B, alpha, beta)

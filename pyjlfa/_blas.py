@@ -1,0 +1,56 @@
+"""Hand NumPy's bundled OpenBLAS to the Julia engine for its matrix products.
+
+Julia 1.5 ships OpenBLAS 0.3.9; NumPy wheels bundle a recent one (scipy-openblas, ILP64, symbols
+``scipy_sgemm_64_`` ...), already loaded once NumPy is imported. On this project's machine NumPy's
+was 1.1-1.9x faster on the GEMMs of a 784-1000-1000-1000-10 network and level on 784-256-256-10
+(bench/breakdown.jl). ``PYJLFA_BLAS=julia`` keeps Julia's own BLAS.
+"""
+
+import ctypes
+import glob
+import os
+
+import numpy as np
+
+# ILP64 Fortran gemm symbols, most specific first: scipy-openblas64 (NumPy >= 2), then plain ILP64 builds.
+_SYMBOLS = (("scipy_sgemm_64_", "scipy_dgemm_64_"), ("sgemm_64_", "dgemm_64_"))
+
+
+def _candidates():
+    """Shared libraries that may hold NumPy's OpenBLAS: the wheel's bundled folder, then what is loaded."""
+    here = os.path.dirname(np.__file__)
+    paths = []
+    for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*", "../numpy.libs/*openblas*.dll"):
+        paths += sorted(glob.glob(os.path.join(here, pattern)))
+    try:
+        with open("/proc/self/maps") as maps:
+            paths += sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        pass
+    return list(dict.fromkeys(os.path.realpath(p) for p in paths))
+
+
+def numpy_gemm():
+    """(sgemm address, dgemm address, library path) of NumPy's ILP64 OpenBLAS, or None."""
+    for path in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for s, d in _SYMBOLS:
+            if hasattr(lib, s) and hasattr(lib, d):
+                address = lambda name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value  # noqa: E731
+                return address(s), address(d), path
+    return None
+
+
+def use_numpy_blas(engine):
+    """Route the engine's GEMMs through NumPy's OpenBLAS unless PYJLFA_BLAS=julia; say which is used."""
+    if os.environ.get("PYJLFA_BLAS", "").lower() == "julia":
+        return "Julia's BLAS (PYJLFA_BLAS=julia)"
+    found = numpy_gemm()
+    if found is None:
+        return "Julia's BLAS (no ILP64 OpenBLAS found in NumPy)"
+    sgemm, dgemm, path = found
+    engine.call("fa_set_blas", sgemm, dgemm)
+    return f"NumPy's OpenBLAS ({os.path.basename(path)})"
