@@ -62,6 +62,16 @@ def _positive_float(text):
     return value
 
 
+def _nonnegative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def _momentum(text):
     try:
         value = float(text)
@@ -99,6 +109,9 @@ def _add_model(p, rule=True):
     g.add_argument("--batch-size", type=_positive_int, default=64, help="samples per SGD step")
     g.add_argument("--lr", type=_positive_float, default=0.05, help="SGD learning rate")
     g.add_argument("--momentum", type=_momentum, default=0.0, help="SGD momentum, in [0, 1)")
+    g.add_argument("--weight-decay", type=_nonnegative_float, default=0.0, metavar="L2",
+                   help="L2 weight decay on the weights (and on B under Kolen-Pollack, which needs it for "
+                        "B to converge to W.T)")
     g.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the forward weights and the shuffling")
     g.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision of the model")
     g.add_argument("--track-alignment", type=_nonnegative_int, default=50, metavar="N",
@@ -197,22 +210,26 @@ def _sizes(args, Xtr, ytr):
     return [Xtr.shape[1], *args.hidden, int(np.max(ytr)) + 1]
 
 
+def _sgd(args):
+    from .optimizers import SGD
+    return SGD(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
 def _train(args, parser):
     from . import experiments
     from .network import Network
-    from .optimizers import SGD
     Xtr, ytr, validation = _load_data(args, parser)
     _check_names(parser, "--rule", [args.rule], "rule")
     _check_names(parser, "--activation", [args.activation], "activation")
     sizes = _sizes(args, Xtr, ytr)
     os.makedirs(args.out, exist_ok=True)
     print(f"training {'-'.join(map(str, sizes))} {args.activation}, rule {args.rule}, {len(Xtr)} samples, "
-          f"SGD lr {args.lr} momentum {args.momentum}, batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
+          f"SGD lr {args.lr} momentum {args.momentum} weight decay {args.weight_decay}, batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
     try:
         net = Network(sizes, activation=args.activation, rule=args.rule, seed=args.seed,
                       feedback_seed=args.feedback_seed, dtype=args.dtype)
         history = net.fit(Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size,
-                          optimizer=SGD(lr=args.lr, momentum=args.momentum), validation_data=validation,
+                          optimizer=_sgd(args), validation_data=validation,
                           progress=not args.quiet, track_alignment=args.track_alignment or None)
     except (ValueError, TypeError) as e:
         parser.error(str(e))
@@ -271,7 +288,6 @@ def _plots_available(args):
 
 def _compare(args, parser):
     from . import experiments
-    from .optimizers import SGD
     Xtr, ytr, validation = _load_data(args, parser)
     rules = args.rules or list(experiments.available_rules())
     _check_names(parser, "--rules", rules, "rule")
@@ -279,13 +295,14 @@ def _compare(args, parser):
     sizes = _sizes(args, Xtr, ytr)
     data = "Fashion-MNIST" if args.data == "fashion-mnist" else os.path.basename(args.data)
     title = (f"{data} ({len(Xtr)} training samples), {'-'.join(map(str, sizes))} {args.activation}, SGD lr {args.lr}"
-             f"{f' momentum {args.momentum}' if args.momentum else ''}, batch {args.batch_size}, {args.epochs} epochs, "
+             f"{f' momentum {args.momentum}' if args.momentum else ''}"
+             f"{f' weight decay {args.weight_decay}' if args.weight_decay else ''}, batch {args.batch_size}, {args.epochs} epochs, "
              f"seed {args.seed}")
     print(f"comparing {', '.join(rules)}: {title}")
     try:
         result = experiments.compare(Xtr, ytr, validation, rules=rules, sizes=sizes, activation=args.activation,
                                      epochs=args.epochs, batch_size=args.batch_size,
-                                     optimizer=SGD(lr=args.lr, momentum=args.momentum), seed=args.seed,
+                                     optimizer=_sgd(args), seed=args.seed,
                                      feedback_seed=args.feedback_seed, dtype=args.dtype,
                                      track_alignment=args.track_alignment or None, name="compare",
                                      progress=not args.quiet, title=title)

@@ -299,7 +299,7 @@ class Network:
         if optimizer.layer_lr is not None and len(optimizer.layer_lr) != len(self.sizes) - 1:
             raise ValueError(f"optimizer layer_lr lists {len(optimizer.layer_lr)} multipliers; "
                              f"the network has {len(self.sizes) - 1} layers")
-        return optimizer._spec().encode()
+        return optimizer._encoded_spec()
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True, validation_data=None,

@@ -45,6 +45,16 @@ class Cosine:
 
 
 class _Optimizer:
+    def _encoded_spec(self):
+        """The spec text Julia parses, as bytes; kept on the (frozen) optimizer, since building it
+        was about half of a small step's Python time. Not kept while layer_lr is a mutable list."""
+        spec = self.__dict__.get("_encoded")
+        if spec is None:
+            spec = self._spec().encode()
+            if self.layer_lr is None or isinstance(self.layer_lr, tuple):
+                object.__setattr__(self, "_encoded", spec)
+        return spec
+
     def _check_common(self):
         owner = type(self).__name__
         number(owner, "lr", self.lr, low=0, low_open=True)

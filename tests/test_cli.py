@@ -67,6 +67,21 @@ def test_train_saves_the_history(npz, tmp_path, capsys):
     assert rows[0] == "rule,epoch,loss,accuracy,val_loss,val_accuracy,seconds" and len(rows) == 4
 
 
+def test_weight_decay_reaches_the_optimizer(npz, tmp_path):
+    import pyjlfa
+    norms = {}
+    for wd in ("0", "0.5"):
+        out = tmp_path / f"wd{wd}"
+        assert cli.main(["train", "--data", str(npz), "--hidden", "8", "--epochs", "3", "--batch-size", "10",
+                         "--lr", "0.1", "--weight-decay", wd, "--quiet", "--out", str(out)]) == 0
+        with pyjlfa.load(out / "model.safetensors") as net:
+            norms[wd] = sum(float(np.linalg.norm(layer.W)) for layer in net.layers)
+    # 90 steps of W -= 0.1 (dW + 0.5 W) shrink W by about 0.95^90 ~ 1%: far below the undecayed norm
+    assert norms["0.5"] < 0.3 * norms["0"]
+    result = run("compare", "--weight-decay", "-1")
+    assert result.returncode == 2 and "argument --weight-decay: expected a finite number >= 0, got -1" in result.stderr
+
+
 def test_compare_prints_a_table_and_writes_figures(npz, tmp_path):
     pytest.importorskip("matplotlib", reason="the figures need matplotlib (pip install pyjlfa[plot])")
     out = tmp_path / "cmp"

@@ -164,20 +164,28 @@ end
 # `slots` holds a layer's state arrays, `nslots` per trainable array: W's (which = 0), b's (1),
 # B's (2). They are of mixed dimension, so each is asserted to P's type: without that every element
 # access in `apply!` is a dynamic call (21 MB allocated per momentum step of a 784-256-256-10 network).
+# The kernels loop over columns with a @simd inner loop, which vectorises (a CartesianIndices loop
+# did not: 490 µs instead of 26 µs for a 256x784 update). G may be a Transpose (Kolen-Pollack's B)
+# and P a vector (P[i, 1] is its i-th element).
 function apply!(opt::SGD, P::Array{T,N}, G::AbstractArray, slots, which, lr::T, decays::Bool, t) where {T,N}
     V = slots[which+1]::Array{T,N}
     mu, wd = T(opt.momentum), T(decays ? opt.weight_decay : 0.0)
     dd = T(decays ? opt.decoupled_weight_decay : 0.0)
     if iszero(mu)
-        @inbounds for i in CartesianIndices(P)
-            P[i] -= lr * (G[i] + wd * P[i] + dd * P[i])
+        @inbounds for j in axes(P, 2)
+            @simd for i in axes(P, 1)
+                P[i, j] -= lr * (G[i, j] + wd * P[i, j] + dd * P[i, j])
+            end
         end
     else
         nesterov = opt.nesterov
-        @inbounds for i in CartesianIndices(P)
-            g = G[i] + wd * P[i]
-            V[i] = mu * V[i] + g
-            P[i] -= lr * (ifelse(nesterov, g + mu * V[i], V[i]) + dd * P[i])
+        @inbounds for j in axes(P, 2)
+            @simd for i in axes(P, 1)
+                g = G[i, j] + wd * P[i, j]
+                v = mu * V[i, j] + g
+                V[i, j] = v
+                P[i, j] -= lr * (ifelse(nesterov, g + mu * v, v) + dd * P[i, j])
+            end
         end
     end
 end
@@ -187,10 +195,13 @@ function apply!(opt::Adam, P::Array{T,N}, G::AbstractArray, slots, which, lr::T,
     b1, b2, eps = T(opt.beta1), T(opt.beta2), T(opt.eps)
     wd, dd = T(decays ? opt.weight_decay : 0.0), T(decays ? opt.decoupled_weight_decay : 0.0)
     c1, c2 = T(1 - opt.beta1^t), T(1 - opt.beta2^t)
-    @inbounds for i in CartesianIndices(P)
-        g = G[i] + wd * P[i]
-        M[i] = b1 * M[i] + (1 - b1) * g
-        V[i] = b2 * V[i] + (1 - b2) * g * g
-        P[i] -= lr * ((M[i] / c1) / (sqrt(V[i] / c2) + eps) + dd * P[i])
+    @inbounds for j in axes(P, 2)
+        @simd for i in axes(P, 1)
+            g = G[i, j] + wd * P[i, j]
+            m = b1 * M[i, j] + (1 - b1) * g
+            v = b2 * V[i, j] + (1 - b2) * g * g
+            M[i, j], V[i, j] = m, v
+            P[i, j] -= lr * ((m / c1) / (sqrt(v / c2) + eps) + dd * P[i, j])
+        end
     end
 end
