@@ -47,6 +47,30 @@ def _label(rule):
     return rule.upper() if rule in ("bp", "fa", "dfa") else rule
 
 
+def _target(rule, k):
+    """What layer k's B stands in for, by the rule's feedback style."""
+    from .rules import FEEDBACK_STYLE
+    return {"fa": "Wᵀ", "dfa": f"(W_{k + 1}⋯W_out)ᵀ"}.get(FEEDBACK_STYLE.get(rule), "its stand-in")
+
+
+def _legend(ax, handles=None, outside=None, **kw):
+    """A legend inside the axes when short, to the right of them when long (many rules)."""
+    handles = handles if handles is not None else ax.get_legend_handles_labels()[0]
+    if not handles:
+        return
+    outside = len(handles) > 8 if outside is None else outside
+    if outside:
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, **kw)
+    else:
+        ax.legend(handles=handles, fontsize=8, **kw)
+
+
+def _style_keys(*pairs):
+    """Legend entries for line styles alone (black): pairs of (linestyle, meaning)."""
+    from matplotlib.lines import Line2D
+    return [Line2D([], [], color="black", ls=ls, label=meaning) for ls, meaning in pairs]
+
+
 def _series(alignment, field, layer):
     return np.array([np.nan if v is None else v for v in (rec[layer] for rec in alignment[field])], dtype=float)
 
@@ -102,7 +126,7 @@ def teacher_task_figure(result, path):
             axes[1].plot(steps, _series(a, "delta_angle", k), color=c, ls=ls, lw=widths[i % 3],
                          label=f"{_label(rule)}, hidden layer {k}")
         for i, k in enumerate(_layers_with_B(a)):
-            target = {"fa": "Wᵀ", "dfa": f"(W_{k + 1}⋯W_out)ᵀ"}.get(rule, "its stand-in")
+            target = _target(rule, k)
             axes[2].plot(steps, _series(a, "feedback_angle", k), color=c, ls=ls, lw=widths[i % 3],
                          label=f"{_label(rule)}: B of layer {k} ∠ {target}")
     axes[0].set(xlabel="training step (samples seen)", ylabel="normalised test error (1 − R²)",
@@ -164,9 +188,9 @@ def learning_curves(result, path):
     for rule, h in runs.items():
         epochs = np.arange(1, len(h["loss"]) + 1)
         c = _color(rule, rules)
-        axes[0].plot(epochs, h["loss"], "-o", ms=3, color=c, label=f"{_label(rule)} training (epoch mean)")
+        axes[0].plot(epochs, h["loss"], "-o", ms=3, color=c)
         if "val_loss" in h:
-            axes[0].plot(epochs, h["val_loss"], "--", color=c, label=f"{_label(rule)} test")
+            axes[0].plot(epochs, h["val_loss"], "--", color=c)
         key = _accuracy_key(h)
         if key:
             axes[1].plot(epochs, 100 * np.array(h[key]), "-o", ms=3, color=c,
@@ -177,7 +201,9 @@ def learning_curves(result, path):
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(_ticks())
-        ax.legend(fontsize=8)
+    styles = [("-", "training (epoch mean)")] + ([("--", "test")] if "val_loss" in next(iter(runs.values())) else [])
+    _legend(axes[0], _style_keys(*styles), outside=False, title="colour: rule, as on the right")
+    _legend(axes[1])
     fig.suptitle(_title(result))
     fig.tight_layout()
     return _save(fig, path)
@@ -195,14 +221,16 @@ def alignment_curves(result, path):
             if k not in _compared_layers(a):
                 continue
             steps, c = np.array(a["step"]), _color(rule, rules)
-            ax.plot(steps, _series(a, "update_angle", k), color=c, label=f"{_label(rule)} dW ∠ dW_BP")
-            ax.plot(steps, _series(a, "delta_angle", k), color=c, ls="--", lw=1, label=f"{_label(rule)} δ ∠ δ_BP")
+            ax.plot(steps, _series(a, "update_angle", k), color=c, label=_label(rule))
+            ax.plot(steps, _series(a, "delta_angle", k), color=c, ls="--", lw=1)
         ax.axhline(90, color="gray", ls=":", lw=1)
         ax.set(xlabel=_steps_axis(result), ylabel="angle to backprop (degrees)", ylim=(0, 180),
                title=f"hidden layer {k} (W of shape {_layer_shape(result, k)})")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    last = axes[0][-1]
+    handles = last.get_legend_handles_labels()[0]
+    if handles:
+        _legend(last, handles + _style_keys(("-", "dW ∠ dW_BP"), ("--", "δ ∠ δ_BP")), outside=True)
     note = _roles_note(runs)
     if note:
         axes[0][0].text(0.02, 0.02, note, transform=axes[0][0].transAxes, fontsize=8, color="dimgray")
@@ -225,7 +253,7 @@ def feedback_curves(result, path):
     styles = ["-", "--", "-.", ":"]
     for rule, a in runs.items():
         for i, k in enumerate(_layers_with_B(a)):
-            target = {"fa": "Wᵀ", "dfa": f"(W_{k + 1}⋯W_out)ᵀ"}.get(rule, "its stand-in")
+            target = _target(rule, k)
             ax.plot(a["step"], _series(a, "feedback_angle", k), color=_color(rule, rules), ls=styles[i % 4],
                     label=f"{_label(rule)}: B of layer {k} ∠ {target}")
     ax.axhline(90, color="gray", ls=":", lw=1)
@@ -234,7 +262,7 @@ def feedback_curves(result, path):
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        _legend(ax)
     else:
         ax.text(0.5, 0.5, "no rule here has a feedback matrix", ha="center", transform=ax.transAxes)
     fig.tight_layout()
@@ -283,8 +311,9 @@ def summary_figure(result, path):
 
     for rule, a in runs.items():
         for k in _layers_with_B(a):
+            last = k == max(_layers_with_B(a))
             wb.plot(a["step"], _series(a, "feedback_angle", k), color=_color(rule, rules),
-                    ls="-" if k == max(_layers_with_B(a)) else "--", label=f"{_label(rule)} layer {k}")
+                    ls="-" if last else "--", label=_label(rule) if last else None)
     wb.axhline(90, color="gray", ls=":", lw=1)
     wb.set(xlabel=_steps_axis(result), ylabel="angle (degrees)", ylim=(0, 180),
            title="(d) feedback matrix B ∠ the weights it replaces")
@@ -293,8 +322,12 @@ def summary_figure(result, path):
         curves.text(0.02, 0.02, note, transform=curves.transAxes, fontsize=8, color="dimgray")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    _legend(acc, outside=False, loc="lower right", ncol=2)
+    _legend(bars, outside=False, ncol=3)
+    _legend(curves, outside=False, ncol=3)
+    handles = wb.get_legend_handles_labels()[0]
+    _legend(wb, handles + _style_keys(("-", "last layer with a B"), ("--", "earlier layers")) if handles else [],
+            outside=False, ncol=3)
     fig.suptitle(_title(result))
     fig.tight_layout()
     return _save(fig, path)
