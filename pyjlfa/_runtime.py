@@ -185,7 +185,7 @@ def runtime_info():
 def _choose_openblas_coretype():
     """Pick OpenBLAS's kernel from the CPU flags unless the user chose one.
 
-    Julia 1.5's OpenBLAS 0.3.9 does not recognise recent AMD EPYC CPUs and falls back to a slow
+    Julia 1.5's OpenBLAS 0.3.9 does not recognise every recent CPU (this project's Xeon) and falls back to a slow
     generic kernel; the variable must be set before libjulia (and so OpenBLAS) loads.
     """
     if os.environ.get("OPENBLAS_CORETYPE"):
