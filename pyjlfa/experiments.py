@@ -173,7 +173,7 @@ def compare(X, y, validation_data, rules=None, sizes=None, activation="tanh", ep
     result = {"experiment": name, "title": title,
               "params": dict(rules=rules, sizes=list(map(int, sizes)), activation=activation, epochs=epochs,
                              batch_size=batch_size, lr=optimizer.lr, momentum=optimizer.momentum,
-                             weight_decay=getattr(optimizer, "weight_decay", 0.0), seed=int(seed),
+                             weight_decay=optimizer.weight_decay, seed=int(seed),
                              feedback_seed=None if feedback_seed is None else int(feedback_seed), dtype=dtype,
                              track_alignment=track_alignment, n_train=int(X.shape[0]),
                              n_validation=None if validation_data is None else int(len(validation_data[1]))),
