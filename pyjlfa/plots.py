@@ -227,10 +227,11 @@ def alignment_curves(result, path):
         ax.set(xlabel=_steps_axis(result), ylabel="angle to backprop (degrees)", ylim=(0, 180),
                title=f"hidden layer {k} (W of shape {_layer_shape(result, k)})")
         ax.grid(alpha=0.3)
-    last = axes[0][-1]
-    handles = last.get_legend_handles_labels()[0]
-    if handles:
-        _legend(last, handles + _style_keys(("-", "dW ∠ dW_BP"), ("--", "δ ∠ δ_BP")), outside=True)
+    # one legend, beside the last panel, naming every rule drawn in any panel
+    named = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    if named:
+        _legend(axes[0][-1], list(named.values()) + _style_keys(("-", "dW ∠ dW_BP"), ("--", "δ ∠ δ_BP")),
+                outside=True)
     note = _roles_note(runs)
     if note:
         axes[0][0].text(0.02, 0.02, note, transform=axes[0][0].transAxes, fontsize=8, color="dimgray")
