@@ -32,42 +32,24 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _nonnegative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _float_in(expected, ok):
-    """An argparse type: a float for which ok(value) holds, else an error saying what was expected."""
+def _parsed(convert, expected, ok):
+    """An argparse type: convert(text) for which ok(value) holds, else an error saying what was expected."""
     def parse(text):
         try:
-            value = float(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not (np.isfinite(value) and ok(value)):
+        if not ok(value) or (isinstance(value, float) and not np.isfinite(value)):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
         return value
     return parse
 
 
-_positive_float = _float_in("a positive number", lambda v: v > 0)
-_nonnegative_float = _float_in("a finite number >= 0", lambda v: v >= 0)
-_momentum = _float_in("a number in [0, 1)", lambda v: 0 <= v < 1)
+_positive_int = _parsed(int, "a positive integer", lambda v: v >= 1)
+_nonnegative_int = _parsed(int, "an integer >= 0", lambda v: v >= 0)
+_positive_float = _parsed(float, "a positive number", lambda v: v > 0)
+_nonnegative_float = _parsed(float, "a finite number >= 0", lambda v: v >= 0)
+_momentum = _parsed(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def _add_data(p):

@@ -13,30 +13,21 @@ end
 
 # Uniform and normal families: a unit draw (U(-1, 1) or N(0, 1)) times a scale from the fans
 # (the limit of the uniform, the std of the normal).
-for (name, doc, fan_scale) in (
-        (:GlorotUniform, "Glorot & Bengio (2010): U(-l, l), l = gain*sqrt(6/(fan_in+fan_out)).", :(i.gain * sqrt(6.0 / (fi + fo)))),
-        (:HeUniform, "He et al. (2015): U(-l, l), l = gain*sqrt(6/fan_in).", :(i.gain * sqrt(6.0 / fi))),
-        (:LeCunUniform, "LeCun: U(-l, l), l = gain*sqrt(3/fan_in), so std = gain/sqrt(fan_in).", :(i.gain * sqrt(3.0 / fi))))
+const UNIFORM_UNIT, NORMAL_UNIT = :(2.0 * uniform(r) - 1.0), :(gaussian(r))
+for (name, doc, fan_scale, unit_draw) in (
+        (:GlorotUniform, "Glorot & Bengio (2010): U(-l, l), l = gain*sqrt(6/(fan_in+fan_out)).", :(i.gain * sqrt(6.0 / (fi + fo))), UNIFORM_UNIT),
+        (:HeUniform, "He et al. (2015): U(-l, l), l = gain*sqrt(6/fan_in).", :(i.gain * sqrt(6.0 / fi)), UNIFORM_UNIT),
+        (:LeCunUniform, "LeCun: U(-l, l), l = gain*sqrt(3/fan_in), so std = gain/sqrt(fan_in).", :(i.gain * sqrt(3.0 / fi)), UNIFORM_UNIT),
+        (:GlorotNormal, "Glorot & Bengio (2010): N(0, s²), s = gain*sqrt(2/(fan_in+fan_out)).", :(i.gain * sqrt(2.0 / (fi + fo))), NORMAL_UNIT),
+        (:HeNormal, "He et al. (2015): N(0, s²), s = gain*sqrt(2/fan_in).", :(i.gain * sqrt(2.0 / fi)), NORMAL_UNIT),
+        (:LeCunNormal, "LeCun: N(0, s²), s = gain/sqrt(fan_in).", :(i.gain / sqrt(fi)), NORMAL_UNIT))
     @eval begin
         @doc $doc struct $name <: Initialiser
             gain::Float64
         end
         $name(; gain::Real=1.0) = $name(Float64(gain))
         scale(i::$name, fi, fo) = $fan_scale
-        unit(::$name, r) = 2.0 * uniform(r) - 1.0
-    end
-end
-for (name, doc, fan_scale) in (
-        (:GlorotNormal, "Glorot & Bengio (2010): N(0, s²), s = gain*sqrt(2/(fan_in+fan_out)).", :(i.gain * sqrt(2.0 / (fi + fo)))),
-        (:HeNormal, "He et al. (2015): N(0, s²), s = gain*sqrt(2/fan_in).", :(i.gain * sqrt(2.0 / fi))),
-        (:LeCunNormal, "LeCun: N(0, s²), s = gain/sqrt(fan_in).", :(i.gain / sqrt(fi))))
-    @eval begin
-        @doc $doc struct $name <: Initialiser
-            gain::Float64
-        end
-        $name(; gain::Real=1.0) = $name(Float64(gain))
-        scale(i::$name, fi, fo) = $fan_scale
-        unit(::$name, r) = gaussian(r)
+        unit(::$name, r) = $unit_draw
     end
 end
 
