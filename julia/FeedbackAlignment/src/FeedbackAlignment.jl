@@ -1,7 +1,7 @@
 """
     FeedbackAlignment
 
-Dense networks trained without (or with) backpropagation: backprop (`BP`), feedback alignment
+Neural networks (chains of dense, convolution and pooling layers) trained without (or with) backpropagation: backprop (`BP`), feedback alignment
 (`FA`, Lillicrap et al. 2016), direct feedback alignment (`DFA`, Nøkland 2016), sign symmetry
 (`uSF`, `frSF`, `brSF`), Kolen-Pollack and weight mirrors (Akrout et al. 2019), `DRTP`, `sDFA`
 and `Shallow`. Observations are columns; functions ending in `!` fill preallocated buffers.
@@ -11,13 +11,16 @@ Standard library only, Julia 1.5+.
 net = Network([784, 256, 256, 10]; activation=tanh, rule=FA(), seed=0)
 history = learn!(net, X, y; epochs=10, batchsize=64, optimizer=SGD(0.05))
 evaluate(net, Xtest, ytest)
+lenet = Network(Chain(Conv((5, 5), 1 => 6, relu), MaxPool((2, 2)), Conv((5, 5), 6 => 16, relu), MaxPool((2, 2)),
+                      Conv((5, 5), 16 => 120, relu), Flatten(), Dense(120 => 84, relu), Dense(84 => 10));
+                input=(32, 32, 1), rule=FA())
 ```
 """
 module FeedbackAlignment
 
 using LinearAlgebra
 
-export Network, Dense, LearningRule, BP, FA, DFA, uSF, frSF, brSF, KolenPollack, WeightMirror,
+export Network, Chain, Layer, Dense, Conv, MaxPool, MeanPool, Flatten, LayerState, LearningRule, BP, FA, DFA, uSF, frSF, brSF, KolenPollack, WeightMirror,
     DRTP, sDFA, Shallow, Loss, CrossEntropy, MSE, Optimiser, SGD, Adam, AdamW, Schedule, Constant,
     StepDecay, Cosine, Initialiser, GlorotUniform, GlorotNormal, HeUniform, HeNormal, LeCunUniform,
     LeCunNormal, Uniform, Normal, Orthogonal, Sparse, SignConcordant, Zeros, Given, SplitMix64,
@@ -31,6 +34,8 @@ include("activations.jl")
 include("losses.jl")
 include("init.jl")
 include("blas.jl")
+include("conv.jl")
+include("layers.jl")
 include("rules.jl")
 include("network.jl")
 include("optimisers.jl")

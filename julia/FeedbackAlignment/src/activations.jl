@@ -76,4 +76,4 @@ end
 
 const ACTIVATIONS = Dict{String,Function}(
     "tanh" => tanh, "sigmoid" => sigmoid, "relu" => relu,
-    "leaky_relu" => leakyrelu, "identity" => identity)
+    "leakyrelu" => leakyrelu, "leaky_relu" => leakyrelu, "identity" => identity)   # both spellings: Julia's and Python's

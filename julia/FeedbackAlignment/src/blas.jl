@@ -26,27 +26,58 @@ end
     gemm!(C, tA, A, tB, B, alpha = 1, beta = 0)
 
 C = alpha * op(A) * op(B) + beta * C, op being transpose for 'T'. Dense float matrices go to BLAS
-directly (the external one if set): Julia 1.5's generic `mul!` costs about a second of compilation
-per combination of view types, which a new process pays at its first training step. Anything else
-takes the generic `mul!`.
+directly through `gemm_ptr!` (the external one if set): Julia 1.5's generic `mul!` costs about a
+second of compilation per combination of view types, which a new process pays at its first
+training step. Anything else takes the generic `mul!`.
 """
 function gemm!(C::StridedMatrix{T}, tA::Char, A::StridedMatrix{T}, tB::Char, B::StridedMatrix{T},
                alpha=one(T), beta=zero(T)) where {T<:LinearAlgebra.BlasFloat}
     stride(A, 1) == stride(B, 1) == stride(C, 1) == 1 || return generic_gemm!(C, tA, A, tB, B, alpha, beta)
-    f = external_gemm(T)
-    f == C_NULL && return BLAS.gemm!(tA, tB, T(alpha), A, B, T(beta), C)
+    T <: Union{Float32,Float64} || return BLAS.gemm!(tA, tB, T(alpha), A, B, T(beta), C)   # complex
     m, k = tA == 'N' ? size(A) : reverse(size(A))
     kB, n = tB == 'N' ? size(B) : reverse(size(B))
     k == kB && size(C) == (m, n) ||
         throw(DimensionMismatch("gemm!: C is $(size(C)), op(A) is ($m, $k), op(B) is ($kB, $n)"))
-    # Fortran signature: transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, then the
-    # hidden lengths of the two character arguments.
-    ccall(f, Cvoid, (Ref{UInt8}, Ref{UInt8}, Ref{Int64}, Ref{Int64}, Ref{Int64}, Ref{T}, Ptr{T}, Ref{Int64},
-                     Ptr{T}, Ref{Int64}, Ref{T}, Ptr{T}, Ref{Int64}, Clong, Clong),
-          UInt8(tA), UInt8(tB), m, n, k, T(alpha), A, max(1, stride(A, 2)), B, max(1, stride(B, 2)),
-          T(beta), C, max(1, stride(C, 2)), 1, 1)
+    GC.@preserve A B C gemm_ptr!(tA, tB, m, n, k, T(alpha), pointer(A), max(1, stride(A, 2)),
+                                 pointer(B), max(1, stride(B, 2)), T(beta), pointer(C), max(1, stride(C, 2)))
     return C
 end
 gemm!(C, tA::Char, A, tB::Char, B, alpha=true, beta=false) = generic_gemm!(C, tA, A, tB, B, alpha, beta)
 generic_gemm!(C, tA, A, tB, B, alpha, beta) =
     mul!(C, tA == 'T' ? transpose(A) : A, tB == 'T' ? transpose(B) : B, alpha, beta)
+
+"""
+    gemm_ptr!(tA, tB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
+
+The Fortran GEMM on raw pointers, column-major: C (m x n, leading dimension ldc) =
+alpha * op(A) * op(B) + beta * C, with op(A) m x k and op(B) k x n. Goes to the external BLAS if
+one is set, else to Julia's own OpenBLAS symbol. For products on parts of larger arrays (one sample
+of a batch) without wrapping or viewing them, which allocates in Julia 1.5. The caller keeps the
+memory alive (`GC.@preserve`) and gives leading dimensions >= 1.
+"""
+function gemm_ptr!(tA::Char, tB::Char, m::Integer, n::Integer, k::Integer, alpha::T, A::Ptr{T}, lda::Integer,
+                   B::Ptr{T}, ldb::Integer, beta::T, C::Ptr{T}, ldc::Integer) where {T<:Union{Float32,Float64}}
+    f = external_gemm(T)
+    if f == C_NULL
+        own_gemm!(tA, tB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
+    else
+        # Fortran signature: transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, then the
+        # hidden lengths of the two character arguments.
+        ccall(f, Cvoid, (Ref{UInt8}, Ref{UInt8}, Ref{Int64}, Ref{Int64}, Ref{Int64}, Ref{T}, Ptr{T}, Ref{Int64},
+                         Ptr{T}, Ref{Int64}, Ref{T}, Ptr{T}, Ref{Int64}, Clong, Clong),
+              UInt8(tA), UInt8(tB), m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, 1, 1)
+    end
+    return nothing
+end
+
+# Julia's own OpenBLAS by symbol: constant name and library, so precompilation keeps the ccall.
+# Julia 1.5 onwards is ILP64 with the `64_` suffix.
+for (T, gemm) in ((Float32, :sgemm_64_), (Float64, :dgemm_64_))
+    @eval function own_gemm!(tA::Char, tB::Char, m, n, k, alpha::$T, A::Ptr{$T}, lda, B::Ptr{$T}, ldb,
+                             beta::$T, C::Ptr{$T}, ldc)
+        ccall(($(QuoteNode(gemm)), $(Base.libblas_name)), Cvoid,
+              (Ref{UInt8}, Ref{UInt8}, Ref{Int64}, Ref{Int64}, Ref{Int64}, Ref{$T}, Ptr{$T}, Ref{Int64},
+               Ptr{$T}, Ref{Int64}, Ref{$T}, Ptr{$T}, Ref{Int64}, Clong, Clong),
+              UInt8(tA), UInt8(tB), m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, 1, 1)
+    end
+end

@@ -10,21 +10,23 @@ module CABI
 using LinearAlgebra
 using ..FeedbackAlignment
 using ..FeedbackAlignment: ACTIVATIONS, LOSSES, REGISTRIES, DivergenceError, ZeroBasedLabels,
-    CrossEntropy, Given, outsize, insize, outputs!, predict_proba!, predict_labels!, gradients!,
-    train_epoch!, step!, evaluate, interpret, build, feedback_shape
+    CrossEntropy, Given, GivenPointer, outsize, nfeatures, outputs!, predict_proba!, predict_labels!, gradients!,
+    train_epoch!, step!, evaluate, interpret, build, layer_text, has_params, Layer
 
 const HANDLES = Dict{Int64,Network}()
 const LAST_HANDLE = Ref{Int64}(0)
 const ERROR_MESSAGE = Ref{String}("")
 const ANSWER = Ref{String}("")          # text answers; valid until the next fa_describe
 
+# Status codes: 0 ok, 1 any other error, 2 training diverged, 4 bad arguments (the host raises
+# its own kind of value error for those).
 function guarded(f)
     try
         f()
         return Cint(0)
     catch e
         ERROR_MESSAGE[] = sprint(showerror, e)
-        return e isa DivergenceError ? Cint(2) : Cint(1)
+        return e isa DivergenceError ? Cint(2) : e isa Union{ArgumentError,DimensionMismatch} ? Cint(4) : Cint(1)
     end
 end
 
@@ -49,7 +51,11 @@ function named(table, what, s::AbstractString)
 end
 
 matrix(::Type{T}, p::Ptr{Cvoid}, rows, cols) where {T} = unsafe_wrap(Array, Ptr{T}(p), (Int(rows), Int(cols)))
-inputs(net::Network{T}, p, n, d) where {T} = matrix(T, p, d, n)
+# A host's C-ordered (n, features...) batch is Julia's (features..., n) array: the same memory.
+function inputs(net::Network{T}, p, n, d) where {T}
+    d == nfeatures(net) || throw(DimensionMismatch("X has $d values per observation; the network expects $(nfeatures(net)) ($(join(net.insize, " x ")))"))
+    return unsafe_wrap(Array, Ptr{T}(p), (net.insize..., Int(n)))
+end
 targets(net::Network{T}, p, n) where {T} =
     net.loss isa CrossEntropy ? ZeroBasedLabels(unsafe_wrap(Array, Ptr{Int64}(p), Int(n))) : matrix(T, p, outsize(net), n)
 # Parsed optimiser specs by text: a host sends the same spec with every `fa_step`, and parsing it
@@ -64,34 +70,49 @@ function optimiser(spec::Cstring)
 end
 
 """
-    fa_new(out, dtype, nsizes, sizes, spec, given)
+    fa_new(out, dtype, ninput, input, chain, spec, given, given_dims)
 
-`spec` holds `key=value` lines: activation, loss (names), rule, init (see `interpret`), feedback
-(one initialiser, or a vector of them, one per layer), dropout (a number or a vector), seed,
-feedback_seed. `given[l]`, when not NULL, is a host matrix used as layer l's B itself.
+`input[1:ninput]` is one observation's shape in Julia's order; `chain` has one layer per line, as a
+Julia call (`Conv((5, 5), 1 => 6, relu)`, read by `interpret`, never evaluated). `spec` holds
+`key=value` lines: loss (a name), rule, init (see `interpret`), feedback (one initialiser, or a vector
+with one per layer), dropout (a number or a vector, one per layer but the last), seed, feedback_seed.
+`given[l]`, when not NULL, is a host array used as layer l's B itself, whose dimensions (Julia's
+order) are `given_dims[5l-4]` (how many) and `given_dims[5l-3:5l]`; it must have the shape the rule
+gives that B.
 """
-function fa_new(out::Ptr{Int64}, dtype::Cint, nsizes::Int64, sizes::Ptr{Int64}, spec::Cstring,
-                given::Ptr{Ptr{Cvoid}})::Cint
+function fa_new(out::Ptr{Int64}, dtype::Cint, ninput::Int64, input::Ptr{Int64}, chain::Cstring, spec::Cstring,
+                given::Ptr{Ptr{Cvoid}}, given_dims::Ptr{Int64})::Cint
     guarded() do
         T = dtype == 0 ? Float32 : dtype == 1 ? Float64 : throw(ArgumentError("unknown dtype code $dtype"))
-        widths = copy(unsafe_wrap(Array, sizes, Int(nsizes)))
+        shape = Tuple(copy(unsafe_wrap(Array, input, Int(ninput))))
+        layers = Layer[]
+        for (l, line) in enumerate(split(unsafe_string(chain), '\n'; keepempty=false))
+            layer = try
+                interpret(line, "layer")
+            catch e
+                e isa Union{ArgumentError,MethodError} || rethrow()
+                throw(ArgumentError("layer $l, \"$line\": " * (e isa ArgumentError ? e.msg : "wrong arguments for $(e.f)")))
+            end
+            push!(layers, layer)
+        end
         opts = Dict{String,String}()
         for line in split(unsafe_string(spec), '\n'; keepempty=false)
             key, value = split(line, '='; limit=2)
             opts[strip(key)] = strip(value)
         end
+        L = length(layers)
         rule = interpret(get(opts, "rule", "fa"), "rule")
-        feedback = Any[f for f in initialisers(get(opts, "feedback", "glorot_uniform"), length(widths) - 1)]
-        for l in eachindex(feedback)
+        feedback = Any[f for f in initialisers(get(opts, "feedback", "glorot_uniform"), L)]
+        for l in 1:L
             p = unsafe_load(given, l)
-            shape = feedback_shape(rule, widths, l)
-            p == C_NULL || shape === nothing || (feedback[l] = Given(unsafe_wrap(Array, Ptr{T}(p), shape)))
+            p == C_NULL && continue
+            n = unsafe_load(given_dims, 5l - 4)
+            feedback[l] = GivenPointer(T, p, Tuple(unsafe_load(given_dims, 5l - 4 + k) for k in 1:n))
         end
         dropout = Meta.parse(get(opts, "dropout", "0.0"))
-        net = Network(widths; T=T, rule=rule, feedback=feedback,
+        net = Network(Chain(Tuple(layers)); input=shape, T=T, rule=rule, feedback=feedback,
                       seed=parse(UInt64, get(opts, "seed", "0")),
                       feedback_seed=parse(UInt64, get(opts, "feedback_seed", get(opts, "seed", "0"))),
-                      activation=named(ACTIVATIONS, "activation", get(opts, "activation", "tanh")),
                       loss=named(LOSSES, "loss", get(opts, "loss", "cross_entropy")),
                       init=interpret(get(opts, "init", "glorot_uniform"), "initialiser"),
                       dropout=dropout isa Expr ? Float64.(eval_literals(dropout)) : Float64(dropout))
@@ -101,18 +122,48 @@ function fa_new(out::Ptr{Int64}, dtype::Cint, nsizes::Int64, sizes::Ptr{Int64}, 
     end
 end
 
+"""
+    fa_layers(h) -> text
+
+One line per layer, fields separated by tabs: the layer's call, its kind, the input shape, the
+output shape, W's shape and B's shape (Julia's order, comma-separated; empty when absent). Hosts
+take every shape from here and compute none themselves. Valid until the next call.
+"""
+function fa_layers(h::Int64)::Ptr{UInt8}
+    text = try
+        net = network(h)
+        dims(A) = A === nothing ? "" : join(size(A), ",")
+        join([join((layer_text(st.spec), nameof(typeof(st.spec)), join(st.insize, ","), join(st.outsize, ","),
+                    dims(st.W), dims(st.B)), '\t') for st in net.layers], '\n')
+    catch e
+        ERROR_MESSAGE[] = sprint(showerror, e)
+        ""
+    end
+    ANSWER[] = text
+    return pointer(ANSWER[])
+end
+
 fa_free(h::Int64)::Cint = guarded(() -> (network(h); delete!(HANDLES, h)))
 
 fa_live_handles()::Int64 = length(HANDLES)
 
-# Address and Julia dimensions of layer `layer`'s W (which = 0), b (1) or B (2; NULL if none).
+# Address and Julia dimensions of layer `layer`'s W (which = 0), b (1) or B (2; NULL if none):
+# dims[1] = the number of dimensions, dims[2:end] the sizes (room for 4).
 function fa_param(h::Int64, layer::Int64, which::Cint, ptr::Ptr{Ptr{Cvoid}}, dims::Ptr{Int64})::Cint
     guarded() do
-        d = network(h).layers[layer]
-        A = which == 0 ? d.W : which == 1 ? d.b : which == 2 ? d.B : throw(ArgumentError("which must be 0, 1 or 2"))
-        unsafe_store!(ptr, A === nothing ? C_NULL : Ptr{Cvoid}(pointer(A)))
-        unsafe_store!(dims, A === nothing ? 0 : size(A, 1), 1)
-        unsafe_store!(dims, A === nothing ? 0 : size(A, 2), 2)
+        net = network(h)
+        1 <= layer <= length(net.layers) || throw(ArgumentError("no layer $layer; the network has $(length(net.layers))"))
+        st = net.layers[layer]
+        A = which == 0 ? st.W : which == 1 ? st.b : which == 2 ? st.B : throw(ArgumentError("which must be 0, 1 or 2"))
+        store_array!(ptr, dims, A)
+    end
+end
+
+function store_array!(ptr, dims, A)
+    unsafe_store!(ptr, A === nothing ? C_NULL : Ptr{Cvoid}(pointer(A)))
+    unsafe_store!(dims, A === nothing ? 0 : ndims(A), 1)
+    A === nothing || for (k, n) in enumerate(size(A))
+        unsafe_store!(dims, n, k + 1)
     end
 end
 
@@ -143,9 +194,10 @@ function fa_gradients(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}
     guarded() do
         net = network(h)
         T = eltype(net)
-        grads = [(matrix(T, unsafe_load(dW, l), size(layer.W)...),
-                  unsafe_wrap(Array, Ptr{T}(unsafe_load(db, l)), length(layer.b)))
-                 for (l, layer) in enumerate(net.layers)]
+        grads = [st.W === nothing ? nothing :
+                 (unsafe_wrap(Array, Ptr{T}(unsafe_load(dW, l)), size(st.W)),
+                  unsafe_wrap(Array, Ptr{T}(unsafe_load(db, l)), length(st.b)))
+                 for (l, st) in enumerate(net.layers)]
         unsafe_store!(loss, gradients!(grads, net, inputs(net, X, n, d), targets(net, Y, n)))
     end
 end
@@ -171,34 +223,35 @@ function fa_train_epoch(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoi
     end
 end
 
-# Training state that model files carry: epochs trained so far and the network generator's state.
-function fa_state_get(h::Int64, epochs::Ptr{Int64}, rng::Ptr{UInt64})::Cint
+# Training state that model files carry: epochs trained so far, the network generator's state and
+# the optimiser's update count (Adam's bias correction).
+function fa_state_get(h::Int64, epochs::Ptr{Int64}, rng::Ptr{UInt64}, steps::Ptr{Int64})::Cint
     guarded() do
         net = network(h)
         unsafe_store!(epochs, net.epochs)
         unsafe_store!(rng, net.rng.state)
+        unsafe_store!(steps, net.optsteps)
     end
 end
 
-function fa_state_set(h::Int64, epochs::Int64, rng::UInt64)::Cint
+function fa_state_set(h::Int64, epochs::Int64, rng::UInt64, steps::Int64)::Cint
     guarded() do
-        epochs >= 0 || throw(ArgumentError("epochs must be non-negative, got $epochs"))
+        epochs >= 0 && steps >= 0 || throw(ArgumentError("epochs and steps must be non-negative, got $epochs and $steps"))
         net = network(h)
         net.epochs = epochs
         net.rng.state = rng
+        net.optsteps = steps
     end
 end
 
-# Address and Julia dimensions of optimiser `optimizer`'s state array `slot` (0-based) for layer
-# `layer`'s W (which = 0) or b (1); NULL if the network holds no such state. With create != 0 the
+# Address and dimensions (as fa_param) of optimiser `optimizer`'s state array `slot` (0-based) for
+# layer `layer`'s W (which = 0), b (1) or B (2, Kolen-Pollack); NULL if the network holds no such state. With create != 0 the
 # network without such a state first gets a zero one (replacing any other), for a host to fill in place.
 function fa_optstate(h::Int64, optimizer::Cstring, create::Cint, slot::Int64, layer::Int64, which::Cint,
                      ptr::Ptr{Ptr{Cvoid}}, dims::Ptr{Int64})::Cint
     guarded() do
         A = FeedbackAlignment.optimiser_buffer(network(h), unsafe_string(optimizer), create != 0, slot + 1, layer, which + 1)
-        unsafe_store!(ptr, A === nothing ? C_NULL : Ptr{Cvoid}(pointer(A)))
-        unsafe_store!(dims, A === nothing ? 0 : size(A, 1), 1)
-        unsafe_store!(dims, A === nothing ? 0 : size(A, 2), 2)
+        store_array!(ptr, dims, A)
     end
 end
 
@@ -213,7 +266,7 @@ fa_set_blas(sgemm::Ptr{Cvoid}, dgemm::Ptr{Cvoid})::Cint =
 function fa_describe(what::Cstring)::Ptr{UInt8}
     w = unsafe_string(what)
     table = w == "activation" ? ACTIVATIONS : w == "loss" ? LOSSES : get(REGISTRIES, w, nothing)
-    ANSWER[] = w == "runtime" ? runtime_description() :
+    ANSWER[] = w == "runtime" ? runtime_description() : w == "signatures" ? signature_text() :
                table === nothing ? "" : join(sort!(collect(keys(table))), ",")
     return pointer(ANSWER[])
 end
@@ -249,27 +302,40 @@ fa_lookup(name::Cstring)::Ptr{Cvoid} = get(ENTRY_POINTS, unsafe_string(name), C_
 "Address of `fa_lookup`, the one pointer a host needs to find every other entry point."
 lookup_address() = UInt(ENTRY_POINTS["fa_lookup"])
 
+# Every entry point: name, return type, argument types. Hosts check their own declarations against
+# the kinds published from this table (`fa_describe("signatures")`), so a mismatch is an error at
+# start-up, never a crash.
+const SIGNATURES = [
+    (:fa_new, Cint, (Ptr{Int64}, Cint, Int64, Ptr{Int64}, Cstring, Cstring, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
+    (:fa_free, Cint, (Int64,)),
+    (:fa_live_handles, Int64, ()),
+    (:fa_layers, Ptr{UInt8}, (Int64,)),
+    (:fa_param, Cint, (Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
+    (:fa_forward, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cint)),
+    (:fa_evaluate, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64})),
+    (:fa_gradients, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Ptr{Cvoid}}, Ptr{Ptr{Cvoid}}, Ptr{Float64})),
+    (:fa_step, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cstring, Ptr{Float64})),
+    (:fa_train_epoch, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Int64, Cint, Cstring, Ptr{Float64})),
+    (:fa_state_get, Cint, (Int64, Ptr{Int64}, Ptr{UInt64}, Ptr{Int64})),
+    (:fa_state_set, Cint, (Int64, Int64, UInt64, Int64)),
+    (:fa_optstate, Cint, (Int64, Cstring, Cint, Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
+    (:fa_error_message, Ptr{UInt8}, ()),
+    (:fa_set_blas, Cint, (Ptr{Cvoid}, Ptr{Cvoid})),
+    (:fa_describe, Ptr{UInt8}, (Cstring,)),
+    (:fa_lookup, Ptr{Cvoid}, (Cstring,)),
+    DIAGNOSTICS_SIGNATURES...,
+]
+
+# The ABI kind of a type: what a host must pass (pointers of any type are alike).
+abi_kind(::Type{<:Union{Ptr,Cstring}}) = "ptr"
+abi_kind(::Type{T}) where {T} = lowercase(string(nameof(T)))   # int32, int64, uint64, float64
+signature_text() = join(["$name=$(abi_kind(R)):$(join(map(abi_kind, args), ","))" for (name, R, args) in SIGNATURES], "\n")
+
 function __init__()
     # @cfunction pointers are made at load time, never cached in a precompiled image.
-    merge!(ENTRY_POINTS, Dict(
-        "fa_new" => @cfunction(fa_new, Cint, (Ptr{Int64}, Cint, Int64, Ptr{Int64}, Cstring, Ptr{Ptr{Cvoid}})),
-        "fa_free" => @cfunction(fa_free, Cint, (Int64,)),
-        "fa_live_handles" => @cfunction(fa_live_handles, Int64, ()),
-        "fa_param" => @cfunction(fa_param, Cint, (Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
-        "fa_forward" => @cfunction(fa_forward, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cint)),
-        "fa_evaluate" => @cfunction(fa_evaluate, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64})),
-        "fa_gradients" => @cfunction(fa_gradients, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Ptr{Cvoid}}, Ptr{Ptr{Cvoid}}, Ptr{Float64})),
-        "fa_step" => @cfunction(fa_step, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cstring, Ptr{Float64})),
-        "fa_train_epoch" => @cfunction(fa_train_epoch, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Int64, Cint, Cstring, Ptr{Float64})),
-        "fa_state_get" => @cfunction(fa_state_get, Cint, (Int64, Ptr{Int64}, Ptr{UInt64})),
-        "fa_state_set" => @cfunction(fa_state_set, Cint, (Int64, Int64, UInt64)),
-        "fa_optstate" => @cfunction(fa_optstate, Cint, (Int64, Cstring, Cint, Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
-        "fa_error_message" => @cfunction(fa_error_message, Ptr{UInt8}, ()),
-        "fa_set_blas" => @cfunction(fa_set_blas, Cint, (Ptr{Cvoid}, Ptr{Cvoid})),
-        "fa_describe" => @cfunction(fa_describe, Ptr{UInt8}, (Cstring,)),
-        "fa_lookup" => @cfunction(fa_lookup, Ptr{Cvoid}, (Cstring,)),
-    ))
-    merge!(ENTRY_POINTS, diagnostics_entry_points())
+    for (name, R, args) in SIGNATURES
+        ENTRY_POINTS[string(name)] = @eval @cfunction($name, $R, ($(args...),))
+    end
 end
 
 end # module CABI

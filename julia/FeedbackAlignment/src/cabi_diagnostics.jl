@@ -77,12 +77,11 @@ function fa_teacher_task(task::Cstring, rule::Cstring, dtype::Cint, nhidden::Int
     end
 end
 
-diagnostics_entry_points() = Dict(
-    "fa_alignment_fields" => @cfunction(fa_alignment_fields, Ptr{UInt8}, ()),
-    "fa_alignment" => @cfunction(fa_alignment, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64})),
-    "fa_track_alignment" => @cfunction(fa_track_alignment, Cint, (Int64, Int64)),
-    "fa_alignment_records" => @cfunction(fa_alignment_records, Cint, (Int64, Ptr{Float64}, Int64, Ptr{Int64})),
-    "fa_teacher_task" => @cfunction(fa_teacher_task, Cint, (Cstring, Cstring, Cint, Int64, Ptr{Int64}, Int64, Int64,
-                                                            Ptr{Float64}, Float64, Float64, UInt64, Int64, Int64,
-                                                            Ptr{Float64}, Ptr{Float64})),
-)
+const DIAGNOSTICS_SIGNATURES = [
+    (:fa_alignment_fields, Ptr{UInt8}, ()),
+    (:fa_alignment, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64})),
+    (:fa_track_alignment, Cint, (Int64, Int64)),
+    (:fa_alignment_records, Cint, (Int64, Ptr{Float64}, Int64, Ptr{Int64})),
+    (:fa_teacher_task, Cint, (Cstring, Cstring, Cint, Int64, Ptr{Int64}, Int64, Int64, Ptr{Float64}, Float64,
+                              Float64, UInt64, Int64, Int64, Ptr{Float64}, Ptr{Float64})),
+]

@@ -39,36 +39,38 @@ const ALIGNMENT_FIELDS = (:role, :delta_angle, :update_angle, :feedback_angle, :
                           :update_weight_ratio, :update_bp_ratio, :weight_feedback_ratio)
 
 "Layer roles; the `role` row holds the index in this tuple minus one."
-const ALIGNMENT_ROLES = (:feedback, :output, :backprop, :no_signal)
+const ALIGNMENT_ROLES = (:feedback, :output, :backprop, :no_signal, :no_params)
 
 """
-    layer_role(rule, nlayers, l)
+    layer_role(rule, net, l)
 
-What layer `l` of a network with `nlayers` layers learns from under `rule`: `:output` (the output
-error e), `:backprop` (backprop's own error) or `:feedback` (an error signal of the rule's making,
-to be compared with backprop's). A rule whose hidden layers learn something else can add a method.
+What layer `l` learns from under `rule`: `:output` (the output error e), `:backprop` (backprop's own
+error), `:feedback` (an error signal of the rule's making, to be compared with backprop's), or
+`:no_params` (pooling, flatten). A rule whose hidden layers learn something else can add a method.
 """
-layer_role(::LearningRule, nlayers, l) = l == nlayers ? :output : :feedback
-layer_role(::BP, nlayers, l) = l == nlayers ? :output : :backprop
+layer_role(rule::LearningRule, net, l) = !has_params(net.layers[l].spec) ? :no_params :
+    l == length(net.layers) ? :output : rule isa BP ? :backprop : :feedback
 
 """
     feedback_target(rule, net, l)
 
-The matrix layer `l`'s feedback matrix B_l stands in for (same shape as B_l), or `nothing`. FA:
-W_lᵀ. DFA: (W_L ⋯ W_{l+1})ᵀ. Another rule falls back on the shape of its B: W_lᵀ's shape means
-FA-like, (n_l, n_out) means DFA-like.
+The array layer `l`'s feedback B_l stands in for (same shape as B_l), or `nothing`. FA family: W_lᵀ
+(a dense layer) or W_l (a kernel). DFA family: (W_L ⋯ W_{l+1})ᵀ when every later layer is dense (the
+linear map to the output; the activation derivatives in between are left out), else `nothing`.
 """
-function feedback_target(rule::LearningRule, net::Network, l)
-    B = net.layers[l].B
-    B === nothing && return nothing
-    size(B) == reverse(size(net.layers[l].W)) && return transpose(net.layers[l].W)
-    size(B) == (size(net.layers[l].W, 1), outsize(net)) && return transpose(downstream(net, l))
-    return nothing
+feedback_target(rule::LearningRule, net::Network, l) = nothing
+function feedback_target(::FAStyle, net::Network, l)
+    st = net.layers[l]
+    st.B === nothing && return nothing
+    return size(st.B) == size(st.W) ? st.W : transpose(st.W)
 end
-feedback_target(::FA, net::Network, l) = net.layers[l].B === nothing ? nothing : transpose(net.layers[l].W)
-feedback_target(::DFA, net::Network, l) = net.layers[l].B === nothing ? nothing : transpose(downstream(net, l))
+function feedback_target(::DFAStyle, net::Network, l)
+    net.layers[l].B === nothing && return nothing
+    all(k -> net.layers[k].spec isa Dense, l+1:length(net.layers)) || return nothing
+    return transpose(downstream(net, l))
+end
 
-"W_L ⋯ W_{l+1}: the linear map from layer l's output to the network output, derivatives left out."
+"W_L ⋯ W_{l+1}: the linear map from layer l's output to the network output, derivatives left out (dense layers)."
 function downstream(net::Network, l)
     L = length(net.layers)
     l < L || throw(ArgumentError("layer $l is the output layer: nothing is downstream of it"))
@@ -118,83 +120,89 @@ angle_between(a, b) = degrees_between(dot_norms(a, b)...)
 norm64(a) = sqrt(dot_norms(a, a)[2])
 ratio(x, y) = y == 0 ? NaN : x / y
 
-# Mean over columns of m² * dot(P[:, j], Q[:, j]): the per-sample alignment product.
-function mean_column_product(P::AbstractMatrix, Q::AbstractMatrix)
-    m = size(P, 2)
-    total = 0.0
-    @inbounds for j in 1:m, i in axes(P, 1)
-        total += Float64(P[i, j]) * Float64(Q[i, j])
-    end
-    return total * m
-end
+# The per-sample alignment product: m² times the mean over observations of each observation's
+# dot(P, Q) (observations last), i.e. m times the whole dot product.
+mean_column_product(P::AbstractArray, Q::AbstractArray) = dot_norms(P, Q)[1] * size(P, ndims(P))
 
 """
     AlignmentProbe(net)
 
-Buffers for measuring alignment: backprop's gradients and a copy of the rule's hidden-layer errors.
-Reused across calls, so tracking during training allocates nothing per batch but the target matrices.
+Buffers for measuring alignment: a copy of the rule's gradients and errors of every layer with
+parameters, kept while backprop's are computed on the same forward pass. Reused across calls.
 """
 mutable struct AlignmentProbe{T}
-    bp_grads::Vector{Tuple{Matrix{T},Vector{T}}}
-    rule_grads::Vector{Tuple{Matrix{T},Vector{T}}}   # used by `alignment`; training brings its own
-    deltas::Vector{Matrix{T}}                         # the rule's δ_l, hidden layers, up to `capacity` columns
+    dW::Vector{Array{T}}
+    db::Vector{Vector{T}}
+    dB::Vector{Array{T}}
+    deltas::Vector{Array{T}}      # the rule's dL/dA, up to `capacity` observations
     capacity::Int
 end
 
 function AlignmentProbe(net::Network{T}) where {T}
-    grads() = [(similar(d.W), similar(d.b)) for d in net.layers]
-    return AlignmentProbe{T}(grads(), grads(), Matrix{T}[], 0)
+    params = [st for st in net.layers if st.W !== nothing]
+    return AlignmentProbe{T}([similar(st.W) for st in params], [similar(st.b) for st in params],
+                             [st.dB === nothing ? T[] : similar(st.dB) for st in params], Array{T}[], 0)
 end
 
 function reserve!(p::AlignmentProbe{T}, net::Network{T}, m) where {T}
     if p.capacity < m
-        p.deltas = [Matrix{T}(undef, size(d.W, 1), m) for d in net.layers[1:end-1]]
+        p.deltas = [Array{T}(undef, st.outsize..., m) for st in net.layers if st.W !== nothing]
         p.capacity = m
     end
     return p
 end
 
 """
-    alignment_matrix!(out, probe, net, X, rule_grads)
+    alignment_matrix!(out, probe, net)
 
-Fill `out` (length(ALIGNMENT_FIELDS) x layers, Float64) with the diagnostics of the batch `X`, given
-that the forward pass, the output error and the rule's backward pass into `rule_grads` have just run
-on it (the workspace holds the rule's errors). Runs backprop's backward pass on the same forward pass
-into the probe's own buffers, then puts the rule's errors back, so the workspace ends as it began.
+Fill `out` (length(ALIGNMENT_FIELDS) x layers, Float64) with the diagnostics of the batch the
+network has just run forward and backward under its rule (the layers hold the rule's errors and
+gradients). Runs backprop's backward pass on the same forward pass, then puts the rule's gradients
+back, so a training step can still apply them.
 """
-function alignment_matrix!(out::AbstractMatrix{Float64}, probe::AlignmentProbe{T}, net::Network{T},
-                           X::AbstractMatrix{T}, rule_grads) where {T}
-    ws, m, L = net.ws, size(X, 2), length(net.layers)
+function alignment_matrix!(out::AbstractMatrix{Float64}, probe::AlignmentProbe{T}, net::Network{T}) where {T}
+    m, L = net.m, length(net.layers)
     size(out) == (length(ALIGNMENT_FIELDS), L) ||
         throw(DimensionMismatch("out must be $(length(ALIGNMENT_FIELDS)) x $L, got $(size(out))"))
     reserve!(probe, net, m)
-    for l in 1:L-1
-        copyto!(view(probe.deltas[l], :, 1:m), delta(ws, l, m))
+    params = [l for l in 1:L if net.layers[l].W !== nothing]
+    rule_delta(p) = lead(probe.deltas[p], m)
+    for (p, l) in enumerate(params)
+        st = net.layers[l]
+        copyto!(rule_delta(p), buffers(st, m).D)
+        copyto!(probe.dW[p], st.dW); copyto!(probe.db[p], st.db)
+        st.dB === nothing || st.dB === st.dW || copyto!(probe.dB[p], st.dB)
     end
-    backward!(probe.bp_grads, net, X, BP())
+    backward!(net, BP())
     for l in 1:L
-        dW, bpW = rule_grads[l][1], probe.bp_grads[l][1]
-        W, B = net.layers[l].W, net.layers[l].B
-        role = layer_role(net.rule, L, l)
-        if l < L
-            rule_delta, bp_delta = view(probe.deltas[l], :, 1:m), delta(ws, l, m)
-            role != :output && (iszero(dW) || iszero(rule_delta)) && (role = :no_signal)
+        st = net.layers[l]
+        role = layer_role(net.rule, net, l)
+        if role == :no_params
+            out[:, l] .= NaN
+            out[1, l] = findfirst(==(role), ALIGNMENT_ROLES) - 1
+            continue
         end
-        compared = role == :feedback && l < L
-        target = B === nothing ? nothing : feedback_target(net.rule, net, l)
+        p = findfirst(==(l), params)
+        dW, bpW = probe.dW[p], st.dW
+        rule_d, bp_d = rule_delta(p), buffers(st, m).D
+        role == :feedback && (iszero(dW) || iszero(rule_d)) && (role = :no_signal)
+        compared = role == :feedback
+        target = st.B === nothing ? nothing : feedback_target(net.rule, net, l)
         update = dot_norms(dW, bpW)                        # one pass each: angle and norms together
-        feedback = target === nothing ? (NaN, NaN, NaN) : dot_norms(B, target)
+        feedback = target === nothing ? (NaN, NaN, NaN) : dot_norms(st.B, target)
         out[1, l] = findfirst(==(role), ALIGNMENT_ROLES) - 1
-        out[2, l] = compared ? angle_between(rule_delta, bp_delta) : NaN
+        out[2, l] = compared ? angle_between(rule_d, bp_d) : NaN
         out[3, l] = compared ? degrees_between(update...) : NaN
         out[4, l] = target === nothing ? NaN : degrees_between(feedback...)
-        out[5, l] = compared ? mean_column_product(bp_delta, rule_delta) : NaN
-        out[6, l] = ratio(sqrt(update[2]), norm64(W))
+        out[5, l] = compared ? mean_column_product(bp_d, rule_d) : NaN
+        out[6, l] = ratio(sqrt(update[2]), norm64(st.W))
         out[7, l] = ratio(sqrt(update[2]), sqrt(update[3]))
         out[8, l] = target === nothing ? NaN : ratio(sqrt(feedback[3]), sqrt(feedback[2]))
     end
-    for l in 1:L-1
-        copyto!(delta(ws, l, m), view(probe.deltas[l], :, 1:m))
+    for (p, l) in enumerate(params)    # the rule's gradients back, for the update that follows
+        st = net.layers[l]
+        copyto!(st.dW, probe.dW[p]); copyto!(st.db, probe.db[p])
+        st.dB === nothing || st.dB === st.dW || copyto!(st.dB, probe.dB[p])
     end
     return out
 end
@@ -206,22 +214,21 @@ How the network's rule compares with backprop on the batch (X, Y): for each laye
 the angles (degrees), alignment product and norm ratios documented at the top of diagnostics.jl.
 Nothing in the network changes.
 """
-function alignment(net::Network{T}, X::AbstractMatrix, Y) where {T}
-    X = convert(AbstractMatrix{T}, X)
+function alignment(net::Network{T}, X, Y) where {T}
     out = measure_alignment!(Matrix{Float64}(undef, length(ALIGNMENT_FIELDS), length(net.layers)),
-                             AlignmentProbe(net), net, X, Y)
+                             AlignmentProbe(net), net, as_input(net, X), Y)
     return [NamedTuple{ALIGNMENT_FIELDS}((ALIGNMENT_ROLES[Int(out[1, l])+1], out[2:end, l]...))
             for l in axes(out, 2)]
 end
 
 "Forward, output error and the rule's backward pass on (X, Y), then the diagnostics into `out`."
 function measure_alignment!(out::AbstractMatrix{Float64}, probe::AlignmentProbe{T}, net::Network{T},
-                            X::AbstractMatrix{T}, Y) where {T}
+                            X::Array{T}, Y) where {T}
     check_inputs(net, X)
-    check_targets(net.loss, Y, outsize(net), size(X, 2))
-    workspace!(net, size(X, 2))
-    loss_and_grads!(probe.rule_grads, net, X, Y)
-    return alignment_matrix!(out, probe, net, X, probe.rule_grads)
+    check_targets(net.loss, Y, outsize(net), nobs(X))
+    workspace!(net, nobs(X))
+    loss_and_grads!(net, X, Y)
+    return alignment_matrix!(out, probe, net)
 end
 
 """
@@ -251,7 +258,7 @@ end
 
 function (t::AlignmentTracker{T})(net::Network{T}, X, Y, epoch, batch) where {T}
     if t.steps % t.every == 0
-        alignment_matrix!(t.out, t.probe, net, X, net.grads)
+        alignment_matrix!(t.out, t.probe, net)
         push!(t.records, [Float64(epoch); Float64(batch); Float64(t.steps); vec(t.out)])
     end
     t.steps += 1

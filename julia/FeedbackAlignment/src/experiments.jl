@@ -14,9 +14,8 @@ draw comes from SplitMix64 streams of `seed`: the student's weights and feedback
 own streams 1 and 2, the teacher, the training inputs and the test inputs from three more, so all
 rules see the same teacher, the same data and the same starting weights.
 
-`rule` is any name in `RULES`, or "shallow": only the output layer learns (from the true error).
-Until the engine has a rule of that name, "shallow" is backprop with the hidden layers' gradients
-set to zero, which is the same thing: the hidden layers keep their initial random weights.
+`rule` is any name in `RULES`; "shallow" trains only the output layer (from the true error), so
+the hidden layers keep their initial random weights.
 
 The error is normalised: the test set's mean squared error divided by the variance of the teacher's
 outputs on it (1 − R²; a network that outputs the teacher's mean scores 1).
@@ -64,7 +63,7 @@ end
 task_lr(task, rule, lr) = isnan(lr) ? (rule == "shallow" ? teacher_spec(task).shallow_lr : teacher_spec(task).lr) : Float64(lr)
 
 function task_rule(name::AbstractString)
-    haskey(RULES, name) && return RULES[name](), false   # Shallow() is a rule of its own now
+    haskey(RULES, name) && return RULES[name]()
     throw(ArgumentError("unknown rule \"$name\"; expected one of $(join(sort!(collect(keys(RULES))), ", "))"))
 end
 
@@ -101,7 +100,7 @@ function teacher_task!(errors::AbstractVector{Float64}, records::AbstractArray{F
                        hidden::AbstractVector{<:Integer}=teacher_spec(task).student[2:end-1],
                        T::Type{<:AbstractFloat}=Float64)
     spec = teacher_spec(task)
-    learning_rule, shallow = task_rule(rule)
+    learning_rule = task_rule(rule)
     lr = task_lr(task, rule, lr)
     all(>(0), hidden) || throw(ArgumentError("hidden widths must be positive, got $hidden"))
     sizes = [spec.student[1]; hidden; spec.student[end]]
@@ -137,27 +136,22 @@ function teacher_task!(errors::AbstractVector{Float64}, records::AbstractArray{F
     data = stream(seed, TRAIN_STREAM)
     probe, opt = AlignmentProbe(student), SGD(lr)
     workspace!(student, max(batchsize, test_size))
-    # What the task's network learns: everything, or (shallow) the output layer; no biases if it has none.
-    function restrict!(grads)
-        for (l, (dW, db)) in enumerate(grads)
-            shallow && l < length(grads) && fill!(dW, 0)
-            (!spec.biases || shallow && l < length(grads)) && fill!(db, 0)
-        end
-        return grads
-    end
+    no_biases!(net) = spec.biases || foreach(d -> fill!(d.db, 0), net.layers)   # a task without biases keeps them at 0
     k = 0
     for s in 0:steps
         if s % record_every == 0
             k += 1
-            total, _ = loss_and_grads!(probe.rule_grads, student, Xtest, Ytest)
+            total, _ = loss_and_grads!(student, Xtest, Ytest)
             errors[k] = total / test_size / variance
-            alignment_matrix!(view(records, :, :, k), probe, student, Xtest, restrict!(probe.rule_grads))
+            no_biases!(student)
+            alignment_matrix!(view(records, :, :, k), probe, student)
         end
         s == steps && break
         outputs!(Y, teacher, gaussian!(X, data))
-        total, _ = loss_and_grads!(student.grads, student, X, Y)
+        total, _ = loss_and_grads!(student, X, Y)
         isfinite(total) || throw(DivergenceError(total / batchsize, 1, s + 1))
-        update!(student, opt, restrict!(student.grads))
+        no_biases!(student)
+        update!(student, opt)
     end
     return errors, records
 end

@@ -49,7 +49,7 @@ unit(::Normal, r) = gaussian(r)
 
 # The scalar families fill element by element: a unit draw times the family's scale, computed once
 # (brSF redraws every batch; a division and a square root per element made that 20 ns an element).
-function init!(M::AbstractMatrix{T}, i::Initialiser, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
+function init!(M::AbstractArray{T}, i::Initialiser, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
     s = scale(i, fan_in, fan_out)
     for k in eachindex(M)
         M[k] = T(unit(i, r) * s)
@@ -59,14 +59,16 @@ end
 
 "All zeros (for rules that learn B, or DFA's zero-initialised forward weights)."
 struct Zeros <: Initialiser end
-init!(M::AbstractMatrix, ::Zeros, r::SplitMix64, fan_in, fan_out, W=nothing) = fill!(M, 0)
+init!(M::AbstractArray, ::Zeros, r::SplitMix64, fan_in, fan_out, W=nothing) = fill!(M, 0)
 
 "A (semi-)orthogonal matrix times `gain`: Q of the QR factorisation of a Gaussian matrix (Saxe et al. 2014)."
 struct Orthogonal <: Initialiser
     gain::Float64
 end
 Orthogonal(; gain::Real=1.0) = Orthogonal(Float64(gain))
-function init!(M::AbstractMatrix{T}, i::Orthogonal, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
+function init!(M::AbstractArray{T}, i::Orthogonal, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
+    # a kernel is orthogonal as a (kw·kh·cin) x cout matrix
+    ndims(M) == 2 || (init!(reshape(M, :, size(M, ndims(M))), i, r, fan_in, fan_out); return M)
     rows, cols = size(M)
     G = [gaussian(r) for _ in 1:max(rows, cols), _ in 1:min(rows, cols)]
     F = qr(G)
@@ -89,7 +91,7 @@ struct Sparse{I<:Initialiser} <: Initialiser
     end
 end
 Sparse(density::Real; init::Initialiser=GlorotUniform()) = Sparse(density, init)
-function init!(M::AbstractMatrix{T}, i::Sparse, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
+function init!(M::AbstractArray{T}, i::Sparse, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
     init!(M, i.init, r, fan_in, fan_out, W)
     n = length(M)
     keep = round(Int, i.density * n)
@@ -114,11 +116,11 @@ struct SignConcordant{I<:Initialiser} <: Initialiser
     init::I
 end
 SignConcordant(; init::Initialiser=GlorotUniform()) = SignConcordant(init)
-function init!(M::AbstractMatrix{T}, i::SignConcordant, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
-    W !== nothing && size(W) == reverse(size(M)) ||
-        throw(ArgumentError("SignConcordant feedback needs a B shaped like the layer's Wᵀ (FA-style rules)"))
+function init!(M::AbstractArray{T}, i::SignConcordant, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
+    W !== nothing && (size(W) == reverse(size(M)) || size(W) == size(M) && ndims(M) > 2) ||
+        throw(ArgumentError("SignConcordant feedback needs a B shaped like the layer's Wᵀ or kernel (FA-style rules)"))
     init!(M, i.init, r, fan_in, fan_out, W)
-    M .= copysign.(abs.(M), transpose(W))
+    follow_signs!(M, W)
     return M
 end
 
@@ -127,9 +129,16 @@ end
 
 A matrix the user supplies, used as it is (not copied): from Python, the NumPy array itself.
 """
-struct Given{T} <: Initialiser
-    M::Matrix{T}
+struct Given{A<:Array} <: Initialiser
+    M::A
 end
+
+"A host's array used as B itself, given by its address and its dimensions (Julia's order)."
+struct GivenPointer{T} <: Initialiser
+    p::Ptr{T}
+    dims::Dims
+end
+GivenPointer(::Type{T}, p::Ptr, dims) where {T} = GivenPointer{T}(Ptr{T}(p), Tuple(Int.(dims)))
 
 "The std of a draw from `i` for these fans (uSF's default feedback scale), where defined."
 init_std(i::Union{GlorotUniform,HeUniform,LeCunUniform}, fi, fo) = scale(i, fi, fo) / sqrt(3.0)

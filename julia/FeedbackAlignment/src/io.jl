@@ -12,7 +12,7 @@
 # standard library and NumPy; the `safetensors` package reads these files too.
 
 const FILE_FORMAT = "pyjlfa-safetensors"
-const FILE_FORMAT_VERSION = "1"
+const FILE_FORMAT_VERSION = "2"   # 2: layer chains (1: dense sizes + one activation, still read)
 const MAX_HEADER_BYTES = 100_000_000   # the safetensors package's own limit
 
 include_dependency(joinpath(@__DIR__, "..", "Project.toml"))
@@ -248,8 +248,9 @@ end
 const FILE_DTYPES = Dict(Float32 => ("float32", "F32"), Float64 => ("float64", "F64"))
 # The initialisers a file may name, by the names files use.
 const FILE_INITIALISERS = INITIALISERS
-# Optimisers whose state files store, and the names of their state slots (one array per W and b).
-const STATE_SLOTS = Dict("sgd" => ["velocity"])
+# Optimisers whose state files store, and the names of their state slots (one array per W, b and,
+# under Kolen-Pollack, B).
+const STATE_SLOTS_BY_NAME = Dict("sgd" => ["velocity"], "adam" => ["first_moment", "second_moment"])
 
 snake_case(s) = lowercase(replace(string(s), r"(?<=[a-z0-9])(?=[A-Z])" => "_"))
 
@@ -277,12 +278,14 @@ function name_in(table, value, what)
 end
 
 # The initialisers that built the network (the tensors, not these, decide a loaded network's
-# parameters). Files record one feedback initialiser: the first layer's; a matrix the user gave
+# parameters). Files record one feedback initialiser: the first layer's; an array the user gave
 # (`Given`) is recorded as the default, its values being in the tensors.
 forward_initialiser(net::Network) = net.init
 function feedback_initialiser(net::Network)
-    i = findfirst(x -> x !== nothing && !(x isa Given), net.feedback_init)
-    return i === nothing ? GlorotUniform() : net.feedback_init[i]
+    for st in net.layers
+        st.feedback_init === nothing || st.feedback_init isa Given || return st.feedback_init
+    end
+    return GlorotUniform()
 end
 
 function file_metadata(net::Network{T}) where {T}
@@ -290,58 +293,61 @@ function file_metadata(net::Network{T}) where {T}
     return Pair{String,String}[
         "format" => FILE_FORMAT, "format_version" => FILE_FORMAT_VERSION,
         "library_version" => LIBRARY_VERSION, "created_by" => "FeedbackAlignment.jl (Julia $VERSION)",
-        "sizes" => json(sizes(net)), "dtype" => FILE_DTYPES[T][1],
-        "activation" => name_in(ACTIVATIONS, net.activation, "activation"),
+        "input" => json(collect(net.insize)), "chain" => json(map(st -> layer_text(st.spec), net.layers)),
+        "dtype" => FILE_DTYPES[T][1],
         "loss" => registry_name(LOSSES, net.loss),
         "rule" => registry_name(RULES, net.rule), "rule_params" => json(params(net.rule)),
         "init" => registry_name(FILE_INITIALISERS, winit), "init_params" => json(params(winit)),
         "feedback_init" => registry_name(FILE_INITIALISERS, binit), "feedback_init_params" => json(params(binit)),
         "seed" => string(net.seed), "feedback_seed" => string(net.feedback_seed),
         "epochs" => string(net.epochs), "rng_state" => string(net.rng.state),
-        "dropout" => json(net.dropout)]
+        "dropout" => json([st.dropout for st in net.layers[1:end-1]])]
 end
 
 # ---------------------------------------------------------------------------------------------
-# Optimiser state. `state_kind` names the optimiser a state belongs to; `state_array` is its
-# array for (slot, layer, W or b); `new_state!` gives a network a zero state for an optimiser.
+# Optimiser state: per layer with parameters, `nslots` arrays for W, for b and (Kolen-Pollack) for B.
 
-state_kind(::Nothing) = nothing
-state_kind(s::OptState) = s.kind === SGD ? "sgd" : s.kind === Adam ? "adam" : string(s.kind)
-# OptState keeps, per layer, the state arrays of W, then b (then B), `nslots` each.
-state_array(s::OptState, slot::Integer, l::Integer, which::Integer) =
-    s.slots[l][(which - 1) * length(STATE_SLOTS[state_kind(s)]) + slot]
+state_name(net::Network) = net.optkind === :none ? nothing : string(net.optkind)
 
-function new_state!(net::Network, kind::AbstractString)
-    kind == "sgd" || throw(ArgumentError("no optimiser state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS))), ", "))"))
-    net.optstate = nothing
-    return optimiser_state!(net, SGD(0.01))   # the hyperparameters play no part in the state
+function state_array(net::Network, slot::Integer, l::Integer, which::Integer)
+    st = net.layers[l]
+    return which == 1 ? st.sW[slot] : which == 2 ? st.sb[slot] : st.sB[slot]
 end
 
-# Format 1 stores SGD's velocities of W and b: Adam's step count and Kolen-Pollack's B state are
-# not in it yet, so saving them is refused rather than resumed inexactly.
-function check_savable_state(net::Network)
-    kind = state_kind(net.optstate)
-    kind === nothing || haskey(STATE_SLOTS, kind) ||
-        throw(ArgumentError("saving the state of optimizer $kind is not supported yet (model files store SGD's momentum only); save without include_optimizer"))
-    kind === nothing || !learns_feedback(net.rule) ||
-        throw(ArgumentError("saving Kolen-Pollack's optimizer state (B's momentum) is not supported yet; save without include_optimizer"))
+function new_state!(net::Network, kind::AbstractString)
+    haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimiser state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
+    return new_state!(net, Symbol(kind))
 end
 
 """
     optimiser_buffer(net, kind, create, slot, l, which)
 
-The optimiser state array of slot `slot` (1-based) for layer `l`'s W (`which` 1) or b (2), when
-the network holds a state of optimiser `kind` ("sgd"); `nothing` if it holds none. With `create`,
-a network without such a state first gets a zero one (replacing a state of another optimiser).
+The optimiser state array of slot `slot` (1-based) for layer `l`'s W (`which` 1), b (2) or B (3),
+when the network holds a state of optimiser `kind` ("sgd", "adam"); `nothing` if it holds none. With
+`create`, a network without such a state first gets a zero one (replacing a state of another optimiser).
 """
 function optimiser_buffer(net::Network, kind::AbstractString, create::Bool, slot::Integer, l::Integer, which::Integer)
-    haskey(STATE_SLOTS, kind) || throw(ArgumentError("no optimiser state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS))), ", "))"))
-    1 <= slot <= length(STATE_SLOTS[kind]) || throw(ArgumentError("optimiser $kind has no state slot $slot"))
+    haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimiser state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
+    1 <= slot <= length(STATE_SLOTS_BY_NAME[kind]) || throw(ArgumentError("optimiser $kind has no state slot $slot"))
     1 <= l <= length(net.layers) || throw(ArgumentError("no layer $l"))
-    which in (1, 2) || throw(ArgumentError("which must be 1 (W) or 2 (b)"))
-    create && state_kind(net.optstate) != kind && new_state!(net, kind)
-    state_kind(net.optstate) == kind || return nothing
-    return state_array(net.optstate, slot, l, which)
+    which in (1, 2, 3) || throw(ArgumentError("which must be 1 (W), 2 (b) or 3 (B)"))
+    create && state_name(net) != kind && new_state!(net, kind)
+    state_name(net) == kind || return nothing
+    st = net.layers[l]
+    st.W === nothing && return nothing
+    which == 3 && isempty(st.sB) && return nothing
+    return state_array(net, slot, l, which)
+end
+
+# The tensors of the optimiser state, with their names: optimizer.<slot>.<layer>.<W|b|B>.
+function state_tensors(net::Network, slots)
+    out = Pair{String,Array}[]
+    for (s, slot) in enumerate(slots), (k, st) in enumerate(net.layers)
+        st.W === nothing && continue
+        push!(out, "optimizer.$slot.$(k-1).W" => st.sW[s], "optimizer.$slot.$(k-1).b" => st.sb[s])
+        isempty(st.sB) || push!(out, "optimizer.$slot.$(k-1).B" => st.sB[s])
+    end
+    return out
 end
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +359,8 @@ end
 Write `net` to a model file that both Julia (`load`) and Python (`pyjlfa.load`) read: its
 parameters and feedback matrices, the epochs trained and the state of its generator, and what
 built it (sizes, activation, loss, rule, initialisers, seeds, dtype). With `include_optimizer`,
-the optimiser state (SGD's momentum velocities) too, so that training resumes exactly; pass the
+the optimiser state (SGD's velocities, Adam's moments and step count, Kolen-Pollack's B state) too,
+so that training resumes exactly; pass the
 `optimizer` to record its hyperparameters as well. The file is written to a temporary file in the
 same folder and renamed, so `path` never holds a half-written file.
 """
@@ -361,13 +368,13 @@ function save(path::AbstractString, net::Network{T}; include_optimizer::Bool=fal
     ENDIAN_BOM == 0x04030201 || error("model files are little-endian; this machine is not")
     meta = file_metadata(net)
     tensors = Pair{String,Array{T}}[]
-    for (k, d) in enumerate(net.layers)
-        push!(tensors, "layers.$(k-1).W" => d.W, "layers.$(k-1).b" => d.b)
-        d.B === nothing || push!(tensors, "layers.$(k-1).B" => d.B)
+    for (k, st) in enumerate(net.layers)
+        st.W === nothing && continue
+        push!(tensors, "layers.$(k-1).W" => st.W, "layers.$(k-1).b" => st.b)
+        st.B === nothing || push!(tensors, "layers.$(k-1).B" => st.B)
     end
     if include_optimizer
-        check_savable_state(net)
-        kind = state_kind(net.optstate)
+        kind = state_name(net)
         if optimizer !== nothing
             name = registry_name(OPTIMISERS, optimizer)
             kind === nothing || kind == name ||
@@ -375,11 +382,10 @@ function save(path::AbstractString, net::Network{T}; include_optimizer::Bool=fal
             kind = name
             push!(meta, "optimizer_params" => json(params(optimizer)))
         end
-        slots = state_kind(net.optstate) === nothing ? String[] : STATE_SLOTS[kind]
-        push!(meta, "optimizer" => something(kind, "none"), "optimizer_slots" => json(slots))
-        for (s, slot) in enumerate(slots), k in 1:length(net.layers), which in 1:2
-            push!(tensors, "optimizer.$slot.$(k-1).$(which == 1 ? 'W' : 'b')" => state_array(net.optstate, s, k, which))
-        end
+        slots = state_name(net) === nothing ? String[] : STATE_SLOTS_BY_NAME[kind]
+        push!(meta, "optimizer" => something(kind, "none"), "optimizer_slots" => json(slots),
+              "optimizer_steps" => string(net.optsteps))
+        append!(tensors, state_tensors(net, slots))
     end
     header = Pair{String,Any}["__metadata__" => meta]
     offset = 0
@@ -511,8 +517,8 @@ function metadata_of(header, path)
         fail(path, "not a pyjlfa model file: its safetensors header has no pyjlfa metadata (__metadata__.format = \"$FILE_FORMAT\")")
     all(v -> v isa String, values(meta)) || fail(path, "corrupt header: __metadata__ values must be strings")
     version = get(meta, "format_version", "(missing)")
-    version == FILE_FORMAT_VERSION ||
-        fail(path, "unknown format version \"$version\"; this FeedbackAlignment reads version $FILE_FORMAT_VERSION (is the file from a newer release?)")
+    version in ("1", FILE_FORMAT_VERSION) ||
+        fail(path, "unknown format version \"$version\"; this FeedbackAlignment reads versions 1 to $FILE_FORMAT_VERSION (is the file from a newer release?)")
     return Dict{String,String}(meta)
 end
 
@@ -581,11 +587,8 @@ function load(path::AbstractString)
     open_model(path) do io
         header, data_start = read_header(io, path)
         meta = metadata_of(header, path)
-        sizes = json_field(meta, "sizes", path, v -> v isa Vector{Any} && length(v) >= 2 && all(x -> x isa Int64 && x >= 1, v),
-                           "a list of at least two positive integers")
         dtype = field(meta, "dtype", path)
         T = lookup(Dict(name => T for (T, (name, _)) in FILE_DTYPES), "dtype", dtype, path)
-        activation = lookup(ACTIVATIONS, "activation", field(meta, "activation", path), path)
         loss = lookup(LOSSES, "loss", field(meta, "loss", path), path)
         objects = Dict(k => json_field(meta, k, path, is_object, "a JSON object")
                        for k in ("rule_params", "init_params", "feedback_init_params"))
@@ -594,46 +597,52 @@ function load(path::AbstractString)
         feedback = rebuild(FILE_INITIALISERS, "initialiser", field(meta, "feedback_init", path), objects["feedback_init_params"], path)
         seed, feedback_seed = integer_field(meta, "seed", path, UInt64), integer_field(meta, "feedback_seed", path, UInt64)
         epochs, rng_state = integer_field(meta, "epochs", path, Int64), integer_field(meta, "rng_state", path, UInt64)
-
-        # The tensors the metadata calls for, in Python's shapes.
-        expected = Pair{String,Vector{Int}}[]
-        for l in 1:length(sizes)-1
-            push!(expected, "layers.$(l-1).W" => [sizes[l], sizes[l+1]], "layers.$(l-1).b" => [sizes[l+1]])
-            shape = feedback_shape(rule, sizes, l)
-            shape === nothing || push!(expected, "layers.$(l-1).B" => reverse(collect(shape)))
+        chain, input = file_chain(meta, path)
+        dropout = haskey(meta, "dropout") ? json_field(meta, "dropout", path,
+            v -> v isa Vector{Any} && length(v) == length(chain) - 1 && all(x -> x isa Real && 0 <= x < 1, v),
+            "a list of one rate in [0, 1) per layer but the last") : zeros(length(chain) - 1)
+        net = try
+            Network(chain; input=input, T=T, loss=loss, rule=rule, init=init, feedback=feedback,
+                    seed=seed, feedback_seed=feedback_seed, dropout=Float64.(dropout))
+        catch e
+            e isa ArgumentError || e isa DimensionMismatch || rethrow()
+            fail(path, "the metadata does not describe a network this FeedbackAlignment can build: $(sprint(showerror, e))")
         end
-        kind = get(meta, "optimizer", nothing)
+        kind = get(meta, "optimizer", "none")
         slots = String[]
-        if kind !== nothing && kind != "none"
-            haskey(STATE_SLOTS, kind) || fail(path, "unknown optimizer \"$kind\"; this FeedbackAlignment knows $(join(sort!(collect(keys(STATE_SLOTS))), ", "))")
+        if kind != "none"
+            haskey(STATE_SLOTS_BY_NAME, kind) || fail(path, "unknown optimizer \"$kind\"; this FeedbackAlignment knows $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))")
             slots = String.(json_field(meta, "optimizer_slots", path,
-                                       v -> v isa Vector{Any} && (isempty(v) || v == STATE_SLOTS[kind]),
-                                       "[] or $(json(STATE_SLOTS[kind])) for $kind"))
-            for slot in slots, l in 1:length(sizes)-1, (which, shape) in (("W", [sizes[l], sizes[l+1]]), ("b", [sizes[l+1]]))
-                push!(expected, "optimizer.$slot.$(l-1).$which" => shape)
-            end
+                                       v -> v isa Vector{Any} && (isempty(v) || v == STATE_SLOTS_BY_NAME[kind]),
+                                       "[] or $(json(STATE_SLOTS_BY_NAME[kind])) for $kind"))
+            isempty(slots) || new_state!(net, kind)
+            haskey(meta, "optimizer_steps") && (net.optsteps = integer_field(meta, "optimizer_steps", path, Int64))
         end
-        for (name, shape) in expected
-            haskey(header, name) || fail(path, "tensor \"$name\" is missing (the metadata describes a $(field(meta, "rule", path)) network of sizes $(json(sizes)))")
+
+        # The tensors this network holds, in Python's shapes (Julia is the one source of shapes).
+        expected = Pair{String,Array}[]
+        for (k, st) in enumerate(net.layers)
+            st.W === nothing && continue
+            push!(expected, "layers.$(k-1).W" => st.W, "layers.$(k-1).b" => st.b)
+            st.B === nothing || push!(expected, "layers.$(k-1).B" => st.B)
+        end
+        append!(expected, state_tensors(net, slots))
+        for (name, A) in expected
+            shape = reverse(collect(size(A)))
+            haskey(header, name) || fail(path, "tensor \"$name\" is missing (the metadata describes a $(field(meta, "rule", path)) network $(net.chain))")
             entry = header[name]
             entry["dtype"] == FILE_DTYPES[T][2] || fail(path, "tensor \"$name\" is $(entry["dtype"]), but the metadata says dtype $dtype")
-            entry["shape"] == shape || fail(path, "tensor \"$name\" has shape $(json(entry["shape"])), but the metadata (sizes $(json(sizes)), rule $(field(meta, "rule", path))) needs $(json(shape))")
+            entry["shape"] == shape || fail(path, "tensor \"$name\" has shape $(json(entry["shape"])), but the network the metadata describes ($(net.chain), rule $(field(meta, "rule", path))) needs $(json(shape))")
         end
+        names = Set(first.(expected))
         for name in sort!(collect(keys(header)))
-            name == "__metadata__" || any(e -> e[1] == name, expected) || fail(path, "unexpected tensor \"$name\" (the metadata does not describe it)")
+            name == "__metadata__" || name in names || fail(path, "unexpected tensor \"$name\" (the metadata does not describe it)")
         end
 
-        # Everything is checked: build a new network and read the tensors straight into it.
-        dropout = haskey(meta, "dropout") ? json_field(meta, "dropout", path,
-            v -> v isa Vector{Any} && length(v) == length(sizes) - 2 && all(x -> x isa Real && 0 <= x < 1, v),
-            "a list of one rate in [0, 1) per hidden layer") : zeros(length(sizes) - 2)
-        net = Network(Int.(sizes); T=T, activation=activation, loss=loss, rule=rule, init=init, feedback=feedback,
-                      seed=seed, feedback_seed=feedback_seed, dropout=Float64.(dropout))
-        isempty(slots) || new_state!(net, kind)
-        for (name, _) in expected
-            target = tensor_target(net, name, kind)
+        # Everything is checked: read the tensors straight into the network.
+        for (name, A) in expected
             seek(io, data_start + header[name]["data_offsets"][1])
-            read!(io, target)
+            read!(io, A)
         end
         net.epochs = epochs
         net.rng.state = rng_state
@@ -641,16 +650,33 @@ function load(path::AbstractString)
     end
 end
 
-function tensor_target(net::Network, name, kind)
-    parts = split(name, '.')
-    if parts[1] == "layers"
-        d = net.layers[parse(Int, parts[2])+1]
-        return parts[3] == "W" ? d.W : parts[3] == "b" ? d.b : d.B
+# The layer chain and input shape a file describes: version 2 names the layers as Julia calls
+# (read by the same interpreter as host specs: never evaluated); version 1 gave dense sizes and one
+# hidden activation.
+function file_chain(meta, path)
+    if meta["format_version"] == "1"
+        sizes = json_field(meta, "sizes", path, v -> v isa Vector{Any} && length(v) >= 2 && all(x -> x isa Int64 && x >= 1, v),
+                           "a list of at least two positive integers")
+        f = lookup(ACTIVATIONS, "activation", field(meta, "activation", path), path)
+        L = length(sizes) - 1
+        return Chain(Tuple(Dense(sizes[l] => sizes[l+1], l < L ? f : identity) for l in 1:L)), (Int(sizes[1]),)
     end
-    slot = findfirst(==(parts[2]), STATE_SLOTS[kind])
-    return state_array(net.optstate, slot, parse(Int, parts[3]) + 1, parts[4] == "W" ? 1 : 2)
+    input = json_field(meta, "input", path, v -> v isa Vector{Any} && length(v) in (1, 3) && all(x -> x isa Int64 && x >= 1, v),
+                       "a list of 1 or 3 positive integers")
+    lines = json_field(meta, "chain", path, v -> v isa Vector{Any} && !isempty(v) && all(x -> x isa String, v),
+                       "a non-empty list of layer calls")
+    layers = map(lines) do line
+        try
+            layer = interpret(line, "layer")
+            layer isa Layer || throw(ArgumentError("not a layer"))
+            layer
+        catch e
+            e isa ArgumentError || e isa MethodError || rethrow()
+            fail(path, "metadata \"chain\" has \"$line\", which is not a layer this FeedbackAlignment builds ($(sprint(showerror, e)))")
+        end
+    end
+    return Chain(Tuple(layers)), Tuple(Int.(input))
 end
-
 
 # Save and load a small network of each common kind while the package precompiles, so that a new
 # process does not spend seconds inferring them.
@@ -658,7 +684,7 @@ let dir = mktempdir()
     try
         for T in (Float32, Float64), rule in (BP(), FA(), DFA())
             net = Network([3, 4, 2]; rule=rule, T=T)
-            optimiser_state!(net, SGD(0.1, 0.9))   # not step!: see FeedbackAlignment.jl
+            new_state!(net, :sgd)   # not step!: see FeedbackAlignment.jl
             load(save(joinpath(dir, "model.safetensors"), net; include_optimizer=true, optimizer=SGD(0.1, 0.9)))
         end
     finally

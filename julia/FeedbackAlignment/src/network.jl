@@ -1,141 +1,223 @@
 """
-    Dense{T}
-
-A fully connected layer: `W` (n_out x n_in, so y = W*x + b), `b`, and the fixed feedback matrix `B`
-where the rule gives this layer one (`nothing` otherwise).
+One layer's buffers for a batch of `m` observations, each with the batch as its last dimension.
+Buffers a layer does not need are empty; with an identity activation `H` is `A` itself.
 """
-struct Dense{T}
-    W::Matrix{T}
-    b::Vector{T}
-    B::Union{Matrix{T},Nothing}
+mutable struct Buffers{T,N}
+    m::Int
+    A::Array{T,N}          # pre-activations (layers with parameters)
+    H::Array{T,N}          # outputs f(A)
+    D::Array{T,N}          # error at the output; layers with parameters turn it into dL/dA in place
+    mask::Array{T,N}       # dropout: 0 or 1/(1-p)
+    dropped::Array{T,N}    # H .* mask, what the next layer reads while dropout is on
+    argmax::Array{Int32,N} # max pooling: where each window's maximum was
 end
 
-"""
-The first `m` columns of each workspace buffer as arrays of their own, sharing the buffers'
-memory. Julia 1.5 allocates a wrapper whenever a view reaches BLAS or leaves an inlined function,
-so a step through `view`s is never allocation-free; these are made once per batch size.
-"""
-struct Columns{T}
+"The network's own per-batch buffers: the gathered batch, its labels or targets, and DRTP/sDFA's signal S."
+mutable struct InputBuffers{T,N}
     m::Int
-    A::Vector{Matrix{T}}
-    H::Vector{Matrix{T}}
-    D::Vector{Matrix{T}}
-    mask::Vector{Matrix{T}}
-    dropped::Vector{Matrix{T}}
-    X::Matrix{T}
+    X::Array{T,N}
     labels::Vector{Int}
     targets::Matrix{T}
     S::Matrix{T}
 end
 
-"""
-Preallocated per-batch buffers, grown to the largest batch seen. A smaller batch uses the buffers'
-first columns through a `Columns`, made the first time that batch size comes (an epoch's last,
-shorter batch; a training batch after a larger evaluation chunk) and kept, so steps allocate none.
-"""
-mutable struct Workspace{T}
-    capacity::Int
-    full::Columns{T}       # the buffers themselves: A pre-activations per layer (the last one is
-                           # the output), H activations f(A), D error signals (D[end] = dL/dZ),
-                           # dropout masks (0 or 1/(1-p)) and dropped activations per hidden layer,
-                           # the gathered batch X with its labels or targets, S the output-space
-                           # signal of DRTP / sDFA
-    cuts::Vector{Columns{T}}   # the smaller batch sizes seen, most recent first (at most MAX_CUTS)
-    order::Vector{Int}     # epoch permutation
-    dropping::Bool         # whether the last forward pass applied dropout
-end
+# The first m observations of a buffer, sharing its memory (an empty buffer stays empty).
+lead(A::Array{T,N}, m) where {T,N} = isempty(A) ? A : unsafe_wrap(Array, pointer(A), (Base.front(size(A))..., m))
+lead(v::Vector, m) = isempty(v) ? v : unsafe_wrap(Array, pointer(v), m)
+cut(b::Buffers{T,N}, m) where {T,N} =
+    Buffers{T,N}(m, lead(b.A, m), b.H === b.A ? lead(b.A, m) : lead(b.H, m), lead(b.D, m), lead(b.mask, m),
+                 lead(b.dropped, m), lead(b.argmax, m))
+cut(b::InputBuffers{T,N}, m) where {T,N} =
+    InputBuffers{T,N}(m, lead(b.X, m), lead(b.labels, m), lead(b.targets, m), lead(b.S, m))
 
+"""
+Buffers at full capacity and their cuts to smaller batches (an epoch's last batch, a training batch
+after a larger evaluation chunk). Julia 1.5 allocates a wrapper whenever a view reaches BLAS, so
+cuts are arrays of their own, made once per batch size and kept (at most `MAX_CUTS`).
+"""
+mutable struct Sized{B}
+    full::B
+    cuts::Vector{B}
+end
 const MAX_CUTS = 4
+Sized(full) = Sized(full, typeof(full)[])
 
-function Workspace{T}(sizes, m) where {T}
-    widths = sizes[2:end]
-    buffers(ws=widths) = [Matrix{T}(undef, w, m) for w in ws]
-    full = Columns{T}(m, buffers(), buffers(), buffers(), buffers(widths[1:end-1]), buffers(widths[1:end-1]),
-                      Matrix{T}(undef, sizes[1], m), Vector{Int}(undef, m), Matrix{T}(undef, sizes[end], m),
-                      Matrix{T}(undef, sizes[end], m))
-    return Workspace{T}(m, full, Columns{T}[], Int[], false)
-end
-
-"The workspace's buffers cut to their first `m` columns (m ≤ capacity)."
-@inline function columns(ws::Workspace, m::Integer)
-    m == ws.capacity && return ws.full
-    for c in ws.cuts
+@inline function at(s::Sized, m::Integer)
+    m == s.full.m && return s.full
+    for c in s.cuts
         c.m == m && return c
     end
-    return cut!(ws, Int(m))
+    return cut!(s, Int(m))
 end
 
-# The wrappers share the buffers' memory; the workspace holds both, so the memory lives as long as
-# they do.
-@noinline function cut!(ws::Workspace{T}, m::Int) where {T}
-    1 <= m <= ws.capacity || throw(ArgumentError("a batch of $m observations does not fit the workspace (capacity $(ws.capacity))"))
-    c = ws.full
-    lead(M::Matrix) = unsafe_wrap(Array, pointer(M), (size(M, 1), m))
-    lead(v::Vector) = unsafe_wrap(Array, pointer(v), m)
-    cut = Columns{T}(m, lead.(c.A), lead.(c.H), lead.(c.D), lead.(c.mask), lead.(c.dropped),
-                     lead(c.X), lead(c.labels), lead(c.targets), lead(c.S))
-    length(ws.cuts) >= MAX_CUTS && pop!(ws.cuts)
-    pushfirst!(ws.cuts, cut)
-    return cut
+# The cuts share the buffers' memory; `s` holds both, so the memory lives as long as they do.
+@noinline function cut!(s::Sized, m::Int)
+    1 <= m <= s.full.m || throw(ArgumentError("a batch of $m observations does not fit the buffers (capacity $(s.full.m))"))
+    c = cut(s.full, m)
+    length(s.cuts) >= MAX_CUTS && pop!(s.cuts)
+    pushfirst!(s.cuts, c)
+    return c
 end
 
-mutable struct Network{T<:AbstractFloat,F,R<:LearningRule,L<:Loss}
-    layers::Vector{Dense{T}}
-    activation::F
+"Weight mirror's buffers: noise inputs, their outputs, and for a conv layer its scratch and a kernel-sized product."
+struct Mirror{T,NI,N,WT}
+    x::Array{T,NI}
+    y::Array{T,N}
+    scratch::Vector{T}
+    product::WT
+    bias::Vector{T}
+end
+
+"""
+    LayerState
+
+A layer inside a network: its settings (`spec`), parameters `W`, `b` and feedback `B` (plain arrays,
+`nothing` where the layer or rule has none), their gradients, the optimiser's state for each, and the
+layer's buffers. `net.layers[k].W` is layer k's weight array.
+"""
+mutable struct LayerState{T,S<:Layer,NI,N,WT,BiasT,BT,MT,FI<:Union{Initialiser,Nothing}}
+    spec::S
+    index::Int
+    insize::Dims               # one observation's shape at the input
+    outsize::Dims
+    W::WT
+    b::BiasT
+    B::BT
+    dW::WT
+    db::BiasT
+    dB::Union{BT,Nothing}      # Kolen-Pollack: B's gradient (dWᵀ, or dW itself for a kernel)
+    sW::Vector{WT}             # optimiser state: per array, the slots (velocity; Adam's two moments)
+    sb::Vector{BiasT}
+    sB::Vector{BT}
+    feedback_init::FI          # B's initialiser (brSF redraws with it), or nothing
+    dropout::Float64
+    carries::Bool              # whether the rule needs this layer's error carried back to its input
+    buffers::Sized{Buffers{T,N}}
+    scratch::Vector{T}         # conv: the im2col columns of the batch
+    mirror::MT
+end
+
+Base.eltype(::LayerState{T}) where {T} = T
+window(st::LayerState) = window(st.spec)
+
+function Base.show(io::IO, st::LayerState{T}) where {T}
+    print(io, "LayerState{$T}(", layer_text(st.spec), ", ", join(st.insize, "x"), " => ", join(st.outsize, "x"))
+    for (name, A) in (("W", st.W), ("B", st.B))
+        A === nothing || print(io, ", ", name, " ", join(size(A), "x"))
+    end
+    print(io, ")")
+end
+
+mutable struct Network{T<:AbstractFloat,NX,R<:LearningRule,L<:Loss,S<:Tuple,I<:Dims}
+    chain::Chain
+    insize::I                        # one observation's shape
+    layers::S                        # the LayerStates: a tuple, so every pass over them compiles to static calls
     rule::R
     loss::L
     seed::UInt64
     feedback_seed::UInt64
-    rng::SplitMix64                          # shuffling
-    grads::Vector{Tuple{Matrix{T},Vector{T}}}
-    ws::Workspace{T}
-    optstate::Any                            # created by the first update, see optimisers.jl
-    epochs::Int                              # epochs trained so far
-    init::Initialiser                        # forward weights' initialiser
-    feedback_init::Vector{Any}               # per layer: B's initialiser, or nothing
-    dropout::Vector{Float64}                 # per hidden layer: probability of dropping a unit
+    rng::SplitMix64                  # shuffling, dropout, brSF's redraws, mirror noise
+    optkind::Symbol                  # the optimiser whose state the layers hold (:none, :sgd, :adam)
+    optsteps::Int                    # updates since that state was created (Adam's bias correction)
+    epochs::Int                      # epochs trained so far
+    init::Initialiser                # forward weights' initialiser
+    inputs::Sized{InputBuffers{T,NX}}
+    order::Vector{Int}               # epoch permutation
+    dropping::Bool                   # whether the last forward pass applied dropout
+    with_dropout::Bool               # whether any layer has a dropout probability
+    m::Int                           # observations in the last forward pass
+    seen::Vector{Array{T}}           # per layer, the input it read in the last forward pass
 end
 
 """
-    Network(sizes; activation=tanh, rule=FA(), loss=CrossEntropy(), seed=0, feedback_seed=seed,
+    Network(chain; input, rule=FA(), loss=CrossEntropy(), seed=0, feedback_seed=seed,
             init=GlorotUniform(), feedback=GlorotUniform(), dropout=0.0, T=Float32)
 
-A dense network with layer widths `sizes` (inputs first). Hidden layers apply `activation`; the
-output layer is linear (softmax lives in the loss). Forward weights come from `init` with `seed`,
-feedback matrices from `feedback` with `feedback_seed`, each from its own `SplitMix64` stream.
-`feedback` (and `dropout`) may also be a vector with one entry per layer (per hidden layer);
-`Given(M)` uses a matrix you supply as B itself. uSF ignores `feedback` and uses
-scale·sign(W)ᵀ.
+A network of the layers in `chain` for observations of shape `input` (an image's (width, height,
+channels), or the number of features; a chain that starts with `Dense` can leave it out). The last
+layer must be `Dense` with no activation: softmax lives in the loss. Forward weights come from `init`
+with `seed`, feedback arrays from `feedback` with `feedback_seed`, each from its own `SplitMix64`
+stream. `feedback` may be a vector with one entry per layer; `Given(A)` uses an array you supply as B
+itself. `dropout` is a probability for every layer with parameters but the last, or a vector with one
+per layer but the last (0 for pooling and flatten). uSF ignores `feedback` and uses scale·sign(W).
+
+    Network(sizes; activation=tanh, kwargs...)
+
+The dense shorthand: `Network([784, 256, 10]; activation=tanh)` is
+`Network(Chain(Dense(784 => 256, tanh), Dense(256 => 10)); input=784)`.
 """
-function Network(sizes::AbstractVector{<:Integer}; activation=tanh, rule::LearningRule=FA(),
-                 loss::Loss=CrossEntropy(), seed::Integer=0, feedback_seed::Integer=seed,
-                 init::Initialiser=GlorotUniform(), feedback=GlorotUniform(), dropout=0.0,
-                 T::Type{<:AbstractFloat}=Float32)
-    length(sizes) >= 2 || throw(ArgumentError("a network needs at least an input and an output size, got $sizes"))
-    all(>(0), sizes) || throw(ArgumentError("layer sizes must be positive, got $sizes"))
+function Network(chain::Chain; input=nothing, rule::LearningRule=FA(), loss::Loss=CrossEntropy(),
+                 seed::Integer=0, feedback_seed::Integer=seed, init::Initialiser=GlorotUniform(),
+                 feedback=GlorotUniform(), dropout=0.0, T::Type{<:AbstractFloat}=Float32)
     T in (Float32, Float64) || throw(ArgumentError("T must be Float32 or Float64, got $T"))
     seed >= 0 && feedback_seed >= 0 || throw(ArgumentError("seeds must be non-negative"))
     needs_classes(rule) && !(loss isa CrossEntropy) &&
         throw(ArgumentError("$(typeof(rule).name.name) projects one-hot class targets: it needs the cross-entropy loss, not $(typeof(loss).name.name)"))
-    sizes = collect(Int, sizes)
-    L = length(sizes) - 1
+    L = length(chain)
+    L >= 1 || throw(ArgumentError("a network needs at least one layer"))
+    insize = input_shape(input, chain)
+    shapes = layer_shapes(chain, insize)
+    last = chain[L]
+    last isa Dense && last.σ === identity ||
+        throw(ArgumentError("the last layer must be Dense with no activation (softmax lives in the loss), got $(layer_text(last))"))
     feedbacks = per_layer(feedback, L, "feedback")
-    dropouts = Float64.(per_layer(dropout, L - 1, "dropout"))
-    all(p -> 0 <= p < 1, dropouts) || throw(ArgumentError("dropout probabilities must be in [0, 1), got $dropouts"))
+    dropouts = layer_dropout(dropout, chain)
+    params = findall(has_params, collect(chain.layers))
+    nout = last.out
     wrng, brng = stream(seed, 1), stream(feedback_seed, 2)
-    layers = Dense{T}[]
-    for l in 1:L
-        n_in, n_out = sizes[l], sizes[l+1]
-        W = init!(Matrix{T}(undef, n_out, n_in), init, wrng, n_in, n_out)
-        shape = feedback_shape(rule, sizes, l)
-        B = shape === nothing ? nothing : feedback_matrix(T, shape, rule, feedbacks[l], brng, init, W)
-        push!(layers, Dense{T}(W, zeros(T, n_out), B))
+    layers = LayerState{T}[]
+    for (l, spec) in enumerate(chain.layers)
+        W = has_params(spec) ? init!(Array{T}(undef, param_shape(spec)), init, wrng, fans(spec)...) : nothing
+        shape = feedback_shape(rule, spec, shapes[l+1], l == params[1], l == params[end], nout)
+        shape === nothing && feedbacks[l] isa Union{Given,GivenPointer} &&
+            throw(ArgumentError("feedback[$l] is an array, but under $(rule) layer $l ($(layer_text(spec))) has no feedback array"))
+        B = shape === nothing ? nothing : feedback_array(T, shape, rule, spec, feedbacks[l], brng, init, W)
+        carries = carries_back(rule) && any(<(l), params)
+        push!(layers, LayerState{T}(spec, l, shapes[l], shapes[l+1], W, B, shape === nothing ? nothing : feedbacks[l],
+                                     dropouts[l], carries, rule))
     end
-    grads = [(similar(d.W), similar(d.b)) for d in layers]
-    inits = Any[feedback_shape(rule, sizes, l) === nothing ? nothing : feedbacks[l] for l in 1:L]
-    return Network{T,typeof(activation),typeof(rule),typeof(loss)}(
-        layers, activation, rule, loss, UInt64(seed), UInt64(feedback_seed), stream(seed, 3),
-        grads, Workspace{T}(sizes, 0), nothing, 0, init, inits, dropouts)
+    NX = length(insize) + 1
+    inputs = Sized(InputBuffers{T,NX}(0, Array{T,NX}(undef, insize..., 0), Int[], Matrix{T}(undef, nout, 0),
+                                      Matrix{T}(undef, nout, 0)))
+    stack = Tuple(layers)
+    return Network{T,NX,typeof(rule),typeof(loss),typeof(stack),typeof(insize)}(
+        chain, insize, stack, rule, loss, UInt64(seed), UInt64(feedback_seed), stream(seed, 3), :none, 0, 0,
+        init, inputs, Int[], false, any(>(0), dropouts), 0, Array{T}[Array{T,length(s)+1}(undef, s..., 0) for s in shapes[1:L]])
+end
+
+function Network(sizes::AbstractVector{<:Integer}; activation=tanh, dropout=0.0, kwargs...)
+    length(sizes) >= 2 || throw(ArgumentError("a network needs at least an input and an output size, got $sizes"))
+    all(>(0), sizes) || throw(ArgumentError("layer sizes must be positive, got $sizes"))
+    L = length(sizes) - 1
+    chain = Chain(Tuple(Dense(sizes[l] => sizes[l+1], l < L ? activation : identity) for l in 1:L))
+    return Network(chain; input=(Int(sizes[1]),), dropout=dropout, kwargs...)
+end
+
+function input_shape(input, chain)
+    if input === nothing
+        chain[1] isa Dense || throw(ArgumentError("give the input shape: input=(width, height, channels) for images"))
+        return (chain[1].in,)
+    end
+    s = input isa Integer ? (Int(input),) : input isa Tuple && all(x -> x isa Integer, input) ? Int.(input) :
+        throw(ArgumentError("input must be a number of features or a tuple (width, height, channels), got $(repr(input))"))
+    length(s) in (1, 3) && all(>(0), s) ||
+        throw(ArgumentError("input must be a positive number of features or a positive (width, height, channels), got $s"))
+    return s
+end
+
+"Each layer's input shape and, last, the chain's output shape; errors name the layer."
+function layer_shapes(chain::Chain, insize::Dims)
+    shapes = Dims[insize]
+    for (l, spec) in enumerate(chain.layers)
+        s = try
+            output_shape(spec, shapes[end])
+        catch e
+            e isa ArgumentError || rethrow()
+            throw(ArgumentError("layer $l, $(e.msg)"))
+        end
+        push!(shapes, s)
+    end
+    return shapes
 end
 
 function per_layer(x, n, name)
@@ -144,80 +226,197 @@ function per_layer(x, n, name)
     return collect(x)
 end
 
-function feedback_matrix(::Type{T}, shape, rule, feedback, rng, init, W) where {T}
-    if rule isa uSF   # scale · sign(W)ᵀ: magnitudes are the scale, signs follow W (refresh_signs!)
-        scale = rule.scale === nothing ? init_std(init, size(W, 2), size(W, 1)) : rule.scale
-        return copysign.(fill(T(scale), shape), transpose(W))
+# Dropout per layer (the last one has none): a number applies to every layer with parameters.
+function layer_dropout(dropout, chain::Chain)
+    L = length(chain)
+    ps = dropout isa AbstractVector ? Float64.(dropout) :
+         Float64[l < L && has_params(chain[l]) ? Float64(dropout) : 0.0 for l in 1:L-1]
+    length(ps) == L - 1 || throw(ArgumentError("dropout has $(length(ps)) entries; expected one per layer but the last ($(L - 1))"))
+    all(p -> 0 <= p < 1, ps) || throw(ArgumentError("dropout probabilities must be in [0, 1), got $ps"))
+    for (l, p) in enumerate(ps)
+        p > 0 && !has_params(chain[l]) &&
+            throw(ArgumentError("dropout[$l] is $p, but layer $l ($(layer_text(chain[l]))) has no parameters; dropout follows a Dense or Conv layer"))
+    end
+    return push!(ps, 0.0)
+end
+
+function feedback_array(::Type{T}, shape, rule, spec, feedback, rng, init, W) where {T}
+    if rule isa uSF   # scale · sign(W): magnitudes are the scale, signs follow W (refresh_signs!)
+        scale = rule.scale === nothing ? init_std(init, fans(spec)...) : rule.scale
+        B = fill(T(scale), shape)
+        follow_signs!(B, W)
+        return B
     end
     feedback isa Initialiser || throw(ArgumentError("feedback must be an initialiser, got $(repr(feedback))"))
+    if feedback isa GivenPointer   # a row-major host's array: its shape is Julia's, reversed
+        feedback.dims == shape || throw(DimensionMismatch("the given feedback array has shape $(reverse(feedback.dims)); " *
+                                                          "the rule gives $(layer_text(spec)) a B of shape $(reverse(shape))"))
+        feedback = Given(unsafe_wrap(Array, feedback.p, shape))
+    end
     if feedback isa Given
-        rule isa brSF && throw(ArgumentError("brSF redraws B every batch; it cannot use a given matrix"))
-        size(feedback.M) == shape || throw(DimensionMismatch("the given feedback matrix has size $(size(feedback.M)); this layer's B needs $shape"))
-        eltype(feedback.M) == T || throw(ArgumentError("the given feedback matrix has element type $(eltype(feedback.M)), the network uses $T"))
+        rule isa brSF && throw(ArgumentError("brSF redraws B every batch; it cannot use a given array"))
+        size(feedback.M) == shape || throw(DimensionMismatch("the given feedback array has size $(size(feedback.M)); $(layer_text(spec))'s B needs $shape"))
+        eltype(feedback.M) == T || throw(ArgumentError("the given feedback array has element type $(eltype(feedback.M)), the network uses $T"))
         B = feedback.M
     else
-        B = init!(Matrix{T}(undef, shape...), feedback, rng, shape[2], shape[1], W)
+        B = init!(Array{T}(undef, shape...), feedback, rng, feedback_fans(spec, shape)..., W)
     end
-    rule isa SignSymmetric && (B .= copysign.(B, transpose(W)))
+    rule isa SignSymmetric && follow_signs!(B, W)
     return B
 end
 
+# B's fans: a matrix carries its columns to its rows; a kernel-shaped B carries cout channels back to cin.
+feedback_fans(spec, shape::NTuple{2,Int}) = (shape[2], shape[1])
+feedback_fans(spec::Conv, shape::NTuple{4,Int}) = reverse(fans(spec))
+
+"B ← |B| ∘ sign(W) where B has W's shape (a kernel), sign(Wᵀ) where it has Wᵀ's (a zero weight counts as positive)."
+function follow_signs!(B::Array, W::Array)
+    if size(B) == size(W)
+        @inbounds @simd for k in eachindex(B, W)
+            B[k] = copysign(B[k], W[k])
+        end
+    else
+        @inbounds for j in axes(B, 2), i in axes(B, 1)
+            B[i, j] = copysign(B[i, j], W[j, i])
+        end
+    end
+    return B
+end
+
+function LayerState{T}(spec::Layer, index, insize, outsize, W, B, feedback_init, dropout, carries, rule) where {T}
+    NI, N = length(insize) + 1, length(outsize) + 1
+    b = has_params(spec) ? zeros(T, bias_length(spec)) : nothing
+    dW = W === nothing ? nothing : similar(W)
+    dB = learns_feedback(rule) && B !== nothing ? (size(B) == size(W) ? dW : similar(B)) : nothing
+    mirror = rule isa WeightMirror && B !== nothing ? Mirror{T}(spec, insize, outsize, rule.batchsize, W) : nothing
+    WT, BiasT, BT = typeof(W), typeof(b), typeof(B)
+    st = LayerState{T,typeof(spec),NI,N,WT,BiasT,BT,typeof(mirror),typeof(feedback_init)}(
+        spec, index, insize, outsize, W, b, B, dW, b === nothing ? nothing : similar(b), dB, WT[], BiasT[], BT[],
+        feedback_init, dropout, carries, Sized(buffers(T, spec, outsize, dropout, 0)), T[], mirror)
+    return st
+end
+
+function Mirror{T}(spec::Layer, insize, outsize, mb, W) where {T}
+    x = Array{T}(undef, insize..., mb)
+    y = Array{T}(undef, (spec isa Conv ? output_shape(spec, insize) : outsize)..., mb)
+    scratch = spec isa Conv ? Vector{T}(undef, conv_scratch_length(window(spec), insize[1:2], insize[3], mb)) : T[]
+    product = spec isa Conv ? similar(W) : nothing
+    return Mirror{T,ndims(x),ndims(y),typeof(product)}(x, y, scratch, product, Vector{T}(undef, size(W)[end]))
+end
+
+# The buffers a layer needs for m observations.
+function buffers(::Type{T}, spec::Layer, outsize, dropout, m) where {T}
+    N = length(outsize) + 1
+    full = Array{T,N}(undef, outsize..., m)
+    none = Array{T,N}(undef, ntuple(_ -> 0, N))
+    A = has_params(spec) ? full : none
+    H = has_params(spec) && activation(spec) === identity ? A : Array{T,N}(undef, outsize..., m)
+    dropping = dropout > 0
+    return Buffers{T,N}(m, A, H, Array{T,N}(undef, outsize..., m), dropping ? similar(full) : none,
+                        dropping ? similar(full) : none,
+                        spec isa MaxPool ? Array{Int32,N}(undef, outsize..., m) : Array{Int32,N}(undef, ntuple(_ -> 0, N)))
+end
+
 Base.eltype(::Network{T}) where {T} = T
-insize(net::Network) = size(net.layers[1].W, 2)
-outsize(net::Network) = size(net.layers[end].W, 1)
-sizes(net::Network) = [insize(net); [size(d.W, 1) for d in net.layers]]
+insize(net::Network) = net.insize
+outsize(net::Network) = last(net.layers).spec.out   # the last layer is Dense
+nfeatures(net::Network) = prod(net.insize)
+"Layer widths of a dense network (its input, then each layer's output size)."
+sizes(net::Network) = [prod(net.insize); [prod(st.outsize) for st in net.layers]]
 
 function Base.show(io::IO, net::Network{T}) where {T}
-    print(io, "Network{$T}(", join(sizes(net), "-"), ", ", net.activation, ", ", net.rule, ", ",
-          typeof(net.loss).name.name, "())")
+    print(io, "Network{$T}(", net.chain, "; input=", length(net.insize) == 1 ? net.insize[1] : net.insize,
+          ", rule=", net.rule, ", loss=", typeof(net.loss).name.name, "())")
 end
 
-function workspace!(net::Network{T}, m::Integer) where {T}
-    net.ws.capacity < m && (net.ws = Workspace{T}(sizes(net), m))
-    return net.ws
+"Make every buffer hold at least `m` observations (growing them drops the old cuts)."
+function workspace!(net::Network{T,NX}, m::Integer) where {T,NX}
+    net.inputs.full.m >= m && return net
+    nout = outsize(net)
+    net.inputs = Sized(InputBuffers{T,NX}(m, Array{T,NX}(undef, net.insize..., m), Vector{Int}(undef, m),
+                                          Matrix{T}(undef, nout, m), Matrix{T}(undef, nout, m)))
+    foreach_layer(st -> grow!(st, m), net.layers)
+    return net
 end
 
-delta(ws::Workspace, l, m) = columns(ws, m).D[l]
-preact(ws::Workspace, l, m) = columns(ws, m).A[l]
-hidden(ws::Workspace, l, m) = columns(ws, m).H[l]
-# What layer l+1 reads: the activations, after dropout when the last forward pass applied it.
-layer_output(ws::Workspace, l, m) = ws.dropping ? columns(ws, m).dropped[l] : hidden(ws, l, m)
+function grow!(st::LayerState{T}, m) where {T}
+    st.buffers = Sized(buffers(T, st.spec, st.outsize, st.dropout, m))
+    st.spec isa Conv && (st.scratch = Vector{T}(undef, conv_scratch_length(window(st), st.insize[1:2], st.insize[3], m)))
+    return st
+end
 
-function check_inputs(net::Network, X::AbstractMatrix)
-    size(X, 1) == insize(net) ||
-        throw(DimensionMismatch("X has $(size(X, 1)) features (rows), the network expects $(insize(net))"))
-    size(X, 2) >= 1 || throw(ArgumentError("X has no observations (columns)"))
+capacity(net::Network) = net.inputs.full.m
+batch(net::Network, m) = at(net.inputs, m)
+buffers(st::LayerState, m) = at(st.buffers, m)
+"What the next layer reads from `st`: its outputs, after dropout when the last forward pass applied it."
+layer_output(st::LayerState, b::Buffers, dropping) = dropping && st.dropout > 0 ? b.dropped : b.H
+"The network's outputs (logits for classification) from the last forward pass."
+network_output(net::Network, m) = buffers(last(net.layers), m).H
+"The output error dL/dZ buffer."
+output_error(net::Network, m) = buffers(last(net.layers), m).D
+
+# Passes over the layers, written as recursion over the tuple so that each call is resolved at
+# compile time (a loop over a heterogeneous tuple, or over a vector of layers, dispatches at run
+# time and boxes what it passes).
+@inline foreach_layer(f::F, t::Tuple{}) where {F} = nothing
+@inline foreach_layer(f::F, t::Tuple) where {F} = (f(first(t)); foreach_layer(f, Base.tail(t)))
+"Calls f(st, prev) from the last layer to the first; `prev` is the layer before st (nothing for the first)."
+@inline backward_pairs(f::F, prev, t::Tuple{}) where {F} = nothing
+@inline backward_pairs(f::F, prev, t::Tuple) where {F} = (backward_pairs(f, first(t), Base.tail(t)); f(first(t), prev))
+@inline fold_layers(f::F, x, t::Tuple{}) where {F} = x
+@inline fold_layers(f::F, x, t::Tuple) where {F} = fold_layers(f, f(first(t), x), Base.tail(t))
+"Whether f(st) holds for every layer (a conjunction evaluated for all of them)."
+@inline all_layers(f::F, t::Tuple{}) where {F} = true
+@inline all_layers(f::F, t::Tuple) where {F} = f(first(t)) & all_layers(f, Base.tail(t))
+
+"Observations' shape check; an error names what was expected."
+function check_inputs(net::Network, X::AbstractArray)
+    want = net.insize
+    got = size(X)
+    ndims(X) == length(want) + 1 && Base.front(got) == want ||
+        throw(DimensionMismatch("X has size $got; the network expects $(join(want, " x ")) x observations" *
+                                (length(want) == 1 ? " (features as rows)" : " (width x height x channels x observations)")))
+    size(X, ndims(X)) >= 1 || throw(ArgumentError("X has no observations"))
 end
 
 """
     forward!(net, X, training = false) -> Z
 
-Network outputs for the batch `X` (features x m, m ≤ workspace capacity), in the workspace; the
-pre-activations and activations stay there for the backward pass. With `training`, hidden layers
-apply dropout (inverted: kept units are scaled by 1/(1-p)) with masks from the network's generator.
+Network outputs for the batch `X` (observations last, at most the buffers' capacity), left in the
+buffers with every layer's pre-activations and outputs for the backward pass. With `training`, layers
+with a dropout probability apply it (inverted: kept units are scaled by 1/(1-p)).
 """
-function forward!(net::Network{T}, X::AbstractMatrix{T}, training::Bool=false) where {T}
-    ws, m, f = net.ws, size(X, 2), net.activation
-    ws.dropping = training && any(>(0), net.dropout)
-    h = X
-    for (l, layer) in enumerate(net.layers)
-        A = preact(ws, l, m)
-        gemm!(A, 'N', layer.W, 'N', h)
-        if l < length(net.layers)
-            H = hidden(ws, l, m)
-            bias_activate!(H, A, layer.b, f)
-            ws.dropping && drop!(columns(ws, m).dropped[l], columns(ws, m).mask[l], H, net.dropout[l], net.rng)
-            h = layer_output(ws, l, m)
-        else
-            A .+= layer.b
-        end
-    end
-    return preact(ws, length(net.layers), m)
+function forward!(net::Network{T}, X::Array{T}, training::Bool=false) where {T}
+    net.m = size(X, ndims(X))
+    net.dropping = training && net.with_dropout
+    fold_layers((st, x) -> forward_layer!(st, x, net), X, net.layers)
+    return network_output(net, net.m)
 end
+
+function forward_layer!(st::LayerState{T,S,NI}, x::Array{T,NI}, net::Network) where {T,S,NI}
+    net.seen[st.index] = x
+    b = buffers(st, net.m)
+    forward_kernel!(st, st.spec, b, x)
+    dropping = net.dropping && st.dropout > 0
+    dropping && drop!(b.dropped, b.mask, b.H, st.dropout, net.rng)
+    return dropping ? b.dropped : b.H
+end
+
+function forward_kernel!(st, spec::Dense, b, x)
+    gemm!(b.A, 'N', st.W, 'N', x)
+    bias_activate!(b.H, b.A, st.b, spec.σ)
+end
+function forward_kernel!(st, spec::Conv, b, x)
+    conv_forward!(b.A, x, st.W, st.b, st.scratch, window(spec))
+    spec.σ === identity || activate!(b.H, b.A, spec.σ)
+end
+forward_kernel!(st, spec::MaxPool, b, x) = maxpool_forward!(b.H, b.argmax, x, window(spec))
+forward_kernel!(st, spec::MeanPool, b, x) = meanpool_forward!(b.H, x, window(spec))
+forward_kernel!(st, ::Flatten, b, x) = copyto!(b.H, x)
 
 # A .+= b and H = f.(A) in one pass over memory. (`f::F` makes Julia specialise on the
 # activation, which it otherwise skips for functions that are only passed on.)
-function bias_activate!(H::AbstractMatrix{T}, A::AbstractMatrix{T}, b::Vector{T}, f::F) where {T,F}
+function bias_activate!(H::Matrix{T}, A::Matrix{T}, b::Vector{T}, f::F) where {T,F}
     @inbounds for j in axes(A, 2)
         @simd for i in axes(A, 1)
             a = A[i, j] + b[i]
@@ -227,8 +426,14 @@ function bias_activate!(H::AbstractMatrix{T}, A::AbstractMatrix{T}, b::Vector{T}
     end
 end
 
+function activate!(H::Array{T}, A::Array{T}, f::F) where {T,F}
+    @inbounds @simd for k in eachindex(H, A)
+        H[k] = activate(f, A[k])
+    end
+end
+
 # Inverted dropout: M = 0 with probability p, else 1/(1-p); Hd = H .* M.
-function drop!(Hd::AbstractMatrix{T}, M::AbstractMatrix{T}, H::AbstractMatrix{T}, p::Float64, rng::SplitMix64) where {T}
+function drop!(Hd::Array{T}, M::Array{T}, H::Array{T}, p::Float64, rng::SplitMix64) where {T}
     keep = T(1 / (1 - p))
     @inbounds for k in eachindex(M, H, Hd)
         M[k] = ifelse(uniform(rng) < p, zero(T), keep)
@@ -237,40 +442,67 @@ function drop!(Hd::AbstractMatrix{T}, M::AbstractMatrix{T}, H::AbstractMatrix{T}
 end
 
 # D .*= f'(A) given the activations H = f(A).
-function times_deriv!(D::AbstractMatrix{T}, f::F, A::AbstractMatrix{T}, H::AbstractMatrix{T}) where {T,F}
-    @inbounds for j in axes(D, 2)
-        @simd for i in axes(D, 1)
-            D[i, j] *= deriv(f, A[i, j], H[i, j])
+function times_deriv!(D::Array{T}, f::F, A::Array{T}, H::Array{T}) where {T,F}
+    f === identity && return D
+    @inbounds @simd for k in eachindex(D, A, H)
+        D[k] *= deriv(f, A[k], H[k])
+    end
+    return D
+end
+
+"""
+    backward!(net, rule = net.rule)
+
+After `forward!` and with the output error in `output_error(net, m)`, fill each layer's `dW`, `db`
+(and Kolen-Pollack's `dB`) with the update `rule` gives it: the update applied is W -= lr * dW.
+Layers are visited from the last: each takes its error signal from the rule (the error the next
+layer carried back, or a projection of the output), turns it into dL/dA, computes its gradients, and
+carries the error back to its input where the rule needs that. (Diagnostics pass `BP()` to compare a
+rule's updates with the true gradient on the same forward pass.)
+"""
+function backward!(net::Network, rule::LearningRule=net.rule)
+    backward_pairs((st, prev) -> backward_layer!(st, prev, net, rule), nothing, net.layers)
+    return net
+end
+
+function backward_layer!(st::LayerState{T,S,NI}, prev, net::Network{T}, rule::LearningRule) where {T,S,NI}
+    m, last = net.m, st.index == length(net.layers)
+    b = buffers(st, m)
+    if has_params(st.spec)
+        last || hidden_signal!(b.D, rule, st, net)
+        if !last
+            times_deriv!(b.D, activation(st.spec), b.A, b.H)
+            net.dropping && st.dropout > 0 && (b.D .*= b.mask)
         end
+        gradient_kernel!(st, st.spec, b, net.seen[st.index]::Array{T,NI})
+    end
+    if prev !== nothing && (rule === net.rule ? st.carries : carries_back(rule) && any_params_before(net, st.index))
+        carry_back!(buffers(prev, m).D, rule, st, st.spec, b)
     end
 end
 
-"""
-    backward!(grads, net, X, rule = net.rule)
+any_params_before(net, l) = any(k -> has_params(net.layers[k].spec), 1:l-1)
 
-After `forward!` and with the output error in `net.ws.D[end]`, fill `grads` with each layer's
-(dW, db) under `rule`: the update the rule applies is W -= lr * dW. (Diagnostics pass `BP()` to
-compare a rule's updates with the true gradient on the same forward pass.)
-"""
-function backward!(grads, net::Network{T}, X::AbstractMatrix{T}, rule::LearningRule=net.rule) where {T}
-    ws, m, L = net.ws, size(X, 2), length(net.layers)
-    for l in L-1:-1:1
-        D = delta(ws, l, m)
-        hidden_error!(D, rule, net, l, m)
-        times_deriv!(D, net.activation, preact(ws, l, m), hidden(ws, l, m))
-        ws.dropping && (D .*= columns(ws, m).mask[l])
-    end
-    for l in 1:L
-        dW, db = grads[l]
-        D = delta(ws, l, m)
-        gemm!(dW, 'N', D, 'T', l == 1 ? X : layer_output(ws, l - 1, m))
-        rowsums!(db, D)
-    end
-    return grads
+function gradient_kernel!(st, ::Dense, b, x)
+    gemm!(st.dW, 'N', b.D, 'T', x)
+    rowsums!(st.db, b.D)
+    st.dB === nothing || st.dB === st.dW || transpose!(st.dB, st.dW)
 end
+gradient_kernel!(st, spec::Conv, b, x) = conv_filter_grad!(st.dW, st.db, x, b.D, st.scratch, window(spec))
+
+# The error reaching a layer's input. Layers with parameters carry it back through W (backprop) or
+# through B in W's place (the FA family: a dense B has Wᵀ's shape, a conv B the kernel's); pooling
+# and flatten carry it back exactly.
+carry_back!(dx, ::BP, st, ::Dense, b) = gemm!(dx, 'T', st.W, 'N', b.D)
+carry_back!(dx, ::FAStyle, st, ::Dense, b) = gemm!(dx, 'N', st.B, 'N', b.D)
+carry_back!(dx, rule::Union{BP,FAStyle}, st, spec::Conv, b) =
+    conv_data_grad!(dx, b.D, rule isa BP ? st.W : st.B, st.scratch, window(spec))
+carry_back!(dx, rule, st, spec::MaxPool, b) = maxpool_backward!(dx, b.D, b.argmax, window(spec))
+carry_back!(dx, rule, st, spec::MeanPool, b) = meanpool_backward!(dx, b.D, window(spec))
+carry_back!(dx, rule, st, ::Flatten, b) = copyto!(dx, b.D)
 
 # db = sum of D's columns (a loop: Julia 1.5's `sum!` allocates).
-function rowsums!(db::AbstractVector{T}, D::AbstractMatrix{T}) where {T}
+function rowsums!(db::Vector{T}, D::Matrix{T}) where {T}
     fill!(db, zero(T))
     @inbounds for j in axes(D, 2)
         @simd for i in axes(D, 1)
@@ -284,67 +516,92 @@ end
 Forward, loss and backward on one batch (m ≤ capacity); returns (summed loss, number correct).
 `training` turns dropout on (`gradients` leaves it off, so it is deterministic).
 """
-function loss_and_grads!(grads, net::Network{T}, X::AbstractMatrix{T}, Y, training::Bool=false) where {T}
-    m = size(X, 2)
+function loss_and_grads!(net::Network{T}, X::Array{T}, Y, training::Bool=false) where {T}
+    m = size(X, ndims(X))
     Z = forward!(net, X, training)
-    total, correct = loss_and_error!(delta(net.ws, length(net.layers), m), net.loss, Z, Y)
+    total, correct = loss_and_error!(output_error(net, m), net.loss, Z, Y)
     prepare_signal!(net.rule, net, Y, m)
-    backward!(grads, net, X)
+    backward!(net)
     return total, correct
+end
+
+"The data as the network's element type and a dense Array (converted once, with its cost, otherwise as it is)."
+function as_input(net::Network{T}, X) where {T}
+    X isa Array{T} && return X
+    X isa AbstractArray && eltype(X) <: Real ||
+        throw(ArgumentError("X must be an array of real numbers (observations last), got $(typeof(X))"))
+    return convert(Array{T}, X)
 end
 
 """
     gradients!(grads, net, X, Y) -> loss
 
-Fill `grads` (a vector of (dW, db) per layer, shaped like (W, b)) with the update each layer would
-receive under the network's rule for the batch (X, Y); the parameters do not change.
+Fill `grads` (a vector with, per layer, a tuple (dW, db) shaped like (W, b), or `nothing` for layers
+without parameters) with the update each layer would receive under the network's rule for the batch
+(X, Y); the parameters do not change.
 """
-function gradients!(grads, net::Network{T}, X::AbstractMatrix{T}, Y) where {T}
+function gradients!(grads, net::Network{T}, X, Y) where {T}
+    X = as_input(net, X)
     check_inputs(net, X)
-    check_targets(net.loss, Y, outsize(net), size(X, 2))
+    check_targets(net.loss, Y, outsize(net), size(X, ndims(X)))
     length(grads) == length(net.layers) || throw(DimensionMismatch("need one (dW, db) per layer"))
-    for (g, d) in zip(grads, net.layers)
-        size(g[1]) == size(d.W) && size(g[2]) == size(d.b) ||
+    for (g, st) in zip(grads, net.layers)
+        st.W === nothing && continue
+        size(g[1]) == size(st.W) && size(g[2]) == size(st.b) ||
             throw(DimensionMismatch("gradient buffers must have the shapes of (W, b)"))
     end
-    workspace!(net, size(X, 2))
-    total, _ = loss_and_grads!(grads, net, X, Y)
-    return total / size(X, 2)
+    workspace!(net, size(X, ndims(X)))
+    total, _ = loss_and_grads!(net, X, Y)
+    for (g, st) in zip(grads, net.layers)
+        st.W === nothing && continue
+        copyto!(g[1], st.dW)
+        copyto!(g[2], st.db)
+    end
+    return total / size(X, ndims(X))
 end
 
-"Each layer's (dW, db) under the network's rule for the batch (X, Y), in new arrays."
-gradients(net::Network, X, Y) = (g = [(similar(d.W), similar(d.b)) for d in net.layers]; gradients!(g, net, X, Y); g)
+"Each layer's (dW, db) under the network's rule for the batch (X, Y), in new arrays (`nothing` for layers without parameters)."
+function gradients(net::Network, X, Y)
+    g = [st.W === nothing ? nothing : (similar(st.W), similar(st.b)) for st in net.layers]
+    gradients!(g, net, X, Y)
+    return g
+end
 
-# Run the forward pass over X in chunks, calling visit(Z, columns) for each.
-function each_output_chunk(visit, net::Network{T}, X::AbstractMatrix{T}) where {T}
+# Run the forward pass over X in chunks of whole observations, calling visit(Z, columns) for each.
+# A chunk is X's own memory (observations are the last dimension), wrapped, not copied.
+function each_output_chunk(visit, net::Network{T}, X::Array{T}) where {T}
     check_inputs(net, X)
-    n = size(X, 2)
-    chunk = max(net.ws.capacity, min(n, 1024))
+    n = size(X, ndims(X))
+    chunk = max(capacity(net), min(n, 1024))
     workspace!(net, chunk)
-    for start in 1:chunk:n
+    per = length(X) ÷ n
+    GC.@preserve X for start in 1:chunk:n
         cols = start:min(start + chunk - 1, n)
-        visit(forward!(net, view(X, :, cols)), cols)
+        Xc = length(cols) == n ? X : unsafe_wrap(Array, pointer(X, (start - 1) * per + 1), (Base.front(size(X))..., length(cols)))
+        visit(forward!(net, Xc), cols)
     end
 end
 
-"Network outputs (logits for classification) for every column of X."
-function outputs!(out::AbstractMatrix, net::Network, X::AbstractMatrix)
-    each_output_chunk((Z, cols) -> copyto!(view(out, :, cols), Z), net, X)
+"Network outputs (logits for classification) for every observation of X."
+function outputs!(out::AbstractMatrix, net::Network, X)
+    each_output_chunk((Z, cols) -> copyto!(view(out, :, cols), Z), net, as_input(net, X))
     return out
 end
-outputs(net::Network{T}, X) where {T} = outputs!(Matrix{T}(undef, outsize(net), size(X, 2)), net, X)
+outputs(net::Network{T}, X) where {T} = outputs!(Matrix{T}(undef, outsize(net), nobs(X)), net, X)
+nobs(X::AbstractArray) = size(X, ndims(X))
 
-"Class probabilities (softmax of the outputs) for every column of X."
-function predict_proba!(P::AbstractMatrix, net::Network{T,F,R,CrossEntropy}, X::AbstractMatrix) where {T,F,R}
-    each_output_chunk((Z, cols) -> softmax!(view(P, :, cols), Z), net, X)
+"Class probabilities (softmax of the outputs) for every observation of X."
+function predict_proba!(P::AbstractMatrix, net::Network, X)
+    net.loss isa CrossEntropy || throw(ArgumentError("predict_proba needs the cross-entropy loss; this network uses $(typeof(net.loss).name.name)"))
+    each_output_chunk((Z, cols) -> softmax!(view(P, :, cols), Z), net, as_input(net, X))
     return P
 end
-predict_proba(net::Network{T}, X) where {T} = predict_proba!(Matrix{T}(undef, outsize(net), size(X, 2)), net, X)
+predict_proba(net::Network{T}, X) where {T} = predict_proba!(Matrix{T}(undef, outsize(net), nobs(X)), net, X)
 
-"Predicted class labels 1..K (argmax of the outputs) for every column of X, shifted by `offset`."
-function predict_labels!(y::AbstractVector, net::Network{T,F,R,CrossEntropy}, X::AbstractMatrix;
-                         offset::Integer=0) where {T,F,R}
-    each_output_chunk(net, X) do Z, cols
+"Predicted class labels 1..K (argmax of the outputs) for every observation of X, shifted by `offset`."
+function predict_labels!(y::AbstractVector, net::Network, X; offset::Integer=0)
+    net.loss isa CrossEntropy || throw(ArgumentError("class labels need the cross-entropy loss; this network uses $(typeof(net.loss).name.name)"))
+    each_output_chunk(net, as_input(net, X)) do Z, cols
         for (j, c) in enumerate(cols)
             y[c] = argmax(view(Z, :, j)) + offset
         end
@@ -355,10 +612,13 @@ end
 """
     predict(net, X)
 
-Class labels 1..K for a classifier (cross-entropy loss), the outputs for a regressor.
+Class labels 1..K for a classifier (cross-entropy loss), the outputs for a regressor. A single
+observation (a vector for a dense network) gives a single label or output vector.
 """
+predict(net::Network, X::AbstractVector) = length(net.insize) == 1 ? predict(net, reshape(X, :, 1))[1] :
+    throw(DimensionMismatch("a vector input needs a network of vector inputs; this one takes $(net.insize) images"))
 predict(net::Network, X) = predict(net.loss, net, X)
-predict(::CrossEntropy, net, X) = predict_labels!(Vector{Int}(undef, size(X, 2)), net, X)
+predict(::CrossEntropy, net, X) = predict_labels!(Vector{Int}(undef, nobs(X)), net, X)
 predict(::Loss, net, X) = outputs(net, X)
 
 """
@@ -367,16 +627,17 @@ predict(::Loss, net, X) = outputs(net, X)
 Mean loss over all observations and, for a classifier, the fraction classified correctly (NaN for
 a regressor).
 """
-function evaluate(net::Network{T}, X::AbstractMatrix{T}, Y) where {T}
-    check_targets(net.loss, Y, outsize(net), size(X, 2))
+function evaluate(net::Network{T}, X, Y) where {T}
+    X = as_input(net, X)
+    check_targets(net.loss, Y, outsize(net), nobs(X))
     total, correct = 0.0, 0
     each_output_chunk(net, X) do Z, cols
-        E = delta(net.ws, length(net.layers), length(cols))
+        E = output_error(net, length(cols))
         t, c = loss_and_error!(E, net.loss, Z, targetview(Y, cols))
         total += t
         correct += c
     end
-    n = size(X, 2)
+    n = nobs(X)
     return (loss = total / n, accuracy = net.loss isa CrossEntropy ? correct / n : NaN)
 end
 

@@ -80,35 +80,49 @@ const DFAStyle = Union{DFA,DRTP,sDFA}
 const SignSymmetric = Union{uSF,frSF,brSF}
 
 """
-    feedback_shape(rule, sizes, l)
+    feedback_shape(rule, layer, outsize, first, last, nout)
 
-Size of layer `l`'s feedback matrix B (Julia's column-major shape) for a network with layer widths
-`sizes`, or `nothing` when the rule gives that layer none. Layer `l` maps sizes[l] -> sizes[l+1].
+The shape of the feedback array B the rule gives `layer` (whose observations leave it with shape
+`outsize`; `first`/`last`: whether it is the chain's first/last layer with parameters; `nout`: the
+network's outputs), or `nothing`. Pooling and flatten layers never need one.
 """
-feedback_shape(::LearningRule, sizes, l) = nothing
-# FA style: layer l's B carries the error from its output back to its input: the shape of W_lᵀ.
-# The first layer's input is the data, so it needs none.
-feedback_shape(::FAStyle, sizes, l) = l == 1 ? nothing : (sizes[l], sizes[l+1])
-# DFA style: hidden layer l receives an output-sized signal through B_l. The output layer learns from e.
-feedback_shape(::DFAStyle, sizes, l) = l == length(sizes) - 1 ? nothing : (sizes[l+1], sizes[end])
+feedback_shape(::LearningRule, layer, outsize, first, last, nout) = nothing
+# FA style: B carries the error from the layer's output back to its input, in W's place: a dense B
+# has Wᵀ's shape, a conv B the kernel's. The first layer with parameters has nothing to carry back to.
+feedback_shape(::FAStyle, l::Dense, outsize, first, last, nout) = first ? nothing : (l.in, l.out)
+feedback_shape(::FAStyle, l::Conv, outsize, first, last, nout) = first ? nothing : param_shape(l)
+# DFA style: every layer with parameters but the last receives an output-sized signal on its whole
+# output map through B (Nøkland 2016): (values per observation) x nout. The last learns from e.
+feedback_shape(::DFAStyle, l::ParamLayer, outsize, first, last, nout) = last ? nothing : (prod(outsize), nout)
+
+"Whether the rule carries errors back layer by layer (so layers before the last need their input's error)."
+carries_back(::LearningRule) = false
+carries_back(::Union{BP,FAStyle}) = true
 
 """
-    hidden_error!(D, rule, net, l, m)
+    hidden_signal!(D, rule, st, net)
 
-Write into `D` the error signal that hidden layer `l` receives (before the activation derivative)
-for a batch of `m` observations; `delta(net.ws, l + 1, m)`, the output error `delta(net.ws, L, m)` and the rule's
-output-space signal `columns(net.ws, m).S` (see `prepare_signal!`) are filled.
+Write into `D` the error signal layer `st` (not the last, with parameters) receives at its output, before the
+activation's derivative. Rules that carry errors back find it already there (the next layer put it);
+DFA-style rules project the output error e (`output_error`) or their own output-space signal
+(`batch(net, m).S`, see `prepare_signal!`) through the layer's B; Shallow gives none.
 """
-hidden_error!(D, ::BP, net, l, m) = gemm!(D, 'T', net.layers[l+1].W, 'N', delta(net.ws, l + 1, m))
-hidden_error!(D, ::FAStyle, net, l, m) = gemm!(D, 'N', net.layers[l+1].B, 'N', delta(net.ws, l + 1, m))
-hidden_error!(D, ::DFA, net, l, m) = gemm!(D, 'N', net.layers[l].B, 'N', delta(net.ws, length(net.layers), m))
-hidden_error!(D, ::Union{DRTP,sDFA}, net, l, m) = gemm!(D, 'N', net.layers[l].B, 'N', columns(net.ws, m).S)
-hidden_error!(D, ::Shallow, net, l, m) = fill!(D, 0)
+hidden_signal!(D, ::Union{BP,FAStyle}, st, net) = nothing
+hidden_signal!(D, ::DFA, st, net) = project!(D, st.B, output_error(net, net.m))
+hidden_signal!(D, ::Union{DRTP,sDFA}, st, net) = project!(D, st.B, batch(net, net.m).S)
+hidden_signal!(D, ::Shallow, st, net) = fill!(D, 0)
+
+# D (outsize... x m, as a (values x m) matrix) = B * S, without a reshaped wrapper.
+function project!(D::Array{T}, B::Matrix{T}, S::Matrix{T}) where {T}
+    rows, m = size(B, 1), size(S, 2)
+    gemm_ptr!('N', 'N', rows, m, size(B, 2), one(T), pointer(B), rows, pointer(S), size(S, 1), zero(T), pointer(D), rows)
+    return D
+end
 
 """
     prepare_signal!(rule, net, Y, m)
 
-Called after the output error is known and before `hidden_error!`: fills `columns(net.ws, m).S` for rules
+Called after the output error is known and before the backward pass: fills `batch(net, m).S` for rules
 that project something other than e (DRTP: -y*/m; sDFA: sign(e)/m, keeping the batch-mean scale).
 Sign-symmetric rules refresh B's signs from the current W here.
 """
@@ -116,7 +130,7 @@ prepare_signal!(::LearningRule, net, Y, m) = nothing
 
 function prepare_signal!(::DRTP, net, y, m)
     T = eltype(net)
-    S = columns(net.ws, m).S
+    S = batch(net, m).S
     fill!(S, zero(T))
     @inbounds for j in 1:m
         S[y[j], j] = -one(T) / m
@@ -124,60 +138,70 @@ function prepare_signal!(::DRTP, net, y, m)
 end
 
 function prepare_signal!(::sDFA, net, Y, m)
-    S, E = columns(net.ws, m).S, delta(net.ws, length(net.layers), m)
+    S, E = batch(net, m).S, output_error(net, m)
     S .= sign.(E) ./ eltype(net)(m)
 end
 
 prepare_signal!(::SignSymmetric, net, Y, m) = refresh_signs!(net)
 
-"B ← |B| ∘ sign(W)ᵀ for every layer with a B (a zero weight counts as positive)."
-function refresh_signs!(net)
-    for d in net.layers
-        d.B === nothing && continue
-        B, W = d.B, d.W
-        @inbounds for j in axes(B, 2), i in axes(B, 1)
-            B[i, j] = copysign(B[i, j], W[j, i])
-        end
-    end
-end
+"B ← |B| ∘ sign(W) (dense: sign(Wᵀ)) for every layer with a B (a zero weight counts as positive)."
+refresh_signs!(net) = foreach_layer(st -> st.B === nothing || follow_signs!(st.B, st.W), net.layers)
 
 "Called before each training batch (not by `gradients`): brSF redraws its magnitudes."
 before_batch!(::LearningRule, net) = nothing
-function before_batch!(::brSF, net)
-    for (d, init) in zip(net.layers, net.feedback_init)
-        d.B === nothing && continue
-        n_in, n_out = size(d.B)
-        init = init isa SignConcordant ? init.init : init   # its magnitudes; signs follow below
-        init!(d.B, init, net.rng, n_out, n_in)
-    end
-    refresh_signs!(net)
+before_batch!(::brSF, net) = foreach_layer(st -> st.B === nothing || redraw!(st, net.rng), net.layers)
+function redraw!(st, rng)
+    init = st.feedback_init isa SignConcordant ? st.feedback_init.init : st.feedback_init   # its magnitudes
+    init!(st.B, init, rng, feedback_fans(st.spec, size(st.B))...)
+    follow_signs!(st.B, st.W)
 end
 
 "Called after each optimiser update: sign-symmetric rules follow W's new signs; weight mirror mirrors."
 after_update!(::LearningRule, net) = nothing
 after_update!(::SignSymmetric, net) = refresh_signs!(net)
-function after_update!(rule::WeightMirror, net)
-    T, mb = eltype(net), rule.batchsize
-    for d in net.layers
-        d.B === nothing && continue
-        n_out, n_in = size(d.W)
-        x, y = Matrix{T}(undef, n_in, mb), Matrix{T}(undef, n_out, mb)
-        for _ in 1:rule.steps
-            for k in eachindex(x)
-                x[k] = T(rule.noise_std * gaussian(net.rng))
-            end
-            gemm!(y, 'N', d.W, 'N', x)                       # y = W x
-            # B += lr (x yᵀ / mb - decay B), as one GEMM with beta = 1 - lr*decay
-            gemm!(d.B, 'N', x, 'T', y, T(rule.lr / mb), T(1 - rule.lr * rule.decay))
-        end
+after_update!(rule::WeightMirror, net) =
+    foreach_layer(st -> st.B === nothing || mirror!(st, st.spec, rule, net.rng), net.layers)
+
+# Mirror steps: noise x ~ N(0, noise_std²) into the layer, y = W x, then B += lr (x yᵀ / mb - decay B)
+# (dense, as one GEMM with beta = 1 - lr*decay). For a kernel, x yᵀ is the kernel gradient of (x, y),
+# a sum over mb·(output positions) patches, so it is divided by that count.
+function mirror!(st, ::Dense, rule::WeightMirror, rng)
+    T, x, y, mb = eltype(st), st.mirror.x, st.mirror.y, rule.batchsize
+    for _ in 1:rule.steps
+        noise!(x, rule.noise_std, rng)
+        gemm!(y, 'N', st.W, 'N', x)
+        gemm!(st.B, 'N', x, 'T', y, T(rule.lr / mb), T(1 - rule.lr * rule.decay))
     end
 end
 
-"Whether layer `l` of `L` learns under the rule (Shallow: only the output layer)."
-learns(::LearningRule, l, L) = true
-learns(::Shallow, l, L) = l == L
+function mirror!(st, spec::Conv, rule::WeightMirror, rng)
+    T, mr, win = eltype(st), st.mirror, window(spec)
+    fill!(mr.bias, zero(T))
+    scale = T(rule.lr / (rule.batchsize * size(mr.y, 1) * size(mr.y, 2)))
+    keep = T(1 - rule.lr * rule.decay)
+    for _ in 1:rule.steps
+        noise!(mr.x, rule.noise_std, rng)
+        conv_forward!(mr.y, mr.x, st.W, mr.bias, mr.scratch, win)
+        conv_filter_grad!(mr.product, mr.bias, mr.x, mr.y, mr.scratch, win)
+        B, P = st.B, mr.product
+        @inbounds @simd for k in eachindex(B, P)
+            B[k] = keep * B[k] + scale * P[k]
+        end
+        fill!(mr.bias, zero(T))
+    end
+end
 
-"Whether the optimiser also updates B (with gradient dWᵀ): Kolen-Pollack."
+function noise!(x::Array{T}, std, rng) where {T}
+    for k in eachindex(x)
+        x[k] = T(std * gaussian(rng))
+    end
+end
+
+"Whether layer `st` learns under the rule (Shallow: only the last layer)."
+learns(::LearningRule, st, net) = true
+learns(::Shallow, st, net) = st.index == length(net.layers)
+
+"Whether the optimiser also updates B (with the gradient of W, transposed for a dense layer): Kolen-Pollack."
 learns_feedback(::LearningRule) = false
 learns_feedback(::KolenPollack) = true
 

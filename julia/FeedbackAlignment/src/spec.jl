@@ -11,7 +11,7 @@ const INITIALISERS = Dict{String,Any}(
     "sign_concordant" => SignConcordant, "zeros" => Zeros)
 
 const REGISTRIES = Dict{String,Dict{String,Any}}(
-    "rule" => RULES, "initialiser" => INITIALISERS, "optimizer" => OPTIMISERS, "schedule" => SCHEDULES)
+    "layer" => LAYERS, "rule" => RULES, "initialiser" => INITIALISERS, "optimizer" => OPTIMISERS, "schedule" => SCHEDULES)
 
 """
     interpret(text, kind)
@@ -57,6 +57,10 @@ end
 function literal(x, text)
     x isa Union{Number,Bool,String} && return x
     x === :nothing && return nothing
+    x isa Symbol && haskey(ACTIVATIONS, string(x)) && return ACTIVATIONS[string(x)]   # a layer's activation
+    x isa Expr && x.head == :tuple && return Tuple(literal(v, text) for v in x.args)
+    x isa Expr && x.head == :call && x.args[1] === :(=>) && length(x.args) == 3 &&
+        return literal(x.args[2], text) => literal(x.args[3], text)
     x isa Expr && x.head == :vect && return [literal(v, text) for v in x.args]
     x isa Expr && x.head == :call && x.args[1] === :- && length(x.args) == 2 && x.args[2] isa Number && return -x.args[2]
     if x isa Expr && x.head == :call && x.args[1] isa Symbol

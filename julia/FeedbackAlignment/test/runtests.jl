@@ -501,5 +501,6 @@ include("rules.jl")
 include("io.jl")
 include("diagnostics.jl")
 include("speed.jl")
+include("conv.jl")
 
 end # FeedbackAlignment
