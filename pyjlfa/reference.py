@@ -628,19 +628,29 @@ def _pad(x, pad):
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
 
 
+def _im2col(x, kernel, stride, pad):
+    """The windows of the padded ``x`` as rows: (m*oh*ow, Cin*kh*kw), row ``(n, y, x)`` holding
+    ``xpad[n, :, y*sh : y*sh+kh, x*sw : x*sw+kw]`` in C order, so that a convolution is one
+    matrix product with ``W.reshape(Cout, -1)``."""
+    windows = _windows(_pad(x, pad), kernel, stride)  # (m, C, oh, ow, kh, kw)
+    m, _, oh, ow = windows.shape[:4]
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(m * oh * ow, -1), (m, oh, ow)
+
+
 def conv2d(x, W, b, stride=(1, 1), pad=(0, 0)):
     """PyTorch's conv2d: ``out[n, o, y, x] = b[o] + sum_{c,i,j} W[o, c, i, j] * xpad[n, c, y*sh+i, x*sw+j]``
     with ``x`` (m, Cin, H, W), ``W`` (Cout, Cin, kh, kw), ``b`` (Cout,) or None, zero padding ``pad``."""
-    windows = _windows(_pad(x, pad), W.shape[2:], stride)
-    out = np.einsum("ncyxij,ocij->noyx", windows, W)
+    cols, (m, oh, ow) = _im2col(x, W.shape[2:], stride, pad)
+    out = (cols @ W.reshape(W.shape[0], -1).T).reshape(m, oh, ow, -1).transpose(0, 3, 1, 2)
     return out if b is None else out + b[None, :, None, None]
 
 
 def conv2d_weight_gradient(x, delta, kernel, stride=(1, 1), pad=(0, 0)):
     """``dW[o, c, i, j] = sum_{n,y,x} delta[n, o, y, x] * xpad[n, c, y*sh+i, x*sw+j]``: the gradient of
     ``sum(delta * conv2d(x, W))`` with respect to W, shape (Cout, Cin, kh, kw)."""
-    windows = _windows(_pad(x, pad), kernel, stride)
-    return np.einsum("noyx,ncyxij->ocij", delta, windows)
+    cols, _ = _im2col(x, kernel, stride, pad)
+    cout, cin = delta.shape[1], x.shape[1]
+    return (delta.transpose(0, 2, 3, 1).reshape(-1, cout).T @ cols).reshape((cout, cin) + tuple(kernel))
 
 
 def conv2d_transpose(delta, W, stride, pad, input_size):
@@ -648,14 +658,16 @@ def conv2d_transpose(delta, W, stride, pad, input_size):
     every output position sends ``delta * W`` back to the input pixels it read. Returns
     (m, Cin, H, W) for ``input_size = (H, W)``; pixels no window reached get 0."""
     (sh, sw), (ph, pw) = stride, pad
-    m, _, oh, ow = delta.shape
+    m, cout, oh, ow = delta.shape
     _, cin, kh, kw = W.shape
     H, Wd = input_size
+    # What each window sends back to its kh x kw pixels: (m, oh, ow, Cin, kh, kw).
+    cols = (delta.transpose(0, 2, 3, 1).reshape(-1, cout) @ W.reshape(cout, -1)).reshape(m, oh, ow, cin, kh, kw)
     grad = np.zeros((m, cin, H + 2 * ph, Wd + 2 * pw), dtype=delta.dtype)
     for i in range(kh):
         for j in range(kw):
             # Kernel tap (i, j) of the window at (y, x) read pixel (y*sh + i, x*sw + j).
-            grad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += np.einsum("noyx,oc->ncyx", delta, W[:, :, i, j])
+            grad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols[..., i, j].transpose(0, 3, 1, 2)
     return grad[:, :, ph:ph + H, pw:pw + Wd]
 
 
