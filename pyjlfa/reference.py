@@ -610,8 +610,8 @@ CHAIN_LAYERS = ("conv", "maxpool", "meanpool", "flatten", "dense")
 
 def _pair(what, value):
     """An int or a pair of ints as a pair ``(rows, cols)``."""
-    pair = (value, value) if np.isscalar(value) else tuple(value)
-    if len(pair) != 2 or any(int(v) != v for v in pair):
+    pair = (value, value) if np.isscalar(value) else tuple(np.atleast_1d(value))
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
         raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}")
     return int(pair[0]), int(pair[1])
 

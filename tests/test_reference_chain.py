@@ -221,6 +221,10 @@ def test_chain_shapes_and_feedback_shapes():
     (["flatten", ("dense", dict(n_in=16, n_out=2, act="tanh"))], (1, 4, 4), {}, "must be dense with act='identity'"),
     (["flatten", ("dense", dict(n_in=16, n_out=2))], (1, 4, 4), dict(loss="mse", rule="drtp"), "needs loss='cross_entropy'"),
     ([("dense", dict(n_in=3, n_out=2, act="softplus"))], (3,), {}, "unknown activation"),
+    ([("conv", dict(cin=1, cout=2, k=2.5)), "flatten", ("dense", dict(n_in=18, n_out=2))], (1, 4, 4), {},
+     r"k must be an int or a pair of ints, got 2.5"),
+    ([("meanpool", dict(k=(2, 2, 2))), "flatten", ("dense", dict(n_in=4, n_out=2))], (1, 4, 4), {},
+     r"k must be an int or a pair of ints"),
     ([("maxpool", dict(k=2)), "flatten", ("dense", dict(n_in=4, n_out=2))], (4,), {}, r"needs an image input"),
 ])
 def test_chain_construction_errors(layers, input_shape, kwargs, match):
