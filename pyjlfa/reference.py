@@ -47,6 +47,52 @@ Gradients: ``dW[k] = h_{k-1}.T @ delta_k`` and ``db[k] = delta_k.sum(axis=0)``.
 Updates are SGD with momentum in the PyTorch convention:
 ``v = momentum * v + dW; W -= lr * v`` (likewise for ``b``), velocities
 starting at zero; with ``momentum = 0`` this is plain SGD.
+
+Layer chains (:class:`ReferenceChain`)
+--------------------------------------
+A chain is a list of layers: ``conv``, ``maxpool``, ``meanpool``, ``flatten`` and ``dense``.
+Images are ``(m, C, H, W)``; a conv weight is ``(Cout, Cin, kh, kw)`` with bias ``(Cout,)``; a
+dense weight is ``(n_in, n_out)`` (``x @ W + b``) with bias ``(n_out,)``; flatten is the C-order
+reshape of ``(C, H, W)`` to ``(C*H*W,)``. Conv is PyTorch's conv2d (a cross-correlation) with
+stride ``(sh, sw)`` and zero padding ``(ph, pw)``; output size ``(H + 2ph - kh)//sh + 1``.
+Pooling windows ``(kh, kw)`` move by their stride (default: the window), without padding;
+max-pool's backward pass routes each window's gradient to its FIRST maximum in row-major order
+(rows top to bottom, each left to right), and overlapping windows accumulate. The last layer is
+dense with identity activation; its output is ``z`` and the losses are the ones above.
+
+The conv and dense layers are the parametric layers, ``p = 0 .. P-1`` in chain order. Layer p
+computes the pre-activation map ``a_p`` and the output ``h_p = f(a_p)``. ``delta_p = dL/da_p``
+(shape of ``a_p``) is ``signal_p * f'(a_p)``, where ``signal_p`` is the error arriving at
+``h_p``; the last parametric layer always has ``delta = e``. Gradients: dense
+``dW = h_in.T @ delta``, ``db = delta.sum(0)``; conv
+``dW[co, ci, i, j] = sum_{n,y,x} delta[n, co, y, x] * xpad[n, ci, y*sh + i, x*sw + j]``,
+``db = delta.sum((0, 2, 3))``. The rules:
+
+* ``"bp"``: the signal flows back exactly through every layer (dense: ``delta @ W.T``; conv: the
+  transposed convolution of ``delta`` with ``W``; pooling and flatten: as backpropagation).
+* FA style (``"fa"``, ``"usf"``, ``"frsf"``, ``"brsf"``, ``"kp"``, ``"wm"``): the same, except that
+  each parametric layer but the first carries its ``delta`` back to its input through its own
+  fixed ``B`` instead of ``W``: a dense ``B`` is ``(n_out, n_in)`` (``W.T``'s shape; input error
+  ``delta @ B``), a conv ``B`` is ``(Cout, Cin, kh, kw)`` (``W``'s shape; input error the
+  transposed convolution of ``delta`` with ``B``). Pooling and flatten carry back exactly. The
+  first parametric layer has ``B = None``. Sign-symmetric rules (``"usf"``, ``"frsf"``,
+  ``"brsf"``) use ``|B| * sign(W.T)`` (dense) or ``|B| * sign(W)`` (conv), signs taken from the
+  current ``W`` (``np.copysign``, so a +0 weight counts as +) before the signals are computed.
+* DFA style (``"dfa"``, ``"drtp"``, ``"sdfa"``): each parametric layer but the last has ``B_p``
+  of shape ``(n_outputs, size of a_p per sample)`` and
+  ``signal_p = (s @ B_p).reshape(a_p.shape)`` (C order) with ``s = e`` (dfa),
+  ``s = -onehot(y)/m`` (drtp) or ``s = sign(e)/m`` (sdfa). Pooling and flatten play no part in
+  the signals (they still run forward). The last parametric layer has ``B = None``.
+* ``"shallow"``: only the last parametric layer learns (the others' delta, dW and db are 0).
+
+Updates (:meth:`ReferenceChain.step`): SGD with momentum as above, with L2 weight decay on the
+weights (``g = dW + weight_decay * W``; biases do not decay). ``"kp"`` gives each ``B`` the
+update of its ``W`` (dense: ``dW.T``; conv: ``dW``), weight decay included. ``"wm"`` after the
+update moves each ``B`` toward ``W`` by mirror steps with noise ``x`` of the layer's input shape
+and ``y`` the layer's output without bias: dense ``B += lr * (y.T @ x / mb - decay * B)``, conv
+``B += lr * (dWlike(x, y) / (mb * oh * ow) - decay * B)``, ``dWlike`` being the conv weight
+gradient formula with ``(x, y)`` in place of ``(h_in, delta)``. A chain of dense layers gives
+exactly what :class:`ReferenceNetwork` gives.
 """
 
 import numpy as np
@@ -57,6 +103,14 @@ __all__ = [
     "LOSSES",
     "feedback_shapes",
     "ReferenceNetwork",
+    "ReferenceChain",
+    "conv2d",
+    "conv2d_transpose",
+    "conv2d_weight_gradient",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "mean_pool2d",
+    "mean_pool2d_backward",
     "SplitMix64",
     "initial_parameters",
 ]
@@ -136,6 +190,42 @@ def _log_softmax(z):
 
 def _softmax(z):
     return np.exp(_log_softmax(z))
+
+
+def _as_target(loss_name, y, m, n_out, dtype):
+    """``y`` checked for ``m`` samples and ``n_out`` outputs: class labels (cross_entropy) or targets (mse)."""
+    if loss_name == "cross_entropy":
+        y = np.asarray(y)
+        if y.shape != (m,):
+            raise ValueError(f"y must hold {m} class labels, got shape {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            if not np.all(y == np.round(y)):
+                raise ValueError("class labels must be integers")
+            y = y.astype(np.int64)
+        if y.size and (y.min() < 0 or y.max() >= n_out):
+            raise ValueError(f"class labels must lie in [0, {n_out})")
+        return y
+    # mse
+    y = np.asarray(y, dtype=dtype)
+    if y.shape != (m, n_out):
+        raise ValueError(f"y must have shape {(m, n_out)}, got {y.shape}")
+    return y
+
+
+def _loss_and_error(loss_name, z, y, dtype):
+    """The batch loss and ``e = dL/dz`` (already divided by m)."""
+    m = z.shape[0]
+    if loss_name == "cross_entropy":
+        log_p = _log_softmax(z)
+        loss = -log_p[np.arange(m), y].mean()
+        onehot = np.zeros_like(z)
+        onehot[np.arange(m), y] = 1
+        e = (np.exp(log_p) - onehot) / m
+    else:  # mse
+        diff = z - y
+        loss = (0.5 * (diff * diff).sum(axis=1)).mean()
+        e = diff / m
+    return float(loss), e.astype(dtype, copy=False)
 
 
 def feedback_shapes(sizes, rule):
@@ -277,23 +367,7 @@ class ReferenceNetwork:
         return X
 
     def _as_target(self, y, m):
-        n_out = self.sizes[-1]
-        if self.loss_name == "cross_entropy":
-            y = np.asarray(y)
-            if y.shape != (m,):
-                raise ValueError(f"y must hold {m} class labels, got shape {y.shape}")
-            if not np.issubdtype(y.dtype, np.integer):
-                if not np.all(y == np.round(y)):
-                    raise ValueError("class labels must be integers")
-                y = y.astype(np.int64)
-            if y.size and (y.min() < 0 or y.max() >= n_out):
-                raise ValueError(f"class labels must lie in [0, {n_out})")
-            return y
-        # mse
-        y = np.asarray(y, dtype=self.dtype)
-        if y.shape != (m, n_out):
-            raise ValueError(f"y must have shape {(m, n_out)}, got {y.shape}")
-        return y
+        return _as_target(self.loss_name, y, m, self.sizes[-1], self.dtype)
 
     # -- forward pass --------------------------------------------------------
 
@@ -330,18 +404,7 @@ class ReferenceNetwork:
 
     def _loss_and_error(self, z, y):
         """The batch loss and ``e = dL/dz`` (already divided by m)."""
-        m = z.shape[0]
-        if self.loss_name == "cross_entropy":
-            log_p = _log_softmax(z)
-            loss = -log_p[np.arange(m), y].mean()
-            onehot = np.zeros_like(z)
-            onehot[np.arange(m), y] = 1
-            e = (np.exp(log_p) - onehot) / m
-        else:  # mse
-            diff = z - y
-            loss = (0.5 * (diff * diff).sum(axis=1)).mean()
-            e = diff / m
-        return float(loss), e.astype(self.dtype, copy=False)
+        return _loss_and_error(self.loss_name, z, y, self.dtype)
 
     def loss(self, X, y):
         """The mean loss over the batch ``(X, y)``, as a Python float."""
@@ -536,3 +599,534 @@ def initial_parameters(sizes, rule, seed, feedback_seed=None, dtype="float32"):
         bs.append(np.zeros(sizes[k + 1], dtype=dtype))
         Bs.append(None if shape is None else _glorot_uniform(shape, brng, dtype))
     return Ws, bs, Bs
+
+
+# ---------------------------------------------------------------------------
+# Layer chains: convolution, pooling, flatten and dense layers (see the module docstring)
+# ---------------------------------------------------------------------------
+
+CHAIN_LAYERS = ("conv", "maxpool", "meanpool", "flatten", "dense")
+
+
+def _pair(what, value):
+    """An int or a pair of ints as a pair ``(rows, cols)``."""
+    pair = (value, value) if np.isscalar(value) else tuple(np.atleast_1d(value))
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
+        raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _windows(x, k, stride):
+    """The (kh, kw) windows of ``x`` (m, C, H, W) at the given stride, as a view of shape
+    (m, C, oh, ow, kh, kw) with ``windows[n, c, y, x] = x[n, c, y*sh : y*sh+kh, x*sw : x*sw+kw]``."""
+    sh, sw = stride
+    return np.lib.stride_tricks.sliding_window_view(x, k, axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def _pad(x, pad):
+    ph, pw = pad
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+
+
+def _im2col(x, kernel, stride, pad):
+    """The windows of the padded ``x`` as rows: (m*oh*ow, Cin*kh*kw), row ``(n, y, x)`` holding
+    ``xpad[n, :, y*sh : y*sh+kh, x*sw : x*sw+kw]`` in C order, so that a convolution is one
+    matrix product with ``W.reshape(Cout, -1)``."""
+    windows = _windows(_pad(x, pad), kernel, stride)  # (m, C, oh, ow, kh, kw)
+    m, _, oh, ow = windows.shape[:4]
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(m * oh * ow, -1), (m, oh, ow)
+
+
+def conv2d(x, W, b, stride=(1, 1), pad=(0, 0)):
+    """PyTorch's conv2d: ``out[n, o, y, x] = b[o] + sum_{c,i,j} W[o, c, i, j] * xpad[n, c, y*sh+i, x*sw+j]``
+    with ``x`` (m, Cin, H, W), ``W`` (Cout, Cin, kh, kw), ``b`` (Cout,) or None, zero padding ``pad``."""
+    cols, (m, oh, ow) = _im2col(x, W.shape[2:], stride, pad)
+    out = (cols @ W.reshape(W.shape[0], -1).T).reshape(m, oh, ow, -1).transpose(0, 3, 1, 2)
+    return out if b is None else out + b[None, :, None, None]
+
+
+def conv2d_weight_gradient(x, delta, kernel, stride=(1, 1), pad=(0, 0)):
+    """``dW[o, c, i, j] = sum_{n,y,x} delta[n, o, y, x] * xpad[n, c, y*sh+i, x*sw+j]``: the gradient of
+    ``sum(delta * conv2d(x, W))`` with respect to W, shape (Cout, Cin, kh, kw)."""
+    cols, _ = _im2col(x, kernel, stride, pad)
+    cout, cin = delta.shape[1], x.shape[1]
+    return (delta.transpose(0, 2, 3, 1).reshape(-1, cout).T @ cols).reshape((cout, cin) + tuple(kernel))
+
+
+def conv2d_transpose(delta, W, stride, pad, input_size):
+    """The adjoint of ``x -> conv2d(x, W, None, stride, pad)`` applied to ``delta`` (m, Cout, oh, ow):
+    every output position sends ``delta * W`` back to the input pixels it read. Returns
+    (m, Cin, H, W) for ``input_size = (H, W)``; pixels no window reached get 0."""
+    (sh, sw), (ph, pw) = stride, pad
+    m, cout, oh, ow = delta.shape
+    _, cin, kh, kw = W.shape
+    H, Wd = input_size
+    # What each window sends back to its kh x kw pixels: (m, oh, ow, Cin, kh, kw).
+    cols = (delta.transpose(0, 2, 3, 1).reshape(-1, cout) @ W.reshape(cout, -1)).reshape(m, oh, ow, cin, kh, kw)
+    grad = np.zeros((m, cin, H + 2 * ph, Wd + 2 * pw), dtype=delta.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            # Kernel tap (i, j) of the window at (y, x) read pixel (y*sh + i, x*sw + j).
+            grad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols[..., i, j].transpose(0, 3, 1, 2)
+    return grad[:, :, ph:ph + H, pw:pw + Wd]
+
+
+def max_pool2d(x, k, stride):
+    """Max over each (kh, kw) window. Returns ``(out, first)``, ``first`` holding, per window, the
+    row-major index ``i*kw + j`` of its FIRST maximum (np.argmax keeps the first)."""
+    windows = _windows(x, k, stride)
+    flat = windows.reshape(windows.shape[:4] + (-1,))
+    first = flat.argmax(axis=-1)
+    return np.take_along_axis(flat, first[..., None], axis=-1)[..., 0], first
+
+
+def max_pool2d_backward(g, first, k, stride, input_size):
+    """The gradient reaching each window's first maximum; overlapping windows accumulate."""
+    (kh, kw), (sh, sw) = k, stride
+    m, c, oh, ow = g.shape
+    grad = np.zeros((m, c) + tuple(input_size), dtype=g.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            grad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += np.where(first == i * kw + j, g, 0)
+    return grad
+
+
+def mean_pool2d(x, k, stride):
+    """Mean over each (kh, kw) window."""
+    return _windows(x, k, stride).mean(axis=(4, 5))
+
+
+def mean_pool2d_backward(g, k, stride, input_size):
+    """Each window's gradient shared equally among its kh*kw pixels; overlapping windows accumulate."""
+    (kh, kw), (sh, sw) = k, stride
+    m, c, oh, ow = g.shape
+    grad = np.zeros((m, c) + tuple(input_size), dtype=g.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            grad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += g / (kh * kw)
+    return grad
+
+
+class _ChainLayer:
+    """One layer of a chain: its kind, settings, and input and output shapes (without the batch)."""
+
+    def __init__(self, index, entry, in_shape):
+        if isinstance(entry, str):
+            entry = (entry, {})
+        if not (isinstance(entry, (tuple, list)) and len(entry) in (1, 2) and isinstance(entry[0], str)):
+            raise ValueError(f"layers[{index}] must be a tuple (kind, options), got {entry!r}")
+        kind, opts = entry[0], dict(entry[1]) if len(entry) == 2 else {}
+        where = f"layers[{index}] ({kind})"
+        _check_name(f"layer kind in layers[{index}]", kind, CHAIN_LAYERS)
+        allowed = {"conv": ("cin", "cout", "k", "stride", "pad", "act"), "dense": ("n_in", "n_out", "act"),
+                   "maxpool": ("k", "stride"), "meanpool": ("k", "stride"), "flatten": ()}[kind]
+        unknown = sorted(set(opts) - set(allowed))
+        if unknown:
+            raise ValueError(f"{where}: unknown options {unknown}; expected some of {allowed}")
+        self.kind, self.in_shape = kind, tuple(in_shape)
+        self.act = opts.get("act", "identity")
+        if kind in ("conv", "dense"):
+            _check_name(f"activation in {where}", self.act, ACTIVATIONS)
+
+        if kind == "dense":
+            missing = [key for key in ("n_in", "n_out") if key not in opts]
+            if missing:
+                raise ValueError(f"{where}: missing options {missing}")
+            self.n_in, self.n_out = int(opts["n_in"]), int(opts["n_out"])
+            if self.in_shape != (self.n_in,):
+                raise ValueError(f"{where}: n_in={self.n_in} but its input has shape {self.in_shape}"
+                                 + (" (add ('flatten', {}) before it)" if len(self.in_shape) != 1 else ""))
+            if self.n_out < 1:
+                raise ValueError(f"{where}: n_out must be positive, got {self.n_out}")
+            self.W_shape, self.out_shape = (self.n_in, self.n_out), (self.n_out,)
+        elif kind == "flatten":
+            self.out_shape = (int(np.prod(self.in_shape)),)
+        else:  # conv and pooling take images (C, H, W)
+            if len(self.in_shape) != 3:
+                raise ValueError(f"{where}: needs an image input (C, H, W), got shape {self.in_shape}")
+            if "k" not in opts:
+                raise ValueError(f"{where}: missing option 'k' (window size)")
+            self.k = _pair(f"{where}: k", opts["k"])
+            self.stride = _pair(f"{where}: stride", opts.get("stride", (1, 1) if kind == "conv" else self.k))
+            self.pad = _pair(f"{where}: pad", opts.get("pad", (0, 0)) if kind == "conv" else (0, 0))
+            if min(self.k) < 1 or min(self.stride) < 1 or min(self.pad) < 0:
+                raise ValueError(f"{where}: k and stride must be positive and pad non-negative")
+            C, H, Wd = self.in_shape
+            oh = (H + 2 * self.pad[0] - self.k[0]) // self.stride[0] + 1
+            ow = (Wd + 2 * self.pad[1] - self.k[1]) // self.stride[1] + 1
+            if oh < 1 or ow < 1 or H + 2 * self.pad[0] < self.k[0] or Wd + 2 * self.pad[1] < self.k[1]:
+                raise ValueError(f"{where}: window {self.k} does not fit its (padded) input {self.in_shape}")
+            if kind == "conv":
+                missing = [key for key in ("cin", "cout") if key not in opts]
+                if missing:
+                    raise ValueError(f"{where}: missing options {missing}")
+                self.cin, self.cout = int(opts["cin"]), int(opts["cout"])
+                if self.cin != C:
+                    raise ValueError(f"{where}: cin={self.cin} but its input has {C} channels")
+                if self.cout < 1:
+                    raise ValueError(f"{where}: cout must be positive, got {self.cout}")
+                self.W_shape, self.out_shape = (self.cout, self.cin) + self.k, (self.cout, oh, ow)
+            else:
+                self.out_shape = (C, oh, ow)
+
+    @property
+    def parametric(self):
+        return self.kind in ("conv", "dense")
+
+    def describe(self):
+        return f"{self.kind} {self.in_shape} -> {self.out_shape}"
+
+
+class ReferenceChain:
+    """A chain of conv / maxpool / meanpool / flatten / dense layers trained by any rule in
+    :data:`RULES`, in plain NumPy (the rules on a chain are written out in the module docstring).
+
+    Parameters
+    ----------
+    layers : list
+        One entry per layer, ``(kind, options)`` with ``options`` a dict (a bare string is a layer
+        without options, e.g. ``"flatten"``):
+
+        * ``("conv", dict(cin=1, cout=6, k=(5, 5), stride=(1, 1), pad=(0, 0), act="relu"))``:
+          ``k``, ``stride`` and ``pad`` are ints or pairs (rows, cols); stride defaults to 1, pad to 0.
+        * ``("maxpool", dict(k=(2, 2), stride=(2, 2)))`` and ``("meanpool", ...)``: stride defaults
+          to the window; no padding.
+        * ``("flatten", {})``: (C, H, W) -> (C*H*W,) in C order.
+        * ``("dense", dict(n_in=120, n_out=84, act="tanh"))``.
+
+        ``act`` is one of :data:`ACTIVATIONS` (default ``"identity"``). The last layer must be
+        dense with identity activation: its output is the logits ``z``.
+    input_shape : tuple
+        One sample's shape: ``(C, H, W)`` for images, ``(n,)`` for vectors.
+    rule, loss : str
+        One of :data:`RULES` and :data:`LOSSES` (``"drtp"`` needs ``"cross_entropy"``).
+    dtype : float32 or float64
+        Every array and computation; inputs are converted to it.
+
+    Attributes
+    ----------
+    W, b, B : lists with one entry per chain layer (None where a layer has none). W is
+        (Cout, Cin, kh, kw) for conv and (n_in, n_out) for dense; b is (Cout,) or (n_out,); B has
+        the shape :meth:`feedback_shapes` gives. They start at zero: set them (assign arrays of
+        the right shape and dtype, or fill them in place) or call :meth:`init_random`.
+    in_shapes, out_shapes : each layer's input and output shape, without the batch.
+    kinds : each layer's kind. ``parametric``: indices of the conv and dense layers.
+    """
+
+    def __init__(self, layers, input_shape, rule, loss="cross_entropy", dtype="float64"):
+        _check_name("rule", rule, RULES)
+        _check_name("loss", loss, LOSSES)
+        if rule == "drtp" and loss != "cross_entropy":
+            raise ValueError("rule 'drtp' projects one-hot class targets; it needs loss='cross_entropy'")
+        self.rule, self.loss_name = rule, loss
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        input_shape = tuple(int(n) for n in np.atleast_1d(input_shape))
+        if len(input_shape) not in (1, 3) or min(input_shape) < 1:
+            raise ValueError(f"input_shape must be (C, H, W) or (n,) with positive sizes, got {input_shape}")
+        self.input_shape = input_shape
+
+        layers = list(layers)
+        if not layers:
+            raise ValueError("layers is empty; a chain ends with a dense layer")
+        self.layers = []
+        shape = input_shape
+        for index, entry in enumerate(layers):
+            layer = _ChainLayer(index, entry, shape)
+            self.layers.append(layer)
+            shape = layer.out_shape
+        last = self.layers[-1]
+        if last.kind != "dense" or last.act != "identity":
+            raise ValueError(f"the last layer must be dense with act='identity' (its output is the logits), "
+                             f"got {last.kind} with act={last.act!r}")
+        self.kinds = [layer.kind for layer in self.layers]
+        self.in_shapes = [layer.in_shape for layer in self.layers]
+        self.out_shapes = [layer.out_shape for layer in self.layers]
+        self.parametric = [i for i, layer in enumerate(self.layers) if layer.parametric]
+        self.n_outputs = last.n_out
+
+        dt = self.dtype
+        self.W = [np.zeros(l.W_shape, dt) if l.parametric else None for l in self.layers]
+        self.b = [np.zeros(l.out_shape[:1], dt) if l.parametric else None for l in self.layers]
+        self.B = [None if s is None else np.zeros(s, dt) for s in self.feedback_shapes()]
+        # SGD-with-momentum velocities, created at the first step.
+        self._vW, self._vb, self._vB = {}, {}, {}
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __repr__(self):
+        body = "\n".join(f"  {i}: {l.describe()}" for i, l in enumerate(self.layers))
+        return f"ReferenceChain(rule={self.rule!r}, loss={self.loss_name!r}, input {self.input_shape})\n{body}"
+
+    def feedback_shapes(self):
+        """The shape of each chain layer's B under the rule (None where it has none)."""
+        shapes = [None] * len(self.layers)
+        first, last = self.parametric[0], self.parametric[-1]
+        for i in self.parametric:
+            layer = self.layers[i]
+            if self.rule in FA_STYLE and i != first:
+                shapes[i] = (layer.n_out, layer.n_in) if layer.kind == "dense" else layer.W_shape
+            elif self.rule in DFA_STYLE and i != last:
+                shapes[i] = (self.n_outputs, int(np.prod(layer.out_shape)))
+        return shapes
+
+    def init_random(self, rng, bias_std=0.1):
+        """Fill W and B with N(0, 1/fan_in) draws (fan_in of W; of B, the size it multiplies) and
+        b with N(0, bias_std^2) draws from the NumPy Generator ``rng``. Returns self."""
+        for i, layer in enumerate(self.layers):
+            if not layer.parametric:
+                continue
+            fan_in = int(np.prod(layer.W_shape[1:])) if layer.kind == "conv" else layer.n_in
+            self.W[i] = rng.normal(0, fan_in ** -0.5, layer.W_shape).astype(self.dtype)
+            self.b[i] = rng.normal(0, bias_std, self.b[i].shape).astype(self.dtype)
+            if self.B[i] is not None:
+                B_shape = self.B[i].shape
+                B_fan = B_shape[0] if len(B_shape) == 2 else int(np.prod(B_shape)) // B_shape[1]
+                self.B[i] = rng.normal(0, B_fan ** -0.5, B_shape).astype(self.dtype)
+        return self
+
+    # -- checks -------------------------------------------------------------------
+
+    def _check_parameters(self):
+        """W, b and B must still have the shapes and dtype the chain was built with."""
+        expected_B = self.feedback_shapes()
+        for i, layer in enumerate(self.layers):
+            for name, arr, shape in (("W", self.W[i], getattr(layer, "W_shape", None)),
+                                     ("b", self.b[i], layer.out_shape[:1] if layer.parametric else None),
+                                     ("B", self.B[i], expected_B[i])):
+                if shape is None:
+                    if arr is not None:
+                        raise ValueError(f"{name}[{i}] must be None: layer {i} ({layer.kind}) has no {name} "
+                                         f"under rule {self.rule!r}")
+                    continue
+                if not isinstance(arr, np.ndarray) or arr.shape != tuple(shape) or arr.dtype != self.dtype:
+                    got = (arr.shape, arr.dtype) if isinstance(arr, np.ndarray) else type(arr).__name__
+                    raise ValueError(f"{name}[{i}] of layer {i} ({layer.kind}) must be a {self.dtype} array "
+                                     f"of shape {tuple(shape)}, got {got}")
+
+    def _as_input(self, X):
+        X = np.asarray(X, dtype=self.dtype)
+        if X.shape[1:] != self.input_shape or X.shape[0] == 0:
+            raise ValueError(f"X must have shape (m, {', '.join(map(str, self.input_shape))}) with m >= 1, "
+                             f"got {X.shape}")
+        return X
+
+    # -- forward ------------------------------------------------------------------
+
+    def _forward(self, X):
+        """Per layer: its input, its pre-activation (parametric layers) and max-pool arg-maxes."""
+        inputs, pre, first = [], [None] * len(self.layers), [None] * len(self.layers)
+        h = X
+        for i, layer in enumerate(self.layers):
+            inputs.append(h)
+            if layer.kind == "conv":
+                pre[i] = conv2d(h, self.W[i], self.b[i], layer.stride, layer.pad)
+                h = _activate(layer.act, pre[i])
+            elif layer.kind == "dense":
+                pre[i] = h @ self.W[i] + self.b[i]
+                h = _activate(layer.act, pre[i])
+            elif layer.kind == "maxpool":
+                h, first[i] = max_pool2d(h, layer.k, layer.stride)
+            elif layer.kind == "meanpool":
+                h = mean_pool2d(h, layer.k, layer.stride)
+            else:  # flatten
+                h = h.reshape(h.shape[0], -1)
+        return inputs, pre, first, pre[-1]
+
+    def forward(self, X):
+        """The logits z, shape (m, n_outputs)."""
+        self._check_parameters()
+        return self._forward(self._as_input(X))[3]
+
+    def loss(self, X, y):
+        """The mean loss over the batch (X, y), as a Python float."""
+        self._check_parameters()
+        X = self._as_input(X)
+        y = _as_target(self.loss_name, y, X.shape[0], self.n_outputs, self.dtype)
+        return _loss_and_error(self.loss_name, self._forward(X)[3], y, self.dtype)[0]
+
+    # -- the rules ------------------------------------------------------------------
+
+    def _feedback(self, i):
+        """What layer i multiplies its delta by to reach its input: W (bp) or its B (FA style;
+        sign-symmetric rules: |B| with the current signs of W, resp. W.T for dense)."""
+        if self.rule == "bp":
+            return self.W[i]
+        if self.rule in SIGN_SYMMETRIC:
+            W = self.W[i].T if self.layers[i].kind == "dense" else self.W[i]
+            return np.copysign(np.abs(self.B[i]), W)
+        return self.B[i]
+
+    def _carry_back(self, i, g, first):
+        """The error at layer i's input, given ``g``: its delta (parametric layers, through
+        ``_feedback``) or the error at its output (pooling and flatten, exactly)."""
+        layer = self.layers[i]
+        if layer.kind == "dense":
+            F = self._feedback(i)
+            return g @ (F.T if self.rule == "bp" else F)
+        if layer.kind == "conv":
+            return conv2d_transpose(g, self._feedback(i), layer.stride, layer.pad, layer.in_shape[1:])
+        if layer.kind == "maxpool":
+            return max_pool2d_backward(g, first[i], layer.k, layer.stride, layer.in_shape[1:])
+        if layer.kind == "meanpool":
+            return mean_pool2d_backward(g, layer.k, layer.stride, layer.in_shape[1:])
+        return g.reshape((g.shape[0],) + layer.in_shape)  # flatten
+
+    def _loss_signals(self, X, y):
+        """The loss, each layer's input, and delta_p = dL/da_p as the rule defines it (None for
+        pooling and flatten)."""
+        inputs, pre, first, z = self._forward(X)
+        loss, e = _loss_and_error(self.loss_name, z, y, self.dtype)
+        m = X.shape[0]
+        deltas = [None] * len(self.layers)
+        P = self.parametric
+        deltas[P[-1]] = e
+
+        def fprime(i):
+            a = pre[i]
+            return _derivative(self.layers[i].act, a, _activate(self.layers[i].act, a))
+
+        if self.rule in DFA_STYLE:
+            if self.rule == "dfa":
+                s = e
+            elif self.rule == "sdfa":  # the sign of the error, keeping the batch-mean scale
+                s = np.sign(e) / m
+            else:  # drtp: the one-hot target stands in for the error's sign
+                s = -np.eye(self.n_outputs, dtype=self.dtype)[y] / m
+            for i in P[:-1]:
+                deltas[i] = (s @ self.B[i]).reshape(pre[i].shape) * fprime(i)
+        elif self.rule == "shallow":
+            for i in P[:-1]:
+                deltas[i] = np.zeros_like(pre[i])
+        else:  # bp and FA style: walk back layer by layer down to the first parametric layer
+            g = self._carry_back(P[-1], e, first)
+            for i in range(P[-1] - 1, P[0] - 1, -1):
+                if self.layers[i].parametric:
+                    deltas[i] = g * fprime(i)
+                    if i == P[0]:
+                        break
+                    g = self._carry_back(i, deltas[i], first)
+                else:
+                    g = self._carry_back(i, g, first)
+        return loss, inputs, deltas
+
+    def signals(self, X, y):
+        """delta_p = dL/da_p per chain layer (None for pooling and flatten), as the rule defines it."""
+        self._check_parameters()
+        X = self._as_input(X)
+        y = _as_target(self.loss_name, y, X.shape[0], self.n_outputs, self.dtype)
+        return self._loss_signals(X, y)[2]
+
+    def _gradients(self, inputs, deltas):
+        grads = []
+        for i, layer in enumerate(self.layers):
+            d = deltas[i]
+            if layer.kind == "dense":
+                grads.append((inputs[i].T @ d, d.sum(axis=0)))
+            elif layer.kind == "conv":
+                grads.append((conv2d_weight_gradient(inputs[i], d, layer.k, layer.stride, layer.pad),
+                              d.sum(axis=(0, 2, 3))))
+            else:
+                grads.append((None, None))
+        return grads
+
+    def gradients(self, X, y):
+        """``[(dW, db), ...]`` per chain layer ((None, None) for pooling and flatten). Nothing changes."""
+        self._check_parameters()
+        X = self._as_input(X)
+        y = _as_target(self.loss_name, y, X.shape[0], self.n_outputs, self.dtype)
+        _, inputs, deltas = self._loss_signals(X, y)
+        return self._gradients(inputs, deltas)
+
+    # -- training ------------------------------------------------------------------
+
+    def _check_noise(self, name, noise, lead):
+        """``noise`` as one array per chain layer with a B (None elsewhere) of shape
+        ``lead + (batchsize,) + layer input shape``, converted to the chain's dtype."""
+        noise = list(noise)
+        if len(noise) != len(self.layers):
+            raise ValueError(f"{name} needs one entry per chain layer ({len(self.layers)}), got {len(noise)}")
+        checked = [None] * len(self.layers)
+        for i, layer in enumerate(self.layers):
+            if self.B[i] is None:
+                continue
+            x = np.asarray(noise[i], dtype=self.dtype)
+            want = ", ".join(("steps",) * len(lead) + ("batchsize",) + tuple(map(str, layer.in_shape)))
+            if x.shape[len(lead) + 1:] != layer.in_shape or x.ndim != len(lead) + 1 + len(layer.in_shape) \
+                    or min(x.shape[:len(lead) + 1]) < 1:
+                raise ValueError(f"{name}[{i}] must have shape ({want}), got {x.shape}")
+            checked[i] = x
+        return checked
+
+    def mirror(self, noise, lr=0.01, decay=1.0):
+        """One weight-mirror step on every layer with a B: ``noise[i]`` is a batch x of layer i's
+        input shape (None where B is None), y = (layer without bias)(x), and
+        dense: ``B += lr * (y.T @ x / mb - decay * B)`` (B is (n_out, n_in)),
+        conv:  ``B += lr * (conv2d_weight_gradient(x, y) / (mb * oh * ow) - decay * B)``."""
+        noise = self._check_noise("noise", noise, ())
+        lr, decay = float(lr), float(decay)
+        for i, layer in enumerate(self.layers):
+            if self.B[i] is None:
+                continue
+            x = noise[i]
+            mb = x.shape[0]
+            if layer.kind == "dense":
+                y = x @ self.W[i]
+                self.B[i] += lr * (y.T @ x / mb - decay * self.B[i])
+            else:
+                y = conv2d(x, self.W[i], None, layer.stride, layer.pad)
+                oh, ow = layer.out_shape[1:]
+                dW_like = conv2d_weight_gradient(x, y, layer.k, layer.stride, layer.pad)
+                self.B[i] += lr * (dW_like / (mb * oh * ow) - decay * self.B[i])
+
+    def step(self, X, y, lr, momentum=0.0, weight_decay=0.0, mirror_noise=None, mirror_lr=0.01,
+             mirror_decay=1.0):
+        """One SGD(-with-momentum) update on the batch (X, y); returns the loss before it.
+
+        Per learning layer (all parametric layers; only the last under ``"shallow"``, whose other
+        layers are not touched at all): ``g = dW + weight_decay * W; v = momentum * v + g;
+        W -= lr * v``, and the same for b without weight decay. ``"kp"``: B likewise with
+        ``g = dW.T + weight_decay * B`` (dense) or ``dW + weight_decay * B`` (conv).
+        Sign-symmetric rules then set B = |B| with the new signs of W (W.T for dense);
+        ``"brsf"``'s redraw of the magnitudes before each batch is the caller's (assign B).
+        ``"wm"`` then makes ``mirror_noise[i].shape[0]`` mirror steps (:meth:`mirror`) with the noise
+        batches ``mirror_noise[i][s]``, shape (batchsize,) + layer i's input shape (required for wm).
+        """
+        self._check_parameters()
+        X = self._as_input(X)
+        y = _as_target(self.loss_name, y, X.shape[0], self.n_outputs, self.dtype)
+        # Python floats keep float32 chains in float32.
+        lr, momentum, weight_decay = float(lr), float(momentum), float(weight_decay)
+        if self.rule == "wm":  # checked before anything changes
+            if mirror_noise is None:
+                raise ValueError("rule 'wm' needs mirror_noise: one (steps, batchsize, *input shape) array "
+                                 "per layer with a B, None elsewhere")
+            mirror_noise = self._check_noise("mirror_noise", mirror_noise, (1,))
+            steps = {len(x) for x in mirror_noise if x is not None}
+            if len(steps) > 1:
+                raise ValueError(f"every mirror_noise entry needs the same number of steps, got {sorted(steps)}")
+        loss, inputs, deltas = self._loss_signals(X, y)
+        grads = self._gradients(inputs, deltas)
+        last = self.parametric[-1]
+        for i in self.parametric:
+            if self.rule == "shallow" and i != last:
+                continue
+            dW, db = grads[i]
+            self._vW[i] = momentum * self._vW.get(i, 0) + (dW + weight_decay * self.W[i])
+            self._vb[i] = momentum * self._vb.get(i, 0) + db
+            self.W[i] -= lr * self._vW[i]
+            self.b[i] -= lr * self._vb[i]
+            if self.rule == "kp" and self.B[i] is not None:  # Kolen-Pollack: B gets W's update
+                dB = dW.T if self.layers[i].kind == "dense" else dW
+                self._vB[i] = momentum * self._vB.get(i, 0) + (dB + weight_decay * self.B[i])
+                self.B[i] -= lr * self._vB[i]
+        if self.rule in SIGN_SYMMETRIC:  # B follows W's new signs
+            for i in self.parametric:
+                if self.B[i] is not None:
+                    self.B[i] = self._feedback(i).astype(self.dtype, copy=False)
+        if self.rule == "wm":
+            for s in range(steps.pop() if steps else 0):
+                self.mirror([None if x is None else x[s] for x in mirror_noise], mirror_lr, mirror_decay)
+        return loss
