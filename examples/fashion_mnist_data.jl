@@ -18,6 +18,14 @@ function fashion(split, T=Float32; dir=get(ENV, "PYJLFA_FASHION_MNIST", "/usr/sh
     return reshape(T.(images) ./ T(255), 784, :), Int.(labels) .+ 1
 end
 
+"The same images as 28 x 28 x 1 x n arrays (width, height, channels, n), zero-padded by `pad` on every side."
+function fashion_images(split, T=Float32; pad=0, kwargs...)
+    X, y = fashion(split, T; kwargs...)
+    images = zeros(T, 28 + 2pad, 28 + 2pad, 1, size(X, 2))
+    images[pad+1:pad+28, pad+1:pad+28, 1, :] .= reshape(X, 28, 28, :)
+    return images, y
+end
+
 "The value after `--name` on the command line, parsed as the type of `default`, else `default`."
 function option(name, default)
     i = findfirst(==("--$name"), ARGS)

@@ -9,12 +9,12 @@
 Importing pyjlfa starts nothing; Julia starts at the first Network (or ``pyjlfa.start_julia()``).
 """
 
-from . import datasets, init, rules
-from ._runtime import DivergenceError, JuliaError, runtime_info, start_julia
+from . import datasets, init, layers, rules
+from ._runtime import DivergenceError, JuliaError, JuliaValueError, runtime_info, start_julia
 from .io import ModelFileError, load
 from .network import Layer, Network
 from .optimizers import SGD, Adam, AdamW, Cosine, StepDecay
 
 __version__ = "0.1.0"
-__all__ = ["Network", "Layer", "SGD", "Adam", "AdamW", "StepDecay", "Cosine", "init", "rules", "JuliaError", "DivergenceError", "runtime_info", "start_julia",
-           "datasets", "__version__", "load", "ModelFileError"]
+__all__ = ["Network", "Layer", "SGD", "Adam", "AdamW", "StepDecay", "Cosine", "init", "rules", "JuliaError", "JuliaValueError", "DivergenceError", "runtime_info", "start_julia",
+           "datasets", "layers", "__version__", "load", "ModelFileError"]

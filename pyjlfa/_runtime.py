@@ -26,6 +26,10 @@ class JuliaError(RuntimeError):
     """An exception raised inside Julia; the message is Julia's own."""
 
 
+class JuliaValueError(JuliaError, ValueError):
+    """Julia refused an argument (an ArgumentError or DimensionMismatch); the message says why."""
+
+
 class DivergenceError(FloatingPointError):
     """Training produced a NaN or infinite loss; the message says at which epoch and batch."""
 
@@ -41,7 +45,9 @@ def julia_package_path():
 
 # name: (return type, argument types) of each C entry point, as declared in julia/.../cabi.jl
 _SIGNATURES = {
-    "fa_new": (c_int, [POINTER(c_int64), c_int, c_int64, POINTER(c_int64), c_char_p, POINTER(c_void_p)]),
+    "fa_new": (c_int, [POINTER(c_int64), c_int, c_int64, POINTER(c_int64), c_char_p, c_char_p, POINTER(c_void_p),
+                       POINTER(c_int64)]),
+    "fa_layers": (c_void_p, [c_int64]),
     "fa_free": (c_int, [c_int64]),
     "fa_live_handles": (c_int64, []),
     "fa_param": (c_int, [c_int64, c_int64, c_int, POINTER(c_void_p), POINTER(c_int64)]),
@@ -52,8 +58,8 @@ _SIGNATURES = {
     "fa_step": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_char_p, POINTER(c_double)]),
     "fa_train_epoch": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_int,
                                c_char_p, POINTER(c_double)]),
-    "fa_state_get": (c_int, [c_int64, POINTER(c_int64), POINTER(c_uint64)]),
-    "fa_state_set": (c_int, [c_int64, c_int64, c_uint64]),
+    "fa_state_get": (c_int, [c_int64, POINTER(c_int64), POINTER(c_uint64), POINTER(c_int64)]),
+    "fa_state_set": (c_int, [c_int64, c_int64, c_uint64, c_int64]),
     "fa_optstate": (c_int, [c_int64, c_char_p, c_int, c_int64, c_int64, c_int, POINTER(c_void_p),
                             POINTER(c_int64)]),
     "fa_error_message": (c_void_p, []),
@@ -76,6 +82,7 @@ class Engine:
     def __init__(self, lookup_address, started_by, details):
         lookup = ctypes.CFUNCTYPE(c_void_p, c_char_p)(lookup_address)
         self._fn = {}
+        self._check_signatures(lookup)
         for name, (restype, argtypes) in _SIGNATURES.items():
             address = lookup(name.encode())
             if not address:
@@ -89,6 +96,19 @@ class Engine:
         self.julia_version = tuple(int(p) for p in self.runtime["julia_version"].split("-")[0].split(".")[:3])
         self._names = {}
         self._pending_free = []
+
+    @staticmethod
+    def _check_signatures(lookup):
+        """Compare the declarations above with the ones the Julia package publishes, so that a
+        package out of step with this module is an error here, never a crash in a call."""
+        describe = ctypes.CFUNCTYPE(c_void_p, c_char_p)(lookup(b"fa_describe"))
+        published = dict(line.split("=", 1) for line in ctypes.string_at(describe(b"signatures")).decode().splitlines())
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            ours = f"{_abi_kind(restype)}:{','.join(map(_abi_kind, argtypes))}"
+            if published.get(name) != ours:
+                raise JuliaError(f"entry point {name}: this pyjlfa declares ({ours}), the Julia package at "
+                                 f"{julia_package_path()} publishes ({published.get(name, 'nothing')}); "
+                                 "the two halves of the package are out of step")
 
     def check_thread(self):
         # Julia before 1.9 cannot adopt foreign threads: entering it from another thread crashes.
@@ -105,7 +125,7 @@ class Engine:
         status = self._fn[name](*args)
         if status != 0:
             message = ctypes.string_at(self._fn["fa_error_message"]()).decode("utf-8", "replace")
-            raise (DivergenceError if status == 2 else JuliaError)(message)
+            raise {2: DivergenceError, 4: JuliaValueError}.get(status, JuliaError)(message)
 
     def describe(self, what):
         self.check_thread()
@@ -132,6 +152,14 @@ class Engine:
     def _free_pending(self):
         while self._pending_free:
             self._fn["fa_free"](self._pending_free.pop())
+
+
+_SCALAR_KINDS = {c_int: "int32", c_int64: "int64", c_uint64: "uint64", c_double: "float64"}
+
+
+def _abi_kind(ctype):
+    """The ABI kind Julia's table names (int32, int64, uint64, float64, ptr) of a ctypes type."""
+    return _SCALAR_KINDS.get(ctype, "ptr")
 
 
 _engine = None

@@ -242,12 +242,15 @@ def _images_labels(img_path, lbl_path, dtype):
     return X, y
 
 
-def fashion_mnist(path=None, dtype="float32"):
+def fashion_mnist(path=None, dtype="float32", images=False, pad=0):
     """Load Fashion-MNIST as ``(X_train, y_train, X_test, y_test)``.
 
     X arrays have shape (n, 784), values pixel / 255 in [0, 1], C-contiguous,
     in ``dtype`` ("float32" or "float64"); y arrays are int64 class labels
     0..9. The full data set has 60,000 training and 10,000 test images.
+    With ``images=True`` X has shape (n, 1, 28, 28) (samples, channels, height,
+    width), zero-padded by ``pad`` pixels on every side: ``pad=2`` gives the
+    32 x 32 input of LeNet-5.
 
     The four IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
     ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally
@@ -270,4 +273,21 @@ def fashion_mnist(path=None, dtype="float32"):
         files["train_images"], files["train_labels"], dt
     )
     X_test, y_test = _images_labels(files["test_images"], files["test_labels"], dt)
+    if pad and not images:
+        raise ValueError("pad applies to images: pass images=True as well")
+    if images:
+        X_train, X_test = as_images(X_train, pad), as_images(X_test, pad)
     return X_train, y_train, X_test, y_test
+
+
+def as_images(X, pad=0, side=28):
+    """(n, side*side) rows as (n, 1, side, side) images, zero-padded by ``pad`` on every side
+    (one C-contiguous copy when padding, a view otherwise)."""
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
+    images = X.reshape(len(X), 1, side, side)
+    if pad == 0:
+        return images
+    out = np.zeros((len(X), 1, side + 2 * pad, side + 2 * pad), dtype=X.dtype)
+    out[:, :, pad:pad + side, pad:pad + side] = images
+    return out

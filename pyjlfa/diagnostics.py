@@ -80,7 +80,7 @@ def alignment(net, X, y):
     X, y = net._data(X, y)
     fields, _ = _layout()
     out = np.empty((len(net.layers), len(fields)), dtype=np.float64)
-    net._engine.call("fa_alignment", net._id(), X.ctypes.data, X.shape[0], X.shape[1], y.ctypes.data,
+    net._engine.call("fa_alignment", net._id(), X.ctypes.data, X.shape[0], net.n_features, y.ctypes.data,
                      out.ctypes.data)
     return _as_dict(out)
 

@@ -8,13 +8,16 @@ Layout (https://github.com/huggingface/safetensors)::
                "layers.0.W": {"dtype": "F32", "shape": [784, 256], "data_offsets": [0, 802816]}, ...}
     the rest  the tensors' raw little-endian bytes, back to back (offsets count from here)
 
-Tensors are stored in the shape Python sees: ``layers.k.W`` is (n_in, n_out), ``layers.k.b`` is
-(n_out,), ``layers.k.B`` the feedback matrix where the rule has one, and with the optimizer state
-``optimizer.<slot>.k.W``/``.b`` (SGD's slot is ``velocity``). The ``__metadata__`` strings say how
-to rebuild the network: format, format_version, sizes, dtype, activation, loss, rule and
-rule_params, init/feedback_init and their params, seed, feedback_seed, epochs, rng_state (the
-network generator, so that shuffling resumes exactly), optimizer, optimizer_params and
-optimizer_slots (with the optimizer state), library_version.
+Tensors are stored in the shape Python sees: for each layer k with parameters, ``layers.k.W``
+((n_in, n_out) dense, (out, in, kh, kw) conv), ``layers.k.b``, ``layers.k.B`` the feedback array
+where the rule has one, and with the optimizer state ``optimizer.<slot>.k.W``/``.b``/``.B`` (SGD's
+slot is ``velocity``, Adam's ``first_moment`` and ``second_moment``; ``.B`` for Kolen-Pollack). The
+``__metadata__`` strings say how to rebuild the network: format, format_version ("2"; version-1
+files, dense only, still load), input (one sample's shape in the engine's order) and chain (the
+engine's layer calls, a JSON list), dtype, loss, rule and rule_params, init/feedback_init and their
+params, dropout, seed, feedback_seed, epochs, rng_state (the network generator, so that shuffling
+resumes exactly), optimizer, optimizer_params, optimizer_slots and optimizer_steps (with the
+optimizer state), library_version. Version 1 had sizes and activation instead of input and chain.
 
 This module implements the format with the standard library and NumPy only, independently of the
 Julia package's ``save``/``load`` (julia/FeedbackAlignment/src/io.jl); the tests cross-read the two.
@@ -34,13 +37,14 @@ import numpy as np
 __all__ = ["ModelFileError", "save", "load", "read_metadata", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "pyjlfa-safetensors"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+_READABLE_VERSIONS = ("1", "2")
 MAX_HEADER_BYTES = 100_000_000  # the safetensors package's own limit
 # dtype name in the metadata -> (safetensors dtype, little-endian NumPy dtype)
 _DTYPES = {"float32": ("F32", np.dtype("<f4")), "float64": ("F64", np.dtype("<f8"))}
 _ITEMSIZE = {"F32": 4, "F64": 8}
-# Optimizers whose state files store, and the names of their state slots (one array per W and b).
-_OPTIMIZER_SLOTS = {"sgd": ("velocity",)}
+# Optimizers whose state files store, and the names of their state slots (one array per W, b, B).
+_OPTIMIZER_SLOTS = {"sgd": ("velocity",), "adam": ("first_moment", "second_moment")}
 _DEFAULT_INIT = ("glorot_uniform", {"gain": 1.0})  # what the engine builds every network with today
 
 
@@ -65,48 +69,62 @@ def _path(path):
 # Writing
 
 def _optimizer_view(net, kind, create, slot, layer, which):
-    """A NumPy view of Julia's optimizer state array, or None when the network holds none."""
+    """A NumPy view of Julia's optimizer state array (which: 0 W, 1 b, 2 B), or None when the
+    network holds none."""
     from .network import _JuliaBuffer
 
-    address, dims = c_void_p(), (c_int64 * 2)()
+    address, dims = c_void_p(), (c_int64 * 5)()
     net._engine.call("fa_optstate", net._id(), kind.encode(), int(create), slot, layer + 1, which,
                      ctypes.byref(address), dims)
     if not address.value:
         return None
-    shape = (dims[0],) if which == 1 else (dims[1], dims[0])  # Julia's column-major -> row-major
+    shape = tuple(dims[j] for j in range(dims[0], 0, -1))  # Julia's column-major -> row-major
     return np.asarray(_JuliaBuffer(net._handle, address.value, shape, net.dtype))
+
+
+def _state_views(net, kind, create):
+    """{tensor name: view} of the optimizer state of every layer with parameters."""
+    views = {}
+    for s, slot in enumerate(_OPTIMIZER_SLOTS[kind]):
+        for k, layer in enumerate(net.layers):
+            if layer.W is None:
+                continue
+            for which, p in enumerate("WbB"):
+                view = _optimizer_view(net, kind, create, s, k, which)
+                if view is not None:
+                    views[f"optimizer.{slot}.{k}.{p}"] = view
+    return views
 
 
 def _optimizer_state(net):
     """(kind, {tensor name: view}) of the optimizer state the network holds, or (None, {})."""
-    for kind, slots in _OPTIMIZER_SLOTS.items():
-        if _optimizer_view(net, kind, False, 0, 0, 0) is not None:
-            return kind, {f"optimizer.{slot}.{k}.{p}": _optimizer_view(net, kind, False, s, k, which)
-                          for s, slot in enumerate(slots) for k in range(len(net.layers))
-                          for which, p in enumerate("Wb")}
+    first = next(k for k, layer in enumerate(net.layers) if layer.W is not None)
+    for kind in _OPTIMIZER_SLOTS:
+        if _optimizer_view(net, kind, False, 0, first, 0) is not None:
+            return kind, _state_views(net, kind, False)
     return None, {}
 
 
 def _metadata(net):
-    epochs, rng = c_int64(), c_uint64()
-    net._engine.call("fa_state_get", net._id(), ctypes.byref(epochs), ctypes.byref(rng))
+    epochs, rng, steps = net._state()
     from . import __version__
 
     inits = getattr(net, "_initializers", None) or {
         "init": _initializer_record(net.init),
         "feedback_init": _initializer_record(_first_feedback(net.feedback))}
+    dropout = net.dropout if isinstance(net.dropout, (list, tuple)) else \
+        [net.dropout if layer.W is not None else 0.0 for layer in net.layers[:-1]]
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
         "created_by": f"pyjlfa (Python {sys.version.split()[0]})",
-        "sizes": _json(list(net.sizes)), "dtype": net.dtype.name,
-        "activation": net.activation, "loss": net.loss, "rule": net.rule,
-        "rule_params": _json(_rule_params(net.rule_value)), "dropout": _json(list(net.dropout)),
+        "input": _json(list(reversed(net.input_shape))), "chain": _json([layer.spec for layer in net.layers]),
+        "dtype": net.dtype.name, "loss": net.loss, "rule": net.rule,
+        "rule_params": _json(_rule_params(net.rule_value)), "dropout": _json(list(dropout)),
     }
     for key, (name, params) in inits.items():
         meta[key], meta[f"{key}_params"] = name, _json(params)
-    meta.update(seed=str(net.seed), feedback_seed=str(net.feedback_seed), epochs=str(epochs.value),
-                rng_state=str(rng.value))
-    return meta
+    meta.update(seed=str(net.seed), feedback_seed=str(net.feedback_seed), epochs=str(epochs), rng_state=str(rng))
+    return meta, steps
 
 
 def save(net, path, include_optimizer=False):
@@ -117,20 +135,15 @@ def save(net, path, include_optimizer=False):
     if sys.byteorder != "little":
         raise NotImplementedError("model files are little-endian; this machine is not")
     net._id()  # refuses a closed network
-    meta = _metadata(net)
+    meta, steps = _metadata(net)
     tensors = {}
     for k, layer in enumerate(net.layers):
+        if layer.W is None:
+            continue
         tensors[f"layers.{k}.W"], tensors[f"layers.{k}.b"] = layer.W, layer.b
         if layer.B is not None:
             tensors[f"layers.{k}.B"] = layer.B
     if include_optimizer:
-        recorded = getattr(net, "optimizer", None)
-        if recorded is not None and _optimizer_kind(recorded) not in _OPTIMIZER_SLOTS:
-            raise ValueError(f"saving the state of optimizer {_optimizer_kind(recorded)} is not supported yet "
-                             "(model files store SGD's momentum only); save without include_optimizer")
-        if recorded is not None and net.rule == "kp" and getattr(recorded, "momentum", 0) > 0:
-            raise ValueError("saving Kolen-Pollack's optimizer state (B's momentum) is not supported yet; "
-                             "save without include_optimizer")
         kind, state = _optimizer_state(net)
         optimizer = getattr(net, "optimizer", None)
         if optimizer is not None:
@@ -140,6 +153,7 @@ def save(net, path, include_optimizer=False):
                 meta["optimizer_params"] = _json(_fields(optimizer))
         meta["optimizer"] = kind or "none"
         meta["optimizer_slots"] = _json(list(_OPTIMIZER_SLOTS[kind]) if state else [])
+        meta["optimizer_steps"] = str(steps)
         tensors.update(state)
 
     header, offset = {"__metadata__": meta}, 0
@@ -338,8 +352,8 @@ def _metadata_of(header, path):
     if not all(isinstance(v, str) for v in meta.values()):
         raise ModelFileError(path, "corrupt header: __metadata__ values must be strings")
     version = meta.get("format_version", "(missing)")
-    if version != FORMAT_VERSION:
-        raise ModelFileError(path, f'unknown format version "{version}"; this pyjlfa reads version '
+    if version not in _READABLE_VERSIONS:
+        raise ModelFileError(path, f'unknown format version "{version}"; this pyjlfa reads versions 1 to '
                                    f"{FORMAT_VERSION} (is the file from a newer release?)")
     return meta
 
@@ -390,25 +404,36 @@ def _description(meta, path):
     from ._runtime import engine
 
     m = _Fields(meta, path)
-    d = {"sizes": m.json("sizes", lambda v: isinstance(v, list) and len(v) >= 2 and all(
-             _is_count(x) and x >= 1 for x in v), "a list of at least two positive integers"),
-         "dtype": m.choice("dtype", _DTYPES)}
+    d = {"dtype": m.choice("dtype", _DTYPES)}
     eng = engine()
-    for key in ("activation", "loss", "rule"):
+    if meta["format_version"] == "1":  # dense sizes and one hidden activation
+        d["sizes"] = m.json("sizes", lambda v: isinstance(v, list) and len(v) >= 2 and all(
+            _is_count(x) and x >= 1 for x in v), "a list of at least two positive integers")
+        d["activation"] = m.choice("activation", eng.names("activation"))
+        n_layers = len(d["sizes"]) - 1
+    else:
+        d["input"] = m.json("input", lambda v: isinstance(v, list) and len(v) in (1, 3) and all(
+            _is_count(x) and x >= 1 for x in v), "a list of 1 or 3 positive integers")
+        d["chain"] = m.json("chain", lambda v: isinstance(v, list) and len(v) >= 1 and all(
+            isinstance(x, str) for x in v), "a non-empty list of layer calls")
+        n_layers = len(d["chain"])
+    for key in ("loss", "rule"):
         d[key] = m.choice(key, eng.names(key))
     is_object = (lambda v: isinstance(v, dict)), "a JSON object"
     d["rule"] = _rule_from(d["rule"], m.json("rule_params", *is_object), path)
-    d["dropout"] = m.json("dropout", lambda v: isinstance(v, list) and len(v) == len(d["sizes"]) - 2 and all(
+    d["dropout"] = m.json("dropout", lambda v: isinstance(v, list) and len(v) == n_layers - 1 and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in v),
-        "a list of one rate in [0, 1) per hidden layer") if "dropout" in meta else [0.0] * (len(d["sizes"]) - 2)
+        "a list of one rate in [0, 1) per layer but the last") if "dropout" in meta else [0.0] * (n_layers - 1)
     d["initializers"] = {key: (m.text(key), m.json(f"{key}_params", *is_object)) for key in ("init", "feedback_init")}
     d["seed"], d["feedback_seed"] = m.integer("seed", 64), m.integer("feedback_seed", 64)
     d["epochs"], d["rng_state"] = m.integer("epochs", 63), m.integer("rng_state", 64)
-    d["optimizer"], d["optimizer_params"], d["slots"] = None, None, ()
+    d["optimizer"], d["optimizer_params"], d["slots"], d["steps"] = None, None, (), 0
     if meta.get("optimizer", "none") != "none":
         kind = d["optimizer"] = m.choice("optimizer", _OPTIMIZER_SLOTS)
         slots = list(_OPTIMIZER_SLOTS[kind])
         d["slots"] = tuple(m.json("optimizer_slots", lambda v: v in ([], slots), f"[] or {_json(slots)} for {kind}"))
+        if "optimizer_steps" in meta:
+            d["steps"] = m.integer("optimizer_steps", 63)
         if "optimizer_params" in meta:
             d["optimizer_params"] = _optimizer_from(kind, m.json("optimizer_params", *is_object), path)
     return d
@@ -430,29 +455,20 @@ def _optimizer_from(kind, params, path):
         raise ModelFileError(path, f'cannot rebuild optimizer "{kind}" from {_json(params)}: {e}') from None
 
 
-def _expected_tensors(d):
-    """Name -> shape of every tensor the metadata calls for; feedback matrices as (name -> None):
-    their shapes depend on the rule, and are checked against the network the engine builds."""
-    sizes, expected = d["sizes"], {}
-    for k in range(len(sizes) - 1):
-        expected[f"layers.{k}.W"], expected[f"layers.{k}.b"] = [sizes[k], sizes[k + 1]], [sizes[k + 1]]
-    for slot in d["slots"]:
-        for k in range(len(sizes) - 1):
-            expected[f"optimizer.{slot}.{k}.W"] = [sizes[k], sizes[k + 1]]
-            expected[f"optimizer.{slot}.{k}.b"] = [sizes[k + 1]]
-    return expected
-
-
-def _check_tensor(header, name, shape, d, path):
+def _check_tensor(header, name, shape, d, path, net):
     if name not in header:
         raise ModelFileError(path, f'tensor "{name}" is missing (the metadata describes a {d["rule"]} '
-                                   f'network of sizes {_json(d["sizes"])})')
+                                   f'network {_describe(net)})')
     if header[name]["dtype"] != _DTYPES[d["dtype"]][0]:
         raise ModelFileError(path, f'tensor "{name}" is {header[name]["dtype"]}, but the metadata says '
                                    f'dtype {d["dtype"]}')
-    if header[name]["shape"] != shape:
-        raise ModelFileError(path, f'tensor "{name}" has shape {_json(header[name]["shape"])}, but the '
-                                   f'metadata (sizes {_json(d["sizes"])}, rule {d["rule"]}) needs {_json(shape)}')
+    if header[name]["shape"] != list(shape):
+        raise ModelFileError(path, f'tensor "{name}" has shape {_json(header[name]["shape"])}, but the network '
+                                   f'the metadata describes ({_describe(net)}, rule {d["rule"]}) needs {_json(list(shape))}')
+
+
+def _describe(net):
+    return "[" + ", ".join(layer.spec for layer in net.layers) + "]"
 
 
 def load(path):
@@ -465,6 +481,7 @@ def load(path):
     model, an unknown format version, or tensors that disagree with the metadata. Nothing existing
     is touched: the checks come before the new network is built.
     """
+    from ._runtime import JuliaValueError
     from .network import Network
 
     path = _path(path)
@@ -474,32 +491,29 @@ def load(path):
         header, data_start = _read_header(f, path)
         meta = _metadata_of(header, path)
         d = _description(meta, path)
-        expected = _expected_tensors(d)
-        feedback = {name for name in header if name.startswith("layers.") and name.endswith(".B")}
-        for name, shape in expected.items():
-            _check_tensor(header, name, shape, d, path)
-        for name in sorted(header):
-            if name != "__metadata__" and name not in expected and name not in feedback:
-                raise ModelFileError(path, f'unexpected tensor "{name}" (the metadata does not describe it)')
-
-        net = Network(d["sizes"], activation=d["activation"], rule=d["rule"], loss=d["loss"], seed=d["seed"],
-                      feedback_seed=d["feedback_seed"], dtype=d["dtype"], dropout=d["dropout"])
+        options = dict(rule=d["rule"], loss=d["loss"], seed=d["seed"], feedback_seed=d["feedback_seed"],
+                       dtype=d["dtype"], dropout=d["dropout"])
+        try:  # the engine builds the network the metadata describes, and says if it cannot
+            net = (Network(d["sizes"], activation=d["activation"], **options) if "sizes" in d else
+                   Network._from_julia(d["chain"], d["input"], **options,
+                                       max_params=(os.fstat(f.fileno()).st_size - data_start) // _DTYPES[d["dtype"]][1].itemsize))
+        except JuliaValueError as e:
+            raise ModelFileError(path, f"the metadata does not describe a network this pyjlfa can build: {e}") from None
         try:
             targets = {}
-            for k, layer in enumerate(net.layers):
-                targets[f"layers.{k}.W"], targets[f"layers.{k}.b"] = layer.W, layer.b
-            for k, layer in enumerate(net.layers):  # the engine knows each rule's feedback shapes
-                name = f"layers.{k}.B"
-                if layer.B is None:
-                    if name in header:
-                        raise ModelFileError(path, f'unexpected tensor "{name}" (the metadata does not describe it)')
+            for k, layer in enumerate(net.layers):  # every shape comes from the engine
+                if layer.W is None:
                     continue
-                _check_tensor(header, name, list(layer.B.shape), d, path)
-                targets[name] = layer.B
-            for s, slot in enumerate(d["slots"]):
-                for k in range(len(net.layers)):
-                    for which, p in enumerate("Wb"):
-                        targets[f"optimizer.{slot}.{k}.{p}"] = _optimizer_view(net, d["optimizer"], True, s, k, which)
+                targets[f"layers.{k}.W"], targets[f"layers.{k}.b"] = layer.W, layer.b
+                if layer.B is not None:
+                    targets[f"layers.{k}.B"] = layer.B
+            if d["slots"]:
+                targets.update(_state_views(net, d["optimizer"], True))
+            for name, target in targets.items():
+                _check_tensor(header, name, target.shape, d, path, net)
+            for name in sorted(header):
+                if name != "__metadata__" and name not in targets:
+                    raise ModelFileError(path, f'unexpected tensor "{name}" (the metadata does not describe it)')
             for name, target in targets.items():  # straight into Julia's memory
                 f.seek(data_start + header[name]["data_offsets"][0])
                 view = memoryview(target).cast("B")
@@ -508,7 +522,7 @@ def load(path):
         except BaseException:
             net.close()
             raise
-    net._engine.call("fa_state_set", net._id(), d["epochs"], d["rng_state"])
+    net._engine.call("fa_state_set", net._id(), d["epochs"], d["rng_state"], d["steps"])
     net._initializers = d["initializers"]
     net.optimizer = d["optimizer_params"]
     return net

@@ -12,26 +12,52 @@ import numpy as np
 from . import init as _init
 from . import diagnostics as _diagnostics
 from ._runtime import engine
+from .layers import _Layer, julia_chain
 from .optimizers import SGD, _Optimizer
-from .rules import FEEDBACK_STYLE
 
 __all__ = ["Network", "Layer"]
 
 _DTYPES = {"float32": (np.float32, 0), "float64": (np.float64, 1)}
+# The names the engine accepts, checked here so that a typo is refused before Julia starts (a
+# test keeps them equal to the engine's own lists).
+_ACTIVATIONS = ("identity", "leaky_relu", "leakyrelu", "relu", "sigmoid", "tanh")
+_LOSSES = ("cross_entropy", "mse")
+_RULES = ("bp", "brsf", "dfa", "drtp", "fa", "frsf", "kp", "sdfa", "shallow", "usf", "wm")
+_INITIALISERS = ("glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform",
+                 "normal", "orthogonal", "sign_concordant", "sparse", "uniform", "zeros")
 _OUTPUTS, _PROBABILITIES, _LABELS = 0, 1, 2  # fa_forward's output kinds
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Layer:
-    """Views of one layer's parameters in Julia's memory (writes go straight to the model).
+    """One layer of a network, with zero-copy views of its parameters in Julia's memory (writes go
+    straight to the model).
 
-    W has shape (n_in, n_out) so that a layer computes ``X @ W + b``; B, where the rule has one,
-    is the fixed feedback matrix (FA: the shape of W.T; DFA: (n_outputs, n_out)); otherwise None.
+    ``kind`` is the engine's layer ("Dense", "Conv", "MaxPool", "MeanPool", "Flatten") and ``spec``
+    the Julia call that built it; ``input_shape``/``output_shape`` are one sample's shapes. A dense
+    layer's W has shape (n_in, n_out), so that it computes ``X @ W + b``; a conv layer's W has
+    PyTorch's shape (out_channels, in_channels, kh, kw). B, where the rule gives the layer one, is
+    its fixed feedback array (FA family: W.T's shape for a dense layer, W's for a conv layer; DFA
+    family: (n_outputs, values of the layer's output)). Layers without parameters have W = b = B = None.
     """
 
-    W: np.ndarray
-    b: np.ndarray
+    kind: str
+    spec: str
+    input_shape: tuple
+    output_shape: tuple
+    W: Optional[np.ndarray]
+    b: Optional[np.ndarray]
     B: Optional[np.ndarray]
+
+    def __repr__(self):
+        arrays = ", ".join(f"{name}={a.shape} {a.dtype}" for name, a in (("W", self.W), ("b", self.b), ("B", self.B))
+                           if a is not None)
+        return (f"Layer({self.spec}, {self.input_shape} -> {self.output_shape}" + (f", {arrays}" if arrays else "") + ")")
+
+
+def _python_shape(text):
+    """Julia's comma-separated dimensions -> NumPy's (reversed) shape tuple."""
+    return tuple(int(d) for d in reversed(text.split(","))) if text else None
 
 
 class _Handle:
@@ -72,38 +98,78 @@ def _choice(value, name, allowed):
 
 
 class Network:
-    """A dense network whose forward, feedback and update arithmetic runs in Julia.
+    """A network whose forward, feedback and update arithmetic runs in Julia.
 
     Parameters
     ----------
-    sizes : layer widths, inputs first, e.g. [784, 256, 256, 10].
-    activation : hidden-layer activation: "tanh", "sigmoid", "relu", "leaky_relu" or "identity".
-        The output layer is linear.
-    rule : how hidden layers get their error signal: "bp", "fa", "dfa", "usf", "frsf", "brsf",
-        "kp", "wm", "drtp", "sdfa" or "shallow" (see the README's table), or a rule value with
+    layers : a list of layers from :mod:`pyjlfa.layers` (``[Conv2d(1, 6, 5), ReLU(), MaxPool2d(2),
+        ..., Flatten(), Linear(120, 84), ReLU(), Linear(84, 10)]``), or, as a dense shorthand, the
+        layer widths, inputs first (``[784, 256, 256, 10]``; hidden layers apply ``activation``).
+        The last layer must be a Linear with no activation: softmax lives in the loss.
+    activation : the dense shorthand's hidden activation: "tanh", "sigmoid", "relu", "leaky_relu"
+        or "identity" (a layer list gives each layer's activation as a layer instead).
+    rule : how layers get their error signal: "bp", "fa", "dfa", "usf", "frsf", "brsf", "kp",
+        "wm", "drtp", "sdfa" or "shallow" (see the README's table), or a rule value with
         parameters such as ``pyjlfa.rules.WeightMirror(steps=2)``.
     loss : "cross_entropy" (softmax, integer labels 0..k-1) or "mse" (half squared error, real targets).
     seed : seed of the forward weights, the shuffling, dropout and brSF's redraws.
-    feedback_seed : seed of the feedback matrices (default: ``seed``), so one network can be
+    feedback_seed : seed of the feedback arrays (default: ``seed``), so one network can be
         trained with different feedback draws.
     dtype : "float32" or "float64", for parameters and all arithmetic.
     init : initialiser of the forward weights (a name or a ``pyjlfa.init`` value).
-    feedback : initialiser of the feedback matrices: a name, a ``pyjlfa.init`` value, a NumPy
-        array (C-contiguous, of the network's dtype, used as B itself: not copied), or a list
-        with one of these per layer (None for layers without B).
-    dropout : probability of dropping a hidden unit during training (one number, or one per
-        hidden layer).
+    feedback : initialiser of the feedback arrays: a name, a ``pyjlfa.init`` value, a NumPy
+        array (C-contiguous, of the network's dtype and of the shape the rule gives that layer's
+        B: used as B itself, not copied), or a list with one of these per layer (None for layers
+        without B).
+    dropout : probability of dropping a unit of a layer's output during training: one number for
+        every Dense/Conv layer but the last, or a list with one per layer but the last.
+    input_shape : one sample's shape: (channels, height, width) for images, or (features,).
+        A layer list that starts with Linear may leave it out.
 
-    Inputs are (samples, features) arrays. One that is C-contiguous and of the network's dtype is
-    read in place by Julia; anything else is converted once per call (one copy of X).
+    Inputs are (samples, *input_shape) arrays. One that is C-contiguous and of the network's dtype
+    is read in place by Julia; anything else is converted once per call (one copy of X).
     """
 
-    def __init__(self, sizes, activation="tanh", rule="fa", loss="cross_entropy", seed=0,
+    def __init__(self, layers=None, activation="tanh", rule="fa", loss="cross_entropy", seed=0,
                  feedback_seed=None, dtype="float32", init="glorot_uniform", feedback="glorot_uniform",
-                 dropout=0.0):
-        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__") or len(sizes) < 2:
-            raise ValueError(f"sizes must list at least an input and an output width, got {sizes!r}")
-        self.sizes = tuple(_positive_int(s, "every entry of sizes") for s in sizes)
+                 dropout=0.0, input_shape=None, *, sizes=None):
+        if sizes is not None and layers is not None:
+            raise TypeError("give the layers, or sizes for the dense shorthand, not both")
+        what = "sizes" if sizes is not None else "layers"
+        layers = sizes if sizes is not None else layers
+        if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__") or len(layers) == 0:
+            raise ValueError(f"{what} must be a list of pyjlfa.layers or of layer widths (sizes), got {layers!r}")
+        if sizes is not None or all(not isinstance(s, _Layer) for s in layers):
+            if len(layers) < 2:
+                raise ValueError(f"sizes must list at least an input and an output width, got {layers!r}")
+            self.sizes = tuple(_positive_int(s, "sizes") for s in layers)
+            if input_shape is not None and tuple(np.atleast_1d(input_shape)) != self.sizes[:1]:
+                raise ValueError(f"input_shape {input_shape!r} disagrees with the first width {self.sizes[0]}")
+            act = _choice(activation, "activation", _ACTIVATIONS)
+            fold = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "leaky_relu": "leakyrelu",
+                    "leakyrelu": "leakyrelu", "identity": None}[act]
+            L = len(self.sizes) - 1
+            chain = [f"Dense({self.sizes[k]} => {self.sizes[k + 1]}" + (f", {fold}" if fold and k < L - 1 else "") + ")"
+                     for k in range(L)]
+            self.activation = act
+            julia_input = self.sizes[:1]
+        else:
+            self.sizes = None
+            self.activation = None
+            chain = julia_chain(layers)
+            julia_input = self._input_shape(input_shape, layers)
+        self._build(chain, julia_input, rule, loss, seed, feedback_seed, dtype, init, feedback, dropout)
+
+    @classmethod
+    def _from_julia(cls, chain, julia_input, **kwargs):
+        """A network from the engine's own layer calls (model files record those)."""
+        net = cls.__new__(cls)
+        net.sizes = net.activation = None
+        net._build(list(chain), tuple(julia_input), **kwargs)
+        return net
+
+    def _build(self, chain, julia_input, rule="fa", loss="cross_entropy", seed=0, feedback_seed=None,
+               dtype="float32", init="glorot_uniform", feedback="glorot_uniform", dropout=0.0, max_params=None):
         try:
             dtype_name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
         except TypeError:
@@ -111,97 +177,123 @@ class Network:
         self.dtype = np.dtype(_DTYPES[_choice(dtype_name, "dtype", tuple(_DTYPES))][0])
         seed = self._seed(seed, "seed")
         feedback_seed = seed if feedback_seed is None else self._seed(feedback_seed, "feedback_seed")
-        eng = engine()
-        self.activation = _choice(activation, "activation", eng.names("activation"))
-        self.loss = _choice(loss, "loss", eng.names("loss"))
+        self.loss = _choice(loss, "loss", _LOSSES)
         self.rule_value = rule  # the name, or the rule value with its parameters
         if hasattr(rule, "_spec") and hasattr(rule, "name"):
             self.rule, rule_spec = rule.name, rule._spec()
         else:
-            self.rule = rule_spec = _choice(rule, "rule", eng.names("rule"))
+            self.rule = rule_spec = _choice(rule, "rule", _RULES)
         if self.rule == "drtp" and self.loss != "cross_entropy":
             raise ValueError("rule 'drtp' projects one-hot class targets: it needs loss='cross_entropy'")
         self.seed, self.feedback_seed = seed, feedback_seed
         self.init, self.feedback = init, feedback  # recorded as given (arrays are the model's B)
-        init_spec = self._initialiser(init, "init", eng)
-        feedback_specs, given = self._feedback(feedback, eng)
-        self.dropout = self._dropout(dropout)
+        init_spec = self._initialiser(init, "init")
+        feedback_specs, given = self._feedback(feedback, len(chain))
+        if self.rule in ("bp", "shallow") and any(g is not None for g in given):
+            raise ValueError(f"feedback arrays were given, but rule {self.rule!r} has no feedback arrays")
+        rates = self._dropout(dropout, len(chain))
 
-        spec = "\n".join([f"activation={self.activation}", f"loss={self.loss}", f"rule={rule_spec}",
-                          f"seed={seed}", f"feedback_seed={feedback_seed}", f"init={init_spec}",
-                          "feedback=[" + ", ".join(feedback_specs) + "]",
-                          "dropout=[" + ", ".join(map(repr, self.dropout)) + "]"])
+        spec = "\n".join([f"loss={self.loss}", f"rule={rule_spec}", f"seed={seed}", f"feedback_seed={feedback_seed}",
+                          f"init={init_spec}", "feedback=[" + ", ".join(feedback_specs) + "]",
+                          "dropout=" + (repr(rates) if isinstance(rates, float) else "[" + ", ".join(map(repr, rates)) + "]")]
+                         + ([] if max_params is None else [f"max_params={int(max_params)}"]))
+        eng = engine()  # Julia starts here, after every check Python can make
         out = c_int64()
-        widths = (c_int64 * len(self.sizes))(*self.sizes)
-        pointers = (c_void_p * (len(self.sizes) - 1))(*(None if B is None else B.ctypes.data for B in given))
-        eng.call("fa_new", ctypes.byref(out), _DTYPES[dtype_name][1], len(self.sizes), widths, spec.encode(), pointers)
+        shape = (c_int64 * len(julia_input))(*julia_input)
+        pointers = (c_void_p * len(chain))(*(None if B is None else B.ctypes.data for B in given))
+        dims = (c_int64 * (5 * len(chain)))()
+        for k, B in enumerate(given):  # the host's shape, in Julia's order: the engine checks it
+            if B is not None:
+                dims[5 * k] = B.ndim
+                for j, n in enumerate(reversed(B.shape)):
+                    dims[5 * k + 1 + j] = n
+        eng.call("fa_new", ctypes.byref(out), _DTYPES[dtype_name][1], len(julia_input), shape,
+                 "\n".join(chain).encode(), spec.encode(), pointers, dims)
         self._engine = eng
         self._handle = _Handle(eng, out.value, keepalive=tuple(B for B in given if B is not None))
-        self.layers = tuple(Layer(*(self._param(k, which) for which in range(3)))
-                            for k in range(len(self.sizes) - 1))
-        self.optimizer = None  # the optimizer of the last fit/step (recorded by save)
+        self.dropout = tuple(rates) if not isinstance(rates, float) else rates
+        self.layers = self._layer_views()
+        self.input_shape = self.layers[0].input_shape
+        self.optimizer = None  # the optimizer the next fit continues with (recorded by save)
+
+    def _layer_views(self):
+        text = ctypes.string_at(self._engine._fn["fa_layers"](self._handle.id)).decode()
+        views = []
+        for k, line in enumerate(text.split("\n")):
+            spec, kind, ins, outs, _, _ = line.split("\t")
+            views.append(Layer(kind, spec, _python_shape(ins), _python_shape(outs),
+                               *(self._param(k, which) for which in range(3))))
+        return tuple(views)
 
     @staticmethod
-    def _initialiser(value, name, eng):
+    def _input_shape(input_shape, layers):
+        """(channels, height, width) or (features,) -> the engine's order."""
+        if input_shape is None:
+            first = layers[0]
+            if hasattr(first, "in_features"):
+                return (first.in_features,)
+            raise ValueError("input_shape is needed: one sample's (channels, height, width), e.g. input_shape=(1, 28, 28)")
+        shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
+        if len(shape) not in (1, 3) or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1
+                                                for d in shape):
+            raise ValueError(f"input_shape must be (channels, height, width) or (features,) with positive sizes, got {input_shape!r}")
+        return tuple(int(d) for d in reversed(shape))
+
+    @staticmethod
+    def _initialiser(value, name):
         if isinstance(value, _init.Initialiser):
             return value._spec()
         if isinstance(value, str):
-            return _choice(value, name, eng.names("initialiser"))
+            return _choice(value, name, _INITIALISERS)
         raise TypeError(f"{name} must be an initialiser name such as 'glorot_uniform' or a pyjlfa.init value, got {value!r}")
 
     def feedback_shapes(self):
         """The shape of each layer's B under this network's rule (None where it has none)."""
-        style, L = FEEDBACK_STYLE[self.rule], len(self.sizes) - 1
-        if style == "fa":
-            return [None] + [(self.sizes[k + 1], self.sizes[k]) for k in range(1, L)]
-        if style == "dfa":
-            return [(self.sizes[-1], self.sizes[k + 1]) for k in range(L - 1)] + [None]
-        return [None] * L
+        return [None if layer.B is None else layer.B.shape for layer in self.layers]
 
-    def _feedback(self, feedback, eng):
+    def _feedback(self, feedback, n):
         """Per layer: the initialiser's spec, and the array given as B (or None)."""
-        shapes = self.feedback_shapes()
-        entries = list(feedback) if isinstance(feedback, (list, tuple)) else [feedback] * len(shapes)
-        if len(entries) != len(shapes):
-            raise ValueError(f"feedback lists {len(entries)} entries; the network has {len(shapes)} layers")
+        listed = isinstance(feedback, (list, tuple))
+        entries = list(feedback) if listed else [feedback] * n
+        if len(entries) != n:
+            raise ValueError(f"feedback lists {len(entries)} entries; the network has {n} layers")
         specs, given = [], []
-        for k, (entry, shape) in enumerate(zip(entries, shapes)):
-            name = f"feedback[{k}]" if isinstance(feedback, (list, tuple)) else "feedback"
+        for k, entry in enumerate(entries):
+            name = f"feedback[{k}]" if listed else "feedback"
             if isinstance(entry, np.ndarray):
                 if self.rule == "brsf":
-                    raise ValueError(f"{name}: rule 'brsf' redraws B every batch, so it cannot use a given matrix")
-                if shape is None:
-                    raise ValueError(f"{name}: layer {k} has no feedback matrix under rule {self.rule!r}; pass None")
-                if entry.shape != shape:
-                    raise ValueError(f"{name} has shape {entry.shape}; layer {k}'s B under rule {self.rule!r} needs {shape}")
+                    raise ValueError(f"{name}: rule 'brsf' redraws B every batch, so it cannot use a given array")
                 if entry.dtype != self.dtype or not entry.flags.c_contiguous or not entry.flags.writeable:
                     raise TypeError(f"{name} is used in place as B, so it must be a writeable C-contiguous "
                                     f"{self.dtype.name} array; got {entry.dtype}, "
                                     f"{'C' if entry.flags.c_contiguous else 'non-C'}-ordered "
                                     f"(convert once with np.ascontiguousarray(B, dtype='{self.dtype.name}'))")
+                if entry.ndim not in (2, 4):
+                    raise ValueError(f"{name} must be a 2-D (dense) or 4-D (conv kernel) array, got shape {entry.shape}")
                 if not np.isfinite(entry).all():
                     raise ValueError(f"{name} contains NaN or Inf")
                 specs.append("zeros()")
                 given.append(entry)
-            elif entry is None and (shape is None or isinstance(feedback, (list, tuple))):
-                if shape is not None:
-                    raise ValueError(f"{name} is None but layer {k} has a feedback matrix of shape {shape} under rule {self.rule!r}")
+            elif entry is None and listed:
                 specs.append("zeros()")
                 given.append(None)
             else:
-                specs.append(self._initialiser(entry, name, eng))
+                specs.append(self._initialiser(entry, name))
                 given.append(None)
         return specs, given
 
-    def _dropout(self, dropout):
-        hidden = len(self.sizes) - 2
-        rates = list(dropout) if isinstance(dropout, (list, tuple)) else [dropout] * hidden
-        if len(rates) != hidden:
-            raise ValueError(f"dropout lists {len(rates)} rates; the network has {hidden} hidden layers")
-        for p in rates:
+    @staticmethod
+    def _dropout(dropout, n):
+        if not isinstance(dropout, (list, tuple)):
+            if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+                raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+            return float(dropout)
+        if len(dropout) != n - 1:
+            raise ValueError(f"dropout lists {len(dropout)} rates; expected one per layer but the last ({n - 1})")
+        for p in dropout:
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
                 raise ValueError(f"dropout rates must be numbers in [0, 1), got {p!r}")
-        return tuple(float(p) for p in rates)
+        return [float(p) for p in dropout]
 
     @staticmethod
     def _seed(value, name):
@@ -210,31 +302,48 @@ class Network:
         return int(value)
 
     def _param(self, k, which):
-        address, dims = c_void_p(), (c_int64 * 2)()
+        address, dims = c_void_p(), (c_int64 * 5)()
         self._engine.call("fa_param", self._handle.id, k + 1, which, ctypes.byref(address), dims)
         if not address.value:
             return None
-        # Julia's column-major (rows, cols) is NumPy's row-major (cols, rows); b is a vector.
-        shape = (dims[0],) if which == 1 else (dims[1], dims[0])
+        # Julia's column-major dimensions, reversed, are NumPy's row-major shape of the same memory.
+        shape = tuple(dims[j] for j in range(dims[0], 0, -1))
         return np.asarray(_JuliaBuffer(self._handle, address.value, shape, self.dtype))
 
     @property
     def n_features(self):
-        return self.sizes[0]
+        """Values per sample: the product of input_shape."""
+        return int(np.prod(self.input_shape))
 
     @property
     def n_outputs(self):
-        return self.sizes[-1]
+        return self.layers[-1].output_shape[0]
 
     def __repr__(self):
-        return (f"Network({list(self.sizes)}, activation={self.activation!r}, rule={self.rule!r}, "
-                f"loss={self.loss!r}, seed={self.seed}, dtype={self.dtype.name!r})")
+        rule = self.rule_value if hasattr(self.rule_value, "_spec") else self.rule
+        head = (f"[{', '.join(map(str, self.sizes))}], activation={self.activation!r}" if self.sizes is not None
+                else f"[{', '.join(l.spec for l in self.layers)}], input_shape={self.input_shape}")
+        closed = "" if self._handle is not None else ", closed"
+        return (f"Network({head}, rule={rule!r}, loss={self.loss!r}, seed={self.seed}, "
+                f"dtype={self.dtype.name!r}{closed})")
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self):
-        """Release the Julia model. Views of its parameters that you still hold stay valid."""
+        """Release the Julia model. Views of its parameters that you still hold stay valid;
+        everything else says that the network is closed."""
         self._handle = None
-        self.layers = ()
+        self._layers = None
+
+    @property
+    def layers(self):
+        """The network's layers in order (:class:`Layer`: kind, shapes, zero-copy W, b, B)."""
+        if self._layers is None:
+            raise ValueError("this Network is closed")
+        return self._layers
+
+    @layers.setter
+    def layers(self, value):
+        self._layers = value
 
     def __enter__(self):
         return self
@@ -252,17 +361,23 @@ class Network:
         X = np.asarray(X)
         if X.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
-        if X.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
+        want = self.input_shape
+        if len(want) == 1:
+            if X.ndim != 2:
+                raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
+            if X.shape[1] != self.n_features:
+                raise ValueError(f"{name} has {X.shape[1]} features per sample; this network expects {self.n_features}")
+        elif X.shape[1:] != want:
+            raise ValueError(f"{name} has shape {X.shape}; this network expects (samples, {', '.join(map(str, want))}) "
+                             "images, (samples, channels, height, width)")
         if X.shape[0] == 0:
             raise ValueError(f"{name} is empty: it has 0 samples")
-        if X.shape[1] != self.n_features:
-            raise ValueError(f"{name} has {X.shape[1]} features per sample; this network expects {self.n_features}")
         with np.errstate(over="ignore"):  # an overflowing cast is reported as Inf just below
             X = np.ascontiguousarray(X, dtype=self.dtype)  # the same array when already suitable
         if not np.isfinite(X).all():
-            row, col = np.argwhere(~np.isfinite(X))[0]
-            raise ValueError(f"{name} contains NaN or Inf (first at sample {row}, feature {col})")
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(X))[0])
+            raise ValueError(f"{name} contains NaN or Inf (first at sample {where[0]}, "
+                             + (f"feature {where[1]})" if len(where) == 2 else f"index {where[1:]})"))
         return X
 
     def _targets(self, y, n, name="y"):
@@ -296,9 +411,9 @@ class Network:
     def _optimizer(self, optimizer):
         if not isinstance(optimizer, _Optimizer):
             raise TypeError(f"optimizer must be a pyjlfa optimizer such as pyjlfa.SGD(lr=0.05), got {optimizer!r}")
-        if optimizer.layer_lr is not None and len(optimizer.layer_lr) != len(self.sizes) - 1:
+        if optimizer.layer_lr is not None and len(optimizer.layer_lr) != len(self.layers):
             raise ValueError(f"optimizer layer_lr lists {len(optimizer.layer_lr)} multipliers; "
-                             f"the network has {len(self.sizes) - 1} layers")
+                             f"the network has {len(self.layers)} layers")
         return optimizer._encoded_spec()
 
     # -- training ------------------------------------------------------------------------------
@@ -314,17 +429,24 @@ class Network:
         ``track_alignment=n`` records :meth:`alignment` every n batches, on the batch being trained
         (before its update), into ``history["alignment"]``: {"epoch", "batch", "step", "role",
         "update_angle", ...}, each a list with one entry per record (per-layer lists inside).
+
+        Without ``optimizer``, training continues with the network's own: the one the last
+        ``fit``/``step`` used, or the one a loaded model file recorded (its state, such as momentum,
+        carries on); a new network starts with ``SGD()`` (lr 0.01). A mean epoch loss 100 times
+        above chance level (cross-entropy) or above the first epoch's (mse) gives a warning that names
+        the learning rate.
         """
         epochs = _positive_int(epochs, "epochs")
         batch_size = _positive_int(batch_size, "batch_size")
-        opt = self._optimizer(SGD() if optimizer is None else optimizer)
+        optimizer = optimizer if optimizer is not None else self.optimizer if self.optimizer is not None else SGD()
+        opt = self._optimizer(optimizer)
         X, y = self._data(X, y)
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             validation = self._data(*validation_data, names=("validation_data[0]", "validation_data[1]"))
         handle = self._id()
-        self.optimizer = SGD() if optimizer is None else optimizer
+        self.optimizer = optimizer
         tracker = _diagnostics.Tracker.start(self, track_alignment)
 
         classifier = self.loss == "cross_entropy"
@@ -334,9 +456,10 @@ class Network:
         out = (c_double * 3)()
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
-            self._engine.call("fa_train_epoch", handle, X.ctypes.data, X.shape[0], X.shape[1], y.ctypes.data,
+            self._engine.call("fa_train_epoch", handle, X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
                               batch_size, int(bool(shuffle)), opt, out)
             history["loss"].append(out[0])
+            _warn_if_growing(history["loss"], np.log(self.n_outputs) if classifier else None, optimizer)
             if classifier:
                 history["accuracy"].append(out[1])
             history["seconds"].append(time.perf_counter() - start)
@@ -365,22 +488,22 @@ class Network:
         X, y = self._data(X, y)
         self.optimizer = optimizer
         loss = c_double()
-        self._engine.call("fa_step", self._id(), X.ctypes.data, X.shape[0], X.shape[1], y.ctypes.data,
+        self._engine.call("fa_step", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
                           opt, ctypes.byref(loss))
         return loss.value
 
     def gradients(self, X, y):
-        """Per layer (dW, db), shaped like (W, b), that the rule would apply (W -= lr * dW).
-
-        Nothing changes in the model.
+        """Per layer (dW, db), shaped like (W, b), that the rule would apply (W -= lr * dW);
+        (None, None) for layers without parameters. Nothing changes in the model.
         """
         X, y = self._data(X, y)
         handle = self._id()
-        grads = [(np.empty_like(layer.W), np.empty_like(layer.b)) for layer in self.layers]
-        dW = (c_void_p * len(grads))(*(g[0].ctypes.data for g in grads))
-        db = (c_void_p * len(grads))(*(g[1].ctypes.data for g in grads))
+        grads = [(None, None) if layer.W is None else (np.empty_like(layer.W), np.empty_like(layer.b))
+                 for layer in self.layers]
+        dW = (c_void_p * len(grads))(*(g[0] if g[0] is None else g[0].ctypes.data for g in grads))
+        db = (c_void_p * len(grads))(*(g[1] if g[1] is None else g[1].ctypes.data for g in grads))
         loss = c_double()
-        self._engine.call("fa_gradients", handle, X.ctypes.data, X.shape[0], X.shape[1], y.ctypes.data,
+        self._engine.call("fa_gradients", handle, X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
                           dW, db, ctypes.byref(loss))
         return grads
 
@@ -388,9 +511,13 @@ class Network:
     @property
     def epochs(self):
         """Epochs trained so far (carried by model files)."""
-        epochs, rng = c_int64(), ctypes.c_uint64()
-        self._engine.call("fa_state_get", self._id(), ctypes.byref(epochs), ctypes.byref(rng))
-        return epochs.value
+        return self._state()[0]
+
+    def _state(self):
+        """(epochs trained, the shuffling generator's state, optimizer updates so far)."""
+        epochs, rng, steps = c_int64(), ctypes.c_uint64(), c_int64()
+        self._engine.call("fa_state_get", self._id(), ctypes.byref(epochs), ctypes.byref(rng), ctypes.byref(steps))
+        return epochs.value, rng.value, steps.value
 
     def save(self, path, include_optimizer=False):
         """Write the model to a safetensors file that ``pyjlfa.load`` and Julia's ``load`` read.
@@ -411,7 +538,7 @@ class Network:
 
     def _evaluate(self, X, y):
         out = (c_double * 2)()
-        self._engine.call("fa_evaluate", self._id(), X.ctypes.data, X.shape[0], X.shape[1], y.ctypes.data, out)
+        self._engine.call("fa_evaluate", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data, out)
         return {"loss": out[0], "accuracy": out[1]} if self.loss == "cross_entropy" else {"loss": out[0]}
 
     def _forward(self, X, kind):
@@ -419,7 +546,7 @@ class Network:
         handle = self._id()
         out = (np.empty(X.shape[0], dtype=np.int64) if kind == _LABELS
                else np.empty((X.shape[0], self.n_outputs), dtype=self.dtype))
-        self._engine.call("fa_forward", handle, X.ctypes.data, X.shape[0], X.shape[1], out.ctypes.data, kind)
+        self._engine.call("fa_forward", handle, X.ctypes.data, X.shape[0], self.n_features, out.ctypes.data, kind)
         return out
 
     def outputs(self, X):
@@ -435,6 +562,19 @@ class Network:
         if self.loss != "cross_entropy":
             raise ValueError(f"predict_proba needs the cross_entropy loss; this network uses {self.loss!r}")
         return self._forward(X, _PROBABILITIES)
+
+
+def _warn_if_growing(losses, chance, optimizer):
+    """Warn once per fit when the mean loss has grown a hundredfold: a finite loss that large
+    means training is blowing up without reaching Inf (and so without a DivergenceError)."""
+    reference = chance if chance is not None else losses[0]
+    if np.isfinite(losses[-1]) and reference > 0 and losses[-1] > 100 * reference and \
+            not any(x > 100 * reference for x in losses[:-1]):
+        import warnings
+        what = "a uniform guess" if chance is not None else "the first epoch"
+        warnings.warn(f"the mean training loss of epoch {len(losses)} is {losses[-1]:.4g}, more than 100 times "
+                      f"that of {what} ({reference:.4g}): the learning rate ({optimizer.lr:g}) is probably too "
+                      "large", RuntimeWarning, stacklevel=3)
 
 
 def _show_progress(label, epoch, epochs, last, width=24):

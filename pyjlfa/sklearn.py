@@ -133,7 +133,7 @@ class _BaseFeedbackAlignment(BaseEstimator):
         return seed, rng
 
     def _network_config(self, n_features, n_outputs, dtype, seed):
-        return dict(sizes=[n_features] + self._hidden_sizes() + [n_outputs],
+        return dict(layers=[n_features] + self._hidden_sizes() + [n_outputs],
                     activation=_ACTIVATION_ALIASES.get(self.activation, self.activation),
                     rule=self.rule, loss=self._loss, seed=seed, feedback_seed=self.feedback_seed,
                     dtype=np.dtype(dtype).name)
@@ -205,7 +205,7 @@ class _BaseFeedbackAlignment(BaseEstimator):
             self._adopt(net)
             self._initialize_progress()
         else:
-            changed = [k for k in ("sizes", "activation", "rule") if config[k] != self._config[k]]
+            changed = [k for k in ("layers", "activation", "rule") if config[k] != self._config[k]]
             if changed:
                 raise ValueError("warm_start and partial_fit continue the fitted network, whose "
                                  + ", ".join(f"{k} is {self._config[k]!r} (now {config[k]!r})" for k in changed)

@@ -115,7 +115,8 @@ function fa_new(out::Ptr{Int64}, dtype::Cint, ninput::Int64, input::Ptr{Int64}, 
                       feedback_seed=parse(UInt64, get(opts, "feedback_seed", get(opts, "seed", "0"))),
                       loss=named(LOSSES, "loss", get(opts, "loss", "cross_entropy")),
                       init=interpret(get(opts, "init", "glorot_uniform"), "initialiser"),
-                      dropout=dropout isa Expr ? Float64.(eval_literals(dropout)) : Float64(dropout))
+                      dropout=dropout isa Expr ? Float64.(eval_literals(dropout)) : Float64(dropout),
+                      max_params=parse(Int, get(opts, "max_params", string(typemax(Int)))))
         h = LAST_HANDLE[] += 1
         HANDLES[h] = net
         unsafe_store!(out, h)

@@ -603,7 +603,8 @@ function load(path::AbstractString)
             "a list of one rate in [0, 1) per layer but the last") : zeros(length(chain) - 1)
         net = try
             Network(chain; input=input, T=T, loss=loss, rule=rule, init=init, feedback=feedback,
-                    seed=seed, feedback_seed=feedback_seed, dropout=Float64.(dropout))
+                    seed=seed, feedback_seed=feedback_seed, dropout=Float64.(dropout),
+                    max_params=(filesize(io) - data_start) ÷ sizeof(T))
         catch e
             e isa ArgumentError || e isa DimensionMismatch || rethrow()
             fail(path, "the metadata does not describe a network this FeedbackAlignment can build: $(sprint(showerror, e))")

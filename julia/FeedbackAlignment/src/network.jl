@@ -145,10 +145,14 @@ per layer but the last (0 for pooling and flatten). uSF ignores `feedback` and u
 
 The dense shorthand: `Network([784, 256, 10]; activation=tanh)` is
 `Network(Chain(Dense(784 => 256, tanh), Dense(256 => 10)); input=784)`.
+
+`max_params` refuses a chain with more weights than that before anything is allocated (readers of
+untrusted model files pass the number of values the file holds).
 """
 function Network(chain::Chain; input=nothing, rule::LearningRule=FA(), loss::Loss=CrossEntropy(),
                  seed::Integer=0, feedback_seed::Integer=seed, init::Initialiser=GlorotUniform(),
-                 feedback=GlorotUniform(), dropout=0.0, T::Type{<:AbstractFloat}=Float32)
+                 feedback=GlorotUniform(), dropout=0.0, T::Type{<:AbstractFloat}=Float32,
+                 max_params::Integer=typemax(Int))
     T in (Float32, Float64) || throw(ArgumentError("T must be Float32 or Float64, got $T"))
     seed >= 0 && feedback_seed >= 0 || throw(ArgumentError("seeds must be non-negative"))
     needs_classes(rule) && !(loss isa CrossEntropy) &&
@@ -160,6 +164,9 @@ function Network(chain::Chain; input=nothing, rule::LearningRule=FA(), loss::Los
     last = chain[L]
     last isa Dense && last.σ === identity ||
         throw(ArgumentError("the last layer must be Dense with no activation (softmax lives in the loss), got $(layer_text(last))"))
+    # Model files bound what a chain read from them may allocate: no more weights than the file holds.
+    nparams = sum(l -> has_params(l) ? prod(big.(param_shape(l))) : big(0), chain.layers)
+    nparams <= max_params || throw(ArgumentError("the chain has $nparams weights, more than the $max_params allowed here"))
     feedbacks = per_layer(feedback, L, "feedback")
     dropouts = layer_dropout(dropout, chain)
     params = findall(has_params, collect(chain.layers))
