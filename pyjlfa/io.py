@@ -496,7 +496,8 @@ def load(path):
         try:  # the engine builds the network the metadata describes, and says if it cannot
             net = (Network(d["sizes"], activation=d["activation"], **options) if "sizes" in d else
                    Network._from_julia(d["chain"], d["input"], **options,
-                                       max_params=(os.fstat(f.fileno()).st_size - data_start) // _DTYPES[d["dtype"]][1].itemsize))
+                                       # no more weights than the data could hold in the smallest dtype
+                                       max_params=(os.fstat(f.fileno()).st_size - data_start) // 4))
         except JuliaValueError as e:
             raise ModelFileError(path, f"the metadata does not describe a network this pyjlfa can build: {e}") from None
         try:

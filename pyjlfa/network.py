@@ -33,8 +33,9 @@ class Layer:
     """One layer of a network, with zero-copy views of its parameters in Julia's memory (writes go
     straight to the model).
 
-    ``kind`` is the engine's layer ("Dense", "Conv", "MaxPool", "MeanPool", "Flatten") and ``spec``
-    the Julia call that built it; ``input_shape``/``output_shape`` are one sample's shapes. A dense
+    ``kind`` is the engine's layer ("Dense", "Conv", "MaxPool", "MeanPool", "Flatten"), ``spec``
+    the Julia call that built it and ``activation`` its activation ("identity" for none);
+    ``input_shape``/``output_shape`` are one sample's shapes. A dense
     layer's W has shape (n_in, n_out), so that it computes ``X @ W + b``; a conv layer's W has
     PyTorch's shape (out_channels, in_channels, kh, kw). B, where the rule gives the layer one, is
     its fixed feedback array (FA family: W.T's shape for a dense layer, W's for a conv layer; DFA
@@ -43,6 +44,7 @@ class Layer:
 
     kind: str
     spec: str
+    activation: str
     input_shape: tuple
     output_shape: tuple
     W: Optional[np.ndarray]
@@ -164,8 +166,8 @@ class Network:
     def _from_julia(cls, chain, julia_input, **kwargs):
         """A network from the engine's own layer calls (model files record those)."""
         net = cls.__new__(cls)
-        net.sizes = net.activation = None
         net._build(list(chain), tuple(julia_input), **kwargs)
+        net.sizes, net.activation = net._dense_shorthand()
         return net
 
     def _build(self, chain, julia_input, rule="fa", loss="cross_entropy", seed=0, feedback_seed=None,
@@ -220,10 +222,20 @@ class Network:
         text = ctypes.string_at(self._engine._fn["fa_layers"](self._handle.id)).decode()
         views = []
         for k, line in enumerate(text.split("\n")):
-            spec, kind, ins, outs, _, _ = line.split("\t")
-            views.append(Layer(kind, spec, _python_shape(ins), _python_shape(outs),
+            spec, kind, activation, ins, outs, _, _ = line.split("\t")
+            activation = "leaky_relu" if activation == "leakyrelu" else activation  # Python's spelling
+            views.append(Layer(kind, spec, activation, _python_shape(ins), _python_shape(outs),
                                *(self._param(k, which) for which in range(3))))
         return tuple(views)
+
+    def _dense_shorthand(self):
+        """(sizes, activation) when the network is a dense stack with one hidden activation (what the
+        shorthand builds: a loaded file's network looks the same), else (None, None)."""
+        layers = self.layers
+        hidden = {layer.activation for layer in layers[:-1]}
+        if all(layer.kind == "Dense" for layer in layers) and len(hidden) <= 1:
+            return (layers[0].input_shape[0],) + tuple(l.output_shape[0] for l in layers), (hidden.pop() if hidden else "tanh")
+        return None, None
 
     @staticmethod
     def _input_shape(input_shape, layers):

@@ -238,14 +238,20 @@ def test_plain_sgd_saves_zero_velocities_and_its_hyperparameters(tmp_path):
     assert pyjlfa.load(tmp_path / "m.safetensors").optimizer == pyjlfa.SGD(lr=0.1)
 
 
-def test_unsupported_optimizer_state_is_refused(tmp_path):
-    net = pyjlfa.Network([4, 3, 2], seed=0, dtype="float64")
-    X, y = np.ones((4, 4)), np.array([0, 1, 0, 1])
-    net.fit(X, y, optimizer=pyjlfa.Adam(0.01))
-    with pytest.raises(ValueError, match="saving the state of optimizer adam is not supported yet"):
-        net.save(tmp_path / "adam.safetensors", include_optimizer=True)
-    net.save(tmp_path / "adam.safetensors")  # the parameters alone are fine
-    assert not (tmp_path / "adam.safetensors.tmp").exists()
+@pytest.mark.parametrize("rule", ["fa", "kp"])
+def test_adam_and_kolen_pollack_state_resume_exactly(tmp_path, rule):
+    # Format 2 holds Adam's moments and step count, and Kolen-Pollack's B state (format 1 refused them).
+    X = np.random.default_rng(1).normal(size=(12, 4))
+    y = np.arange(12) % 2
+    net = pyjlfa.Network([4, 3, 2], rule=rule, seed=0, dtype="float64")
+    net.fit(X, y, epochs=2, batch_size=4, optimizer=pyjlfa.Adam(0.01, weight_decay=1e-3))
+    net.save(tmp_path / "adam.safetensors", include_optimizer=True)
+    loaded = pyjlfa.load(tmp_path / "adam.safetensors")
+    assert loaded.optimizer == net.optimizer
+    assert net.fit(X, y, epochs=2, batch_size=4)["loss"] == loaded.fit(X, y, epochs=2, batch_size=4)["loss"]
+    for a, b in zip(net.layers, loaded.layers):
+        assert np.array_equal(a.W, b.W) and np.array_equal(a.b, b.b)
+        assert (a.B is None) == (b.B is None) and (a.B is None or np.array_equal(a.B, b.B))
 
 
 # -- the safetensors package reads the files --------------------------------------------------------
@@ -305,17 +311,18 @@ def corrupt_files(folder):
     case("foreign safetensors file", r"not a pyjlfa model file: its safetensors header has no pyjlfa metadata",
          meta={"framework": "numpy"}, tensors={"weight": np.ones((2, 3), np.float32)})
     case("no metadata at all", r"not a pyjlfa model file", meta=None, tensors={"weight": np.ones(4)})
-    case("unknown format version", r'unknown format version "2"; this pyjlfa reads version 1',
-         meta={**meta, "format_version": "2"}, tensors=tensors)
-    case("shape disagrees with sizes", r'tensor "layers.1.W" has shape \[4,5\], but the metadata \(sizes \[6,5,4,3\], '
-         r"rule fa\) needs \[5,4\]",
+    case("unknown format version", r'unknown format version "3"; this pyjlfa reads versions 1 to 2',
+         meta={**meta, "format_version": "3"}, tensors=tensors)
+    described = r"but the network the metadata describes \(\[Dense\(6 => 5, tanh\), Dense\(5 => 4, tanh\), Dense\(4 => 3\)\]"
+    case("shape disagrees with the chain", rf'tensor "layers.1.W" has shape \[4,5\], {described}, rule fa\) needs \[5,4\]',
          meta={**meta, "optimizer": "none"}, tensors={**tensors, "layers.1.W": tensors["layers.1.W"].reshape(4, 5)})
-    case("sizes disagree with tensors", r'tensor "layers.0.W" has shape \[6,5\], but the metadata \(sizes \[6,7,4,3\]',
-         meta={**meta, "sizes": "[6,7,4,3]", "optimizer": "none"}, tensors=tensors)
+    case("chain disagrees with tensors", r'tensor "layers.0.W" has shape \[6,5\], but the network the metadata '
+         r"describes \(\[Dense\(6 => 7, tanh\)",
+         meta={**meta, "chain": '["Dense(6 => 7, tanh)","Dense(7 => 4, tanh)","Dense(4 => 3)"]', "optimizer": "none"},
+         tensors=tensors)
     case("dtype disagrees", r'tensor "layers.0.W" is F32, but the metadata says dtype float64',
          meta={**meta, "dtype": "float64", "optimizer": "none"}, tensors=tensors)
-    case("feedback matrix of the wrong shape", r'tensor "layers.2.B" has shape \[4,3\], but the metadata \(sizes '
-         r"\[6,5,4,3\], rule fa\) needs \[3,4\]",
+    case("feedback matrix of the wrong shape", rf'tensor "layers.2.B" has shape \[4,3\], {described}, rule fa\) needs \[3,4\]',
          meta={**meta, "optimizer": "none"}, tensors={**tensors, "layers.2.B": tensors["layers.2.B"].reshape(4, 3)})
     case("rule disagrees with feedback", r'unexpected tensor "layers.1.B" \(the metadata does not describe it\)',
          meta={**meta, "rule": "bp", "optimizer": "none"}, tensors=tensors)

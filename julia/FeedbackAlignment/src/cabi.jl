@@ -11,7 +11,7 @@ using LinearAlgebra
 using ..FeedbackAlignment
 using ..FeedbackAlignment: ACTIVATIONS, LOSSES, REGISTRIES, DivergenceError, ZeroBasedLabels,
     CrossEntropy, Given, GivenPointer, outsize, nfeatures, outputs!, predict_proba!, predict_labels!, gradients!,
-    train_epoch!, step!, evaluate, interpret, build, layer_text, has_params, Layer
+    train_epoch!, step!, evaluate, interpret, build, layer_text, has_params, Layer, activation, activation_name
 
 const HANDLES = Dict{Int64,Network}()
 const LAST_HANDLE = Ref{Int64}(0)
@@ -53,7 +53,9 @@ end
 matrix(::Type{T}, p::Ptr{Cvoid}, rows, cols) where {T} = unsafe_wrap(Array, Ptr{T}(p), (Int(rows), Int(cols)))
 # A host's C-ordered (n, features...) batch is Julia's (features..., n) array: the same memory.
 function inputs(net::Network{T}, p, n, d) where {T}
-    d == nfeatures(net) || throw(DimensionMismatch("X has $d values per observation; the network expects $(nfeatures(net)) ($(join(net.insize, " x ")))"))
+    d == nfeatures(net) || throw(DimensionMismatch(length(net.insize) == 1 ?
+        "X has $d features (rows), the network expects $(nfeatures(net))" :
+        "X has $d values per observation, the network expects $(nfeatures(net)) ($(join(net.insize, " x ")))"))
     return unsafe_wrap(Array, Ptr{T}(p), (net.insize..., Int(n)))
 end
 targets(net::Network{T}, p, n) where {T} =
@@ -126,15 +128,17 @@ end
 """
     fa_layers(h) -> text
 
-One line per layer, fields separated by tabs: the layer's call, its kind, the input shape, the
-output shape, W's shape and B's shape (Julia's order, comma-separated; empty when absent). Hosts
+One line per layer, fields separated by tabs: the layer's call, its kind, its activation's name,
+the input shape, the output shape, W's shape and B's shape (Julia's order, comma-separated; empty
+when absent). Hosts
 take every shape from here and compute none themselves. Valid until the next call.
 """
 function fa_layers(h::Int64)::Ptr{UInt8}
     text = try
         net = network(h)
         dims(A) = A === nothing ? "" : join(size(A), ",")
-        join([join((layer_text(st.spec), nameof(typeof(st.spec)), join(st.insize, ","), join(st.outsize, ","),
+        join([join((layer_text(st.spec), nameof(typeof(st.spec)), activation_name(activation(st.spec)),
+                    join(st.insize, ","), join(st.outsize, ","),
                     dims(st.W), dims(st.B)), '\t') for st in net.layers], '\n')
     catch e
         ERROR_MESSAGE[] = sprint(showerror, e)

@@ -604,7 +604,7 @@ function load(path::AbstractString)
         net = try
             Network(chain; input=input, T=T, loss=loss, rule=rule, init=init, feedback=feedback,
                     seed=seed, feedback_seed=feedback_seed, dropout=Float64.(dropout),
-                    max_params=(filesize(io) - data_start) ÷ sizeof(T))
+                    max_params=(filesize(io) - data_start) ÷ 4)   # what the data could hold in the smallest dtype
         catch e
             e isa ArgumentError || e isa DimensionMismatch || rethrow()
             fail(path, "the metadata does not describe a network this FeedbackAlignment can build: $(sprint(showerror, e))")
@@ -630,10 +630,10 @@ function load(path::AbstractString)
         append!(expected, state_tensors(net, slots))
         for (name, A) in expected
             shape = reverse(collect(size(A)))
-            haskey(header, name) || fail(path, "tensor \"$name\" is missing (the metadata describes a $(field(meta, "rule", path)) network $(net.chain))")
+            haskey(header, name) || fail(path, "tensor \"$name\" is missing (the metadata describes a $(field(meta, "rule", path)) network $(chain_text(net)))")
             entry = header[name]
             entry["dtype"] == FILE_DTYPES[T][2] || fail(path, "tensor \"$name\" is $(entry["dtype"]), but the metadata says dtype $dtype")
-            entry["shape"] == shape || fail(path, "tensor \"$name\" has shape $(json(entry["shape"])), but the network the metadata describes ($(net.chain), rule $(field(meta, "rule", path))) needs $(json(shape))")
+            entry["shape"] == shape || fail(path, "tensor \"$name\" has shape $(json(entry["shape"])), but the network the metadata describes ($(chain_text(net)), rule $(field(meta, "rule", path))) needs $(json(shape))")
         end
         names = Set(first.(expected))
         for name in sort!(collect(keys(header)))
@@ -650,6 +650,8 @@ function load(path::AbstractString)
         return net
     end
 end
+
+chain_text(net) = "[" * join(map(st -> layer_text(st.spec), net.layers), ", ") * "]"
 
 # The layer chain and input shape a file describes: version 2 names the layers as Julia calls
 # (read by the same interpreter as host specs: never evaluated); version 1 gave dense sizes and one

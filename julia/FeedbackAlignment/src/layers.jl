@@ -162,6 +162,7 @@ end
 layer_text(l::PoolLayer) = "$(nameof(typeof(l)))($(l.k)$(l.stride == l.k ? "" : "; stride=$(l.stride)"))"
 layer_text(::Flatten) = "Flatten()"
 activation_suffix(σ) = σ === identity ? "" : ", " * activation_name(σ)
+"The activation's name in Julia (`leakyrelu`; Python also accepts `leaky_relu`)."
 activation_name(σ) = first(k for (k, v) in ACTIVATIONS if v === σ && k != "leaky_relu")
 
 Base.show(io::IO, l::Layer) = print(io, layer_text(l))
