@@ -5,15 +5,16 @@
 # cross-correlation with zero padding, as in PyTorch. Every kernel overwrites its output, allocates
 # nothing, and reads only the first m observations' worth of memory of each argument.
 #
-# Two routes for convolution, chosen by `direct_conv` from the shapes alone so forward and filter
-# gradient agree:
-# - im2col + GEMM: per sample n, cols_n (P x Q, P = ow*oh output positions, Q = kw*kh*cin) holds
-#   the padded input patch of every output position, and A_n (P x Cout) = cols_n * Kmat with
-#   Kmat = reshape(K, Q, Cout). The forward pass leaves cols_n of every sample in `cols` for the
-#   filter gradient (dK = Σ_n cols_nᵀ dA_n). When the output is 1 x 1 (P = 1) the columns of all
-#   samples form one Q x m matrix and each product is a single GEMM over the batch.
-# - direct loops, for one input channel and few output channels (a network's first layer), where
-#   the GEMM is too thin to pay for the copy (bench/conv_kernels.jl measures both).
+# Convolution is im2col + GEMM: per sample n, cols_n (P x Q, P = ow*oh output positions,
+# Q = kw*kh*cin) holds the padded input patch of every output position, and A_n (P x Cout) =
+# cols_n * Kmat with Kmat = reshape(K, Q, Cout). The forward pass leaves cols_n of every sample in
+# `cols` for the filter gradient (dK = Σ_n cols_nᵀ dA_n). When the output is 1 x 1 (P = 1) the
+# columns of all samples form one Q x m matrix, so each product is one GEMM over the batch; when
+# the window also covers the whole unpadded input, that matrix is X itself and nothing is copied.
+# Direct loops (no copy) were measured for one input channel (LeNet-5's first layer, 1 -> 6, k5 on
+# 32x32, batch 64) and lost on every pass: forward 5.2 ms, filter gradient 18 ms, data gradient
+# 4.9 ms against 2.0, 1.3 and 1.5 ms by im2col + GEMM, because their innermost loops (one output
+# row, 28 long) are too short for 16-wide vectors.
 
 "Geometry of a 2-D window (convolution kernel or pooling window) over W x H x C x N arrays."
 struct Window
@@ -53,10 +54,8 @@ function conv_scratch_length(win::Window, insize::NTuple{2,Int}, cin::Int, m::In
     return ow * oh * win.k[1] * win.k[2] * cin * m
 end
 
-# Direct loops beat im2col + GEMM for a single input channel with few output channels (measured
-# with bench/conv_kernels.jl: LeNet-5's 1 -> 6 layer; see the choice's comment there).
-direct_conv(cin::Int, cout::Int) = cin == 1 && cout <= DIRECT_MAX_COUT
-const DIRECT_MAX_COUT = 16
+# A window over the whole unpadded input: each sample's im2col column is the sample itself.
+whole_input(win::Window, w::Int, h::Int) = win.k == (w, h) && win.pad == (0, 0)
 
 # Output positions ox (1:ow) whose input column x = (ox-1)*s + i - p lies in 1:w: the rest read padding.
 @inline function valid_outputs(i::Int, s::Int, p::Int, w::Int, ow::Int)
@@ -92,28 +91,31 @@ end
 function im2col!(cols::Vector{T}, off::Int, X::Array{T,4}, n::Int, win::Window, ow::Int, oh::Int) where {T}
     w, h, cin = size(X, 1), size(X, 2), size(X, 3)
     (kw, kh), (sw, sh), (pw, ph) = win.k, win.stride, win.pad
-    c = off
-    @inbounds for ci in 1:cin, j in 1:kh, i in 1:kw
-        lo, hi = valid_outputs(i, sw, pw, w, ow)
-        for oy in 1:oh
-            y = (oy - 1) * sh + j - ph
-            if 1 <= y <= h && lo <= hi
-                xoff = (y - 1) * w + ((ci - 1) + (n - 1) * cin) * (w * h) + i - pw - sw
-                for ox in 1:lo-1
-                    cols[c + ox] = zero(T)
+    P = ow * oh
+    @inbounds for i in 1:kw
+        lo, hi = valid_outputs(i, sw, pw, w, ow)      # the same for every row and channel
+        for ci in 1:cin, j in 1:kh
+            c = off + (i - 1 + (j - 1) * kw + (ci - 1) * kw * kh) * P
+            for oy in 1:oh
+                y = (oy - 1) * sh + j - ph
+                if 1 <= y <= h && lo <= hi
+                    xoff = (y - 1) * w + ((ci - 1) + (n - 1) * cin) * (w * h) + i - pw - sw
+                    for ox in 1:lo-1
+                        cols[c + ox] = zero(T)
+                    end
+                    @simd for ox in lo:hi
+                        cols[c + ox] = X[xoff + ox * sw]
+                    end
+                    for ox in hi+1:ow
+                        cols[c + ox] = zero(T)
+                    end
+                else
+                    @simd for ox in 1:ow
+                        cols[c + ox] = zero(T)
+                    end
                 end
-                @simd for ox in lo:hi
-                    cols[c + ox] = X[xoff + ox * sw]
-                end
-                for ox in hi+1:ow
-                    cols[c + ox] = zero(T)
-                end
-            else
-                @simd for ox in 1:ow
-                    cols[c + ox] = zero(T)
-                end
+                c += ow
             end
-            c += ow
         end
     end
     return nothing
@@ -123,18 +125,21 @@ end
 function col2im!(dX::Array{T,4}, n::Int, cols::Vector{T}, off::Int, win::Window, ow::Int, oh::Int) where {T}
     w, h, cin = size(dX, 1), size(dX, 2), size(dX, 3)
     (kw, kh), (sw, sh), (pw, ph) = win.k, win.stride, win.pad
-    c = off
-    @inbounds for ci in 1:cin, j in 1:kh, i in 1:kw
+    P = ow * oh
+    @inbounds for i in 1:kw
         lo, hi = valid_outputs(i, sw, pw, w, ow)
-        for oy in 1:oh
-            y = (oy - 1) * sh + j - ph
-            if 1 <= y <= h
-                xoff = (y - 1) * w + ((ci - 1) + (n - 1) * cin) * (w * h) + i - pw - sw
-                @simd for ox in lo:hi
-                    dX[xoff + ox * sw] += cols[c + ox]
+        for ci in 1:cin, j in 1:kh
+            c = off + (i - 1 + (j - 1) * kw + (ci - 1) * kw * kh) * P
+            for oy in 1:oh
+                y = (oy - 1) * sh + j - ph
+                if 1 <= y <= h
+                    xoff = (y - 1) * w + ((ci - 1) + (n - 1) * cin) * (w * h) + i - pw - sw
+                    @simd for ox in lo:hi
+                        dX[xoff + ox * sw] += cols[c + ox]
+                    end
                 end
+                c += ow
             end
-            c += ow
         end
     end
     return nothing
@@ -163,12 +168,20 @@ function conv_forward!(A::Array{T,4}, X::Array{T,4}, K::Array{T,4}, b::Vector{T}
                        win::Window) where {T<:Union{Float32,Float64}}
     w, h, cin, m, cout, ow, oh = conv_geometry(X, K, A, win)
     check_bias(b, cout, "b")
+    check_cols(cols, ow * oh * win.k[1] * win.k[2] * cin * m)
     fill_bias!(A, b)
-    direct_conv(cin, cout) && return direct_forward!(A, X, K, win, ow, oh)
-    P, Q = ow * oh, win.k[1] * win.k[2] * cin
-    check_cols(cols, P * Q * m)
-    GC.@preserve A K cols begin
-        if P == 1           # each sample's columns are one column of a Q x m matrix: one GEMM
+    return im2col_forward!(A, X, K, cols, win, ow, oh)
+end
+
+# A += conv(X, K) by im2col + GEMM, leaving every sample's columns in `cols`.
+function im2col_forward!(A::Array{T,4}, X::Array{T,4}, K::Array{T,4}, cols::Vector{T}, win::Window,
+                         ow::Int, oh::Int) where {T}
+    m, cout = size(X, 4), size(K, 4)
+    P, Q = ow * oh, win.k[1] * win.k[2] * size(X, 3)
+    GC.@preserve A K X cols begin
+        if whole_input(win, size(X, 1), size(X, 2))    # X is the Q x m matrix of columns
+            gemm_ptr!('T', 'N', cout, m, Q, one(T), pointer(K), Q, pointer(X), Q, one(T), pointer(A), cout)
+        elseif P == 1       # each sample's columns are one column of a Q x m matrix: one GEMM
             for n in 1:m
                 im2col!(cols, (n - 1) * Q, X, n, win, ow, oh)
             end
@@ -196,9 +209,15 @@ function conv_filter_grad!(dK::Array{T,4}, db::Vector{T}, X::Array{T,4}, dA::Arr
     w, h, cin, m, cout, ow, oh = conv_geometry(X, dK, dA, win)
     check_bias(db, cout, "db")
     channel_sums!(db, dA)
-    direct_conv(cin, cout) && return direct_filter_grad!(dK, X, dA, win, ow, oh)
-    P, Q = ow * oh, win.k[1] * win.k[2] * cin
-    check_cols(cols, P * Q * m)
+    check_cols(cols, ow * oh * win.k[1] * win.k[2] * cin * m)
+    whole_input(win, w, h) && return im2col_filter_grad!(dK, dA, X, win, ow, oh)   # X is its columns
+    return im2col_filter_grad!(dK, dA, cols, win, ow, oh)
+end
+
+# dK = Σ_n cols_nᵀ dA_n from the columns im2col_forward! left.
+function im2col_filter_grad!(dK::Array{T,4}, dA::Array{T,4}, cols::Array{T}, win::Window, ow::Int, oh::Int) where {T}
+    m, cout = size(dA, 4), size(dK, 4)
+    P, Q = ow * oh, win.k[1] * win.k[2] * size(dK, 3)
     m == 0 && return fill!(dK, zero(T))
     GC.@preserve dK dA cols begin
         if P == 1
@@ -237,88 +256,34 @@ Overwrites dX; uses `cols` as scratch, so it must come after `conv_filter_grad!`
 function conv_data_grad!(dX::Array{T,4}, dA::Array{T,4}, K::Array{T,4}, cols::Vector{T},
                          win::Window) where {T<:Union{Float32,Float64}}
     w, h, cin, m, cout, ow, oh = conv_geometry(dX, K, dA, win)
+    check_cols(cols, ow * oh * win.k[1] * win.k[2] * cin * (ow * oh == 1 ? m : 1))
+    if whole_input(win, w, h)           # dX (Q x m) = Kmat * dA: the columns are the input
+        Q = w * h * cin
+        GC.@preserve dX dA K gemm_ptr!('N', 'N', Q, m, cout, one(T), pointer(K), Q, pointer(dA), cout, zero(T),
+                                       pointer(dX), Q)
+        return dX
+    end
     fill!(dX, zero(T))
-    direct_conv(cin, cout) && return direct_data_grad!(dX, dA, K, win, ow, oh)
-    P, Q = ow * oh, win.k[1] * win.k[2] * cin
+    return im2col_data_grad!(dX, dA, K, cols, win, ow, oh)
+end
+
+# dX += col2im(dcols) with dcols = dA * Kmatᵀ, sample by sample in the first P*Q elements of
+# `cols` (for 1 x 1 outputs, all samples at once: dcols (Q x m) = Kmat * dA).
+function im2col_data_grad!(dX::Array{T,4}, dA::Array{T,4}, K::Array{T,4}, cols::Vector{T}, win::Window,
+                           ow::Int, oh::Int) where {T}
+    m, cout = size(dA, 4), size(K, 4)
+    P, Q = ow * oh, win.k[1] * win.k[2] * size(K, 3)
     GC.@preserve dA K cols begin
-        if P == 1           # dcols (Q x m) = Kmat * dA (cout x m), one GEMM
-            check_cols(cols, Q * m)
+        if P == 1
             gemm_ptr!('N', 'N', Q, m, cout, one(T), pointer(K), Q, pointer(dA), cout, zero(T), pointer(cols), Q)
             for n in 1:m
                 col2im!(dX, n, cols, (n - 1) * Q, win, ow, oh)
             end
-        else                # per sample, in the first P*Q elements: dcols_n = dA_n * Kmatᵀ
-            check_cols(cols, P * Q)
+        else
             for n in 1:m
                 gemm_ptr!('N', 'T', P, Q, cout, one(T), pointer(dA, (n - 1) * P * cout + 1), P, pointer(K), Q,
                           zero(T), pointer(cols), P)
                 col2im!(dX, n, cols, 0, win, ow, oh)
-            end
-        end
-    end
-    return dX
-end
-
-# --- direct loops (one input channel, few output channels) ----------------------------------------
-# Each runs over kernel taps (i, j) outside and output rows inside, so the innermost loop is a
-# contiguous (stride 1) axpy or dot product along dim 1.
-
-function direct_forward!(A::Array{T,4}, X::Array{T,4}, K::Array{T,4}, win::Window, ow::Int, oh::Int) where {T}
-    w, h, cin, m = size(X)
-    cout = size(K, 4)
-    (kw, kh), (sw, sh), (pw, ph) = win.k, win.stride, win.pad
-    @inbounds for n in 1:m, co in 1:cout, ci in 1:cin, j in 1:kh, i in 1:kw
-        kv = K[i, j, ci, co]
-        lo, hi = valid_outputs(i, sw, pw, w, ow)
-        for oy in 1:oh
-            y = (oy - 1) * sh + j - ph
-            1 <= y <= h || continue
-            xoff = (y - 1) * w + ((ci - 1) + (n - 1) * cin) * (w * h) + i - pw - sw
-            aoff = (oy - 1) * ow + ((co - 1) + (n - 1) * cout) * (ow * oh)
-            @simd for ox in lo:hi
-                A[aoff + ox] += kv * X[xoff + ox * sw]
-            end
-        end
-    end
-    return A
-end
-
-function direct_filter_grad!(dK::Array{T,4}, X::Array{T,4}, dA::Array{T,4}, win::Window, ow::Int, oh::Int) where {T}
-    w, h, cin, m = size(X)
-    cout = size(dK, 4)
-    (kw, kh), (sw, sh), (pw, ph) = win.k, win.stride, win.pad
-    fill!(dK, zero(T))
-    @inbounds for n in 1:m, co in 1:cout, ci in 1:cin, j in 1:kh, i in 1:kw
-        lo, hi = valid_outputs(i, sw, pw, w, ow)
-        s = zero(T)
-        for oy in 1:oh
-            y = (oy - 1) * sh + j - ph
-            1 <= y <= h || continue
-            xoff = (y - 1) * w + ((ci - 1) + (n - 1) * cin) * (w * h) + i - pw - sw
-            aoff = (oy - 1) * ow + ((co - 1) + (n - 1) * cout) * (ow * oh)
-            @simd for ox in lo:hi
-                s += dA[aoff + ox] * X[xoff + ox * sw]
-            end
-        end
-        dK[i, j, ci, co] += s
-    end
-    return dK
-end
-
-function direct_data_grad!(dX::Array{T,4}, dA::Array{T,4}, K::Array{T,4}, win::Window, ow::Int, oh::Int) where {T}
-    w, h, cin, m = size(dX)
-    cout = size(K, 4)
-    (kw, kh), (sw, sh), (pw, ph) = win.k, win.stride, win.pad
-    @inbounds for n in 1:m, co in 1:cout, ci in 1:cin, j in 1:kh, i in 1:kw
-        kv = K[i, j, ci, co]
-        lo, hi = valid_outputs(i, sw, pw, w, ow)
-        for oy in 1:oh
-            y = (oy - 1) * sh + j - ph
-            1 <= y <= h || continue
-            xoff = (y - 1) * w + ((ci - 1) + (n - 1) * cin) * (w * h) + i - pw - sw
-            aoff = (oy - 1) * ow + ((co - 1) + (n - 1) * cout) * (ow * oh)
-            @simd for ox in lo:hi
-                dX[xoff + ox * sw] += kv * dA[aoff + ox]
             end
         end
     end
@@ -349,6 +314,8 @@ function maxpool_forward!(Y::Array{T,4}, idx::Array{Int32,4}, X::Array{T,4}, win
     size(idx) == size(Y) || throw(DimensionMismatch("idx is $(size(idx)), expected $(size(Y))"))
     w * h * c <= typemax(Int32) || throw(ArgumentError("a sample of $(w * h * c) elements is too large for Int32 indices"))
     (kw, kh), (sw, sh) = win.k, win.stride
+    # Taps in memory order with a strict >, so the first maximum stays. Branch-free: on random
+    # data a branch would mispredict half the comparisons.
     @inbounds for n in 1:m, ch in 1:c, oy in 1:oh, ox in 1:ow
         sample = (n - 1) * (w * h * c)
         corner = (ch - 1) * (w * h) + ((oy - 1) * sh) * w + (ox - 1) * sw + 1   # within the sample
@@ -356,12 +323,11 @@ function maxpool_forward!(Y::Array{T,4}, idx::Array{Int32,4}, X::Array{T,4}, win
         for j in 1:kh, i in 1:kw
             k = corner + (j - 1) * w + (i - 1)
             v = X[sample + k]
-            if v > best || (isnan(v) && !isnan(best))
-                best, at = v, k
-            end
+            take = (v > best) | (isnan(v) & !isnan(best))
+            best, at = ifelse(take, v, best), ifelse(take, k, at)
         end
         Y[ox, oy, ch, n] = best
-        idx[ox, oy, ch, n] = at
+        idx[ox, oy, ch, n] = at % Int32     # fits: checked above
     end
     return Y
 end
