@@ -13,12 +13,13 @@ using FeedbackAlignment: Window, window_output, conv_scratch_length, gemm_ptr!
 
 BLAS.set_num_threads(1)
 
-# Seconds per call: the best of 5 trials, each the mean of enough calls to last ~20 ms.
+# Seconds per call: the best of 25 trials of ~4 ms each. On a shared machine the shortest trials
+# are the ones nothing interrupted.
 function seconds(f)
     f()
     t = @elapsed f()
-    reps = max(1, round(Int, 0.02 / max(t, 1e-7)))
-    return minimum(@elapsed(for _ in 1:reps; f(); end) / reps for _ in 1:5)
+    reps = max(1, round(Int, 0.004 / max(t, 1e-7)))
+    return minimum(@elapsed(for _ in 1:reps; f(); end) / reps for _ in 1:25)
 end
 
 # The GEMMs of the im2col route alone, as the kernels call them (per sample; one for 1 x 1 outputs).
