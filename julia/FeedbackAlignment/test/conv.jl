@@ -130,7 +130,7 @@ end
 
 # (w, h, cin, cout, k, stride, pad, m): one input channel and several, 1 x 1 outputs (from a window
 # over the whole input, which skips im2col, and from a padded one), non-square kernels, strides 1
-# and 2, paddings 0, 1 and 2.
+# and 2, paddings 0, 1 and 2, rows short and long (im2col copies long ones by memmove).
 const CONV_CASES = [
     (7, 6, 1, 3, (3, 2), (1, 1), (0, 0), 1),
     (9, 8, 1, 2, (3, 4), (2, 2), (2, 1), 3),
@@ -142,6 +142,8 @@ const CONV_CASES = [
     (3, 3, 2, 4, (5, 5), (1, 1), (1, 1), 3),
     (4, 4, 3, 2, (1, 1), (2, 2), (0, 0), 2),
     (4, 3, 2, 3, (4, 3), (2, 2), (0, 0), 3),
+    (30, 4, 2, 3, (3, 2), (1, 1), (1, 0), 2),     # rows of 29-30: copied by memmove
+    (28, 3, 1, 2, (5, 1), (1, 1), (0, 0), 2),     # rows of 24: the shortest so copied
 ]
 
 @testset "window_output" begin
