@@ -13,14 +13,21 @@ using FeedbackAlignment: Window, window_output, conv_scratch_length, gemm_ptr!
 
 BLAS.set_num_threads(1)
 
-# Seconds per call: the best of 25 trials of ~4 ms each. On a shared machine the shortest trials
-# are the ones nothing interrupted.
-function seconds(f)
-    f()
-    t = @elapsed f()
-    reps = max(1, round(Int, 0.004 / max(t, 1e-7)))
-    return minimum(@elapsed(for _ in 1:reps; f(); end) / reps for _ in 1:25)
+# Seconds per call of f and of g: the best of 25 trials of ~4 ms each, f's and g's trials taking
+# turns so both see the same load. On a shared machine the shortest trials are the ones nothing
+# interrupted.
+function seconds(f, g)
+    f(); g()
+    reps(h) = max(1, round(Int, 0.004 / max(@elapsed(h()), 1e-7)))
+    nf, ng = reps(f), reps(g)
+    tf, tg = Inf, Inf
+    for _ in 1:25
+        tf = min(tf, @elapsed(for _ in 1:nf; f(); end) / nf)
+        tg = min(tg, @elapsed(for _ in 1:ng; g(); end) / ng)
+    end
+    return tf, tg
 end
+seconds(f) = seconds(f, () -> nothing)[1]
 
 # The GEMMs of the im2col route alone, as the kernels call them (per sample; one for 1 x 1 outputs).
 function gemm_floors(A, K, dA, cols, dK, m, P, Q, cout)
@@ -49,7 +56,7 @@ function gemm_floors(A, K, dA, cols, dK, m, P, Q, cout)
                       pointer(cols), P)
         end
     end
-    return seconds(fwd), seconds(filt), seconds(data)
+    return fwd, filt, data
 end
 
 # Times of (forward, filter grad, data grad), and of their GEMM floor.
@@ -61,10 +68,14 @@ function conv_times(T, (w, h), cin, cout, k, stride, pad, m)
     X, K, b = randn(rng, T, w, h, cin, m), randn(rng, T, k..., cin, cout), randn(rng, T, cout)
     A, dA, dK, db, dX = zeros(T, ow, oh, cout, m), randn(rng, T, ow, oh, cout, m), similar(K), similar(b), similar(X)
     cols = zeros(T, conv_scratch_length(win, (w, h), cin, m))
-    kernels = (seconds(() -> FA_.conv_forward!(A, X, K, b, cols, win)),
-               seconds(() -> FA_.conv_filter_grad!(dK, db, X, dA, cols, win)),
-               seconds(() -> FA_.conv_data_grad!(dX, dA, K, cols, win)))
-    return kernels, gemm_floors(A, K, dA, cols, dK, m, P, Q, cout)
+    # the floor's own buffers (the same data), so the kernels' scratch keeps what their forward pass left
+    FA_.conv_forward!(A, X, K, b, cols, win)
+    cols2, A2, dK2 = copy(cols), copy(A), copy(dK)
+    fwd, filt, data = gemm_floors(A2, K, dA, cols2, dK2, m, P, Q, cout)
+    pairs = (seconds(() -> FA_.conv_forward!(A, X, K, b, cols, win), fwd),
+             seconds(() -> FA_.conv_filter_grad!(dK, db, X, dA, cols, win), filt),
+             seconds(() -> FA_.conv_data_grad!(dX, dA, K, cols, win), data))
+    return first.(pairs), last.(pairs)
 end
 
 ms(t) = @sprintf("%7.3f", 1e3 * t)
