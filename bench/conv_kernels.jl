@@ -13,15 +13,15 @@ using FeedbackAlignment: Window, window_output, conv_scratch_length, gemm_ptr!
 
 BLAS.set_num_threads(1)
 
-# Seconds per call of f and of g: the best of 25 trials of ~4 ms each, f's and g's trials taking
+# Seconds per call of f and of g: the best of 60 trials of ~2 ms each, f's and g's trials taking
 # turns so both see the same load. On a shared machine the shortest trials are the ones nothing
 # interrupted.
 function seconds(f, g)
     f(); g()
-    reps(h) = max(1, round(Int, 0.004 / max(@elapsed(h()), 1e-7)))
+    reps(h) = max(1, round(Int, 0.002 / max(@elapsed(h()), 1e-7)))
     nf, ng = reps(f), reps(g)
     tf, tg = Inf, Inf
-    for _ in 1:25
+    for _ in 1:60
         tf = min(tf, @elapsed(for _ in 1:nf; f(); end) / nf)
         tg = min(tg, @elapsed(for _ in 1:ng; g(); end) / ng)
     end
