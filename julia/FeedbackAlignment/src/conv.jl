@@ -13,8 +13,8 @@
 # the window also covers the whole unpadded input, that matrix is X itself and nothing is copied.
 # Direct loops (no copy) were measured for one input channel (LeNet-5's first layer, 1 -> 6, k5 on
 # 32x32, batch 64) and lost on every pass: forward 5.2 ms, filter gradient 18 ms, data gradient
-# 4.9 ms against 2.0, 1.3 and 1.5 ms by im2col + GEMM, because their innermost loops (one output
-# row, 28 long) are too short for 16-wide vectors.
+# 4.9 ms against 2.0, 1.3 and 1.5 ms by im2col + GEMM (likely because their innermost loops, one
+# output row of 28, are too short for the vectorised loop body; not profiled further).
 
 "Geometry of a 2-D window (convolution kernel or pooling window) over W x H x C x N arrays."
 struct Window
