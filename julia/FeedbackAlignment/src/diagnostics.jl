@@ -173,6 +173,10 @@ function alignment_matrix!(out::AbstractMatrix{Float64}, probe::AlignmentProbe{T
         copyto!(probe.dW[p], st.dW); copyto!(probe.db[p], st.db)
         st.dB === nothing || st.dB === st.dW || copyto!(probe.dB[p], st.dB)
     end
+    # The rule's backward pass used conv layers' im2col columns as scratch: make them again (the
+    # same pre-activations) for backprop's kernel gradients.
+    foreach_layer(st -> st.spec isa Conv && conv_forward!(buffers(st, m).A, net.seen[st.index]::Array{T,4}, st.W, st.b,
+                                                          st.scratch, window(st)), net.layers)
     backward!(net, BP())
     for l in 1:L
         st = net.layers[l]
