@@ -423,7 +423,7 @@ def test_a_threaded_search_fails_loudly_and_leaves_julia_usable():
 def test_a_search_on_threads_refuses_while_julia_runs_on_the_main_thread():
     X, y = make_blobs(60, random_state=0)
     clf = FeedbackAlignmentClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(X, y)
-    if pyjlfa.runtime_info()["julia_version"] >= "1.9":
+    if pyjlfa._runtime.engine().julia_version >= (1, 9):
         pytest.skip("Julia 1.9+ adopts foreign threads")
     from joblib import parallel_backend
     with parallel_backend("threading", n_jobs=2), pytest.raises(ValueError, match="All the 3 fits failed") as failed:
@@ -433,6 +433,9 @@ def test_a_search_on_threads_refuses_while_julia_runs_on_the_main_thread():
 
 
 def test_julia_bound_to_a_finished_thread_says_so():
+    pyjlfa.start_julia()
+    if pyjlfa._runtime.engine().julia_version >= (1, 9):
+        pytest.skip("Julia 1.9+ adopts foreign threads")
     code = ("import threading, pyjlfa\n"
             "t = threading.Thread(target=pyjlfa.start_julia, name='starter'); t.start(); t.join()\n"
             "try:\n    pyjlfa.Network([3, 2])\nexcept RuntimeError as e:\n    print(e, flush=True)\n"
