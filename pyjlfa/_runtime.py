@@ -112,11 +112,26 @@ class Engine:
 
     def check_thread(self):
         # Julia before 1.9 cannot adopt foreign threads: entering it from another thread crashes.
-        if self.julia_version < (1, 9) and threading.get_ident() != self.thread:
+        if self.julia_version >= (1, 9):
+            return
+        here = threading.current_thread()
+        # The first check runs in __init__, on the thread that started Julia: remember that thread.
+        # Comparing Thread objects, not idents, because a finished thread's ident is reused.
+        owner = self.__dict__.setdefault("_julia_thread", here)
+        if here is owner:
+            return
+        version = self.runtime["julia_version"] if hasattr(self, "runtime") else "before 1.9"
+        if not owner.is_alive():
             raise RuntimeError(
-                f"Julia {self.runtime['julia_version']} can only be called from the thread that started it "
-                f"(thread {self.thread}); this call came from thread {threading.get_ident()}. "
-                "Call pyjlfa from that thread, or use Julia 1.9 or newer.")
+                f"Julia {version} is bound to the thread that started it ({owner.name!r}), which has finished; "
+                "Julia before 1.9 can be entered from no other thread, so pyjlfa cannot compute in this process "
+                "any more. Start a new process and let its first pyjlfa call (or pyjlfa.start_julia()) run on a "
+                "thread that lives as long as you use pyjlfa, usually the main thread; or use Julia 1.9 or newer.")
+        raise RuntimeError(
+            f"Julia {version} can only be called from the thread that started it ({owner.name!r}, "
+            f"thread {self.thread}); this call came from {here.name!r} (thread {threading.get_ident()}). "
+            "Call pyjlfa from that thread (with joblib: a process-based backend such as its default, loky, "
+            "not 'threading'), or use Julia 1.9 or newer.")
 
     def call(self, name, *args):
         """Call a status-returning entry point; raise Julia's error as a Python exception."""
@@ -221,7 +236,8 @@ def _choose_openblas_coretype():
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return "OpenBLAS's own choice"
     try:
-        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+        with open("/proc/cpuinfo") as cpuinfo:   # closed at once (an open file left to the GC is a ResourceWarning)
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
     except OSError:
         flags = []
     core = "SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else None

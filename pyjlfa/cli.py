@@ -1,10 +1,10 @@
-"""The ``pyjlfa`` command: train one network, compare learning rules, or reproduce a paper's experiment.
+"""The pyjlfa command: train one network, compare learning rules, or reproduce a paper's experiment.
 
     pyjlfa train --rule fa --epochs 10 --out runs/fa
     pyjlfa compare --rules bp fa dfa --epochs 10 --out runs/compare
     pyjlfa reproduce linear --out results
 
-``pyjlfa <command> --help`` explains every option. (Also ``python -m pyjlfa``.)
+pyjlfa <command> --help explains every option. (Also python -m pyjlfa.)
 """
 
 import argparse
@@ -13,7 +13,12 @@ import sys
 
 import numpy as np
 
+from .rules import FEEDBACK_STYLE
+
 __all__ = ["main"]
+
+# Every rule the engine has, for --help (Julia is not started for help; names are checked against it later).
+_RULES = ", ".join(["bp", "fa", "dfa"] + sorted(set(FEEDBACK_STYLE) - {"bp", "fa", "dfa"}))
 
 _EPILOG = ("Julia starts at the first command that needs it (~1-5 s, plus compiling on first use). "
            "Data: Fashion-MNIST from Debian's dataset-fashion-mnist package, the folder in "
@@ -71,8 +76,8 @@ def _add_model(p, rule=True):
     g.add_argument("--activation", default="tanh", help="hidden activation: tanh, sigmoid, relu, leaky_relu, identity")
     if rule:
         g.add_argument("--rule", default="fa",
-                       help="learning rule: bp (backprop), fa (feedback alignment), dfa (direct feedback "
-                            "alignment), or any other rule this pyjlfa's engine has")
+                       help=f"learning rule, one of: {_RULES} (bp: backprop, fa: feedback alignment, dfa: "
+                            "direct feedback alignment; the README's table explains each)")
     g.add_argument("--feedback-seed", type=_nonnegative_int, metavar="S",
                    help="seed of the random feedback matrices B (default: --seed)")
     g.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training data")
@@ -96,13 +101,14 @@ def _parser():
     sub.required = True
 
     train = sub.add_parser("train", formatter_class=_Formatter, epilog=_EPILOG,
-                           help="train one network and save its history (and model)",
+                           help="train one network and save its history and model",
                            description="Train one network with one learning rule; print a progress bar per epoch; "
-                                       "save the history as JSON and CSV (and the model, where this pyjlfa can "
-                                       "save models) into --out.")
+                                       "save the history as JSON and CSV and the model as model.safetensors "
+                                       "(pyjlfa.load reads it) into --out.")
     _add_data(train)
     _add_model(train)
-    train.add_argument("--out", default="pyjlfa-train", metavar="DIR", help="folder for history.json, history.csv, model")
+    train.add_argument("--out", default="pyjlfa-train", metavar="DIR",
+                       help="folder for history.json, history.csv, model.safetensors")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     compare = sub.add_parser("compare", formatter_class=_Formatter, epilog=_EPILOG,
@@ -113,7 +119,7 @@ def _parser():
     _add_data(compare)
     _add_model(compare, rule=False)
     compare.add_argument("--rules", nargs="+", default=None, metavar="RULE",
-                         help="learning rules to compare (default: every rule the engine has)")
+                         help=f"learning rules to compare, some of: {_RULES} (default: all)")
     compare.add_argument("--out", default="pyjlfa-compare", metavar="DIR", help="folder for results and figures")
     compare.add_argument("--no-plots", action="store_true", help="write no figures (they need matplotlib)")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -128,7 +134,8 @@ def _parser():
     rep.add_argument("experiment", choices=["linear", "nonlinear", "fashion-mnist"], help="which experiment")
     rep.add_argument("--out", default="results", metavar="DIR", help="folder for results and figures")
     rep.add_argument("--rules", nargs="+", metavar="RULE",
-                     help="rules to run (default: linear bp fa shallow; nonlinear bp fa dfa; fashion-mnist all)")
+                     help=f"rules to run, some of: {_RULES} (default: linear bp fa shallow; nonlinear bp fa "
+                          "dfa; fashion-mnist all)")
     rep.add_argument("--steps", type=_positive_int, metavar="N",
                      help="SGD steps of the teacher tasks (default: linear 5000, nonlinear 20000)")
     rep.add_argument("--hidden", type=_positive_int, nargs="+", metavar="WIDTH",
@@ -148,7 +155,7 @@ def _load_data(args, parser):
         try:
             Xtr, ytr, Xte, yte = datasets.fashion_mnist(path=args.data_path, dtype=args.dtype)
         except FileNotFoundError as e:
-            parser.error(str(e))
+            parser.error(_in_cli_words(str(e)))
     elif args.data.endswith(".npz"):
         if not os.path.isfile(args.data):
             parser.error(f"--data {args.data}: no such file")
@@ -158,6 +165,7 @@ def _load_data(args, parser):
                 parser.error(f"--data {args.data} lacks {', '.join(missing)} (it has {', '.join(f.files) or 'nothing'})")
             Xtr, ytr = f["X_train"], f["y_train"]
             Xte, yte = (f["X_test"], f["y_test"]) if "X_test" in f and "y_test" in f else (None, None)
+        _check_labels(parser, args.data, ytr, yte)
     else:
         parser.error(f"--data must be 'fashion-mnist' or a path ending in .npz, got {args.data!r}")
     if Xtr.ndim != 2:
@@ -166,6 +174,45 @@ def _load_data(args, parser):
         Xtr, ytr = Xtr[:args.train_size], ytr[:args.train_size]
     validation = None if Xte is None else (Xte, yte)
     return Xtr, ytr, validation
+
+
+def _in_cli_words(message):
+    """The data loader's advice names its Python arguments; say the options instead."""
+    return (message.replace("the path= argument", "--data-path").replace("path= was not given", "--data-path was not given")
+            .replace("pass path=<folder>", "pass --data-path <folder>"))
+
+
+def _shown(values, limit=12):
+    values = [v.item() if hasattr(v, "item") else v for v in values]
+    return ", ".join(map(repr, values[:limit])) + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def _check_labels(parser, path, *label_arrays):
+    """The network's outputs are the classes 0..k-1: refuse labels that are not exactly those, saying which were found."""
+    names = ("y_train", "y_test")
+    for name, y in zip(names, label_arrays):
+        if y is None:
+            continue
+        if y.ndim != 1:
+            parser.error(f"--data {path}: {name} must be 1-D (one label per sample), got shape {y.shape}")
+        if not (np.issubdtype(y.dtype, np.integer) and y.dtype != np.bool_):
+            parser.error(f"--data {path}: {name} holds {y.dtype} labels ({_shown(np.unique(y))}); the command line "
+                         "needs integer class labels 0..k-1. Map them first, e.g. "
+                         "classes, y = np.unique(y, return_inverse=True).")
+    present = np.unique(np.concatenate([y for y in label_arrays if y is not None]))
+    k = int(present[-1]) + 1 if present.size else 0
+    absent = sorted(set(range(k)) - set(present.tolist()))
+    if present.size and (present[0] < 0 or absent):
+        fix = (f"subtract {int(present[0])} so they start at 0" if present[0] > 0 and
+               np.array_equal(present, np.arange(present[0], present[-1] + 1)) else
+               "renumber them, e.g. classes, y = np.unique(y, return_inverse=True)")
+        which = [n for n, y in zip(names, label_arrays) if y is not None]
+        what = "some are negative" if present[0] < 0 else \
+            f"no sample has class{'es' if len(absent) > 1 else ''} {_shown(absent)}, so the network would get " \
+            f"{k} outputs and {len(absent)} of them would never be trained"
+        parser.error(f"--data {path}: the labels must be the class numbers 0..k-1; {' and '.join(which)} "
+                     f"{'holds' if len(which) == 1 else 'hold'} {len(present)} distinct labels ({_shown(present)}), "
+                     f"and {what}. Please {fix}.")
 
 
 def _check_names(parser, option, names, kind):
@@ -206,11 +253,8 @@ def _train(args, parser):
     result = {"experiment": "history", "params": dict(vars(args), sizes=sizes), "runs": {args.rule: history}}
     files = experiments.save_results(result, args.out, plot=False)
     model = os.path.join(args.out, "model.safetensors")
-    if hasattr(net, "save"):   # model files come with a later pyjlfa (issue 4)
-        net.save(model)
-        files.append(model)
-    else:
-        print("(this pyjlfa cannot save models yet: only the history was saved)")
+    net.save(model)
+    files.append(model)
     last = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v and not isinstance(v[-1], list)}
     print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "seconds"))
     print("wrote " + ", ".join(files))
@@ -304,7 +348,7 @@ def _reproduce(args, parser):
             task = experiments.linear_task if args.experiment == "linear" else experiments.nonlinear_task
             result = task(**kwargs)
     except (ValueError, TypeError, FileNotFoundError) as e:
-        parser.error(str(e))
+        parser.error(_in_cli_words(str(e)))
     if "step" in result:
         print(f"\n{'rule':<8} {'lr':>7} {'normalised error':>17} {'hidden δ∠BP (deg)':>18} {'B∠W (deg)':>10}")
         for rule, run in result["runs"].items():

@@ -199,10 +199,12 @@ def fashion_mnist(rules=None, sizes=(784, 256, 256, 10), epochs=10, batch_size=6
     the first n training images (for quick runs).
     """
     Xtr, ytr, Xte, yte = datasets.fashion_mnist(path=path, dtype=dtype)
+    n_train = len(Xtr)
     if train_size is not None:
         train_size = _positive(train_size, "train_size")
         Xtr, ytr = Xtr[:train_size], ytr[:train_size]
-    title = (f"Fashion-MNIST, {'-'.join(map(str, sizes))} tanh, SGD lr {lr}, batch {batch_size}, "
+    subset = f" (first {len(Xtr)} of {n_train} training images)" if len(Xtr) < n_train else ""
+    title = (f"Fashion-MNIST{subset}, {'-'.join(map(str, sizes))} tanh, SGD lr {lr}, batch {batch_size}, "
              f"{epochs} epochs, seed {seed}")
     return compare(Xtr, ytr, (Xte, yte), rules=rules, sizes=list(sizes), epochs=epochs, batch_size=batch_size,
                    optimizer=SGD(lr=lr), seed=seed, dtype=dtype, track_alignment=track_alignment,

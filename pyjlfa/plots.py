@@ -43,8 +43,28 @@ def _style(rule):
     return "--" if rule == "dfa" else "-"
 
 
+# How the papers write each rule (Liao et al.: uSF, frSF, brSF; Frenkel et al.: DRTP, sDFA).
+_NAMES = {"bp": "BP", "fa": "FA", "dfa": "DFA", "usf": "uSF", "frsf": "frSF", "brsf": "brSF", "kp": "KP",
+          "wm": "WM", "drtp": "DRTP", "sdfa": "sDFA", "shallow": "shallow"}
+
+
 def _label(rule):
-    return rule.upper() if rule in ("bp", "fa", "dfa") else rule
+    return _NAMES.get(rule, rule)
+
+
+# Line style of a feedback matrix by its place among a rule's layers with a B, counted from the
+# output: the same in every figure (solid: the last layer with a B).
+_B_STYLES = ["-", "--", "-.", ":"]
+
+
+def _b_style(k, layers_with_B):
+    return _B_STYLES[(len(layers_with_B) - 1 - layers_with_B.index(k)) % len(_B_STYLES)]
+
+
+def _b_style_keys(n_layers):
+    """Legend entries for the B line styles, from the first layer with a B to the last."""
+    names = ["last layer with a B", "the one before", "two before", "three before"]
+    return _style_keys(*[(_B_STYLES[i], names[i]) for i in reversed(range(min(n_layers, len(_B_STYLES))))])
 
 
 def _target(rule, k):
@@ -53,16 +73,13 @@ def _target(rule, k):
     return {"fa": "Wᵀ", "dfa": f"(W_{k + 1}⋯W_out)ᵀ"}.get(FEEDBACK_STYLE.get(rule), "its stand-in")
 
 
-def _legend(ax, handles=None, outside=None, **kw):
-    """A legend inside the axes when short, to the right of them when long (many rules)."""
-    handles = handles if handles is not None else ax.get_legend_handles_labels()[0]
-    if not handles:
-        return
-    outside = len(handles) > 8 if outside is None else outside
-    if outside:
-        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, **kw)
-    else:
-        ax.legend(handles=handles, fontsize=8, **kw)
+def _figure_legend(fig, handles, title=None):
+    """One legend for all panels, in a column right of them, so that it covers no curve, bar or label."""
+    legend = fig.legend(handles=handles, loc="center right", fontsize=8, title=title, title_fontsize=8)
+    fig.canvas.draw()   # the legend's size is known once drawn
+    width = legend.get_window_extent().width / fig.bbox.width
+    fig.tight_layout(rect=(0, 0, 1 - width - 0.01, 1))
+    return legend
 
 
 def _style_keys(*pairs):
@@ -202,10 +219,9 @@ def learning_curves(result, path):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(_ticks())
     styles = [("-", "training (epoch mean)")] + ([("--", "test")] if "val_loss" in next(iter(runs.values())) else [])
-    _legend(axes[0], _style_keys(*styles), outside=False, title="colour: rule, as on the right")
-    _legend(axes[1])
     fig.suptitle(_title(result))
-    fig.tight_layout()
+    _figure_legend(fig, axes[1].get_legend_handles_labels()[0] + _style_keys(*styles),
+                   title="rule (final accuracy);\nloss: line style")
     return _save(fig, path)
 
 
@@ -227,16 +243,16 @@ def alignment_curves(result, path):
         ax.set(xlabel=_steps_axis(result), ylabel="angle to backprop (degrees)", ylim=(0, 180),
                title=f"hidden layer {k} (W of shape {_layer_shape(result, k)})")
         ax.grid(alpha=0.3)
-    # one legend, beside the last panel, naming every rule drawn in any panel
-    named = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
-    if named:
-        _legend(axes[0][-1], list(named.values()) + _style_keys(("-", "dW ∠ dW_BP"), ("--", "δ ∠ δ_BP")),
-                outside=True)
     note = _roles_note(runs)
     if note:
         axes[0][0].text(0.02, 0.02, note, transform=axes[0][0].transAxes, fontsize=8, color="dimgray")
     fig.suptitle(f"{_title(result)}\nangle between each rule's update and backprop's on the batch being trained")
-    fig.tight_layout()
+    # one legend, beside the panels, naming every rule drawn in any panel
+    named = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    if named:
+        _figure_legend(fig, list(named.values()) + _style_keys(("-", "dW ∠ dW_BP"), ("--", "δ ∠ δ_BP")))
+    else:
+        fig.tight_layout()
     return _save(fig, path)
 
 
@@ -250,29 +266,31 @@ def feedback_curves(result, path):
     plt = require_matplotlib()
     runs = {r: h["alignment"] for r, h in result["runs"].items() if h.get("alignment") and h["alignment"]["step"]}
     rules = list(result["runs"])
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    styles = ["-", "--", "-.", ":"]
+    n_lines = sum(len(_layers_with_B(a)) for a in runs.values())
+    fig, ax = plt.subplots(figsize=(7.5 + (2.5 if n_lines > 8 else 0), 4.6))
     for rule, a in runs.items():
-        for i, k in enumerate(_layers_with_B(a)):
+        with_B = _layers_with_B(a)
+        for k in with_B:
             target = _target(rule, k)
-            ax.plot(a["step"], _series(a, "feedback_angle", k), color=_color(rule, rules), ls=styles[i % 4],
-                    label=f"{_label(rule)}: B of layer {k} ∠ {target}")
+            ax.plot(a["step"], _series(a, "feedback_angle", k), color=_color(rule, rules), ls=_b_style(k, with_B),
+                    label=f"{_label(rule)}: B of layer {k} ∠ {target}", gid=f"{rule} B{k}")
     ax.axhline(90, color="gray", ls=":", lw=1)
     ax.set(xlabel=_steps_axis(result), ylabel="angle (degrees)", ylim=(0, 180),
            title=f"{_title(result)}\nweight alignment: feedback matrix B ∠ the forward weights it replaces")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        _legend(ax)
+        _figure_legend(fig, ax.get_legend_handles_labels()[0], title="line style: layer, solid = last with a B")
     else:
         ax.text(0.5, 0.5, "no rule here has a feedback matrix", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
+        fig.tight_layout()
     return _save(fig, path)
 
 
 def summary_figure(result, path):
     """Accuracy, final angle per layer and rule, mean angle over training, W-vs-B angle: one page."""
     plt = require_matplotlib()
+    from matplotlib.lines import Line2D
     all_runs, rules = result["runs"], list(result["runs"])
     runs = {r: h["alignment"] for r, h in all_runs.items() if h.get("alignment") and h["alignment"]["step"]}
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
@@ -311,10 +329,10 @@ def summary_figure(result, path):
                title="(c) dW ∠ dW_BP, mean over hidden layers")
 
     for rule, a in runs.items():
-        for k in _layers_with_B(a):
-            last = k == max(_layers_with_B(a))
-            wb.plot(a["step"], _series(a, "feedback_angle", k), color=_color(rule, rules),
-                    ls="-" if last else "--", label=_label(rule) if last else None)
+        with_B = _layers_with_B(a)
+        for k in with_B:
+            wb.plot(a["step"], _series(a, "feedback_angle", k), color=_color(rule, rules), ls=_b_style(k, with_B),
+                    gid=f"{rule} B{k}")
     wb.axhline(90, color="gray", ls=":", lw=1)
     wb.set(xlabel=_steps_axis(result), ylabel="angle (degrees)", ylim=(0, 180),
            title="(d) feedback matrix B ∠ the weights it replaces")
@@ -323,14 +341,14 @@ def summary_figure(result, path):
         curves.text(0.02, 0.02, note, transform=curves.transAxes, fontsize=8, color="dimgray")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    _legend(acc, outside=False, loc="lower right", ncol=2)
-    _legend(bars, outside=False, ncol=3)
-    _legend(curves, outside=False, ncol=3)
-    handles = wb.get_legend_handles_labels()[0]
-    _legend(wb, handles + _style_keys(("-", "last layer with a B"), ("--", "earlier layers")) if handles else [],
-            outside=False, ncol=3)
     fig.suptitle(_title(result))
-    fig.tight_layout()
+    # Every panel shows the same colours: one legend beside them, with (a)'s final accuracies and (d)'s line styles.
+    handles = [Line2D([], [], color=_color(rule, rules), lw=2,
+                      label=f"{_label(rule)}" + (f" {100 * h[_accuracy_key(h)][-1]:.2f}%" if _accuracy_key(h) else ""))
+               for rule, h in all_runs.items()]
+    n_B = max((len(_layers_with_B(a)) for a in runs.values()), default=0)
+    _figure_legend(fig, handles + (_b_style_keys(n_B) if n_B else []),
+                   title=f"rule, final {'test' if test else 'training'} accuracy" + ("\n(d): line style" if n_B else ""))
     return _save(fig, path)
 
 

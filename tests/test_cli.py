@@ -1,6 +1,7 @@
 """The pyjlfa command line and the figures."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,52 @@ def test_bad_arguments_say_what_to_fix(npz):
     assert stop.value.code == 2
 
 
+@pytest.mark.parametrize("labels,test_labels,message", [
+    (["cat", "dog", "ant", "cat"], ["ant", "dog"], r"y_train holds <U3 labels \('ant', 'cat', 'dog'\); the command line needs "
+                                   r"integer class labels 0\.\.k-1"),
+    (list(range(1, 11)), None, r"y_train holds 10 distinct labels \(1, 2, .*, 10\), and no sample has class 0, so the "
+                         r"network would get 11 outputs .* subtract 1 so they start at 0"),
+    ([0, 2, 0, 2], [0, 3], r"y_train and y_test hold 3 distinct labels \(0, 2, 3\), and no sample has class 1"),
+    ([0, -1, 1, 0], [0, 3], r"distinct labels \(-1, 0, 1, 3\), and some are negative"),
+])
+def test_npz_labels_that_are_not_class_numbers_are_refused_naming_them(tmp_path, capsys, labels, test_labels, message):
+    path = tmp_path / "bad.npz"
+    test = {} if test_labels is None else dict(X_test=np.ones((2, 3)), y_test=np.array(test_labels))
+    np.savez(path, X_train=np.ones((len(labels), 3)), y_train=np.array(labels), **test)
+    for command in ("train", "compare"):
+        with pytest.raises(SystemExit) as stop:
+            cli.main([command, "--data", str(path), "--out", str(tmp_path / "out")])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--data {path}: " in err and re.search(message, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_the_rules_and_shows_no_markup():
+    from pyjlfa.rules import FEEDBACK_STYLE
+    top = run("--help")
+    assert top.returncode == 0 and "``" not in top.stdout and "The pyjlfa command:" in top.stdout
+    for command in ("train", "compare", "reproduce"):
+        text = " ".join(run(command, "--help").stdout.split())   # argparse wraps lines
+        assert "``" not in text
+        listed = text[text.index("of: bp"):].split("(")[0][4:]   # the help of --rule or --rules
+        assert set(listed.replace(",", " ").split()) == set(FEEDBACK_STYLE), (command, listed)
+
+
+def test_the_readme_and_help_say_what_train_saves():
+    readme = (ROOT / "README.md").read_text()
+    assert "writes the history only" not in readme and "until the engine has a" not in readme
+    text = " ".join(run("train", "--help").stdout.split())
+    assert "the model as model.safetensors" in text and "where this pyjlfa can save" not in text
+
+
+def test_a_missing_data_path_is_reported_in_the_commands_words():
+    result = run("train", "--data-path", "/nonexistent/fashion")
+    assert result.returncode == 2
+    assert "Searched: /nonexistent/fashion (from --data-path)" in result.stderr
+    assert "pass --data-path <folder>" in result.stderr and "path=" not in result.stderr
+
+
 def test_train_saves_the_history(npz, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--data", str(npz), "--hidden", "8", "--epochs", "3", "--batch-size", "10",
@@ -62,7 +109,7 @@ def test_train_saves_the_history(npz, tmp_path, capsys):
     printed = capsys.readouterr()
     assert "epoch 3/3" in printed.err                   # the progress bar
     assert "val_accuracy" in printed.out
-    assert {"history.json", "history.csv", "history_alignment.csv"} <= set(os.listdir(out))
+    assert {"history.json", "history.csv", "history_alignment.csv", "model.safetensors"} <= set(os.listdir(out))
     rows = (out / "history.csv").read_text().splitlines()
     assert rows[0] == "rule,epoch,loss,accuracy,val_loss,val_accuracy,seconds" and len(rows) == 4
 

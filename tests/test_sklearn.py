@@ -131,7 +131,7 @@ def test_stops_after_the_same_number_of_epochs_as_mlp(early_stopping):
 
 def test_early_stopping_keeps_the_best_epoch():
     X, y = make_blobs(200, centers=3, cluster_std=2.0, random_state=2)
-    clf = FeedbackAlignmentClassifier(hidden_layer_sizes=(32,), learning_rate_init=0.1, max_iter=15,
+    clf = FeedbackAlignmentClassifier(hidden_layer_sizes=(32,), learning_rate_init=0.1, batch_size=150, max_iter=15,
                                       n_iter_no_change=15, early_stopping=True, validation_fraction=0.25,
                                       random_state=5).fit(X, y)
     # The same split the estimator made: an integer random_state seeds it.
@@ -351,3 +351,111 @@ def test_alpha_nesterov_and_adam_map_to_pyjlfa_optimisers():
         Xc = rng.normal(size=(120, 2))
         yc = (Xc[:, 0] + Xc[:, 1] > 0).astype(int)
         assert clf.fit(Xc, yc).score(Xc, yc) > 0.9
+
+
+# -- issue 16: installation, threads and defaults -------------------------------------------------------
+def _version(text):
+    return tuple(int(p) for p in text.split(".")[:2])
+
+
+def test_scikit_learn_is_a_tested_range_not_one_pinned_version():
+    import re
+    import sklearn
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    requirements = re.findall(r'"scikit-learn([^"]*)"', pyproject)
+    assert len(requirements) == 2   # the sklearn and test extras
+    for spec in requirements:
+        assert "==" not in spec, spec
+        low, high = re.fullmatch(r">=([\d.]+),<([\d.]+)", spec).groups()
+        assert _version(low) <= _version(sklearn.__version__) < _version(high), (spec, sklearn.__version__)
+        assert _version(low) < _version(high)
+
+
+def test_choosing_the_openblas_kernel_closes_proc_cpuinfo(monkeypatch):
+    import gc
+    import warnings
+    from pyjlfa import _runtime
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo here")
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)   # restored afterwards
+    monkeypatch.setattr(_runtime.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(_runtime.platform, "machine", lambda: "x86_64")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _runtime._choose_openblas_coretype()
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
+_THREAD_SEARCH = """
+import threading, warnings, numpy as np, pyjlfa._runtime as runtime
+from joblib import parallel_backend
+from sklearn.datasets import make_blobs
+from sklearn.model_selection import cross_val_score
+from pyjlfa.sklearn import FeedbackAlignmentClassifier
+X, y = make_blobs(90, random_state=0)
+clf = FeedbackAlignmentClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0)
+warnings.simplefilter("ignore")
+try:
+    with parallel_backend("threading", n_jobs=2):
+        print("scores", cross_val_score(clf, X, y, cv=3))
+except ValueError as e:
+    print("search failed:", " ".join(str(e).split()))
+print("julia running:", runtime._engine is not None)
+print("main thread fits:", clf.fit(X, y).n_iter_)
+"""
+
+
+def test_a_threaded_search_fails_loudly_and_leaves_julia_usable():
+    """Before: the first joblib worker started Julia, its folds scored, the others came back NaN with a warning,
+    and Julia stayed bound to a discarded thread. Now every fold refuses and the search raises."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", _THREAD_SEARCH], capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "scores" not in out
+    assert "search failed: All the 3 fits failed" in out and "do not start Julia from a thread other than the " \
+        "main one" in out and "loky" in out, out
+    assert "julia running: False" in out and "main thread fits: 3" in out
+
+
+def test_a_search_on_threads_refuses_while_julia_runs_on_the_main_thread():
+    X, y = make_blobs(60, random_state=0)
+    clf = FeedbackAlignmentClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(X, y)
+    if pyjlfa._runtime.engine().julia_version >= (1, 9):
+        pytest.skip("Julia 1.9+ adopts foreign threads")
+    from joblib import parallel_backend
+    with parallel_backend("threading", n_jobs=2), pytest.raises(ValueError, match="All the 3 fits failed") as failed:
+        cross_val_score(clone(clf), X, y, cv=3)
+    assert "can only be called from the thread that started it" in str(failed.value)
+    assert "not 'threading'" in str(failed.value)
+
+
+def test_julia_bound_to_a_finished_thread_says_so():
+    pyjlfa.start_julia()
+    if pyjlfa._runtime.engine().julia_version >= (1, 9):
+        pytest.skip("Julia 1.9+ adopts foreign threads")
+    code = ("import threading, pyjlfa\n"
+            "t = threading.Thread(target=pyjlfa.start_julia, name='starter'); t.start(); t.join()\n"
+            "try:\n    pyjlfa.Network([3, 2])\nexcept RuntimeError as e:\n    print(e, flush=True)\n"
+            # Julia's exit hook, too, would enter Julia from this (foreign) thread and crash: skip it
+            "import os; os._exit(0)\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "bound to the thread that started it ('starter'), which has finished" in result.stdout
+    assert "Start a new process" in result.stdout and "Call pyjlfa from that thread" not in result.stdout
+
+
+def test_defaults_are_a_reasonable_drop_in_for_mlpclassifier_on_small_tabular_data():
+    """load_digits with a StandardScaler pipeline: MLPClassifier(max_iter=20) scores 0.956 on this split;
+    our defaults used to score 0.51 (lr 0.001, batches of 200)."""
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
+    clf = make_pipeline(StandardScaler(), FeedbackAlignmentClassifier(max_iter=20, random_state=0))
+    assert clf.fit(X_train, y_train).score(X_test, y_test) > 0.94
+    params = FeedbackAlignmentClassifier().get_params()
+    assert params["learning_rate_init"] == 0.03 and params["momentum"] == 0.9 and params["batch_size"] == "auto"
+    assert FeedbackAlignmentRegressor().get_params()["learning_rate_init"] == 0.001

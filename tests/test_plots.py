@@ -1,0 +1,114 @@
+"""The figures (issue 16, item 10): titles, legends that cover no panel, one line-style mapping, rule names.
+
+The figures are drawn from a made-up comparison of every rule, so no Julia is needed; the PNGs of
+real runs were checked by eye.
+"""
+
+import numpy as np
+import pytest
+
+from pyjlfa import experiments, plots
+from pyjlfa.rules import FEEDBACK_STYLE
+
+RULES = list(FEEDBACK_STYLE)   # all 11
+SIZES = [20, 16, 16, 10]
+
+
+def _alignment(rule, n=12):
+    """Alignment records shaped as Network.fit returns them, for a 20-16-16-10 network."""
+    style = FEEDBACK_STYLE[rule]
+    hidden = "backprop" if rule == "bp" else "no_signal" if style is None else "feedback"
+    with_B = {"fa": [1, 2], "dfa": [0, 1], None: []}[style]
+    rng = np.random.default_rng(len(rule))
+    angles = lambda: [[None if hidden != "feedback" or k == 2 else float(a) for k, a in enumerate(rec)]
+                      for rec in rng.uniform(20, 90, size=(n, 3))]
+    return {"role": [[hidden, hidden, "output"]] * n, "update_angle": angles(), "delta_angle": angles(),
+            "feedback_angle": [[float(rng.uniform(10, 90)) if k in with_B else None for k in range(3)]
+                               for _ in range(n)],
+            "step": list(range(0, 10 * n, 10)), "epoch": [1 + i * 3 // n for i in range(n)], "batch": list(range(n))}
+
+
+def _result():
+    runs = {}
+    for i, rule in enumerate(RULES):
+        acc = [0.70 + 0.01 * i, 0.75 + 0.01 * i, 0.78 + 0.01 * i]   # curves that a legend could hide
+        runs[rule] = {"loss": [1.0, 0.8, 0.7], "accuracy": acc, "val_loss": [1.1, 0.9, 0.8], "val_accuracy": acc,
+                      "seconds": [1.0, 0.5, 0.5], "alignment": _alignment(rule)}
+    params = dict(rules=RULES, sizes=SIZES, activation="tanh", epochs=3, batch_size=64, lr=0.05, seed=0)
+    return {"experiment": "compare", "title": "made-up comparison", "params": params, "runs": runs}
+
+
+@pytest.fixture
+def drawn(monkeypatch, tmp_path):
+    """Draw every figure of an 11-rule comparison and keep the matplotlib figures (not only the PNGs)."""
+    pytest.importorskip("matplotlib", reason="the figures need matplotlib (pip install pyjlfa[plot])")
+    figures = {}
+
+    def keep(fig, path):
+        figures[path.rsplit("_", 1)[-1][:-4]] = fig
+        fig.canvas.draw()
+        return path
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.figures(_result(), str(tmp_path))
+    assert set(figures) == {"learning", "alignment", "feedback", "summary"}
+    yield figures
+    import matplotlib.pyplot as plt
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def test_legends_cover_no_panel_and_stay_in_the_figure(drawn):
+    for name, fig in drawn.items():
+        assert fig.legends, name
+        for legend in fig.legends:
+            box = legend.get_window_extent()
+            assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and \
+                box.y1 <= fig.bbox.y1, (name, "legend cut off")
+            for ax in fig.axes:
+                panel = ax.get_window_extent()
+                overlap = min(box.x1, panel.x1) - max(box.x0, panel.x0)
+                assert overlap <= 0, (name, ax.get_title(), overlap)
+        assert all(ax.get_legend() is None for ax in fig.axes), name   # no legend inside a panel
+        # every bar label of the summary's panel (b) lies inside its panel, and nothing is drawn over it
+    bars = next(ax for ax in drawn["summary"].axes if ax.get_title().startswith("(b)"))
+    panel = bars.get_window_extent()
+    labels = [t for t in bars.texts if t.get_text()]
+    assert len(labels) == 2 * 9   # 9 rules with angles to compare, 2 hidden layers
+    for t in labels:
+        box = t.get_window_extent()
+        assert panel.y0 <= box.y0 and box.y1 <= panel.y1, t.get_text()
+
+
+def test_b_line_styles_mean_the_same_in_every_figure(drawn):
+    def styles(ax):
+        return {line.get_gid(): line.get_linestyle() for line in ax.get_lines() if line.get_gid()}
+    feedback = styles(drawn["feedback"].axes[0])
+    summary = styles(next(ax for ax in drawn["summary"].axes if ax.get_title().startswith("(d)")))
+    assert feedback == summary and len(feedback) == 2 * 9
+    assert feedback["fa B2"] == feedback["dfa B1"] == "-"      # the last layer with a B: solid
+    assert feedback["fa B1"] == feedback["dfa B0"] == "--"     # the one before: dashed
+    keys = {t.get_text(): h.get_linestyle() for fig in (drawn["summary"], drawn["feedback"])
+            for legend in fig.legends for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    assert keys["last layer with a B"] == "-" and keys["the one before"] == "--"
+
+
+def test_rule_names_are_cased_as_their_papers_write_them(drawn):
+    names = {"bp": "BP", "fa": "FA", "dfa": "DFA", "usf": "uSF", "frsf": "frSF", "brsf": "brSF", "kp": "KP",
+             "wm": "WM", "drtp": "DRTP", "sdfa": "sDFA", "shallow": "shallow"}
+    expected = [names[r] for r in RULES]
+    assert [plots._label(r) for r in RULES] == expected
+    legend = [t.get_text() for t in drawn["summary"].legends[0].get_texts()]
+    assert [text.split()[0] for text in legend[:len(RULES)]] == expected
+    texts = " ".join(t.get_text() for fig in drawn.values() for legend in fig.legends for t in legend.get_texts())
+    assert not {"kp", "brsf", "usf", "wm", "sdfa", "drtp"} & set(texts.replace(":", " ").split())
+
+
+def test_a_fashion_mnist_subset_is_named_in_the_title(monkeypatch):
+    images = np.zeros((60, 784), np.float32), np.arange(60) % 10, np.zeros((10, 784), np.float32), np.arange(10)
+    monkeypatch.setattr(experiments.datasets, "fashion_mnist", lambda path=None, dtype="float32": images)
+    titles = []
+    monkeypatch.setattr(experiments, "compare", lambda X, *a, title=None, **kw: titles.append((len(X), title)))
+    experiments.fashion_mnist(train_size=25)
+    experiments.fashion_mnist()
+    assert titles[0][0] == 25 and titles[0][1].startswith("Fashion-MNIST (first 25 of 60 training images), ")
+    assert titles[1][0] == 60 and titles[1][1].startswith("Fashion-MNIST, 784-256-256-10")
