@@ -117,10 +117,11 @@ struct SignConcordant{I<:Initialiser} <: Initialiser
 end
 SignConcordant(; init::Initialiser=GlorotUniform()) = SignConcordant(init)
 function init!(M::AbstractArray{T}, i::SignConcordant, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}
-    W !== nothing && (size(W) == reverse(size(M)) || size(W) == size(M) && ndims(M) > 2) ||
+    # W comes oriented like B (a dense layer's Wᵀ, a conv layer's kernel): see `feedback_array`.
+    W !== nothing && size(W) == size(M) ||
         throw(ArgumentError("SignConcordant feedback needs a B shaped like the layer's Wᵀ or kernel (FA-style rules)"))
     init!(M, i.init, r, fan_in, fan_out, W)
-    follow_signs!(M, W)
+    M .= copysign.(abs.(M), W)
     return M
 end
 

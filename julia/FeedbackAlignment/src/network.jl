@@ -251,7 +251,7 @@ function feedback_array(::Type{T}, shape, rule, spec, feedback, rng, init, W) wh
     if rule isa uSF   # scale · sign(W): magnitudes are the scale, signs follow W (refresh_signs!)
         scale = rule.scale === nothing ? init_std(init, fans(spec)...) : rule.scale
         B = fill(T(scale), shape)
-        follow_signs!(B, W)
+        follow_signs!(B, W, spec)
         return B
     end
     feedback isa Initialiser || throw(ArgumentError("feedback must be an initialiser, got $(repr(feedback))"))
@@ -266,9 +266,10 @@ function feedback_array(::Type{T}, shape, rule, spec, feedback, rng, init, W) wh
         eltype(feedback.M) == T || throw(ArgumentError("the given feedback array has element type $(eltype(feedback.M)), the network uses $T"))
         B = feedback.M
     else
-        B = init!(Array{T}(undef, shape...), feedback, rng, feedback_fans(spec, shape)..., W)
+        B = init!(Array{T}(undef, shape...), feedback, rng, feedback_fans(spec, shape)...,
+                  rule isa FAStyle && spec isa Dense ? permutedims(W) : W)   # W oriented like B
     end
-    rule isa SignSymmetric && follow_signs!(B, W)
+    rule isa SignSymmetric && follow_signs!(B, W, spec)
     return B
 end
 
@@ -276,16 +277,16 @@ end
 feedback_fans(spec, shape::NTuple{2,Int}) = (shape[2], shape[1])
 feedback_fans(spec::Conv, shape::NTuple{4,Int}) = reverse(fans(spec))
 
-"B ← |B| ∘ sign(W) where B has W's shape (a kernel), sign(Wᵀ) where it has Wᵀ's (a zero weight counts as positive)."
-function follow_signs!(B::Array, W::Array)
-    if size(B) == size(W)
-        @inbounds @simd for k in eachindex(B, W)
-            B[k] = copysign(B[k], W[k])
-        end
-    else
-        @inbounds for j in axes(B, 2), i in axes(B, 1)
-            B[i, j] = copysign(B[i, j], W[j, i])
-        end
+"B ← |B| ∘ sign(Wᵀ) for a dense layer, |B| ∘ sign(W) for a conv layer (a zero weight counts as positive)."
+function follow_signs!(B::Matrix, W::Matrix, ::Dense)
+    @inbounds for j in axes(B, 2), i in axes(B, 1)
+        B[i, j] = copysign(B[i, j], W[j, i])
+    end
+    return B
+end
+function follow_signs!(B::Array, W::Array, ::Conv)
+    @inbounds @simd for k in eachindex(B, W)
+        B[k] = copysign(B[k], W[k])
     end
     return B
 end
@@ -294,7 +295,8 @@ function LayerState{T}(spec::Layer, index, insize, outsize, W, B, feedback_init,
     NI, N = length(insize) + 1, length(outsize) + 1
     b = has_params(spec) ? zeros(T, bias_length(spec)) : nothing
     dW = W === nothing ? nothing : similar(W)
-    dB = learns_feedback(rule) && B !== nothing ? (size(B) == size(W) ? dW : similar(B)) : nothing
+    # Kolen-Pollack's B gradient: a dense B gets dWᵀ (its own buffer), a kernel-shaped B dW itself.
+    dB = learns_feedback(rule) && B !== nothing ? (spec isa Conv ? dW : similar(B)) : nothing
     mirror = rule isa WeightMirror && B !== nothing ? Mirror{T}(spec, insize, outsize, rule.batchsize, W) : nothing
     WT, BiasT, BT = typeof(W), typeof(b), typeof(B)
     st = LayerState{T,typeof(spec),NI,N,WT,BiasT,BT,typeof(mirror),typeof(feedback_init)}(

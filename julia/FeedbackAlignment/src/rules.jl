@@ -145,7 +145,7 @@ end
 prepare_signal!(::SignSymmetric, net, Y, m) = refresh_signs!(net)
 
 "B ← |B| ∘ sign(W) (dense: sign(Wᵀ)) for every layer with a B (a zero weight counts as positive)."
-refresh_signs!(net) = foreach_layer(st -> st.B === nothing || follow_signs!(st.B, st.W), net.layers)
+refresh_signs!(net) = foreach_layer(st -> st.B === nothing || follow_signs!(st.B, st.W, st.spec), net.layers)
 
 "Called before each training batch (not by `gradients`): brSF redraws its magnitudes."
 before_batch!(::LearningRule, net) = nothing
@@ -153,7 +153,7 @@ before_batch!(::brSF, net) = foreach_layer(st -> st.B === nothing || redraw!(st,
 function redraw!(st, rng)
     init = st.feedback_init isa SignConcordant ? st.feedback_init.init : st.feedback_init   # its magnitudes
     init!(st.B, init, rng, feedback_fans(st.spec, size(st.B))...)
-    follow_signs!(st.B, st.W)
+    follow_signs!(st.B, st.W, st.spec)
 end
 
 "Called after each optimiser update: sign-symmetric rules follow W's new signs; weight mirror mirrors."
