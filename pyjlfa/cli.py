@@ -253,7 +253,7 @@ def _train(args, parser):
     result = {"experiment": "history", "params": dict(vars(args), sizes=sizes), "runs": {args.rule: history}}
     files = experiments.save_results(result, args.out, plot=False)
     model = os.path.join(args.out, "model.safetensors")
-    net.save(model)
+    net.save(model, include_optimizer=True)   # the optimizer too, so `fit` on the loaded model resumes exactly
     files.append(model)
     last = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v and not isinstance(v[-1], list)}
     print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "seconds"))

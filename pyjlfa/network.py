@@ -1,6 +1,7 @@
 """The Python face of a Julia-side network: validation at the edge, zero-copy arrays across it."""
 
 import ctypes
+import os
 import sys
 import time
 from ctypes import c_double, c_int64, c_void_p
@@ -193,6 +194,10 @@ class Network:
         feedback_specs, given = self._feedback(feedback, len(chain))
         if self.rule in ("bp", "shallow") and any(g is not None for g in given):
             raise ValueError(f"feedback arrays were given, but rule {self.rule!r} has no feedback arrays")
+        if self.rule in ("bp", "shallow") and not (isinstance(feedback, str) and feedback == "glorot_uniform"):
+            import warnings
+            warnings.warn(f"rule {self.rule!r} has no feedback arrays: feedback={feedback!r} is ignored",
+                          UserWarning, stacklevel=3)
         rates = self._dropout(dropout, len(chain))
 
         spec = "\n".join([f"loss={self.loss}", f"rule={rule_spec}", f"seed={seed}", f"feedback_seed={feedback_seed}",
@@ -359,6 +364,16 @@ class Network:
 
     def __enter__(self):
         return self
+
+    # -- pickling: through the model file's bytes (parameters, feedback, optimizer state, generator) --
+    def __reduce__(self):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.safetensors")
+            self.save(path, include_optimizer=True)
+            with open(path, "rb") as f:
+                return _from_model_bytes, (f.read(),)
 
     def __exit__(self, *exc):
         self.close()
@@ -574,6 +589,19 @@ class Network:
         if self.loss != "cross_entropy":
             raise ValueError(f"predict_proba needs the cross_entropy loss; this network uses {self.loss!r}")
         return self._forward(X, _PROBABILITIES)
+
+
+def _from_model_bytes(data):
+    """A network from the bytes of a model file (how pickled networks come back)."""
+    import tempfile
+
+    from .io import load
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.safetensors")
+        with open(path, "wb") as f:
+            f.write(data)
+        return load(path)
 
 
 def _warn_if_growing(losses, chance, optimizer):
