@@ -13,7 +13,7 @@ path = ARGS[1]
 epochs, samples, out = option("epochs", 1), option("train-samples", 60000), option("out", "finetuned_jl.safetensors")
 
 meta = FeedbackAlignment.read_metadata(path)
-println("$path: written by $(meta["created_by"]), $(meta["rule"]) $(meta["sizes"]) $(meta["dtype"])")
+println("$path: written by $(meta["created_by"]), $(meta["rule"]) $(meta["chain"]) $(meta["dtype"])")
 net = load(path)
 T = eltype(net)
 Xtr, ytr = fashion("train", T)

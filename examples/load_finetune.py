@@ -20,7 +20,7 @@ def main():
     args = parser.parse_args()
 
     meta = pyjlfa.io.read_metadata(args.model)
-    print(f"{args.model}: written by {meta['created_by']}, {meta['rule']} {meta['sizes']} {meta['dtype']}")
+    print(f"{args.model}: written by {meta['created_by']}, {meta['rule']} {meta['chain']} {meta['dtype']}")
     net = pyjlfa.load(args.model)
     Xtr, ytr, Xte, yte = pyjlfa.datasets.fashion_mnist(dtype=net.dtype)
     Xtr, ytr = Xtr[:args.train_samples], ytr[:args.train_samples]

@@ -292,7 +292,7 @@ class Network:
                 specs.append("zeros()")
                 given.append(entry)
             elif entry is None and listed:
-                specs.append("zeros()")
+                specs.append("nothing")   # the engine checks that this layer has no B
                 given.append(None)
             else:
                 specs.append(self._initialiser(entry, name))
@@ -303,7 +303,7 @@ class Network:
     def _dropout(dropout, n):
         if not isinstance(dropout, (list, tuple)):
             if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-                raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+                raise ValueError(f"dropout rates must be numbers in [0, 1), got {dropout!r}")
             return float(dropout)
         if len(dropout) != n - 1:
             raise ValueError(f"dropout lists {len(dropout)} rates; expected one per layer but the last ({n - 1})")

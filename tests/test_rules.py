@@ -135,15 +135,15 @@ def test_shallow_trains_only_the_output_layer():
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(rule="drtp", loss="mse"), ValueError, "drtp.*needs loss='cross_entropy'"),
     (dict(rule="fa", feedback=[None, np.zeros((4, 5))]), ValueError, r"feedback lists 2 entries; the network has 3 layers"),
-    (dict(rule="fa", feedback=[None, np.zeros((5, 4)), np.zeros((3, 4))]), ValueError, r"feedback\[1\] has shape \(5, 4\); layer 1's B under rule 'fa' needs \(4, 5\)"),
+    (dict(rule="fa", feedback=[None, np.zeros((5, 4)), np.zeros((3, 4))]), ValueError, r"the given feedback array has shape \(5, 4\); FA\(\) gives Dense\(5 => 4, tanh\) a B of shape \(4, 5\)"),
     (dict(rule="fa", feedback=[None, np.zeros((4, 5), np.float32), np.zeros((3, 4))]), TypeError, r"feedback\[1\] is used in place as B.*float64"),
-    (dict(rule="fa", feedback=[np.zeros((5, 6)), None, None]), ValueError, r"layer 0 has no feedback matrix"),
-    (dict(rule="fa", feedback=[None, None, np.zeros((3, 4))]), ValueError, r"feedback\[1\] is None but layer 1 has a feedback matrix"),
+    (dict(rule="fa", feedback=[np.zeros((5, 6)), None, None]), ValueError, r"under FA\(\) layer 1 \(Dense\(6 => 5, tanh\)\) has no feedback array"),
+    (dict(rule="fa", feedback=[None, None, np.zeros((3, 4))]), ValueError, r"feedback\[2\] is nothing, but under FA\(\) layer 2 \(Dense\(5 => 4, tanh\)\) has a feedback array"),
     (dict(rule="brsf", feedback=[None, np.zeros((4, 5)), np.zeros((3, 4))]), ValueError, "brsf' redraws B every batch"),
     (dict(rule="fa", feedback="gaussian"), ValueError, "unknown feedback 'gaussian'; expected one of"),
     (dict(rule="fa", feedback=3.0), TypeError, "feedback must be an initialiser name"),
     (dict(rule="fa", dropout=1.0), ValueError, r"dropout rates must be numbers in \[0, 1\)"),
-    (dict(rule="fa", dropout=[0.1]), ValueError, "dropout lists 1 rates; the network has 2 hidden layers"),
+    (dict(rule="fa", dropout=[0.1]), ValueError, r"dropout lists 1 rates; expected one per layer but the last \(2\)"),
 ])
 def test_invalid_combinations_are_refused_before_training(kwargs, error, match):
     with pytest.raises(error, match=match):

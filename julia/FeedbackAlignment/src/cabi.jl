@@ -38,7 +38,7 @@ function initialisers(text, n)
     expr = Meta.parse(text)
     expr isa Expr && expr.head == :vect || return fill(interpret(text, "initialiser"), n)
     length(expr.args) == n || throw(ArgumentError("feedback lists $(length(expr.args)) initialisers; the network has $n layers"))
-    return [build(e, "initialiser", text) for e in expr.args]
+    return [e === :nothing ? nothing : build(e, "initialiser", text) for e in expr.args]
 end
 
 eval_literals(e::Expr) = e.head == :vect && all(x -> x isa Real, e.args) ? collect(e.args) :

@@ -177,7 +177,9 @@ function Network(chain::Chain; input=nothing, rule::LearningRule=FA(), loss::Los
         W = has_params(spec) ? init!(Array{T}(undef, param_shape(spec)), init, wrng, fans(spec)...) : nothing
         shape = feedback_shape(rule, spec, shapes[l+1], l == params[1], l == params[end], nout)
         shape === nothing && feedbacks[l] isa Union{Given,GivenPointer} &&
-            throw(ArgumentError("feedback[$l] is an array, but under $(rule) layer $l ($(layer_text(spec))) has no feedback array"))
+            throw(ArgumentError("feedback[$l] is an array, but under $(nameof(typeof(rule)))() layer $l ($(layer_text(spec))) has no feedback array"))
+        shape !== nothing && feedbacks[l] === nothing &&
+            throw(ArgumentError("feedback[$l] is nothing, but under $(nameof(typeof(rule)))() layer $l ($(layer_text(spec))) has a feedback array"))
         B = shape === nothing ? nothing : feedback_array(T, shape, rule, spec, feedbacks[l], brng, init, W)
         carries = carries_back(rule) && any(<(l), params)
         push!(layers, LayerState{T}(spec, l, shapes[l], shapes[l+1], W, B, shape === nothing ? nothing : feedbacks[l],
@@ -257,7 +259,7 @@ function feedback_array(::Type{T}, shape, rule, spec, feedback, rng, init, W) wh
     feedback isa Initialiser || throw(ArgumentError("feedback must be an initialiser, got $(repr(feedback))"))
     if feedback isa GivenPointer   # a row-major host's array: its shape is Julia's, reversed
         feedback.dims == shape || throw(DimensionMismatch("the given feedback array has shape $(reverse(feedback.dims)); " *
-                                                          "the rule gives $(layer_text(spec)) a B of shape $(reverse(shape))"))
+                                                          "$(nameof(typeof(rule)))() gives $(layer_text(spec)) a B of shape $(reverse(shape))"))
         feedback = Given(unsafe_wrap(Array, feedback.p, shape))
     end
     if feedback isa Given
