@@ -577,7 +577,7 @@ def _table(rows):
     head = [k for k in rows[0] if not k.endswith(("_mean", "_std"))]
     cells = [[str(r[k]) for k in head] + [f"{r['final_accuracy_mean']:.4f} ± {r['final_accuracy_std']:.4f}",
                                           f"{r['best_accuracy_mean']:.4f} ± {r['best_accuracy_std']:.4f}",
-                                          f"{r['seconds_mean']:.1f}"] for r in rows]
+                                          f"{r['seconds_mean']:.2f}"] for r in rows]
     head += ["final test acc", "best test acc", "s/run"]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]

@@ -24,8 +24,8 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))  # subprocesses (CLI, dask workers)
 
 TINY = {
     "data": {"name": "synthetic", "train_size": 300, "test_size": 100, "features": 6, "classes": 3, "seed": 1},
-    "fixed": {"hidden": [5], "epochs": 2, "batch_size": 16},
-    "grid": {"rule": ["bp", "fa", "dfa"], "lr": [0.02, 0.3], "seed": [0, 1]},
+    "fixed": {"hidden": [5, 4], "epochs": 2, "batch_size": 16},
+    "grid": {"rule": ["fa", "dfa"], "lr": [0.02, 0.3], "seed": [0, 1]},
 }
 
 
@@ -61,7 +61,7 @@ def test_local_cluster_runs_equal_direct_runs_and_summary(tmp_path):
 
         result = sweep(TINY, out=out, client=client, progress=False)
         assert cluster.status.name == "running"  # a client passed in is left running
-    assert (result["total"], result["ran"], result["skipped"], result["failed"]) == (12, 12, 0, 0)
+    assert (result["total"], result["ran"], result["skipped"], result["failed"]) == (8, 8, 0, 0)
 
     data, runs, _ = plan(TINY)
     finals = {}
@@ -75,7 +75,7 @@ def test_local_cluster_runs_equal_direct_runs_and_summary(tmp_path):
 
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6
+    assert len(rows) == 4
     for row in rows:
         values = finals[(row["rule"], float(row["lr"]))]
         assert int(row["runs"]) == 2 and int(row["failed"]) == 0
@@ -132,6 +132,17 @@ def test_random_samples_are_crossed_with_the_grid_and_reproducible():
     assert plan(spec)[1] == runs
 
 
+def _popen(command, **kwargs):
+    """Popen with SIGINT and SIGTERM deliverable in the child, as from a shell: Julia's start blocks
+    them in the signal mask of its thread (this test process's, once a test has started Julia), and
+    children inherit the mask."""
+    old = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        return subprocess.Popen(command, env=ENV, **kwargs)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,6 +150,9 @@ def _free_port():
 
 
 def _stop(proc, timeout=20):
+    if isinstance(proc, distributed.Client):
+        proc.close()
+        return
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -191,21 +205,22 @@ seed = [0, 1]
     dask_cmd = [sys.executable, "-m", "dask"]
     procs = []
     try:
-        scheduler = subprocess.Popen(dask_cmd + ["scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                                 "--no-dashboard"], env=ENV, stderr=subprocess.DEVNULL)
+        scheduler = _popen(dask_cmd + ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                           stderr=subprocess.DEVNULL)
         procs.append(scheduler)
-        workers = [subprocess.Popen(dask_cmd + ["worker", address, "--host", "127.0.0.1", "--nthreads", "1",
-                                                "--no-nanny", "--no-dashboard", "--name", f"w{i}"],
-                                    env=ENV, stderr=subprocess.DEVNULL) for i in range(2)]
+        workers = [_popen(dask_cmd + ["worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
+                                      "--no-dashboard", "--name", f"w{i}"], stderr=subprocess.DEVNULL)
+                   for i in range(2)]
         procs += workers
-        with distributed.Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
-            addresses = {info["name"]: a for a, info in client.scheduler_info()["workers"].items()}
+        client = distributed.Client(address, timeout=60)  # this test's eyes on the cluster; closed below
+        procs.append(client)
+        client.wait_for_workers(2, timeout=60)
+        addresses = {info["name"]: a for a, info in client.scheduler_info()["workers"].items()}
         sweep_cmd = [sys.executable, "-m", "pyjlfa", "sweep", str(spec), "--out", str(out), "--scheduler", address,
                      "--no-plots"]
 
         # 1. Interrupt (SIGINT, as Ctrl-C) once two runs are written.
-        first = subprocess.Popen(sweep_cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = _popen(sweep_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(first)
         _wait_files(runs_dir, 2, first, timeout=180)
         first.send_signal(signal.SIGINT)
@@ -216,9 +231,13 @@ seed = [0, 1]
         assert 2 <= len(before) < total
 
         # 2. Rerun: finished runs are skipped; kill worker w0 once one more run is written.
-        second = subprocess.Popen(sweep_cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        second = _popen(sweep_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(second)
         _wait_files(runs_dir, len(before) + 1, second, timeout=180)
+        deadline = time.monotonic() + 60
+        while not client.processing().get(addresses["w0"]):  # kill w0 while it is running a run
+            assert time.monotonic() < deadline and second.poll() is None, "w0 never got a run"
+            time.sleep(0.01)
         workers[0].kill()
         killed_at = time.time()
         _, err2 = second.communicate(timeout=180)
@@ -236,7 +255,7 @@ seed = [0, 1]
         after_kill = [r for r in records if r["started"] > killed_at]
         assert all(r["worker"] == addresses["w1"] for r in after_kill)
         print(f"\n{total} runs; interrupted after {len(before)} (exit 130); the rerun skipped those, "
-              f"killed worker w0 after {len(before) + 1} results; {len(after_kill)} runs started after the kill, "
+              f"killed worker w0 while it ran a run, after {len(before) + 1} results; {len(after_kill)} runs started after the kill, "
               f"all on w1; {len(files)} result files, one per run, {sum(r['worker'] == addresses['w0'] for r in records)} "
               f"by w0 and {sum(r['worker'] == addresses['w1'] for r in records)} by w1")
         print(err2.strip().splitlines()[-1])
@@ -245,6 +264,7 @@ seed = [0, 1]
             _stop(proc)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=3 on purpose
 def test_sklearn_grid_search_on_dask_equals_sequential():
     sklearn = pytest.importorskip("sklearn")  # noqa: F841
     import joblib
@@ -253,7 +273,7 @@ def test_sklearn_grid_search_on_dask_equals_sequential():
     from pyjlfa.sklearn import FeedbackAlignmentClassifier
 
     Xtr, ytr, _, _ = load_data(TINY["data"])
-    grid = {"rule": ["bp", "fa", "dfa"], "learning_rate_init": [0.02, 0.2]}
+    grid = {"rule": ["fa", "dfa"], "learning_rate_init": [0.02, 0.2]}
     estimator = FeedbackAlignmentClassifier(hidden_layer_sizes=(5,), max_iter=3, batch_size=16, random_state=0)
     with local_cluster(2) as cluster, Client(cluster) as client:
         with joblib.parallel_backend("dask"), get_task_stream(client) as stream:
