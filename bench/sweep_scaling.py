@@ -2,8 +2,8 @@
 
     python bench/sweep_scaling.py [SPEC.toml] [--workers 2]
 
-Both wall times include starting Julia (and, for Dask, the cluster) and compiling. The sequential
-runs use this process's default BLAS threads; Dask's workers one thread each. The script also checks
+Both wall times include starting Julia (and, for Dask, the cluster) and compiling. Both use one
+BLAS thread per process. The script also checks
 that both give bit-identical histories.
 """
 
@@ -13,6 +13,11 @@ import os
 import sys
 import tempfile
 import time
+
+# One BLAS thread in this process too, as in Dask's workers (its nanny sets the same variables): with
+# two threads on a busy 2-core machine, OpenBLAS's spinning threads made the sequential runs >3x slower.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -28,7 +33,7 @@ def main():
     data, runs, _ = plan(args.spec)
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        sweep(args.spec, out=out, workers=args.workers, plot=False, progress=False, stream=open(os.devnull, "w"))
+        sweep(args.spec, out=out, workers=args.workers, plot=False, progress=False, stream=sys.stdout)
         on_dask = time.perf_counter() - start
         records = {rid: json.load(open(os.path.join(out, "runs", f"{rid}.json"))) for rid, _ in runs}
     start = time.perf_counter()  # Julia starts in this process now, after the workers were spawned

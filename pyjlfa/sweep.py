@@ -69,6 +69,18 @@ def _integer(value, where):
     return value
 
 
+def _positive_integer(value, where):
+    if _integer(value, where) < 1:
+        raise SpecError(f"{where}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _seed(value, where):
+    if _integer(value, where) < 0:
+        raise SpecError(f"{where}: expected a seed >= 0, got {value!r}")
+    return value
+
+
 def _text(value, where):
     if not isinstance(value, str):
         raise SpecError(f"{where}: expected a string, got {value!r}")
@@ -155,16 +167,16 @@ PARAMETERS = {
     "activation": ("network", "activation", _text),
     "rule": ("network", "rule", _rule),                 # "fa", or with parameters: "wm(steps=2)"
     "loss": ("network", "loss", _text),                 # mse trains on one-hot targets
-    "seed": ("network", "seed", _integer),
-    "feedback_seed": ("network", "feedback_seed", _integer),
+    "seed": ("network", "seed", _seed),
+    "feedback_seed": ("network", "feedback_seed", _seed),
     "dtype": ("network", "dtype", _text),
     "init": ("network", "init", _initialiser),          # "he_normal", "normal(0.05)", ...
     "feedback": ("network", "feedback", _initialiser),  # "sparse(0.1)", or one per layer
     "dropout": ("network", "dropout", _numbers),
-    "epochs": ("fit", "epochs", _integer),
-    "batch_size": ("fit", "batch_size", _integer),
+    "epochs": ("fit", "epochs", _positive_integer),
+    "batch_size": ("fit", "batch_size", _positive_integer),
     "shuffle": ("fit", "shuffle", _flag),
-    "track_alignment": ("fit", "track_alignment", _integer),
+    "track_alignment": ("fit", "track_alignment", _positive_integer),
     "optimizer": ("optimizer", None, _optimizer_name),  # "sgd" (default), "adam", "adamw"
     "lr": ("optimizer", "lr", _number),
     "momentum": ("optimizer", "momentum", _number),
@@ -247,7 +259,7 @@ def load_data(data, dtype="float32"):
         name, params = data["name"], {k: v for k, v in data.items() if k != "name"}
         train_size, test_size = params.pop("train_size", None), params.pop("test_size", None)
         if name == "fashion_mnist":
-            Xtr, ytr, Xte, yte = datasets.fashion_mnist(path=params.get("path"))
+            Xtr, ytr, Xte, yte = datasets.fashion_mnist(path=params.get("path"), dtype=dtype)
         elif name == "npz":
             with np.load(params["path"]) as f:
                 Xtr, ytr = f["X_train"], f["y_train"]
@@ -598,8 +610,10 @@ def figures(rows, out):
     one panel per combination of the other varying keys. Returns the PNG paths (none without lr in the grid)."""
     if not rows or "lr" not in rows[0]:
         return []
-    from .plots import require_matplotlib
+    from .plots import _color, require_matplotlib
     plt = require_matplotlib()
+    rules = sorted({str(r.get("rule", "")) for r in rows})
+    lrs = sorted({r["lr"] for r in rows})
     others = [k for k in rows[0] if k not in ("lr", "rule", "runs", "failed") and not k.endswith(("_mean", "_std"))]
     panels = {}
     for r in rows:
@@ -616,9 +630,13 @@ def figures(rows, out):
                 x = [r["lr"] for r in pts]
                 m = np.array([r[f"{which}_accuracy_mean"] for r in pts])
                 s = np.array([r[f"{which}_accuracy_std"] for r in pts])
-                ax.plot(x, m, marker="o", label=rule or None)
-                ax.fill_between(x, m - s, m + s, alpha=0.2)
+                color = _color(rule, rules) if rule else None
+                ax.plot(x, m, marker="o", label=rule or None, color=color)
+                ax.fill_between(x, m - s, m + s, alpha=0.2, color=color)
             ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(lrs if len(lrs) <= 8 else lrs[::-(-len(lrs) // 8)])
+            ax.set_xticklabels([f"{v:g}" for v in ax.get_xticks()])
             ax.set_xlabel("learning rate")
             ax.set_title(", ".join(f"{k}={v}" for k, v in zip(others, title)) or "all runs", fontsize=9)
             if "rule" in rows[0]:

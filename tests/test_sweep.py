@@ -61,6 +61,17 @@ def test_local_cluster_runs_equal_direct_runs_and_summary(tmp_path):
 
         result = sweep(TINY, out=out, client=client, progress=False)
         assert cluster.status.name == "running"  # a client passed in is left running
+        again = sweep(TINY, out=out, client=client, progress=False)  # every run finished: nothing runs
+        assert (again["ran"], again["skipped"]) == (0, 8)
+
+        # A run that raises is recorded with its error; the others go on.
+        diverging = dict(TINY, grid={"lr": [0.1, 1e10]}, fixed=dict(TINY["fixed"], rule="fa", seed=0, activation="relu"))
+        mixed = sweep(diverging, out=tmp_path / "mixed", client=client, progress=False)
+        assert (mixed["ran"], mixed["failed"]) == (2, 1)
+        failed = [json.loads(p.read_text()) for p in (tmp_path / "mixed" / "runs").glob("*.json")]
+        failed = [r for r in failed if r["status"] == "error"]
+        assert len(failed) == 1 and failed[0]["config"]["lr"] == 1e10
+        assert failed[0]["error"].startswith("DivergenceError") and "Traceback" in failed[0]["traceback"]
     assert (result["total"], result["ran"], result["skipped"], result["failed"]) == (8, 8, 0, 0)
 
     data, runs, _ = plan(TINY)
@@ -92,6 +103,8 @@ def test_local_cluster_runs_equal_direct_runs_and_summary(tmp_path):
     ({"fixed": {"learning_rate": 0.1}}, r"fixed\.learning_rate: unknown key"),
     ({"grid": {"lr": [0.1, "fast"]}}, r"lr: expected a finite number, got 'fast'"),
     ({"grid": {"seed": []}}, r"grid\.seed: empty list"),
+    ({"grid": {"seed": [0, -1]}}, r"seed: expected a seed >= 0, got -1"),
+    ({"fixed": {"epochs": 0}}, r"epochs: expected a positive integer, got 0"),
     ({"grid": {}}, r"\[grid\] is empty"),
     ({"grid": {"lr": 0.1}}, r"grid\.lr: expected a list"),
     ({"grid": {"lr": [0.1, -1.0]}}, r"lr must be > 0, got -1\.0 \(in the run lr=-1\.0\)"),
