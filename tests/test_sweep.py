@@ -65,11 +65,20 @@ def test_local_cluster_runs_equal_direct_runs_and_summary(tmp_path):
         assert (again["ran"], again["skipped"]) == (0, 8)
 
         # A run that raises is recorded with its error; the others go on.
-        diverging = dict(TINY, grid={"lr": [0.1, 1e10]}, fixed=dict(TINY["fixed"], rule="fa", seed=0, activation="relu"))
+        diverging = dict(TINY, grid={"lr": [0.1, 1e10]},
+                         fixed=dict(TINY["fixed"], rule="fa", seed=0, activation="relu", save_model=True))
         mixed = sweep(diverging, out=tmp_path / "mixed", client=client, progress=False)
         assert (mixed["ran"], mixed["failed"]) == (2, 1)
-        failed = [json.loads(p.read_text()) for p in (tmp_path / "mixed" / "runs").glob("*.json")]
-        failed = [r for r in failed if r["status"] == "error"]
+        # Every worker loaded the data once, for all four sweeps, and kept it.
+        loaded = client.run(lambda: list(sys.modules["pyjlfa.sweep"]._LOADED))
+        key = json.dumps([TINY["data"], "float32"], sort_keys=True)
+        assert all(keys in ([], [key]) for keys in loaded.values()) and [key] in loaded.values()
+        records = [json.loads(p.read_text()) for p in (tmp_path / "mixed" / "runs").glob("*.json")]
+        failed = [r for r in records if r["status"] == "error"]
+        ok, = [r for r in records if r["status"] == "ok"]
+        model = pyjlfa.load(tmp_path / "mixed" / ok["model"])  # the model came back as bytes
+        _, _, Xte, yte = load_data(TINY["data"])
+        assert model.sizes == (6, 5, 4, 3) and model.evaluate(Xte, yte)["accuracy"] == ok["final"]["val_accuracy"]
         assert len(failed) == 1 and failed[0]["config"]["lr"] == 1e10
         assert failed[0]["error"].startswith("DivergenceError") and "Traceback" in failed[0]["traceback"]
     assert (result["total"], result["ran"], result["skipped"], result["failed"]) == (8, 8, 0, 0)
