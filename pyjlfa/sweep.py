@@ -677,7 +677,6 @@ def sweep(spec, out, client=None, scheduler=None, workers=None, retry_failed=Fal
     data, runs, varying = plan(spec)
     runs_dir = os.path.join(out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
-    os.makedirs(os.path.join(out, "models"), exist_ok=True)
     _write_atomic(os.path.join(out, "sweep.json"), json.dumps(
         {"data": data, "varying": varying, "runs": {rid: config for rid, config in runs}}, indent=1).encode())
 
@@ -744,6 +743,7 @@ def _run_all(client, data, todo, varying, out, progress):
                 record = {"status": "error", "config": config, "data": data, "error": f"{type(e).__name__}: {e}"}
             model = record.pop("model_bytes", None)
             if model is not None:
+                os.makedirs(os.path.join(out, "models"), exist_ok=True)
                 path = os.path.join(out, "models", f"{rid}.safetensors")
                 _write_atomic(path, model)
                 record["model"] = os.path.relpath(path, out)
