@@ -3,6 +3,7 @@
     pyjlfa train --rule fa --epochs 10 --out runs/fa
     pyjlfa compare --rules bp fa dfa --epochs 10 --out runs/compare
     pyjlfa reproduce linear --out results
+    pyjlfa sweep spec.toml --out runs/sweep
 
 ``pyjlfa <command> --help`` explains every option. (Also ``python -m pyjlfa``.)
 """
