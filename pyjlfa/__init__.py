@@ -14,7 +14,9 @@ from ._runtime import DivergenceError, JuliaError, JuliaValueError, runtime_info
 from .io import ModelFileError, load
 from .network import Layer, Network
 from .optimizers import SGD, Adam, AdamW, Cosine, StepDecay
+from .sweep import sweep  # the function; the module stays importable as ``from pyjlfa.sweep import ...``
 
 __version__ = "0.1.0"
-__all__ = ["Network", "Layer", "SGD", "Adam", "AdamW", "StepDecay", "Cosine", "init", "rules", "JuliaError", "JuliaValueError", "DivergenceError", "runtime_info", "start_julia",
-           "datasets", "layers", "__version__", "load", "ModelFileError"]
+__all__ = ["Network", "Layer", "SGD", "Adam", "AdamW", "StepDecay", "Cosine", "init", "rules", "JuliaError",
+           "JuliaValueError", "DivergenceError", "runtime_info", "start_julia", "datasets", "layers", "__version__",
+           "load", "ModelFileError", "sweep"]

@@ -3,6 +3,7 @@
     pyjlfa train --rule fa --epochs 10 --out runs/fa
     pyjlfa compare --rules bp fa dfa --epochs 10 --out runs/compare
     pyjlfa reproduce linear --out results
+    pyjlfa sweep spec.toml --out runs/sweep
 
 pyjlfa <command> --help explains every option. (Also python -m pyjlfa.)
 """
@@ -97,7 +98,7 @@ def _add_model(p, rule=True):
 def _parser():
     parser = argparse.ArgumentParser(prog="pyjlfa", description=__doc__.split("\n\n")[0], epilog=_EPILOG,
                                      formatter_class=_Formatter)
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare,reproduce}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,reproduce,sweep}")
     sub.required = True
 
     train = sub.add_parser("train", formatter_class=_Formatter, epilog=_EPILOG,
@@ -146,6 +147,7 @@ def _parser():
     rep.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of every random draw")
     rep.add_argument("--no-plots", action="store_true", help="write no figures (they need matplotlib)")
     rep.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_sweep(sub)
     return parser
 
 
@@ -363,11 +365,51 @@ def _reproduce(args, parser):
     print(f"\nwrote {args.out}/{result['experiment']}.*")
 
 
+# -- pyjlfa sweep (pyjlfa/sweep.py) ----------------------------------------------------------------
+def _add_sweep(sub):
+    p = sub.add_parser("sweep", formatter_class=_Formatter,
+                       help="run a grid of trainings from a TOML spec on Dask (resumable); summarise",
+                       description="Run every configuration of SPEC.toml (a grid over rules, seeds, learning "
+                                   "rates, ...) on Dask distributed: a local cluster of spawned worker processes "
+                                   "by default, or the cluster at --scheduler. Each run's result is written to "
+                                   "DIR/runs/<id>.json as it finishes; rerunning the command skips finished "
+                                   "runs. Ends with DIR/summary.csv (mean ± std over seeds) and figures. "
+                                   "The spec format is in the README and in pyjlfa/sweep.py.")
+    p.add_argument("spec", metavar="SPEC.toml", help="the sweep spec")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for results, summary and figures")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="a running Dask scheduler (e.g. tcp://10.0.0.5:8786) instead of a local cluster")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="worker processes of the local cluster (default: one per core)")
+    p.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    p.add_argument("--no-plots", action="store_true", help="write no figures (they need matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _sweep(args, parser):
+    import signal
+    from .sweep import SpecError, sweep
+    # This process never starts Julia; a parent that hosts Julia passes on its blocked SIGINT/SIGTERM
+    # (Julia's start blocks them in its thread's signal mask): unblock them so Ctrl-C stops the sweep.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if not os.path.isfile(args.spec):
+        parser.error(f"{args.spec}: no such file")
+    try:
+        sweep(args.spec, out=args.out, scheduler=args.scheduler, workers=args.workers,
+                    retry_failed=args.retry_failed, plot=_plots_available(args), progress=not args.quiet)
+    except SpecError as e:
+        parser.error(str(e))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are saved in {args.out}/runs; run the same command again to resume",
+              file=sys.stderr)
+        sys.exit(130)
+
+
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
-    {"train": _train, "compare": _compare, "reproduce": _reproduce}[args.command](args, sub)
+    {"train": _train, "compare": _compare, "reproduce": _reproduce, "sweep": _sweep}[args.command](args, sub)
     return 0
 
 
