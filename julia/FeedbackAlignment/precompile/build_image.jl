@@ -47,7 +47,9 @@ function image_key(pkg=PACKAGE)
     return bytes2hex(sha256(material))[1:16]
 end
 
-cache_dir() = get(ENV, "PYJLFA_CACHE", joinpath(get(ENV, "XDG_CACHE_HOME", joinpath(homedir(), ".cache")), "pyjlfa"))
+nonempty(name) = (v = get(ENV, name, ""); isempty(v) ? nothing : v)
+cache_dir() = something(nonempty("PYJLFA_CACHE"),
+                        joinpath(something(nonempty("XDG_CACHE_HOME"), joinpath(homedir(), ".cache")), "pyjlfa"))
 image_prefix() = "FeedbackAlignment-julia$(VERSION)-$(Sys.CPU_NAME)-"
 default_output() = joinpath(cache_dir(), image_prefix() * image_key() * ".so")
 
