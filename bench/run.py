@@ -319,7 +319,8 @@ net.step(X, y, pyjlfa.SGD(0.05))
 t3 = time.perf_counter()
 net.fit(np.repeat(X, 4, axis=0), np.repeat(y, 4), batch_size=32)
 t4 = time.perf_counter()
-print(json.dumps(dict(start=t1 - t0, first_step=t2 - t1, second_step=t3 - t2, first_fit=t4 - t3)))
+print(json.dumps(dict(start=t1 - t0, first_step=t2 - t1, second_step=t3 - t2, first_fit=t4 - t3,
+                      image=pyjlfa.runtime_info().get("sysimage_kind", "juliacall's"))))
 """
 
 
@@ -477,8 +478,8 @@ def main(args):
           f"{b['julia_entry'] * 1e9:.0f} ns ({b['julia_entry'] / b['empty_ctypes']:.2f}x); through the engine's "
           f"checked call {b['engine_call'] * 1e9:.0f} ns. fit crosses once per epoch.")
     f = first_step("fa")
-    print(f"fresh process: import + start Julia {f['start']:.2f} s; first FA step {f['first_step']:.2f} s "
-          f"(compiles); second step {f['second_step'] * 1e3:.2f} ms; first fit {f['first_fit']:.2f} s")
+    print(f"fresh process ({f['image']} Julia image; bench/startup.py compares): import + start Julia "
+          f"{f['start']:.2f} s; first FA step {f['first_step']:.2f} s; second step {f['second_step'] * 1e3:.2f} ms; first fit {f['first_fit']:.2f} s")
     alloc = allocations(info["julia_executable"]) if "julia_executable" in info else "(Julia started by juliacall)"
     print("\n" + alloc)
     if args.json:
