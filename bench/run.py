@@ -2,6 +2,8 @@
 
     python bench/run.py            # every case of issue 6 (about 10 minutes on 2 cores)
     python bench/run.py --quick    # 784-256-256-10 float32, BP/FA/DFA, batch 32/128/512, and two more (~2 min)
+    python bench/run.py --quick --threads 1 2   # each case at 1 and 2 threads, with the scaling
+    python bench/run.py --isolation-check --threads 2   # each peer timed alone and inside the benchmark
 
 For each case (network, dtype, batch size, rule) it prints samples per second for a training step
 and for a whole epoch, for pyjlfa, the NumPy reference (pyjlfa.reference) and PyTorch (FA and DFA as
@@ -13,7 +15,14 @@ and Julia's allocations per step. Steps are timed over a fixed number of batches
 --rounds,
 peers interleaved round by round), epochs over a subset of the training set (best of 2 for the
 small network); every peer uses the same BLAS thread count
-(--threads). The machine is shared and noisy: compare ratios from one run, not absolute times.
+(--threads; with several counts, every case runs at each and a table shows each peer's scaling).
+While one peer is timed no other peer's process competes for the cores: the PyTorch peer blocks on
+its pipe between requests with its OpenMP threads asleep (OMP_WAIT_POLICY=PASSIVE, one inter-op
+thread), and with more than one thread the benchmark pauses between peers (--settle) so that the
+BLAS threads of the peer just timed, which spin for a while after their last call, have gone to
+sleep. --isolation-check shows it: one case timed per peer alone, and inside the benchmark with
+and without these measures. The machine is shared and noisy: compare ratios from one run, not
+absolute times.
 """
 
 import argparse
@@ -24,8 +33,12 @@ import sys
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a representative subset in about two minutes")
-    p.add_argument("--threads", type=int, default=1,
-                   help="BLAS/intra-op threads for every peer (default 1: the machine is shared)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1],
+                   help="BLAS/intra-op threads for every peer; several counts: each case at each (default 1)")
+    p.add_argument("--settle", type=float, default=0.3,
+                   help="seconds of pause between peers' timings when threads > 1 (idle BLAS threads stop spinning)")
+    p.add_argument("--isolation-check", action="store_true",
+                   help="time FA, batch 512, per peer alone and inside the benchmark (with and without isolation)")
     p.add_argument("--rounds", type=int, default=3, help="timing rounds per measurement; the best counts")
     p.add_argument("--epoch-samples", type=int, default=10000, help="samples per timed epoch (784-256-256-10)")
     p.add_argument("--epoch-samples-large", type=int, default=5000,
@@ -38,7 +51,7 @@ def parse_args():
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:  # thread counts must be set before NumPy's (and Julia's) OpenBLAS loads
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+        os.environ[var] = str(max(ARGS.threads))   # the pools' size; each case then limits them
 
 import ctypes  # noqa: E402
 import json  # noqa: E402
@@ -49,6 +62,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402  (scikit-learn's dependency, in the test extra)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure the pyjlfa this file belongs to
 import pyjlfa  # noqa: E402
@@ -127,8 +141,9 @@ def gemm_floor_round(arch, m, rule, dtype, reps):
 
 # -- the peers ----------------------------------------------------------------------------------
 class TorchPeer:
-    def __init__(self, threads):
+    def __init__(self, threads, passive=True):
         env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+        env["OMP_WAIT_POLICY"] = "PASSIVE" if passive else "ACTIVE"   # ACTIVE: the contaminating setting
         self.proc = subprocess.Popen([sys.executable, str(HERE / "torch_peer.py"), str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = json.loads(self.proc.stdout.readline())
@@ -155,7 +170,19 @@ def save_params(path, net):
     np.savez(path, **arrays)
 
 
-def measure_case(case, data, tmp, torch_peer, args):
+def settler(threads, settle):
+    """Pause between two peers' timings: spinning idle threads of the one just timed go to sleep."""
+    return (lambda: time.sleep(settle)) if threads > 1 and settle > 0 else (lambda: None)
+
+
+def measure_case(case, data, tmp, torch_peer, args, threads):
+    with threadpool_limits(limits=threads, user_api="blas"):   # NumPy's OpenBLAS (pyjlfa's GEMMs) and Julia's
+        if torch_peer:
+            torch_peer(op="threads", n=threads)
+        return _measure_case(case, data, tmp, torch_peer, args, threads)
+
+
+def _measure_case(case, data, tmp, torch_peer, args, threads):
     arch, dtype, m, rule = case
     X32, y = data
     X = X32.astype(dtype)
@@ -163,7 +190,7 @@ def measure_case(case, data, tmp, torch_peer, args):
     k = steps_for(arch, m)
     batches = [(X[i * m:(i + 1) * m], y[i * m:(i + 1) * m]) for i in range(k)]  # contiguous: no copies
     opt = pyjlfa.SGD(LR)
-    out = {"arch": "-".join(map(str, arch)), "dtype": dtype, "batch": m, "rule": rule,
+    out = {"arch": "-".join(map(str, arch)), "dtype": dtype, "batch": m, "rule": rule, "threads": threads,
            "steps": k, "epoch_samples": n_epoch}
 
     net = pyjlfa.Network(list(arch), activation="tanh", rule=rule, seed=0, dtype=dtype)
@@ -197,12 +224,66 @@ def measure_case(case, data, tmp, torch_peer, args):
         epoch_timers["torch"] = lambda: torch_peer(op="epoch")
     # Rounds interleave the peers, so that a burst of load from elsewhere hits all of them; the best counts.
     epoch_rounds = 2 if arch == SMALL else 1
+    settle = settler(threads, args.settle)
     for timers, rounds, kind in ((step_timers, args.rounds, "step"), (epoch_timers, epoch_rounds, "epoch")):
         for _ in range(rounds):
             for name, timer in timers.items():
+                settle()
                 key = "gemm_floor" if name == "floor" else f"{name}_{kind}"
                 out[key] = min(out.get(key, float("inf")), timer())
     return out
+
+
+# -- isolation check -----------------------------------------------------------------------------
+def isolation_check(args, X, y):
+    """One case (784-256-256-10 float32 FA, batch 512) at the highest thread count: each peer's step
+    timed alone (pyjlfa before any other peer process exists; PyTorch with this process idle) and
+    inside the benchmark's interleaved rounds, with this benchmark's isolation and without it (the
+    PyTorch peer's OpenMP threads spinning, no pause between peers)."""
+    threads, (arch, dtype, m, rule) = max(args.threads), (SMALL, "float32", 512, "fa")
+    rounds = max(args.rounds, 5)
+    k = steps_for(arch, m)
+    batches = [(X[i * m:(i + 1) * m], y[i * m:(i + 1) * m]) for i in range(k)]
+    opt = pyjlfa.SGD(LR)
+    print(f"\nisolation check: {'-'.join(map(str, arch))} {dtype} {rule.upper()} batch {m}, {threads} threads; "
+          f"samples/s per step, best of {rounds} rounds")
+    with tempfile.TemporaryDirectory() as tmp, threadpool_limits(limits=threads, user_api="blas"):
+        tmp = Path(tmp)
+        np.save(tmp / "X.npy", X)
+        np.save(tmp / "y.npy", y)
+        net = pyjlfa.Network(list(arch), activation="tanh", rule=rule, seed=0, dtype=dtype)
+        ref = ReferenceNetwork([l.W.copy() for l in net.layers], [l.b.copy() for l in net.layers],
+                               [None if l.B is None else l.B.copy() for l in net.layers], activation="tanh", rule=rule)
+        save_params(tmp / "params.npz", net)
+        floor = gemm_floor_round(arch, m, rule, np.dtype(dtype), k)
+
+        def ours():
+            return best_time(lambda: [net.step(xb, yb, opt) for xb, yb in batches], 1) / k
+        ours()
+        alone = min(ours() for _ in range(rounds))
+        print(f"{'':<44}{'pyjlfa alone':>13}{'inside':>10}{'inside/alone':>13}"
+              f"{'torch alone':>13}{'inside':>10}{'inside/alone':>13}")
+        for label, passive, settle in (("isolated (passive OpenMP, pauses)", True, args.settle),
+                                       ("not isolated (spinning OpenMP, no pauses)", False, 0.0)):
+            peer = TorchPeer(threads, passive=passive)
+            peer(op="threads", n=threads)
+            peer(op="case", case={"dtype": dtype, "batch": m, "rule": rule}, data=str(tmp / "X.npy"),
+                 labels=str(tmp / "y.npy"), params=str(tmp / "params.npz"), lr=LR, steps=k, epoch_samples=m)
+            torch_alone = min(peer(op="steps") for _ in range(rounds))
+            pause = settler(threads, settle)
+            inside, torch_inside = float("inf"), float("inf")
+            for _ in range(rounds):      # the benchmark's order: pyjlfa, NumPy, GEMM floor, PyTorch
+                pause()
+                inside = min(inside, ours())
+                pause()
+                ref.step(*batches[0], LR)
+                pause()
+                floor()
+                pause()
+                torch_inside = min(torch_inside, peer(op="steps"))
+            peer.close()
+            print(f"{label:<44}{m / alone:>13,.0f}{m / inside:>10,.0f}{alone / inside:>13.2f}"
+                  f"{m / torch_alone:>13,.0f}{m / torch_inside:>10,.0f}{torch_alone / torch_inside:>13.2f}", flush=True)
 
 
 # -- boundary, first step, allocations ------------------------------------------------------------
@@ -238,7 +319,8 @@ net.step(X, y, pyjlfa.SGD(0.05))
 t3 = time.perf_counter()
 net.fit(np.repeat(X, 4, axis=0), np.repeat(y, 4), batch_size=32)
 t4 = time.perf_counter()
-print(json.dumps(dict(start=t1 - t0, first_step=t2 - t1, second_step=t3 - t2, first_fit=t4 - t3)))
+print(json.dumps(dict(start=t1 - t0, first_step=t2 - t1, second_step=t3 - t2, first_fit=t4 - t3,
+                      image=pyjlfa.runtime_info().get("sysimage_kind", "juliacall's"))))
 """
 
 
@@ -265,7 +347,7 @@ def rate(n, seconds):
 
 def print_case(r, has_torch):
     m, n = r["batch"], r["epoch_samples"]
-    cells = [f"{r['arch']:<22}{r['dtype']:<8}{m:>4} {r['rule']:<4}"]
+    cells = [f"{r['arch']:<22}{r['dtype']:<8}{m:>4} {r['rule']:<4}{r['threads']:>3}"]
     for kind, count in (("step", m), ("epoch", n)):
         ours = r[f"pyjlfa_{kind}"]
         cells.append(f"{rate(count, ours):>9,.0f}")
@@ -278,14 +360,56 @@ def print_case(r, has_torch):
 def header(has_torch):
     peers = ["numpy"] + (["torch"] if has_torch else [])
     part = f"{'pyjlfa':>9}" + "".join(f" {p:>9} {'ratio':>6}" for p in peers)
-    print(f"{'':<38}{'step (samples/s)':^{len(part)}} {'epoch (samples/s)':^{len(part)}} {'GEMM floor':^16}")
-    print(f"{'network':<22}{'dtype':<8}{'m':>4} {'rule':<4} {part} {part} {'samples/s':>9} {'step/':>6}")
+    print(f"{'':<41}{'step (samples/s)':^{len(part)}} {'epoch (samples/s)':^{len(part)}} {'GEMM floor':^16}")
+    print(f"{'network':<22}{'dtype':<8}{'m':>4} {'rule':<4}{'th':>3} {part} {part} {'samples/s':>9} {'step/':>6}")
+
+
+def print_scaling(results, has_torch):
+    """Per case, each peer's step rate at the lowest and highest thread count and the ratio."""
+    counts = sorted({r["threads"] for r in results})
+    lo, hi = counts[0], counts[-1]
+    by = {(r["arch"], r["dtype"], r["batch"], r["rule"], r["threads"]): r for r in results}
+    peers = [("pyjlfa", "pyjlfa_step"), ("numpy", "numpy_step")] + ([("torch", "torch_step")] if has_torch else []) \
+        + [("GEMM floor", "gemm_floor")]
+    print(f"\nthread scaling, step samples/s at {lo} and {hi} threads (scaling = {hi}-thread rate / {lo}-thread rate):")
+    print(f"{'network':<22}{'dtype':<8}{'m':>4} {'rule':<4} " +
+          " ".join(f"{name:>10} {lo}T {name:>10} {hi}T {'scal':>5}" for name, _ in peers) + f" {'pyjlfa/floor ' + str(hi) + 'T':>16}")
+    for (arch, dtype, m, rule, t), a in by.items():
+        if t != lo or (arch, dtype, m, rule, hi) not in by:
+            continue
+        b = by[(arch, dtype, m, rule, hi)]
+        cells = [f"{arch:<22}{dtype:<8}{m:>4} {rule:<4}"]
+        for _, key in peers:
+            cells.append(f"{m / a[key]:>13,.0f} {m / b[key]:>13,.0f} {a[key] / b[key]:>5.2f}")
+        cells.append(f"{b['pyjlfa_step'] / b['gemm_floor']:>16.2f}")
+        print(" ".join(cells), flush=True)
+
+
+def check_thread_targets(results):
+    """Issue 13's targets at the highest thread count (784-256-256-10, float32, BP/FA/DFA)."""
+    counts = sorted({r["threads"] for r in results})
+    lo, hi = counts[0], counts[-1]
+    small = {(r["batch"], r["rule"], r["threads"]): r for r in results
+             if r["arch"] == "784-256-256-10" and r["dtype"] == "float32"}
+    lines = []
+    for (m, rule, t), r in small.items():
+        if t != hi:
+            continue
+        if m in (128, 512):
+            got = r["pyjlfa_step"] / r["gemm_floor"]
+            lines.append((got <= 1.15, f"batch {m:>3} {rule:<3} {hi}-thread step / {hi}-thread GEMM floor: {got:.2f} "
+                                       f"(target <= 1.15)"))
+        if m == 32 and (m, rule, lo) in small:
+            got = small[(m, rule, lo)]["pyjlfa_step"] / r["pyjlfa_step"]
+            lines.append((got >= 1.0, f"batch  32 {rule:<3} {hi} threads vs {lo}: {got:.2f}x as fast (target >= 1.0)"))
+    return lines
 
 
 def check_targets(results, has_torch):
-    """The issue's targets, judged on this run's numbers (float32, 784-256-256-10)."""
+    """The issue's targets, judged on this run's numbers (float32, 784-256-256-10, one thread)."""
     lines = []
-    small = [r for r in results if r["arch"] == "784-256-256-10" and r["dtype"] == "float32"]
+    small = [r for r in results if r["arch"] == "784-256-256-10" and r["dtype"] == "float32"
+             and r["threads"] == min(x["threads"] for x in results)]
     for r in small:
         m = r["batch"]
         need = {32: (2.0, 1.5), 128: (1.5, 1.2)}.get(m)
@@ -308,12 +432,16 @@ def main(args):
     X, y, source = load_data(max(args.epoch_samples, args.epoch_samples_large, 4096))
     print(f"pyjlfa benchmark, {time.strftime('%Y-%m-%d %H:%M')}; {platform.node()}: {_cpu()}, {os.cpu_count()} cores")
     print(f"Julia {info['julia_version']} ({info['blas']}, OPENBLAS_CORETYPE {info.get('openblas_coretype')}); "
-          f"NumPy {np.__version__} ({_numpy_blas()}); threads per peer: {args.threads}")
+          f"NumPy {np.__version__} ({_numpy_blas()}); threads per peer: {', '.join(map(str, args.threads))}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if args.isolation_check:
+        return isolation_check(args, X, y)
     torch_peer = None
     if not args.no_torch:
         try:
-            torch_peer = TorchPeer(args.threads)
-            print(f"PyTorch {torch_peer.info['torch']} (CPU, own process, {torch_peer.info['threads']} threads)")
+            torch_peer = TorchPeer(max(args.threads))
+            print(f"PyTorch {torch_peer.info['torch']} (CPU, own process, up to {torch_peer.info['threads']} threads, "
+                  f"OMP_WAIT_POLICY={torch_peer.info['omp_wait_policy']}, blocks on its pipe between requests)")
         except Exception as e:
             print(f"PyTorch unavailable ({type(e).__name__}: {e}); pip install torch==2.13.0")
     print(f"data: {source}; step = best of {args.rounds} rounds over a fixed list of batches (~4096 samples, "
@@ -328,23 +456,30 @@ def main(args):
         np.save(tmp / "y.npy", y)
         header(torch_peer is not None)
         for case in cases(args.quick):
-            r = measure_case(case, (X, y), tmp, torch_peer, args)
-            results.append(r)
-            print_case(r, torch_peer is not None)
+            for threads in args.threads:
+                r = measure_case(case, (X, y), tmp, torch_peer, args, threads)
+                results.append(r)
+                print_case(r, torch_peer is not None)
         if torch_peer:
             torch_peer.close()
 
-    print("\ntargets (784-256-256-10, float32):")
+    if len(args.threads) > 1:
+        print_scaling(results, torch_peer is not None)
+    print(f"\ntargets (784-256-256-10, float32, {min(args.threads)} thread(s)):")
     for ok, line in check_targets(results, torch_peer is not None):
         print(f"  {'met   ' if ok else 'MISSED'} {line}")
+    if len(args.threads) > 1:
+        print(f"targets with {max(args.threads)} threads (issue 13):")
+        for ok, line in check_thread_targets(results):
+            print(f"  {'met   ' if ok else 'MISSED'} {line}")
 
     b = boundary_cost()
     print(f"\nboundary crossing: empty ctypes call {b['empty_ctypes'] * 1e9:.0f} ns; trivial Julia entry point "
           f"{b['julia_entry'] * 1e9:.0f} ns ({b['julia_entry'] / b['empty_ctypes']:.2f}x); through the engine's "
           f"checked call {b['engine_call'] * 1e9:.0f} ns. fit crosses once per epoch.")
     f = first_step("fa")
-    print(f"fresh process: import + start Julia {f['start']:.2f} s; first FA step {f['first_step']:.2f} s "
-          f"(compiles); second step {f['second_step'] * 1e3:.2f} ms; first fit {f['first_fit']:.2f} s")
+    print(f"fresh process ({f['image']} Julia image; bench/startup.py compares): import + start Julia "
+          f"{f['start']:.2f} s; first FA step {f['first_step']:.2f} s; second step {f['second_step'] * 1e3:.2f} ms; first fit {f['first_fit']:.2f} s")
     alloc = allocations(info["julia_executable"]) if "julia_executable" in info else "(Julia started by juliacall)"
     print("\n" + alloc)
     if args.json:

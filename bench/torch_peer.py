@@ -8,14 +8,21 @@ command per line on stdin and answers one JSON line on stdout:
     {"op": "case", "case": {...}, "data": "X.npy", "labels": "y.npy", "params": "p.npz", ...} -> {}
     {"op": "steps"} -> {"seconds": per step over the case's batches}
     {"op": "epoch"} -> {"seconds": one shuffled pass}
+    {"op": "threads", "n": 2} -> {}    (intra-op threads from now on)
+
+Between requests the peer blocks on its pipe, and its OpenMP threads sleep rather than spin
+(OMP_WAIT_POLICY=PASSIVE, unless the caller set a policy): spinning threads would take the cores
+while another peer is timed (issue 13 measured pyjlfa's 2-thread step a quarter slow that way).
 """
 
 import json
+import os
 import sys
 import time
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # read once, when libgomp loads with torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 import torch.nn.functional as F
 
 
@@ -132,6 +139,9 @@ class Case:
 
 
 def serve(cmd, state):
+    if cmd["op"] == "threads":
+        torch.set_num_threads(int(cmd["n"]))
+        return {}
     if cmd["op"] == "case":
         state["case"] = Case(cmd, state.setdefault("data", {}))
         return {}
@@ -140,7 +150,9 @@ def serve(cmd, state):
 
 def main():
     torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads())
-    print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+    torch.set_num_interop_threads(1)   # no second pool: one step runs its ops one after another
+    print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}), flush=True)
     state = {}
     for line in sys.stdin:
         if not line.strip():

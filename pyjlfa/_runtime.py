@@ -284,15 +284,109 @@ def _unwind_with_libgcc():
             pass
 
 
-def _start_embedded(julia):
-    exe = _find_julia(julia)
+# A prebuilt system image (julia/FeedbackAlignment/precompile/build_image.jl, run by
+# scripts/setup.sh) holds the package with its common paths compiled, so a process trains at once
+# instead of compiling for seconds. It is looked up by a key of everything its code depends on;
+# an image built from other sources, another checkout, Julia or CPU has another name and is never used.
+
+def _cache_dir():
+    if os.environ.get("PYJLFA_CACHE"):
+        return Path(os.environ["PYJLFA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyjlfa"
+
+
+def _source_files(package):
+    """The files an image compiles in (the same rule as build_image.jl's `source_files`)."""
+    files = ["Project.toml", "precompile/workload.jl"]
+    files += [p.relative_to(package).as_posix() for p in (package / "src").rglob("*.jl")]
+    return sorted(files)
+
+
+def _source_hash(package):
+    import hashlib
+    lines = "".join(f"{f} {hashlib.sha256((package / f).read_bytes()).hexdigest()}\n" for f in _source_files(package))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((" ".join(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def _image_name(version, cpu, base_image, package):
+    """File name of the image for this Julia, CPU, default image and package sources (build_image.jl's)."""
+    import hashlib
+    material = "".join(f"{k}={v}\n" for k, v in (
+        ("julia", version), ("cpu", cpu), ("cpu_flags", _cpu_flags()), ("base", base_image),
+        ("package", package), ("sources", _source_hash(package))))
+    return f"FeedbackAlignment-julia{version}-{cpu}-{hashlib.sha256(material.encode()).hexdigest()[:16]}.so"
+
+
+def _choose_image(version, cpu, base_image):
+    """(image path, kind, reason): the prebuilt image when one matches, else Julia's default."""
+    choice = os.environ.get("PYJLFA_SYSIMAGE", "")
+    if choice.lower() in ("off", "0", "no", "none", "default"):
+        return base_image, "default", f"PYJLFA_SYSIMAGE={choice}"
+    if choice:
+        if not Path(choice).is_file():
+            raise FileNotFoundError(f"PYJLFA_SYSIMAGE names {choice!r}, which is not a file")
+        return choice, "given", "named by PYJLFA_SYSIMAGE (not checked against the sources)"
+    try:
+        package = julia_package_path()
+        image = _cache_dir() / _image_name(version, cpu, base_image, package)
+    except OSError as e:
+        return base_image, "default", f"cannot compute the image key ({e})"
+    if image.is_file():
+        return str(image), "prebuilt", f"prebuilt for these sources: {image.name}"
+    others = sorted(p.name for p in _cache_dir().glob(f"FeedbackAlignment-julia{version}-{cpu}-*.so"))
+    why = (f"the cached images ({', '.join(others)}) were built from other sources, another checkout or CPU (stale)"
+           if others else f"no prebuilt image in {_cache_dir()}")
+    return base_image, "default", (f"{why}; build one with `julia --startup-file=no "
+                                   f"{package / 'precompile' / 'build_image.jl'}` or scripts/setup.sh")
+
+
+def _julia_paths(exe):
+    """(bindir, default image, libjulia, version, CPU name) of a julia executable.
+
+    Asking Julia costs a Julia start (0.15 s on a quiet machine, more on a busy one), so the
+    answer is kept in the cache, keyed by the executable's path, size and modification time.
+    """
+    import hashlib
+    real = os.path.realpath(exe)
+    stat = os.stat(real)
+    key = hashlib.sha256(f"{real}\n{stat.st_size}\n{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = _cache_dir() / f"julia-paths-{key}.txt"
+    try:
+        answer = cached.read_text().splitlines()
+        if len(answer) == 5 and Path(answer[1]).is_file() and Path(answer[2]).is_file():
+            return answer
+    except OSError:
+        pass
     probe = ('using Libdl; print(Sys.BINDIR, "\\n", unsafe_string(Base.JLOptions().image_file), "\\n", '
-             'first(filter(p -> startswith(basename(p), "libjulia."), Libdl.dllist())))')
+             'first(filter(p -> startswith(basename(p), "libjulia."), Libdl.dllist())), "\\n", VERSION, "\\n", '
+             'Sys.CPU_NAME)')
     result = subprocess.run([exe, "--startup-file=no", "--history-file=no", "-e", probe],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise JuliaError(f"{exe} could not report its library paths: {result.stderr.strip()}")
-    bindir, sysimage, libpath = result.stdout.splitlines()[-3:]
+    answer = result.stdout.splitlines()[-5:]
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text("\n".join(answer) + "\n")
+        tmp.replace(cached)
+    except OSError:
+        pass  # a read-only home only costs the probe next time
+    return answer
+
+
+def _start_embedded(julia):
+    exe = _find_julia(julia)
+    bindir, base_image, libpath, version, cpu = _julia_paths(exe)
+    sysimage, image_kind, image_reason = _choose_image(version, cpu, base_image)
     _unwind_with_libgcc()
     lib = ctypes.CDLL(libpath, mode=ctypes.RTLD_GLOBAL)
 
@@ -315,11 +409,16 @@ def _start_embedded(julia):
     lib.jl_eval_string.restype = c_void_p
     lib.jl_string_ptr.argtypes = [c_void_p]
     lib.jl_string_ptr.restype = c_char_p
+    # Whether the package came with the image (rather than being loaded from its source files).
+    value = lib.jl_eval_string(b'string(any(k -> k.name == "FeedbackAlignment", keys(Base.loaded_modules)))')
+    in_image = bool(value) and lib.jl_string_ptr(value) == b"true"
     value = lib.jl_eval_string(_JULIA_LOAD.format(path=str(julia_package_path())).encode())
     answer = lib.jl_string_ptr(value).decode() if value else "ERROR: Julia returned nothing"
     if answer.startswith("ERROR: "):
         raise JuliaError(f"loading the Julia package FeedbackAlignment failed: {answer[7:]}")
-    return int(answer), {"julia_executable": exe, "libjulia": libpath, "sysimage": sysimage}
+    return int(answer), {"julia_executable": exe, "libjulia": libpath, "sysimage": sysimage,
+                         "sysimage_kind": image_kind, "sysimage_reason": image_reason,
+                         "package_in_image": in_image}
 
 
 def _start_juliacall():

@@ -66,3 +66,21 @@ if ! "$PY" -I -c "import pathlib, sys, pytest, sklearn, pyjlfa; sys.exit(pathlib
   echo "setup: pip install -e .[test]"
   "$PY" -m pip install -q -e ".[test]"
 fi
+
+# 4. A prebuilt Julia system image with the package's common paths compiled in, so a new process
+#    trains at once (julia/FeedbackAlignment/precompile/build_image.jl; kept in ~/.cache/pyjlfa,
+#    rebuilt when the sources change). Several minutes the first time; without it pyjlfa loads the
+#    package normally, so a failed build is reported but does not stop the set-up.
+#    PYJLFA_BUILD_IMAGE=0 skips it.
+if [ "${PYJLFA_BUILD_IMAGE:-1}" != "0" ]; then
+  image_log=$(mktemp)
+  start=$(date +%s)
+  if "$julia_exe" --startup-file=no julia/FeedbackAlignment/precompile/build_image.jl >"$image_log" 2>&1; then
+    echo "setup: $(tail -n1 "$image_log") (step took $(( $(date +%s) - start )) s)"
+  else
+    echo "setup: building the Julia system image FAILED after $(( $(date +%s) - start )) s; pyjlfa will load" \
+         "the package without it (slower start). Last lines of the build's output:" >&2
+    tail -n 15 "$image_log" >&2
+  fi
+  rm -f "$image_log"
+fi

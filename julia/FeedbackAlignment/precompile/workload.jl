@@ -1,0 +1,138 @@
+# The work a prebuilt system image compiles in (precompile/build_image.jl runs it once while the
+# image is generated). Everything it calls is then native code in the image, so a new process
+# trains at once instead of compiling for seconds first.
+#
+# Two halves: what a Julia user calls (the public API), and what Python calls (the C ABI's entry
+# points, looked up by name and entered through their pointers with the same argument types
+# pyjlfa/_runtime.py declares). Sizes do not matter to the compiler, only types, so the networks
+# are tiny. To compile more in (conv layers, other activations), add cases here: this is the one
+# file that says what the image holds. It must leave no state behind (no live handles, Julia's
+# own BLAS), because the image keeps the package's globals as they are at the end.
+
+module ImageWorkload
+
+using FeedbackAlignment
+using FeedbackAlignment: CABI
+
+const RULE_NAMES = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm", "drtp", "sdfa", "shallow")
+const JULIA_RULES = (BP(), FA(), DFA(), KolenPollack(), uSF(0.05))
+# The optimiser specs pyjlfa sends (pyjlfa.SGD(...)._spec() etc.), which Julia parses.
+const OPTIMISER_SPECS = (
+    "sgd(lr=0.05, momentum=0.0, nesterov=false, weight_decay=0.0, decoupled_weight_decay=0.0)",
+    "sgd(lr=0.05, momentum=0.9, nesterov=false, weight_decay=0.0, decoupled_weight_decay=0.0)",
+    "adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.0, decoupled_weight_decay=0.0)")
+const OPTIMISERS = (SGD(0.05), Adam(1e-3), SGD(0.05; momentum=0.9))   # momentum last: save keeps its state
+
+# Deterministic inputs: Random's global generator is not set up while an image is generated.
+samples(::Type{T}, rows, cols) where {T} = T[sin(i + 3j) for i in 1:rows, j in 1:cols]
+
+entry(name) = (p = ccall(CABI.ENTRY_POINTS["fa_lookup"], Ptr{Cvoid}, (Cstring,), name);
+               p == C_NULL ? error("the C ABI has no entry point $name") : p)
+
+function check(status)
+    status == 0 && return
+    error("C ABI call failed: ", unsafe_string(ccall(entry("fa_error_message"), Ptr{UInt8}, ())))
+end
+
+# One network driven through the C ABI as pyjlfa.Network drives it: create, view parameters, step
+# with each optimiser, train an epoch, evaluate, forward (outputs, probabilities, labels),
+# gradients, state and optimiser-state access, free.
+function through_cabi(::Type{T}, rule::String, activation::String, loss::String) where {T}
+    sizes = Int64[6, 5, 4, 3]
+    n, d, k = 7, sizes[1], sizes[end]
+    dtype = Cint(T === Float32 ? 0 : 1)
+    spec = join(["activation=$activation", "loss=$loss", "rule=$rule", "seed=0", "feedback_seed=0",
+                 "init=glorot_uniform", "feedback=[glorot_uniform, glorot_uniform, glorot_uniform]",
+                 "dropout=[0.0, 0.0]"], "\n")
+    X = samples(T, d, n)                                # Python's (n, d) C-ordered batch
+    Y = loss == "cross_entropy" ? Int64[i % k for i in 1:n] : samples(T, k, n)
+    handle = Ref{Int64}(0)
+    given = fill(C_NULL, length(sizes) - 1)
+    check(ccall(entry("fa_new"), Cint, (Ptr{Int64}, Cint, Int64, Ptr{Int64}, Cstring, Ptr{Ptr{Cvoid}}),
+                handle, dtype, length(sizes), sizes, spec, given))
+    h = handle[]
+    ptr, dims, lossval = Ref{Ptr{Cvoid}}(C_NULL), zeros(Int64, 2), Ref{Float64}(0.0)
+    for layer in 1:length(sizes)-1, which in 0:2
+        check(ccall(entry("fa_param"), Cint, (Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64}),
+                    h, layer, which, ptr, dims))
+    end
+    for opt in OPTIMISER_SPECS
+        check(ccall(entry("fa_step"), Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cstring, Ptr{Float64}),
+                    h, X, n, d, Y, opt, lossval))
+        out = zeros(3)
+        check(ccall(entry("fa_train_epoch"), Cint,
+                    (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Int64, Cint, Cstring, Ptr{Float64}),
+                    h, X, n, d, Y, 3, 1, opt, out))
+        # model files carry SGD's velocities: pyjlfa reads them (create=0) and writes them (create=1)
+        startswith(opt, "sgd") || continue
+        for create in 0:1, layer in 1:length(sizes)-1, which in 0:1
+            check(ccall(entry("fa_optstate"), Cint,
+                        (Int64, Cstring, Cint, Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64}),
+                        h, "sgd", create, 0, layer, which, ptr, dims))
+        end
+    end
+    check(ccall(entry("fa_evaluate"), Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64}),
+                h, X, n, d, Y, zeros(2)))
+    outputs = zeros(T, k, n)
+    for kind in (loss == "cross_entropy" ? (0, 1, 2) : (0,))
+        buffer = kind == 2 ? zeros(Int64, n) : outputs
+        check(ccall(entry("fa_forward"), Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cint),
+                    h, X, n, d, buffer, kind))
+    end
+    dW = [zeros(T, sizes[l+1], sizes[l]) for l in 1:length(sizes)-1]
+    db = [zeros(T, sizes[l+1]) for l in 1:length(sizes)-1]
+    GC.@preserve dW db begin
+        check(ccall(entry("fa_gradients"), Cint,
+                    (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Ptr{Cvoid}}, Ptr{Ptr{Cvoid}}, Ptr{Float64}),
+                    h, X, n, d, Y, Ptr{Cvoid}[pointer(a) for a in dW], Ptr{Cvoid}[pointer(a) for a in db], lossval))
+    end
+    epochs, rng = Ref{Int64}(0), Ref{UInt64}(0)
+    check(ccall(entry("fa_state_get"), Cint, (Int64, Ptr{Int64}, Ptr{UInt64}), h, epochs, rng))
+    check(ccall(entry("fa_state_set"), Cint, (Int64, Int64, UInt64), h, epochs[], rng[]))
+    check(ccall(entry("fa_free"), Cint, (Int64,), h))
+end
+
+# The public Julia API on one network type: what a Julia script (examples/*.jl) runs.
+function through_julia(::Type{T}, rule, activation, dir) where {T}
+    X, y = samples(T, 6, 20), [1 + i % 3 for i in 1:20]
+    net = Network([6, 5, 4, 3]; activation=activation, rule=rule, T=T, seed=1)
+    for opt in OPTIMISERS
+        step!(net, X[:, 1:8], y[1:8], opt)
+        learn!(net, X, y; epochs=1, batchsize=8, optimizer=opt, validation=(X, y))
+    end
+    evaluate(net, X, y); predict(net, X); predict_proba(net, X); gradients(net, X, y)
+    path = joinpath(dir, "model.safetensors")
+    # Kolen-Pollack's optimiser state (B's momentum) cannot be saved yet
+    save(path, net; include_optimizer=!(rule isa KolenPollack), optimizer=OPTIMISERS[3])
+    load(path)
+end
+
+# Every rule with pyjlfa's default tanh and cross-entropy; relu and mse with the common rules.
+# (A network type costs about a second of compilation at build time, hence not every combination.)
+const COMMON_RULES = ("bp", "fa", "dfa")
+
+function run()
+    # While an image is generated, modules' __init__ is only queued (it runs when the image
+    # loads), so the entry-point table is filled here for the workload and emptied again below.
+    fresh_table = isempty(CABI.ENTRY_POINTS)
+    fresh_table && CABI.__init__()
+    for T in (Float32, Float64)
+        foreach(rule -> through_cabi(T, rule, "tanh", "cross_entropy"), RULE_NAMES)
+        foreach(rule -> through_cabi(T, rule, "relu", "cross_entropy"), COMMON_RULES)
+        foreach(rule -> through_cabi(T, rule, "tanh", "mse"), COMMON_RULES)
+    end
+    ccall(entry("fa_describe"), Ptr{UInt8}, (Cstring,), "runtime")
+    mktempdir() do dir
+        for T in (Float32, Float64), rule in JULIA_RULES
+            through_julia(T, rule, tanh, dir)
+        end
+    end
+    # Leave the package as a fresh load would: no live handles, Julia's own BLAS, no cached specs.
+    FeedbackAlignment.use_external_blas!(C_NULL, C_NULL)
+    empty!(CABI.PARSED_OPTIMISERS)
+    CABI.fa_live_handles() == 0 || error("the workload left networks behind")
+    fresh_table && empty!(CABI.ENTRY_POINTS)
+    return nothing
+end
+
+end # module ImageWorkload
