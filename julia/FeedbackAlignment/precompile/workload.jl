@@ -4,8 +4,8 @@
 #
 # Two halves: what a Julia user calls (the public API), and what Python calls (the C ABI's entry
 # points, looked up by name and entered through their pointers with the same argument types
-# pyjlfa/_runtime.py declares). Sizes do not matter to the compiler, only types, so the networks
-# are tiny. To compile more in (conv layers, other activations), add cases here: this is the one
+# pyjlfa/_runtime.py declares). Sizes do not matter to the compiler, only types (a chain's layer types
+# and activations), so the networks are tiny. To compile more in (other chains, activations), add cases here: this is the one
 # file that says what the image holds. It must leave no state behind (no live handles, Julia's
 # own BLAS), because the image keeps the package's globals as they are at the end.
 
@@ -34,27 +34,35 @@ function check(status)
     error("C ABI call failed: ", unsafe_string(ccall(entry("fa_error_message"), Ptr{UInt8}, ())))
 end
 
-# One network driven through the C ABI as pyjlfa.Network drives it: create, view parameters, step
-# with each optimiser, train an epoch, evaluate, forward (outputs, probabilities, labels),
-# gradients, state and optimiser-state access, free.
-function through_cabi(::Type{T}, rule::String, activation::String, loss::String) where {T}
-    sizes = Int64[6, 5, 4, 3]
-    n, d, k = 7, sizes[1], sizes[end]
+# The layer calls pyjlfa sends: the dense shorthand, and LeNet-5 (pyjlfa.layers writes every
+# stride and pad).
+dense_chain(activation) = ["Dense(6 => 5, $activation)", "Dense(5 => 4, $activation)", "Dense(4 => 3)"]
+const LENET = ["Conv((5, 5), 1 => 6, relu; stride=(1, 1), pad=(0, 0))", "MaxPool((2, 2); stride=(2, 2))",
+               "Conv((5, 5), 6 => 16, relu; stride=(1, 1), pad=(0, 0))", "MaxPool((2, 2); stride=(2, 2))",
+               "Conv((5, 5), 16 => 120, relu; stride=(1, 1), pad=(0, 0))", "Flatten()", "Dense(120 => 84, relu)",
+               "Dense(84 => 10)"]
+
+# One network driven through the C ABI as pyjlfa.Network drives it: create, describe and view its
+# layers, step with each optimiser, train an epoch, evaluate, forward (outputs, probabilities,
+# labels), gradients, state and optimiser-state access, free.
+function through_cabi(::Type{T}, rule::String, chain::Vector{String}, input::Vector{Int64}, loss::String) where {T}
+    L, n, d, k = length(chain), 7, prod(input), parse(Int, match(r"=> (\d+)", chain[end])[1])
     dtype = Cint(T === Float32 ? 0 : 1)
-    spec = join(["activation=$activation", "loss=$loss", "rule=$rule", "seed=0", "feedback_seed=0",
-                 "init=glorot_uniform", "feedback=[glorot_uniform, glorot_uniform, glorot_uniform]",
-                 "dropout=[0.0, 0.0]"], "\n")
-    X = samples(T, d, n)                                # Python's (n, d) C-ordered batch
+    spec = join(["loss=$loss", "rule=$rule", "seed=0", "feedback_seed=0", "init=glorot_uniform",
+                 "feedback=[" * join(fill("glorot_uniform", L), ", ") * "]", "dropout=0.0"], "\n")
+    X = samples(T, d, n)                                # Python's (n, d...) C-ordered batch
     Y = loss == "cross_entropy" ? Int64[i % k for i in 1:n] : samples(T, k, n)
     handle = Ref{Int64}(0)
-    given = fill(C_NULL, length(sizes) - 1)
-    check(ccall(entry("fa_new"), Cint, (Ptr{Int64}, Cint, Int64, Ptr{Int64}, Cstring, Ptr{Ptr{Cvoid}}),
-                handle, dtype, length(sizes), sizes, spec, given))
+    check(ccall(entry("fa_new"), Cint, (Ptr{Int64}, Cint, Int64, Ptr{Int64}, Cstring, Cstring, Ptr{Ptr{Cvoid}}, Ptr{Int64}),
+                handle, dtype, length(input), input, join(chain, "\n"), spec, fill(C_NULL, L), zeros(Int64, 5L)))
     h = handle[]
-    ptr, dims, lossval = Ref{Ptr{Cvoid}}(C_NULL), zeros(Int64, 2), Ref{Float64}(0.0)
-    for layer in 1:length(sizes)-1, which in 0:2
+    ccall(entry("fa_layers"), Ptr{UInt8}, (Int64,), h)
+    ptr, dims, lossval = Ref{Ptr{Cvoid}}(C_NULL), zeros(Int64, 5), Ref{Float64}(0.0)
+    shapes = Any[]
+    for layer in 1:L, which in 0:2
         check(ccall(entry("fa_param"), Cint, (Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64}),
                     h, layer, which, ptr, dims))
+        which == 0 && push!(shapes, ptr[] == C_NULL ? nothing : Tuple(dims[2:dims[1]+1]))
     end
     for opt in OPTIMISER_SPECS
         check(ccall(entry("fa_step"), Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cstring, Ptr{Float64}),
@@ -63,12 +71,12 @@ function through_cabi(::Type{T}, rule::String, activation::String, loss::String)
         check(ccall(entry("fa_train_epoch"), Cint,
                     (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Int64, Cint, Cstring, Ptr{Float64}),
                     h, X, n, d, Y, 3, 1, opt, out))
-        # model files carry SGD's velocities: pyjlfa reads them (create=0) and writes them (create=1)
-        startswith(opt, "sgd") || continue
-        for create in 0:1, layer in 1:length(sizes)-1, which in 0:1
+        # model files carry the optimiser state: pyjlfa reads it (create=0) and writes it (create=1)
+        kind = startswith(opt, "sgd") ? "sgd" : "adam"
+        for create in 0:1, layer in 1:L, which in 0:2
             check(ccall(entry("fa_optstate"), Cint,
                         (Int64, Cstring, Cint, Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64}),
-                        h, "sgd", create, 0, layer, which, ptr, dims))
+                        h, kind, create, 0, layer, which, ptr, dims))
         end
     end
     check(ccall(entry("fa_evaluate"), Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64}),
@@ -79,16 +87,17 @@ function through_cabi(::Type{T}, rule::String, activation::String, loss::String)
         check(ccall(entry("fa_forward"), Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cint),
                     h, X, n, d, buffer, kind))
     end
-    dW = [zeros(T, sizes[l+1], sizes[l]) for l in 1:length(sizes)-1]
-    db = [zeros(T, sizes[l+1]) for l in 1:length(sizes)-1]
+    dW = [s === nothing ? T[] : zeros(T, s) for s in shapes]
+    db = [s === nothing ? T[] : zeros(T, s[end]) for s in shapes]
     GC.@preserve dW db begin
+        address(a) = isempty(a) ? C_NULL : Ptr{Cvoid}(pointer(a))
         check(ccall(entry("fa_gradients"), Cint,
                     (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Ptr{Cvoid}}, Ptr{Ptr{Cvoid}}, Ptr{Float64}),
-                    h, X, n, d, Y, Ptr{Cvoid}[pointer(a) for a in dW], Ptr{Cvoid}[pointer(a) for a in db], lossval))
+                    h, X, n, d, Y, map(address, dW), map(address, db), lossval))
     end
-    epochs, rng = Ref{Int64}(0), Ref{UInt64}(0)
-    check(ccall(entry("fa_state_get"), Cint, (Int64, Ptr{Int64}, Ptr{UInt64}), h, epochs, rng))
-    check(ccall(entry("fa_state_set"), Cint, (Int64, Int64, UInt64), h, epochs[], rng[]))
+    epochs, rng, steps = Ref{Int64}(0), Ref{UInt64}(0), Ref{Int64}(0)
+    check(ccall(entry("fa_state_get"), Cint, (Int64, Ptr{Int64}, Ptr{UInt64}, Ptr{Int64}), h, epochs, rng, steps))
+    check(ccall(entry("fa_state_set"), Cint, (Int64, Int64, UInt64, Int64), h, epochs[], rng[], steps[]))
     check(ccall(entry("fa_free"), Cint, (Int64,), h))
 end
 
@@ -102,14 +111,15 @@ function through_julia(::Type{T}, rule, activation, dir) where {T}
     end
     evaluate(net, X, y); predict(net, X); predict_proba(net, X); gradients(net, X, y)
     path = joinpath(dir, "model.safetensors")
-    # Kolen-Pollack's optimiser state (B's momentum) cannot be saved yet
-    save(path, net; include_optimizer=!(rule isa KolenPollack), optimizer=OPTIMISERS[3])
+    save(path, net; include_optimizer=true, optimizer=OPTIMISERS[3])
     load(path)
 end
 
 # Every rule with pyjlfa's default tanh and cross-entropy; relu and mse with the common rules.
 # (A network type costs about a second of compilation at build time, hence not every combination.)
 const COMMON_RULES = ("bp", "fa", "dfa")
+# LeNet-5 (float32) with the rules of biotorch's table and Kolen-Pollack.
+const LENET_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "kp")
 
 function run()
     # While an image is generated, modules' __init__ is only queued (it runs when the image
@@ -117,10 +127,11 @@ function run()
     fresh_table = isempty(CABI.ENTRY_POINTS)
     fresh_table && CABI.__init__()
     for T in (Float32, Float64)
-        foreach(rule -> through_cabi(T, rule, "tanh", "cross_entropy"), RULE_NAMES)
-        foreach(rule -> through_cabi(T, rule, "relu", "cross_entropy"), COMMON_RULES)
-        foreach(rule -> through_cabi(T, rule, "tanh", "mse"), COMMON_RULES)
+        foreach(rule -> through_cabi(T, rule, dense_chain("tanh"), [6], "cross_entropy"), RULE_NAMES)
+        foreach(rule -> through_cabi(T, rule, dense_chain("relu"), [6], "cross_entropy"), COMMON_RULES)
+        foreach(rule -> through_cabi(T, rule, dense_chain("tanh"), [6], "mse"), COMMON_RULES)
     end
+    foreach(rule -> through_cabi(Float32, rule, LENET, [32, 32, 1], "cross_entropy"), LENET_RULES)
     ccall(entry("fa_describe"), Ptr{UInt8}, (Cstring,), "runtime")
     mktempdir() do dir
         for T in (Float32, Float64), rule in JULIA_RULES
