@@ -140,6 +140,7 @@ class Network:
         self.layers = tuple(Layer(*(self._param(k, which) for which in range(3)))
                             for k in range(len(self.sizes) - 1))
         self.optimizer = None  # the optimizer of the last fit/step (recorded by save)
+        self.history = None  # the history of the last fit, also when Ctrl-C cut it short
 
     @staticmethod
     def _initialiser(value, name, eng):
@@ -311,6 +312,13 @@ class Network:
         ``validation_data=(X_val, y_val)``; and "seconds". A NaN or infinite loss stops training
         with :class:`pyjlfa.DivergenceError` naming the epoch and batch.
 
+        Ctrl-C (SIGINT) stops training between two batches with KeyboardInterrupt (within a
+        batch's time): the parameters are those after the last completed batch, never a half
+        update; ``net.epochs`` counts completed epochs only; ``net.history``, this history filled
+        in as each epoch ends, keeps the completed epochs (and the alignment records so far). The
+        network stays usable; another ``fit`` continues from there (the shuffling generator has
+        moved on for the interrupted epoch).
+
         ``track_alignment=n`` records :meth:`alignment` every n batches, on the batch being trained
         (before its update), into ``history["alignment"]``: {"epoch", "batch", "step", "role",
         "update_angle", ...}, each a list with one entry per record (per-layer lists inside).
@@ -331,22 +339,29 @@ class Network:
         keys = ["loss"] + (["accuracy"] if classifier else [])
         keys += [f"val_{k}" for k in keys] if validation_data is not None else []
         history = {k: [] for k in keys + ["seconds"]}
+        self.history = history  # filled in per epoch: what Ctrl-C leaves of this fit
         out = (c_double * 3)()
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            self._engine.call("fa_train_epoch", handle, X.ctypes.data, X.shape[0], X.shape[1], y.ctypes.data,
-                              batch_size, int(bool(shuffle)), opt, out)
-            history["loss"].append(out[0])
-            if classifier:
-                history["accuracy"].append(out[1])
-            history["seconds"].append(time.perf_counter() - start)
-            if tracker:
+        try:
+            for epoch in range(1, epochs + 1):
+                start = time.perf_counter()
+                self._engine.call("fa_train_epoch", handle, X.ctypes.data, X.shape[0], X.shape[1], y.ctypes.data,
+                                  batch_size, int(bool(shuffle)), opt, out)
+                history["loss"].append(out[0])
+                if classifier:
+                    history["accuracy"].append(out[1])
+                history["seconds"].append(time.perf_counter() - start)
+                if tracker:
+                    tracker.collect(-(-X.shape[0] // batch_size))
+                if validation_data is not None:
+                    for k, v in self._evaluate(*validation).items():
+                        history[f"val_{k}"].append(v)
+                if progress:
+                    _show_progress(self.rule, epoch, epochs, {k: v[-1] for k, v in history.items()})
+        except KeyboardInterrupt:
+            if tracker:  # keep the records made so far, and stop tracking
                 tracker.collect(-(-X.shape[0] // batch_size))
-            if validation_data is not None:
-                for k, v in self._evaluate(*validation).items():
-                    history[f"val_{k}"].append(v)
-            if progress:
-                _show_progress(self.rule, epoch, epochs, {k: v[-1] for k, v in history.items()})
+                history["alignment"] = tracker.finish()
+            raise
         if tracker:
             history["alignment"] = tracker.finish()
         return history

@@ -322,6 +322,7 @@ function each_output_chunk(visit, net::Network{T}, X::AbstractMatrix{T}) where {
     chunk = max(net.ws.capacity, min(n, 1024))
     workspace!(net, chunk)
     for start in 1:chunk:n
+        throw_if_interrupted()   # Ctrl-C from the host
         cols = start:min(start + chunk - 1, n)
         visit(forward!(net, view(X, :, cols)), cols)
     end
