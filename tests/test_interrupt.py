@@ -142,6 +142,21 @@ def test_predict_stops_between_chunks(tmp_path):
     assert len(r["labels"]) == 7
 
 
+def test_cli_train_exits_130_and_keeps_the_completed_epochs(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30000, 20)).astype(np.float32)
+    y = X[:, :3].argmax(axis=1)
+    np.savez(tmp_path / "data.npz", X_train=X, y_train=y)
+    out = tmp_path / "run"
+    args = [sys.executable, "-u", "-m", "pyjlfa", "train", "--data", str(tmp_path / "data.npz"), "--hidden", "64",
+            "--epochs", "100000", "--batch-size", "16", "--track-alignment", "0", "--out", str(out)]
+    sent, lines, err, code = interrupt(args, 1.0, ROOT, ready="epoch", stream="stderr")   # a line per epoch
+    assert code == 130, err[-3000:]
+    assert "pyjlfa train: interrupted (Ctrl-C)" in err
+    history = json.loads((out / "history.json").read_text())["runs"]["fa"]
+    assert len(history["loss"]) >= 1 and (out / "model.safetensors").is_file()
+
+
 def test_a_handler_of_the_users_own_is_left_alone():
     """With a SIGINT handler of their own, users keep SIGINT to themselves: Julia is not stopped."""
     import threading
