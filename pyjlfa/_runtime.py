@@ -12,6 +12,7 @@ import atexit
 import ctypes
 import os
 import platform
+import select
 import shutil
 import signal
 import socket
@@ -73,6 +74,15 @@ _SIGNATURES = {
 }
 
 
+# Entry points that loop over batches or chunks and check for Ctrl-C between them (a step is one batch).
+_INTERRUPTIBLE = frozenset({"fa_train_epoch", "fa_forward", "fa_evaluate"})
+
+try:
+    from _signal import getsignal as _getsignal  # signal.getsignal's enum conversion costs ~7 us per call
+except ImportError:
+    _getsignal = signal.getsignal
+
+
 class _InterruptWatch:
     """Lets Julia see Ctrl-C between batches, so a long call stops within a batch's time.
 
@@ -88,6 +98,10 @@ class _InterruptWatch:
         self.julia_end, self.signal_end = socket.socketpair()
         self.julia_end.setblocking(False)
         self.signal_end.setblocking(False)
+        self.pending = select.poll() if hasattr(select, "poll") else None
+        if self.pending:
+            self.pending.register(self.julia_end.fileno(), select.POLLIN)
+        self.clean = True  # False while a disarm runs (Ctrl-C may cut it short and leave bytes behind)
         status = watch(self.julia_end.fileno())
         if status != 0:
             raise JuliaError("fa_watch_interrupts failed")
@@ -95,15 +109,18 @@ class _InterruptWatch:
     def arm(self):
         """Route signal bytes to Julia for one call; returns what disarm needs (None: not armed)."""
         if (threading.current_thread() is not threading.main_thread()
-                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+                or _getsignal(signal.SIGINT) is not signal.default_int_handler):
             return None
         previous = signal.set_wakeup_fd(self.signal_end.fileno(), warn_on_full_buffer=False)
-        self._drain()  # bytes of signals Python has handled already (a disarm cut short by Ctrl-C)
+        if not self.clean:
+            self._drain()  # bytes of signals Python has handled already
+            self.clean = True
         return -1 if previous == self.signal_end.fileno() else previous
 
     def disarm(self, previous):
         if previous is None:
             return
+        self.clean = False
         signal.set_wakeup_fd(previous)
         arrived = self._drain()
         if arrived and previous >= 0:
@@ -111,8 +128,11 @@ class _InterruptWatch:
                 os.write(previous, arrived)
             except OSError:
                 pass
+        self.clean = True
 
     def _drain(self):
+        if self.pending and not self.pending.poll(0):
+            return b""  # the usual case, without raising BlockingIOError (~5 us)
         arrived = b""
         try:
             while True:
@@ -166,7 +186,7 @@ class Engine:
         """Call a status-returning entry point; raise Julia's error as a Python exception."""
         self.check_thread()
         self._free_pending()
-        armed = self._interrupts.arm()
+        armed = self._interrupts.arm() if name in _INTERRUPTIBLE else None
         try:
             status = self._fn[name](*args)
         except KeyboardInterrupt:
