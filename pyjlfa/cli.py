@@ -350,7 +350,7 @@ def main(argv=None):
     try:
         {"train": _train, "compare": _compare, "reproduce": _reproduce}[args.command](args, sub)
     except KeyboardInterrupt as e:   # Ctrl-C: stopped between two batches
-        print(f"\npyjlfa {args.command}: interrupted (Ctrl-C){f': {e}' if str(e) else ''}", file=sys.stderr)
+        print(f"\npyjlfa {args.command}: {e if str(e) else 'interrupted (Ctrl-C)'}", file=sys.stderr)
         return 130   # 128 + SIGINT, as a shell reports a process that SIGINT stopped
     return 0
 
