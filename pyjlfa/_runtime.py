@@ -12,7 +12,10 @@ import atexit
 import ctypes
 import os
 import platform
+import select
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -65,6 +68,7 @@ _SIGNATURES = {
     "fa_error_message": (c_void_p, []),
     "fa_describe": (c_void_p, [c_char_p]),
     "fa_set_blas": (c_int, [c_void_p, c_void_p]),
+    "fa_watch_interrupts": (c_int, [c_int]),
     # alignment diagnostics and experiments (cabi_diagnostics.jl)
     "fa_alignment_fields": (c_void_p, []),
     "fa_alignment": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_void_p]),
@@ -74,6 +78,73 @@ _SIGNATURES = {
                                 POINTER(c_double), c_double, c_double, c_uint64, c_int64, c_int64, c_void_p,
                                 c_void_p]),
 }
+
+
+# Entry points that loop over batches or chunks and check for Ctrl-C between them (a step is one batch).
+_INTERRUPTIBLE = frozenset({"fa_train_epoch", "fa_forward", "fa_evaluate"})
+
+try:
+    from _signal import getsignal as _getsignal  # signal.getsignal's enum conversion costs ~7 us per call
+except ImportError:
+    _getsignal = signal.getsignal
+
+
+class _InterruptWatch:
+    """Lets Julia see Ctrl-C between batches, so a long call stops within a batch's time.
+
+    Python's C-level SIGINT handler only sets a flag that the interpreter checks between bytecodes,
+    which a Julia call never returns to; but it also writes the signal number at once to the
+    descriptor set by ``signal.set_wakeup_fd``. During each call from the main thread (while the
+    default handler, which raises KeyboardInterrupt, is installed) that descriptor is one end of a
+    socket pair whose other end Julia peeks at per batch (``interrupt.jl``). After the call the
+    previous wakeup descriptor (asyncio's, Jupyter's) is restored and sent whatever arrived meanwhile.
+    """
+
+    def __init__(self, watch):
+        self.julia_end, self.signal_end = socket.socketpair()
+        self.julia_end.setblocking(False)
+        self.signal_end.setblocking(False)
+        self.pending = select.poll() if hasattr(select, "poll") else None
+        if self.pending:
+            self.pending.register(self.julia_end.fileno(), select.POLLIN)
+        self.clean = True  # False while a disarm runs (Ctrl-C may cut it short and leave bytes behind)
+        status = watch(self.julia_end.fileno())
+        if status != 0:
+            raise JuliaError("fa_watch_interrupts failed")
+
+    def arm(self):
+        """Route signal bytes to Julia for one call; returns what disarm needs (None: not armed)."""
+        if (threading.current_thread() is not threading.main_thread()
+                or _getsignal(signal.SIGINT) is not signal.default_int_handler):
+            return None
+        previous = signal.set_wakeup_fd(self.signal_end.fileno(), warn_on_full_buffer=False)
+        if not self.clean:
+            self._drain()  # bytes of signals Python has handled already
+            self.clean = True
+        return -1 if previous == self.signal_end.fileno() else previous
+
+    def disarm(self, previous):
+        if previous is None:
+            return
+        self.clean = False
+        signal.set_wakeup_fd(previous)
+        arrived = self._drain()
+        if arrived and previous >= 0:
+            try:
+                os.write(previous, arrived)
+            except OSError:
+                pass
+        self.clean = True
+
+    def _drain(self):
+        if self.pending and not self.pending.poll(0):
+            return b""  # the usual case, without raising BlockingIOError (~5 us)
+        arrived = b""
+        try:
+            while True:
+                arrived += self.julia_end.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return arrived
 
 
 class Engine:
@@ -89,6 +160,8 @@ class Engine:
                 raise JuliaError(f"the Julia package has no entry point {name}; is it out of date?")
             self._fn[name] = ctypes.CFUNCTYPE(restype, *argtypes)(address)
         self.thread = threading.get_ident()
+        self.pid = os.getpid()        # the process Julia runs in; a forked child cannot use it
+        self.forked = False
         self.julia_version = (0,)  # until Julia tells us; meanwhile only this thread may call
         self.started_by = started_by
         self.details = details
@@ -96,6 +169,16 @@ class Engine:
         self.julia_version = tuple(int(p) for p in self.runtime["julia_version"].split("-")[0].split(".")[:3])
         self._names = {}
         self._pending_free = []
+        self._interrupts = _InterruptWatch(self._fn["fa_watch_interrupts"])
+
+    def check_process(self):
+        if self.forked:
+            raise RuntimeError(
+                f"pyjlfa cannot run in this process (pid {os.getpid()}): it was forked from process {self.pid} after "
+                "Julia had started there, and Julia's runtime does not survive a fork (the child would abort or "
+                "hang). Start worker processes with multiprocessing.get_context(\"spawn\") or "
+                "get_context(\"forkserver\") (e.g. ProcessPoolExecutor(mp_context=multiprocessing.get_context("
+                "\"spawn\"))), or fork before the first pyjlfa call.")
 
     @staticmethod
     def _check_signatures(lookup):
@@ -111,6 +194,7 @@ class Engine:
                                  "the two halves of the package are out of step")
 
     def check_thread(self):
+        self.check_process()
         # Julia before 1.9 cannot adopt foreign threads: entering it from another thread crashes.
         if self.julia_version >= (1, 9):
             return
@@ -137,10 +221,23 @@ class Engine:
         """Call a status-returning entry point; raise Julia's error as a Python exception."""
         self.check_thread()
         self._free_pending()
-        status = self._fn[name](*args)
+        armed = self._interrupts.arm() if name in _INTERRUPTIBLE else None
+        try:
+            status = self._fn[name](*args)
+        except KeyboardInterrupt:
+            # Python's handler raised as the call returned; say where Julia stopped, if it did
+            message = self._message()
+            if message.startswith("interrupted"):
+                raise KeyboardInterrupt(message) from None
+            raise
+        finally:
+            self._interrupts.disarm(armed)
         if status != 0:
-            message = ctypes.string_at(self._fn["fa_error_message"]()).decode("utf-8", "replace")
-            raise {2: DivergenceError, 4: JuliaValueError}.get(status, JuliaError)(message)
+            message = self._message()
+            raise {2: DivergenceError, 3: KeyboardInterrupt, 4: JuliaValueError}.get(status, JuliaError)(message)
+
+    def _message(self):
+        return ctypes.string_at(self._fn["fa_error_message"]()).decode("utf-8", "replace")
 
     def describe(self, what):
         self.check_thread()
@@ -159,6 +256,8 @@ class Engine:
 
     def free(self, handle):
         """Free a network handle now, or at the next call if we are not on Julia's thread."""
+        if self.forked:
+            return  # Julia's memory here is a copy that nothing else uses
         if self.julia_version < (1, 9) and threading.get_ident() != self.thread:
             self._pending_free.append(handle)
         else:
@@ -185,7 +284,17 @@ def engine():
     """The running engine, starting Julia on first use."""
     if _engine is None:
         start_julia()
+    _engine.check_process()
     return _engine
+
+
+def _after_fork_in_child():
+    if _engine is not None:
+        _engine.forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def start_julia(method=None, julia=None):
@@ -208,7 +317,14 @@ def start_julia(method=None, julia=None):
                                    "it can only be started once")
             return runtime_info()
         openblas = _choose_openblas_coretype()
-        address, details = _start_juliacall() if method == "juliacall" else _start_embedded(julia)
+        # Julia's start blocks SIGINT, SIGTERM, SIGQUIT, SIGABRT and SIGUSR1 in the calling thread (it expects its
+        # own listener thread to take them): put back the mask Python had, so Ctrl-C reaches Python again.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
+        try:
+            address, details = _start_juliacall() if method == "juliacall" else _start_embedded(julia)
+        finally:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         details["openblas_coretype"] = openblas
         _engine = Engine(address, method, details)
         from ._blas import use_numpy_blas  # matrix products through NumPy's newer OpenBLAS, if it has one
@@ -390,8 +506,9 @@ def _start_embedded(julia):
     _unwind_with_libgcc()
     lib = ctypes.CDLL(libpath, mode=ctypes.RTLD_GLOBAL)
 
-    # Options as on a julia command line; signal handling stays with Python.
-    options = [b"--handle-signals=no", b"--startup-file=no", b"--history-file=no"]
+    # Options as on a julia command line, program name first (jl_parse_opts skips argv[0]: without it
+    # --handle-signals=no was dropped and Julia replaced Python's SIGINT handler); signals stay with Python.
+    options = [b"julia", b"--handle-signals=no", b"--startup-file=no", b"--history-file=no"]
     argc = c_int(len(options))
     argv = ctypes.cast((c_char_p * len(options))(*options), POINTER(c_char_p))
     lib.jl_parse_opts(ctypes.byref(argc), ctypes.byref(argv))
@@ -403,7 +520,7 @@ def _start_embedded(julia):
         raise JuliaError(f"{libpath} has no jl_init_with_image entry point")
     init.argtypes = [c_char_p, c_char_p]
     init(bindir.encode(), sysimage.encode())
-    atexit.register(lib.jl_atexit_hook, 0)
+    atexit.register(_julia_atexit, lib.jl_atexit_hook, os.getpid())
 
     lib.jl_eval_string.argtypes = [c_char_p]
     lib.jl_eval_string.restype = c_void_p
@@ -419,6 +536,11 @@ def _start_embedded(julia):
     return int(answer), {"julia_executable": exe, "libjulia": libpath, "sysimage": sysimage,
                          "sysimage_kind": image_kind, "sysimage_reason": image_reason,
                          "package_in_image": in_image}
+
+
+def _julia_atexit(hook, pid):
+    if os.getpid() == pid:  # never in a forked child: Julia's runtime is not there
+        hook(0)
 
 
 def _start_juliacall():

@@ -11,6 +11,7 @@ pyjlfa <command> --help explains every option. (Also python -m pyjlfa.)
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -108,8 +109,9 @@ def _parser():
                                        "(pyjlfa.load reads it) into --out.")
     _add_data(train)
     _add_model(train)
-    train.add_argument("--out", default="pyjlfa-train", metavar="DIR",
-                       help="folder for history.json, history.csv, model.safetensors")
+    train.add_argument("--out", metavar="DIR",
+                       help="folder for history.json, history.csv, model.safetensors "
+                            "(default: runs/<date-time>, a new folder)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     compare = sub.add_parser("compare", formatter_class=_Formatter, epilog=_EPILOG,
@@ -121,7 +123,8 @@ def _parser():
     _add_model(compare, rule=False)
     compare.add_argument("--rules", nargs="+", default=None, metavar="RULE",
                          help=f"learning rules to compare, some of: {_RULES} (default: all)")
-    compare.add_argument("--out", default="pyjlfa-compare", metavar="DIR", help="folder for results and figures")
+    compare.add_argument("--out", metavar="DIR",
+                         help="folder for results and figures (default: runs/<date-time>, a new folder)")
     compare.add_argument("--no-plots", action="store_true", help="write no figures (they need matplotlib)")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -241,9 +244,11 @@ def _train(args, parser):
     _check_names(parser, "--rule", [args.rule], "rule")
     _check_names(parser, "--activation", [args.activation], "activation")
     sizes = _sizes(args, Xtr, ytr)
+    args.out = args.out or _new_run_folder()
     os.makedirs(args.out, exist_ok=True)
     print(f"training {'-'.join(map(str, sizes))} {args.activation}, rule {args.rule}, {len(Xtr)} samples, "
           f"SGD lr {args.lr} momentum {args.momentum} weight decay {args.weight_decay}, batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
+    net, interrupted = None, None
     try:
         net = Network(sizes, activation=args.activation, rule=args.rule, seed=args.seed,
                       feedback_seed=args.feedback_seed, dtype=args.dtype)
@@ -252,6 +257,12 @@ def _train(args, parser):
                           progress=not args.quiet, track_alignment=args.track_alignment or None)
     except (ValueError, TypeError) as e:
         parser.error(str(e))
+    except KeyboardInterrupt as e:   # Ctrl-C: keep the completed epochs, then exit 130 (main)
+        if net is None or not net.history or not net.history["loss"]:
+            raise
+        interrupted, history = e, net.history
+        print(f"\ninterrupted: saving the history of the {len(history['loss'])} completed epochs, and the model as "
+              "it is now", file=sys.stderr)
     result = {"experiment": "history", "params": dict(vars(args), sizes=sizes), "runs": {args.rule: history}}
     files = experiments.save_results(result, args.out, plot=False)
     model = os.path.join(args.out, "model.safetensors")
@@ -260,6 +271,18 @@ def _train(args, parser):
     last = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v and not isinstance(v[-1], list)}
     print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "seconds"))
     print("wrote " + ", ".join(files))
+    if interrupted is not None:
+        raise interrupted
+
+
+def _new_run_folder():
+    """runs/<date-time>, a folder no earlier run used (runs/ is in .gitignore)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = os.path.join("runs", stamp), 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join("runs", f"{stamp}-{n}")
+    return path
 
 
 def _table(result):
@@ -324,6 +347,7 @@ def _compare(args, parser):
                                      progress=not args.quiet, title=title)
     except (ValueError, TypeError) as e:
         parser.error(str(e))
+    args.out = args.out or _new_run_folder()
     files = experiments.save_results(result, args.out, plot=_plots_available(args))
     print()
     print(_table(result))
@@ -409,7 +433,11 @@ def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
-    {"train": _train, "compare": _compare, "reproduce": _reproduce, "sweep": _sweep}[args.command](args, sub)
+    try:
+        {"train": _train, "compare": _compare, "reproduce": _reproduce, "sweep": _sweep}[args.command](args, sub)
+    except KeyboardInterrupt as e:   # Ctrl-C: stopped between two batches
+        print(f"\npyjlfa {args.command}: {e if str(e) else 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        return 130   # 128 + SIGINT, as a shell reports a process that SIGINT stopped
     return 0
 
 

@@ -222,6 +222,7 @@ class Network:
         self.layers = self._layer_views()
         self.input_shape = self.layers[0].input_shape
         self.optimizer = None  # the optimizer the next fit continues with (recorded by save)
+        self.history = None  # the history of the last fit, also when Ctrl-C cut it short
 
     def _layer_views(self):
         text = ctypes.string_at(self._engine._fn["fa_layers"](self._handle.id)).decode()
@@ -453,6 +454,13 @@ class Network:
         ``validation_data=(X_val, y_val)``; and "seconds". A NaN or infinite loss stops training
         with :class:`pyjlfa.DivergenceError` naming the epoch and batch.
 
+        Ctrl-C (SIGINT) stops training between two batches with KeyboardInterrupt (within a
+        batch's time): the parameters are those after the last completed batch, never a half
+        update; ``net.epochs`` counts completed epochs only; ``net.history``, this history filled
+        in as each epoch ends, keeps the completed epochs (and the alignment records so far). The
+        network stays usable; another ``fit`` continues from there (the shuffling generator has
+        moved on for the interrupted epoch).
+
         ``track_alignment=n`` records :meth:`alignment` every n batches, on the batch being trained
         (before its update), into ``history["alignment"]``: {"epoch", "batch", "step", "role",
         "update_angle", ...}, each a list with one entry per record (per-layer lists inside).
@@ -480,23 +488,30 @@ class Network:
         keys = ["loss"] + (["accuracy"] if classifier else [])
         keys += [f"val_{k}" for k in keys] if validation_data is not None else []
         history = {k: [] for k in keys + ["seconds"]}
+        self.history = history  # filled in per epoch: what Ctrl-C leaves of this fit
         out = (c_double * 3)()
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            self._engine.call("fa_train_epoch", handle, X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
-                              batch_size, int(bool(shuffle)), opt, out)
-            history["loss"].append(out[0])
-            _warn_if_growing(history["loss"], np.log(self.n_outputs) if classifier else None, optimizer)
-            if classifier:
-                history["accuracy"].append(out[1])
-            history["seconds"].append(time.perf_counter() - start)
-            if tracker:
+        try:
+            for epoch in range(1, epochs + 1):
+                start = time.perf_counter()
+                self._engine.call("fa_train_epoch", handle, X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
+                                  batch_size, int(bool(shuffle)), opt, out)
+                history["loss"].append(out[0])
+                _warn_if_growing(history["loss"], np.log(self.n_outputs) if classifier else None, optimizer)
+                if classifier:
+                    history["accuracy"].append(out[1])
+                history["seconds"].append(time.perf_counter() - start)
+                if tracker:
+                    tracker.collect(-(-X.shape[0] // batch_size))
+                if validation_data is not None:
+                    for k, v in self._evaluate(*validation).items():
+                        history[f"val_{k}"].append(v)
+                if progress:
+                    _show_progress(self.rule, epoch, epochs, {k: v[-1] for k, v in history.items()})
+        except KeyboardInterrupt:
+            if tracker:  # keep the records made so far, and stop tracking
                 tracker.collect(-(-X.shape[0] // batch_size))
-            if validation_data is not None:
-                for k, v in self._evaluate(*validation).items():
-                    history[f"val_{k}"].append(v)
-            if progress:
-                _show_progress(self.rule, epoch, epochs, {k: v[-1] for k, v in history.items()})
+                history["alignment"] = tracker.finish()
+            raise
         if tracker:
             history["alignment"] = tracker.finish()
         return history

@@ -1,5 +1,11 @@
+import os
+
 import numpy as np
 import pytest
+
+# scikit-learn's estimator checks include an array-API input check that runs (rather than skips)
+# only with scipy's array-API mode on, which must be set before scipy is first imported.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import pyjlfa
 from pyjlfa.reference import ReferenceNetwork

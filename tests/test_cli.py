@@ -161,3 +161,14 @@ def test_cpp_extensions_can_throw_after_julia_started():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and "caught" in result.stdout, result.stderr[-2000:]
+
+
+def test_train_writes_into_a_new_runs_folder_by_default(npz, tmp_path, monkeypatch):
+    """Without --out, results go to runs/<date-time>/ (ignored by git), a new folder per run."""
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert cli.main(["train", "--data", str(npz), "--hidden", "4", "--epochs", "1", "--quiet",
+                         "--track-alignment", "0"]) == 0
+    runs = sorted(os.listdir(tmp_path / "runs"))
+    assert len(runs) == 2 and all((tmp_path / "runs" / r / "history.json").is_file() for r in runs)
+    assert "/runs/" in (ROOT / ".gitignore").read_text().split()

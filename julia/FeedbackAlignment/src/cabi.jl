@@ -1,7 +1,7 @@
 """
 The flat C ABI that Python (or any C caller) drives: entry points that take raw pointers, sizes and
 network handles, made with `@cfunction` and looked up by name through `fa_lookup`. Julia exceptions
-never cross it: each entry returns a status (0 ok, 1 error, 2 training diverged) and the message is
+never cross it: each entry returns a status (0 ok, 1 error, 2 training diverged, 3 interrupted) and the message is
 read with `fa_error_message`. Arrays are wrapped in place, never copied: a C-ordered (n, d) array
 is Julia's (d, n) matrix. The handle table is the package's one piece of global state.
 """
@@ -9,7 +9,7 @@ module CABI
 
 using LinearAlgebra
 using ..FeedbackAlignment
-using ..FeedbackAlignment: ACTIVATIONS, LOSSES, REGISTRIES, DivergenceError, ZeroBasedLabels,
+using ..FeedbackAlignment: ACTIVATIONS, LOSSES, REGISTRIES, DivergenceError, Interrupted, ZeroBasedLabels,
     CrossEntropy, Given, GivenPointer, outsize, nfeatures, outputs!, predict_proba!, predict_labels!, gradients!,
     train_epoch!, step!, evaluate, interpret, build, layer_text, has_params, Layer, activation, activation_name
 
@@ -18,17 +18,22 @@ const LAST_HANDLE = Ref{Int64}(0)
 const ERROR_MESSAGE = Ref{String}("")
 const ANSWER = Ref{String}("")          # text answers; valid until the next fa_describe
 
-# Status codes: 0 ok, 1 any other error, 2 training diverged, 4 bad arguments (the host raises
-# its own kind of value error for those).
+# Status codes: 0 ok, 1 any other error, 2 training diverged, 3 interrupted (SIGINT, between
+# batches), 4 bad arguments (the host raises its own kind of value error for those).
 function guarded(f)
+    ERROR_MESSAGE[] = ""   # so a host whose own Ctrl-C handler cut the call short can tell "interrupted" apart
     try
         f()
         return Cint(0)
     catch e
         ERROR_MESSAGE[] = sprint(showerror, e)
-        return e isa DivergenceError ? Cint(2) : e isa Union{ArgumentError,DimensionMismatch} ? Cint(4) : Cint(1)
+        return e isa DivergenceError ? Cint(2) : e isa Interrupted ? Cint(3) :
+               e isa Union{ArgumentError,DimensionMismatch} ? Cint(4) : Cint(1)
     end
 end
+
+# Between batches, peek at socket `fd` for SIGINT (see interrupt.jl); -1 stops watching.
+fa_watch_interrupts(fd::Cint)::Cint = guarded(() -> FeedbackAlignment.watch_interrupts!(fd))
 
 network(h::Int64) = get(() -> throw(ArgumentError("no network with handle $h (it was freed, or never created)")),
                         HANDLES, h)
@@ -328,6 +333,7 @@ const SIGNATURES = [
     (:fa_set_blas, Cint, (Ptr{Cvoid}, Ptr{Cvoid})),
     (:fa_describe, Ptr{UInt8}, (Cstring,)),
     (:fa_lookup, Ptr{Cvoid}, (Cstring,)),
+    (:fa_watch_interrupts, Cint, (Cint,)),
     DIAGNOSTICS_SIGNATURES...,
 ]
 

@@ -587,6 +587,7 @@ function each_output_chunk(visit, net::Network{T}, X::Array{T}) where {T}
     workspace!(net, chunk)
     per = length(X) ÷ n
     GC.@preserve X for start in 1:chunk:n
+        throw_if_interrupted()   # Ctrl-C from the host
         cols = start:min(start + chunk - 1, n)
         Xc = length(cols) == n ? X : unsafe_wrap(Array, pointer(X, (start - 1) * per + 1), (Base.front(size(X))..., length(cols)))
         visit(forward!(net, Xc), cols)

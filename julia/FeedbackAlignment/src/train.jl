@@ -66,6 +66,7 @@ function train_epoch!(net::Network{T}, X, Y, opt::Optimiser;
     epoch = net.epochs + 1
     total, correct = 0.0, 0
     for (batch, start) in enumerate(1:batchsize:n)
+        throw_if_interrupted(epoch, batch)   # Ctrl-C from the host: stop between whole batches
         cols = start:min(start + batchsize - 1, n)
         Xb, Yb = gather!(net, X, Y, view(order, cols))   # `order` is 1:n when not shuffling
         before_batch!(net.rule, net)
