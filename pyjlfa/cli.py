@@ -411,11 +411,7 @@ def _add_sweep(sub):
 
 
 def _sweep(args, parser):
-    import signal
     from .sweep import SpecError, sweep
-    # This process never starts Julia; a parent that hosts Julia passes on its blocked SIGINT/SIGTERM
-    # (Julia's start blocks them in its thread's signal mask): unblock them so Ctrl-C stops the sweep.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if not os.path.isfile(args.spec):
         parser.error(f"{args.spec}: no such file")
     try:

@@ -155,14 +155,9 @@ def test_random_samples_are_crossed_with_the_grid_and_reproducible():
 
 
 def _popen(command, **kwargs):
-    """Popen with SIGINT and SIGTERM deliverable in the child, as from a shell: Julia's start blocks
-    them in the signal mask of its thread (this test process's, once a test has started Julia), and
-    children inherit the mask."""
-    old = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        return subprocess.Popen(command, env=ENV, **kwargs)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    """Popen in the tests' environment. (SIGINT and SIGTERM reach the child: starting Julia no longer
+    leaves them blocked in this process's signal mask, which children would inherit.)"""
+    return subprocess.Popen(command, env=ENV, **kwargs)
 
 
 def _free_port():
