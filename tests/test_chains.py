@@ -382,8 +382,10 @@ def julias_blas():
 
 
 @pytest.fixture(scope="module")
-def julia_session(tmp_path_factory):
-    """Python writes data and trained models; one julia process loads, trains, saves and predicts."""
+def julia_process(tmp_path_factory):
+    """Python writes data and trained models, then starts one julia process that loads, trains, saves
+    and predicts. It runs while the other tests of this module do (it spends most of its time
+    compiling); the tests that read its files wait for it (``julia_session``)."""
     tmp = tmp_path_factory.mktemp("chains_julia")
     n = 12
     rng = np.random.default_rng(20)
@@ -403,10 +405,25 @@ def julia_session(tmp_path_factory):
                                    julia_input=", ".join(map(str, reversed(INPUT)))))
     pyjlfa.start_julia()  # puts the OPENBLAS_CORETYPE it chose into os.environ: the same kernels there
     env = {**os.environ, "PYJLFA_BLAS": "julia"}
-    result = subprocess.run([pyjlfa.runtime_info()["julia_executable"], "--startup-file=no", str(script), str(tmp)],
-                            capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0 and "done" in result.stdout, result.stdout + result.stderr
-    return session
+    process = subprocess.Popen([pyjlfa.runtime_info()["julia_executable"], "--startup-file=no", str(script), str(tmp)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    session["process"] = process
+    yield session
+    if process.poll() is None:  # a run of a few tests that did not need it
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _julia_runs_alongside(julia_process):
+    """Start the julia process with the module's first test."""
+
+
+@pytest.fixture(scope="module")
+def julia_session(julia_process):
+    stdout, stderr = julia_process["process"].communicate(timeout=600)
+    assert julia_process["process"].returncode == 0 and "done" in stdout, stdout + stderr
+    return julia_process
 
 
 @pytest.mark.parametrize("tag", ["f64", "f32"])
