@@ -62,7 +62,7 @@ feedback_target(rule::LearningRule, net::Network, l) = nothing
 function feedback_target(::FAStyle, net::Network, l)
     st = net.layers[l]
     st.B === nothing && return nothing
-    return size(st.B) == size(st.W) ? st.W : transpose(st.W)
+    return st.spec isa Conv ? st.W : transpose(st.W)
 end
 function feedback_target(::DFAStyle, net::Network, l)
     net.layers[l].B === nothing && return nothing

@@ -269,9 +269,9 @@ end
 feedback_fans(spec, shape::NTuple{2,Int}) = (shape[2], shape[1])
 feedback_fans(spec::Conv, shape::NTuple{4,Int}) = reverse(fans(spec))
 
-"B ← |B| ∘ sign(W) where B has W's shape (a kernel), sign(Wᵀ) where it has Wᵀ's (a zero weight counts as positive)."
+"B ← |B| ∘ sign(W) for a kernel, sign(Wᵀ) for a dense layer's matrix (a zero weight counts as positive)."
 function follow_signs!(B::Array, W::Array)
-    if size(B) == size(W)
+    if ndims(W) == 4   # not size(B) == size(W): a square dense W has Wᵀ's shape too
         @inbounds @simd for k in eachindex(B, W)
             B[k] = copysign(B[k], W[k])
         end
@@ -287,7 +287,7 @@ function LayerState{T}(spec::Layer, index, insize, outsize, W, B, feedback_init,
     NI, N = length(insize) + 1, length(outsize) + 1
     b = has_params(spec) ? zeros(T, bias_length(spec)) : nothing
     dW = W === nothing ? nothing : similar(W)
-    dB = learns_feedback(rule) && B !== nothing ? (size(B) == size(W) ? dW : similar(B)) : nothing
+    dB = learns_feedback(rule) && B !== nothing ? (spec isa Conv ? dW : similar(B)) : nothing
     mirror = rule isa WeightMirror && B !== nothing ? Mirror{T}(spec, insize, outsize, rule.batchsize, W) : nothing
     WT, BiasT, BT = typeof(W), typeof(b), typeof(B)
     st = LayerState{T,typeof(spec),NI,N,WT,BiasT,BT,typeof(mirror),typeof(feedback_init)}(
