@@ -513,5 +513,6 @@ include("io.jl")
 include("diagnostics.jl")
 include("speed.jl")
 include("conv.jl")
+include("chains.jl")
 
 end # FeedbackAlignment
