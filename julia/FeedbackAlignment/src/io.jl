@@ -301,7 +301,7 @@ function file_metadata(net::Network{T}) where {T}
         "feedback_init" => registry_name(FILE_INITIALISERS, binit), "feedback_init_params" => json(params(binit)),
         "seed" => string(net.seed), "feedback_seed" => string(net.feedback_seed),
         "epochs" => string(net.epochs), "rng_state" => string(net.rng.state),
-        "dropout" => json([st.dropout for st in net.layers[1:end-1]])]
+        "dropout" => json(Float64[st.dropout for st in net.layers[1:end-1]])]   # typed: an empty list must stay a list
 end
 
 # ---------------------------------------------------------------------------------------------

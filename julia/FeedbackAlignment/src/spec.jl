@@ -69,5 +69,7 @@ function literal(x, text)
             haskey(REGISTRIES[kind], name) && return build(x, kind, text)
         end
     end
+    x isa Symbol && throw(ArgumentError("cannot read \"$text\": unknown name $(repr(x)); a layer's activation is one of " *
+                                        join(sort!(collect(keys(ACTIVATIONS))), ", ")))
     throw(ArgumentError("cannot read \"$text\": $(repr(x)) is not a literal value"))
 end

@@ -3,12 +3,15 @@
 
 # Two rules defined here, outside the package, to show that diagnostics work for rules they have
 # never heard of: a scaled FA (same directions as FA) and one that sends hidden layers nothing.
+# HalfFA carries errors back as FA does, halved at every layer it passes.
 struct HalfFA <: LearningRule end
-FAL.feedback_shape(::HalfFA, sizes, l) = FAL.feedback_shape(FA(), sizes, l)
-FAL.hidden_error!(D, ::HalfFA, net, l, m) = (FAL.hidden_error!(D, FA(), net, l, m); D .*= 0.5; D)
+FAL.feedback_shape(::HalfFA, args...) = FAL.feedback_shape(FA(), args...)
+FAL.carries_back(::HalfFA) = true
+FAL.hidden_signal!(D, ::HalfFA, st, net) = nothing       # the next layer carried it into D
+FAL.carry_back!(dx, ::HalfFA, st, spec::Dense, b) = (FAL.carry_back!(dx, FA(), st, spec, b); dx .*= 0.5; dx)
+FAL.feedback_target(::HalfFA, net::Network, l) = FAL.feedback_target(FA(), net, l)
 struct OutputOnly <: LearningRule end
-FAL.feedback_shape(::OutputOnly, sizes, l) = nothing
-FAL.hidden_error!(D, ::OutputOnly, net, l, m) = fill!(D, 0)
+FAL.hidden_signal!(D, ::OutputOnly, st, net) = fill!(D, 0)
 
 degrees(a, b) = acosd(clamp(dot(a, b) / (norm(a) * norm(b)), -1, 1))
 
@@ -64,7 +67,7 @@ degrees(a, b) = acosd(clamp(dot(a, b) / (norm(a) * norm(b)), -1, 1))
     h, f = alignment(half, X, y), alignment(fa, X, y)
     @test [r.role for r in h] == [:feedback, :feedback, :output]
     @test h[1].delta_angle ≈ f[1].delta_angle rtol=1e-10
-    @test h[2].feedback_angle ≈ f[2].feedback_angle rtol=1e-10          # found through B's shape
+    @test h[2].feedback_angle ≈ f[2].feedback_angle rtol=1e-10          # through its feedback_target
     @test h[1].update_bp_ratio ≈ f[1].update_bp_ratio / 4 rtol=1e-10    # 1/2 per layer it passes
     @test h[2].alignment_product ≈ f[2].alignment_product / 2 rtol=1e-10
 

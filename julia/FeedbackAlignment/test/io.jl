@@ -23,6 +23,38 @@ end
 samebits(a::Network, b::Network) = all(zip(a.layers, b.layers)) do (x, y)
     x.W == y.W && x.b == y.b && (x.B === nothing ? y.B === nothing : x.B == y.B)
 end
+# The same optimiser state: its kind and step count, and every slot of every layer's W, b and B.
+samestate(a::Network, b::Network) = a.optkind === b.optkind && a.optsteps == b.optsteps &&
+    all(x.sW == y.sW && x.sb == y.sb && x.sB == y.sB for (x, y) in zip(a.layers, b.layers))
+
+# A model file in format 1, laid out as the format-1 writer did (a dense network's sizes and one
+# hidden activation in the metadata, SGD velocities only), from `net`'s arrays.
+function write_format1(path, net::Network{T}, activation::String) where {T}
+    meta = Pair{String,Any}["format" => "pyjlfa-safetensors", "format_version" => "1", "library_version" => "0.1.0",
+        "created_by" => "FeedbackAlignment.jl (Julia 1.5.3)", "sizes" => FAL.json(FAL.sizes(net)),
+        "dtype" => T == Float32 ? "float32" : "float64", "activation" => activation, "loss" => "cross_entropy",
+        "rule" => lowercase(string(nameof(typeof(net.rule)))), "rule_params" => "{}",
+        "init" => "glorot_uniform", "init_params" => "{\"gain\":1.0}",
+        "feedback_init" => "glorot_uniform", "feedback_init_params" => "{\"gain\":1.0}",
+        "seed" => string(net.seed), "feedback_seed" => string(net.feedback_seed), "epochs" => string(net.epochs),
+        "rng_state" => string(net.rng.state), "dropout" => FAL.json(zeros(length(net.layers) - 1)),
+        "optimizer" => "sgd", "optimizer_slots" => "[\"velocity\"]"]
+    tensors = Pair{String,Array{T}}[]
+    for (k, st) in enumerate(net.layers)
+        push!(tensors, "layers.$(k-1).W" => st.W, "layers.$(k-1).b" => st.b)
+        st.B === nothing || push!(tensors, "layers.$(k-1).B" => st.B)
+    end
+    for (k, st) in enumerate(net.layers)
+        push!(tensors, "optimizer.velocity.$(k-1).W" => st.sW[1], "optimizer.velocity.$(k-1).b" => st.sb[1])
+    end
+    header, data = Pair{String,Any}["__metadata__" => meta], UInt8[]
+    for (name, A) in tensors
+        push!(header, name => Pair{String,Any}["dtype" => T == Float32 ? "F32" : "F64", "shape" => reverse(collect(size(A))),
+                                               "data_offsets" => [length(data), length(data) + sizeof(A)]])
+        append!(data, reinterpret(UInt8, vec(A)))
+    end
+    return raw_file(path, FAL.json(header), data)
+end
 
 @testset "model files" begin
     @testset "JSON subset" begin
@@ -55,11 +87,13 @@ end
             learn!(net, T.(X), y; epochs=2, batchsize=7, optimizer=SGD(0.1, 0.9))
             @test save(path("a.safetensors"), net; include_optimizer=true, optimizer=SGD(0.1, 0.9)) == path("a.safetensors")
             loaded = load(path("a.safetensors"))
-            @test loaded isa Network{T,typeof(sigmoid),typeof(rule),CrossEntropy}
+            @test loaded isa Network{T,2,typeof(rule),CrossEntropy}
+            @test [FAL.activation(st.spec) for st in loaded.layers] == [sigmoid, sigmoid, identity]
             @test samebits(net, loaded) && loaded.epochs == 2 && loaded.rng.state == net.rng.state
             @test (loaded.seed, loaded.feedback_seed) == (4, 9)
-            @test all(FeedbackAlignment.state_array(loaded.optstate, 1, l, i) ==
-                      FeedbackAlignment.state_array(net.optstate, 1, l, i) for l in 1:3, i in 1:2)
+            @test loaded.optkind === :sgd && samestate(net, loaded)
+            @test all(FeedbackAlignment.state_array(loaded, 1, l, i) ==
+                      FeedbackAlignment.state_array(net, 1, l, i) for l in 1:3, i in 1:2)
             @test predict_proba(loaded, T.(X)) == predict_proba(net, T.(X))
             loaded.layers[1].W[1] += 1   # a new model: the old one does not change
             @test loaded.layers[1].W[1] != net.layers[1].W[1]
@@ -67,11 +101,30 @@ end
             save(path("b.safetensors"), load(path("a.safetensors")); include_optimizer=true, optimizer=SGD(0.1, 0.9))
             @test read(path("a.safetensors")) == read(path("b.safetensors"))
             meta = FeedbackAlignment.read_metadata(path("a.safetensors"))
-            @test meta["sizes"] == "[6,5,4,3]" && meta["dtype"] == (T == Float32 ? "float32" : "float64")
-            @test meta["activation"] == "sigmoid" && meta["rule"] == lowercase(string(typeof(rule))) && meta["rule_params"] == "{}"
+            @test meta["input"] == "[6]" && meta["dtype"] == (T == Float32 ? "float32" : "float64")
+            @test meta["chain"] == "[\"Dense(6 => 5, sigmoid)\",\"Dense(5 => 4, sigmoid)\",\"Dense(4 => 3)\"]"
+            @test meta["rule"] == lowercase(string(typeof(rule))) && meta["rule_params"] == "{}"
             @test meta["feedback_init"] == "glorot_uniform" && meta["feedback_init_params"] == "{\"gain\":1.0}"
             @test meta["optimizer"] == "sgd" && startswith(meta["optimizer_params"], "{\"lr\":0.1,\"momentum\":0.9,\"nesterov\":false")
-            @test meta["optimizer_slots"] == "[\"velocity\"]" && meta["epochs"] == "2" && meta["format_version"] == "1"
+            @test meta["optimizer_slots"] == "[\"velocity\"]" && meta["epochs"] == "2" && meta["format_version"] == "2"
+            @test meta["optimizer_steps"] == string(net.optsteps) && net.optsteps == 2 * 5   # 30 observations in batches of 7
+        end
+
+        # Files of format 1 (dense sizes and one activation) still load, with the same numbers.
+        @testset "format 1 files load ($T, $(typeof(rule)))" for T in (Float32, Float64), rule in (FA(), DFA())
+            net = Network([6, 5, 4, 3]; rule=rule, activation=relu, seed=4, feedback_seed=9, T=T)
+            learn!(net, T.(X), y; epochs=2, batchsize=7, optimizer=SGD(0.1, 0.9))
+            write_format1(path("v1.safetensors"), net, "relu")
+            @test FeedbackAlignment.read_metadata(path("v1.safetensors"))["format_version"] == "1"
+            old = load(path("v1.safetensors"))
+            @test old.chain.layers == (Dense(6 => 5, relu), Dense(5 => 4, relu), Dense(4 => 3)) && old.insize == (6,)
+            @test samebits(net, old) && old.epochs == 2 && old.rng.state == net.rng.state
+            @test (old.seed, old.feedback_seed) == (4, 9)
+            @test old.optkind === :sgd && all(a.sW == b.sW && a.sb == b.sb for (a, b) in zip(net.layers, old.layers))
+            @test predict_proba(old, T.(X)) == predict_proba(net, T.(X))
+            learn!(old, T.(X), y; epochs=1, batchsize=7, optimizer=SGD(0.1, 0.9))   # SGD needs no step count
+            learn!(net, T.(X), y; epochs=1, batchsize=7, optimizer=SGD(0.1, 0.9))
+            @test samebits(net, old)
         end
 
         @testset "the layout is safetensors'" begin
@@ -97,22 +150,32 @@ end
             learn!(resumed, X, y; epochs=1, batchsize=4, optimizer=SGD(0.05, 0.9))
             @test samebits(straight, resumed) && resumed.epochs == 2
             without = load(path("r0.safetensors"))   # no velocities: a different second epoch
-            @test without.optstate === nothing
+            @test without.optkind === :none && all(st -> isempty(st.sW), without.layers)
             learn!(without, X, y; epochs=1, batchsize=4, optimizer=SGD(0.05, 0.9))
             @test !samebits(straight, without)
         end
 
-        @testset "optimiser state that does not exist, or cannot be saved yet" begin
+        @testset "optimiser state that does not exist; Adam's and Kolen-Pollack's state" begin
             net = Network([3, 2]; T=Float64)                # never trained: no state
             save(path("s.safetensors"), net; include_optimizer=true)
             meta = FeedbackAlignment.read_metadata(path("s.safetensors"))
             @test meta["optimizer"] == "none" && meta["optimizer_slots"] == "[]" && !haskey(meta, "optimizer_params")
-            @test load(path("s.safetensors")).optstate === nothing
-            step!(net, ones(3, 2), [1, 2], Adam(0.01))      # Adam's step count is not in format 1
-            @test_throws ArgumentError save(path("s.safetensors"), net; include_optimizer=true)
-            kp = Network([3, 4, 2]; rule=KolenPollack(), T=Float64)
-            step!(kp, ones(3, 2), [1, 2], SGD(0.1, 0.9))   # nor is B's momentum
-            @test_throws ArgumentError save(path("s.safetensors"), kp; include_optimizer=true)
+            @test load(path("s.safetensors")).optkind === :none
+            # format 2 holds Adam's moments and step count, and the state of Kolen-Pollack's B
+            Xs, ys = randn(MersenneTwister(3), 3, 4), [1, 2, 2, 1]
+            for (net, opt) in ((Network([3, 4, 2]; T=Float64), Adam(0.01)),
+                               (Network([3, 4, 2]; rule=KolenPollack(), T=Float64), SGD(0.1, 0.9)),
+                               (Network([3, 4, 2]; rule=KolenPollack(), T=Float64), Adam(0.01)))
+                step!(net, Xs, ys, opt); step!(net, Xs, ys, opt)
+                save(path("s.safetensors"), net; include_optimizer=true, optimizer=opt)
+                meta = FeedbackAlignment.read_metadata(path("s.safetensors"))
+                @test meta["optimizer_slots"] == (opt isa Adam ? "[\"first_moment\",\"second_moment\"]" : "[\"velocity\"]")
+                loaded = load(path("s.safetensors"))
+                @test samebits(net, loaded) && samestate(net, loaded) && loaded.optsteps == 2
+                @test net.rule isa KolenPollack ? !isempty(loaded.layers[2].sB) : all(st -> isempty(st.sB), loaded.layers)
+                step!(net, Xs, ys, opt); step!(loaded, Xs, ys, opt)
+                @test samebits(net, loaded) && samestate(net, loaded)
+            end
         end
 
         @testset "corrupt files raise a clear ModelFileError" begin
@@ -136,18 +199,22 @@ end
                     "not a pyjlfa model file: its safetensors header has no pyjlfa metadata",
                 raw_file(path("bare"), "{\"w\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}", zeros(UInt8, 8)) =>
                     "not a pyjlfa model file",
-                edit("version", "\"format_version\":\"1\"", "\"format_version\":\"7\"") =>
-                    "unknown format version \"7\"; this FeedbackAlignment reads version 1",
+                edit("version", "\"format_version\":\"2\"", "\"format_version\":\"7\"") =>
+                    "unknown format version \"7\"; this FeedbackAlignment reads versions 1 to 2",
                 edit("shape", "\"shape\":[5,4]", "\"shape\":[4,5]") =>
-                    "tensor \"layers.1.W\" has shape [4,5], but the metadata (sizes [6,5,4,3], rule fa) needs [5,4]",
-                edit("sizes", "\"sizes\":\"[6,5,4,3]\"", "\"sizes\":\"[6,7,4,3]\"") =>
-                    "tensor \"layers.0.W\" has shape [6,5], but the metadata (sizes [6,7,4,3], rule fa) needs [6,7]",
+                    "tensor \"layers.1.W\" has shape [4,5], but the network the metadata describes (Chain(Dense(6 => 5, tanh), Dense(5 => 4, tanh), Dense(4 => 3)), rule fa) needs [5,4]",
+                edit("sizes", "Dense(6 => 5, tanh)\\\",\\\"Dense(5 => 4", "Dense(6 => 7, tanh)\\\",\\\"Dense(7 => 4") =>
+                    "tensor \"layers.0.W\" has shape [6,5], but the network the metadata describes (Chain(Dense(6 => 7, tanh), Dense(7 => 4, tanh), Dense(4 => 3)), rule fa) needs [6,7]",
+                edit("input", "\"input\":\"[6]\"", "\"input\":\"[7]\"") =>
+                    "the metadata does not describe a network this FeedbackAlignment can build: ArgumentError: layer 1, Dense(6 => 5, tanh) expects 6 inputs, but receives 7",
+                edit("chain", "Dense(6 => 5, tanh)", "Conv((2, 2), 1 => 5)") =>
+                    "layer 1, Conv((2, 2), 1 => 5) expects images (width, height, channels), but receives a vector of 6",
                 edit("dtype", "\"dtype\":\"float32\"", "\"dtype\":\"float64\"") =>
                     "tensor \"layers.0.W\" is F32, but the metadata says dtype float64",
                 edit("rule", "\"rule\":\"fa\"", "\"rule\":\"dfa\"") =>
-                    "tensor \"layers.0.B\" is missing (the metadata describes a dfa network of sizes [6,5,4,3])",
-                edit("unknown", "\"activation\":\"tanh\"", "\"activation\":\"swish\"") =>
-                    "unknown activation \"swish\"; this FeedbackAlignment knows identity, leaky_relu, relu, sigmoid, tanh",
+                    "tensor \"layers.0.B\" is missing (the metadata describes a dfa network Chain(Dense(6 => 5, tanh), Dense(5 => 4, tanh), Dense(4 => 3)))",
+                edit("unknown", "Dense(6 => 5, tanh)", "Dense(6 => 5, swish)") =>
+                    "metadata \"chain\" has \"Dense(6 => 5, swish)\", which is not a layer this FeedbackAlignment builds (ArgumentError: cannot read \"Dense(6 => 5, swish)\": unknown name :swish; a layer's activation is one of identity, leaky_relu, leakyrelu, relu, sigmoid, tanh)",
                 edit("seed", "\"seed\":\"0\"", "\"seed\":\"x1\"") => "metadata \"seed\" must be an integer in [0, 2**64), got \"x1\"",
                 edit("params", "\"rule_params\":\"{}\"", "\"rule_params\":\"{\\\"alpha\\\":1.0}\"") =>
                     "rule \"fa\" takes the parameters (), but the file gives (alpha)",
@@ -187,8 +254,8 @@ end
             @test read(target, String) == "previous" && sort(readdir(dir)) == before
             FeedbackAlignment.atomic_write(io -> write(io, "new"), target)
             @test read(target, String) == "new" && sort(readdir(dir)) == before
-            @test_throws ArgumentError save(path("x.safetensors"), Network([2, 2]; activation=x -> x))
-            @test !isfile(path("x.safetensors"))
+            # an activation a file could not name is refused when the network is built, before any save
+            @test_throws ArgumentError Network([2, 3, 2]; activation=x -> x)
             @test_throws ArgumentError save(joinpath(dir, "no_such_folder", "m.safetensors"), Network([2, 2]))
             @test occursin("it is a folder", load_error(dir))
         end

@@ -90,8 +90,8 @@ end
         g = gradients(net, Xb, yb)
         FeedbackAlignment.forward!(net, Xb)
         E = similar(Xb, 3, 10)
-        FeedbackAlignment.loss_and_error!(E, net.loss, FeedbackAlignment.preact(net.ws, 2, 10), yb)
-        A1, H1 = FeedbackAlignment.preact(net.ws, 1, 10), FeedbackAlignment.hidden(net.ws, 1, 10)
+        FeedbackAlignment.loss_and_error!(E, net.loss, FeedbackAlignment.buffers(net.layers[2], 10).A, yb)
+        A1, H1 = FeedbackAlignment.buffers(net.layers[1], 10).A, FeedbackAlignment.buffers(net.layers[1], 10).H
         D1 = (net.layers[1].B * (sign.(E) ./ 10)) .* (1 .- H1 .^ 2)
         @test g[1][1] ≈ D1 * transpose(Xb) rtol = 1e-12
     end
@@ -122,7 +122,7 @@ end
         net = Network([8, 32, 3]; rule=FA(), dropout=0.5, T=Float64)
         FeedbackAlignment.workspace!(net, 20)
         FeedbackAlignment.forward!(net, X[:, 1:20], true)
-        M = FeedbackAlignment.columns(net.ws, 20).mask[1]
+        M = FeedbackAlignment.buffers(net.layers[1], 20).mask
         @test all(m -> m == 0 || m == 2, M) && 0.3 < count(iszero, M) / length(M) < 0.7
         @test evaluate(net, X, y) == evaluate(net, X, y)        # deterministic outside training
     end

@@ -28,7 +28,7 @@ function preactivations(net::Network, X)
     for (l, d) in enumerate(net.layers)
         A = d.W * h .+ d.b
         push!(As, A)
-        h = net.activation.(A)
+        h = FAL.activation(d.spec).(A)
     end
     return As
 end
@@ -42,14 +42,18 @@ function blobs(rng, n, centres; spread=0.5)
 end
 
 # C ABI helpers: call the entry points as Julia functions with raw pointers, as a C host would.
+# A dense network is an input shape and one `Dense(...)` line per layer, as a host sends it.
 function cabi_new(sizes, activation, rule, loss; dtype=1, seed=0, feedback_seed=seed)
     h = Ref{Int64}(-1)
-    sz = collect(Int64, sizes)
-    spec = "activation=$activation\nrule=$rule\nloss=$loss\nseed=$seed\nfeedback_seed=$feedback_seed"
-    given = fill(C_NULL, length(sz) - 1)                 # no host-supplied feedback matrices
-    status = GC.@preserve h sz spec given begin
-        CABI.fa_new(Base.unsafe_convert(Ptr{Int64}, h), Cint(dtype), Int64(length(sz)), pointer(sz),
-                    Base.unsafe_convert(Cstring, spec), pointer(given))
+    input = Int64[sizes[1]]
+    L = length(sizes) - 1
+    chain = join(["Dense($(sizes[l]) => $(sizes[l+1])$(l < L ? ", " * activation : ""))" for l in 1:L], "\n")
+    spec = "rule=$rule\nloss=$loss\nseed=$seed\nfeedback_seed=$feedback_seed"
+    given, given_dims = fill(C_NULL, L), zeros(Int64, 5L)   # no host-supplied feedback arrays
+    status = GC.@preserve h input chain spec given given_dims begin
+        CABI.fa_new(Base.unsafe_convert(Ptr{Int64}, h), Cint(dtype), Int64(1), pointer(input),
+                    Base.unsafe_convert(Cstring, chain), Base.unsafe_convert(Cstring, spec),
+                    pointer(given), pointer(given_dims))
     end
     return status, h[]
 end
@@ -432,6 +436,7 @@ end
 # --- 9. the C ABI -------------------------------------------------------------------------------
 
 @testset "C ABI" begin
+    # status codes: 0 ok, 1 other errors, 2 diverged, 4 bad arguments (ArgumentError, DimensionMismatch)
     rng = MersenneTwister(16)
     X = randn(rng, 4, 7)
     live = CABI.fa_live_handles()
@@ -447,7 +452,13 @@ end
     @test Z == outputs(net, X)
     @test P == predict_proba(net, X)
     @test labels == predict(net, X) .- 1                 # 0-based across the ABI
-    @test cabi_forward(h, X, Z, 9) == 1 && occursin("kind 9", cabi_message())
+    @test cabi_forward(h, X, Z, 9) == 4 && occursin("kind 9", cabi_message())
+    # Julia describes every layer (call, kind, input, output, W and B shapes); hosts compute none
+    @test split(unsafe_string(CABI.fa_layers(h)), '\n') ==
+          ["Dense(4 => 6, tanh)\tDense\t4\t6\t6,4\t6,3", "Dense(6 => 3)\tDense\t6\t3\t3,6\t"]
+    ptr, dims = Ref{Ptr{Cvoid}}(C_NULL), fill(Int64(-1), 5)
+    @test GC.@preserve(ptr, dims, CABI.fa_param(h, Int64(1), Cint(2), Base.unsafe_convert(Ptr{Ptr{Cvoid}}, ptr), pointer(dims))) == 0
+    @test ptr[] == pointer(CABI.HANDLES[h].layers[1].B) && dims[1:3] == [2, 6, 3]   # ndims, then sizes
 
     # Float32 handle
     status, h32 = cabi_new([4, 6, 3], "relu", "bp", "mse"; dtype=0, seed=5)
@@ -460,26 +471,26 @@ end
     # freed and unknown handles
     @test CABI.fa_free(h) == 0
     @test CABI.fa_live_handles() == live
-    @test cabi_forward(h, X, Z, 0) == 1
+    @test cabi_forward(h, X, Z, 0) == 4
     @test occursin("handle $h", cabi_message())
-    @test CABI.fa_free(h) == 1
+    @test CABI.fa_free(h) == 4
     @test occursin("handle $h", cabi_message())
-    @test CABI.fa_free(Int64(987654321)) == 1
+    @test CABI.fa_free(Int64(987654321)) == 4
     @test occursin("handle 987654321", cabi_message())
 
     # unknown names are rejected with the list of accepted ones
     status, _ = cabi_new([4, 3], "tanh", "backprop", "cross_entropy")
-    @test status == 1
+    @test status == 4
     msg = cabi_message()
     @test occursin("\"backprop\"", msg)
     @test !isempty(FAL.RULES) && all(name -> occursin(name, msg), keys(FAL.RULES))
     @test occursin("bp", msg) && occursin("dfa", msg)
-    status, _ = cabi_new([4, 3], "swish", "fa", "cross_entropy")
+    status, _ = cabi_new([4, 5, 3], "swish", "fa", "cross_entropy")   # the hidden layer's activation
     msg = cabi_message()
-    @test status == 1 && occursin("swish", msg)
+    @test status == 4 && occursin("swish", msg)
     @test all(name -> occursin(name, msg), keys(FAL.ACTIVATIONS))
     status, _ = cabi_new([4, 3], "tanh", "fa", "cross_entropy"; dtype=7)
-    @test status == 1 && occursin("dtype", cabi_message())
+    @test status == 4 && occursin("dtype", cabi_message())
     @test CABI.fa_live_handles() == live
 
     # every entry point can be found by name, and only those
@@ -502,5 +513,6 @@ include("io.jl")
 include("diagnostics.jl")
 include("speed.jl")
 include("conv.jl")
+include("chains.jl")
 
 end # FeedbackAlignment

@@ -77,6 +77,14 @@ end
         fresh = Network([8, 6, 3]; rule=FA(), T=Float64, seed=3)      # its workspace is exactly m wide
         @test gradients(a, X[:, 1:m], y[1:m]) == gradients(fresh, X[:, 1:m], y[1:m])
     end
-    @test length(a.ws.cuts) == FAL.MAX_CUTS
-    @test all(c -> pointer(c.A[1]) == pointer(a.ws.full.A[1]), a.ws.cuts)
+    # every Sized set of buffers (the network's inputs, each layer's) keeps MAX_CUTS cuts, each a
+    # prefix of its full buffers' memory
+    @test all(st -> [c.m for c in st.buffers.cuts] == [5, 4, 3, 2], a.layers)   # the newest MAX_CUTS
+    @test FAL.MAX_CUTS == 4
+    b3 = FAL.batch(a, 3)                         # the network's own batch buffers are cut alike
+    @test b3.m == 3 && size(b3.X) == (8, 3) && pointer(b3.X) == pointer(a.inputs.full.X) && FAL.batch(a, 3) === b3
+    for st in a.layers, c in st.buffers.cuts
+        @test pointer(c.A) == pointer(st.buffers.full.A) && pointer(c.H) == pointer(st.buffers.full.H)
+        @test pointer(c.D) == pointer(st.buffers.full.D) && size(c.D) == (st.outsize..., c.m)
+    end
 end
