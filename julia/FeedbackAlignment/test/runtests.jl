@@ -453,9 +453,9 @@ end
     @test P == predict_proba(net, X)
     @test labels == predict(net, X) .- 1                 # 0-based across the ABI
     @test cabi_forward(h, X, Z, 9) == 4 && occursin("kind 9", cabi_message())
-    # Julia describes every layer (call, kind, input, output, W and B shapes); hosts compute none
+    # Julia describes every layer (call, kind, activation, input, output, W and B shapes); hosts compute none
     @test split(unsafe_string(CABI.fa_layers(h)), '\n') ==
-          ["Dense(4 => 6, tanh)\tDense\t4\t6\t6,4\t6,3", "Dense(6 => 3)\tDense\t6\t3\t3,6\t"]
+          ["Dense(4 => 6, tanh)\tDense\ttanh\t4\t6\t6,4\t6,3", "Dense(6 => 3)\tDense\tidentity\t6\t3\t3,6\t"]
     ptr, dims = Ref{Ptr{Cvoid}}(C_NULL), fill(Int64(-1), 5)
     @test GC.@preserve(ptr, dims, CABI.fa_param(h, Int64(1), Cint(2), Base.unsafe_convert(Ptr{Ptr{Cvoid}}, ptr), pointer(dims))) == 0
     @test ptr[] == pointer(CABI.HANDLES[h].layers[1].B) && dims[1:3] == [2, 6, 3]   # ndims, then sizes
