@@ -504,3 +504,4 @@ include("speed.jl")
 include("conv.jl")
 
 end # FeedbackAlignment
+include("contract.jl")
