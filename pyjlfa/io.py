@@ -19,8 +19,9 @@ params, dropout, seed, feedback_seed, epochs, rng_state (the network generator, 
 resumes exactly), optimizer, optimizer_params, optimizer_slots and optimizer_steps (with the
 optimizer state), library_version. Version 1 had sizes and activation instead of input and chain.
 
-This module implements the format with the standard library and NumPy only, independently of the
-Julia package's ``save``/``load`` (julia/FeedbackAlignment/src/io.jl); the tests cross-read the two.
+docs/model-format.md is the contract, which both readers enforce. This module implements the
+format with the standard library and NumPy only, independently of the Julia package's
+``save``/``load`` (julia/FeedbackAlignment/src/io.jl); the tests cross-read the two.
 Parameters move without intermediate copies: tensors are written from, and read straight into,
 the Julia-owned parameter buffers.
 """

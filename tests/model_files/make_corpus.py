@@ -132,6 +132,10 @@ def main():
         '\\"weight_decay\\":0.0', '\\"weight_decay\\":0e999')),
          "0e999 is zero, not out of range")
 
+    adam_params = json.loads(split(conv_adam)[0]["__metadata__"]["optimizer_params"])
+    emit("valid_optimizer_layer_lr_empty", edited(conv_adam, meta={"optimizer_params": json.dumps({**adam_params, "layer_lr": []})}),
+         "layer_lr [] is a list of numbers (Julia once failed on the empty list; found by the mutation run)")
+
     # -- invalid: the layout ------------------------------------------------------------------
     emit("invalid_too_short", base[:5], "fewer than 8 bytes")
     emit("invalid_header_length_huge", struct.pack("<Q", 2 ** 40) + base[8:], "header length above 100,000,000")

@@ -8,8 +8,9 @@
 #
 # Tensors are stored in the shape Python sees (row-major): Julia's column-major W (n_out, n_in) is
 # the (n_in, n_out) tensor with the same bytes, so nothing is transposed. The metadata says how to
-# rebuild the network. pyjlfa/io.py implements the same format independently, with Python's
-# standard library and NumPy; the `safetensors` package reads these files too.
+# rebuild the network; docs/model-format.md is the contract both readers enforce. pyjlfa/io.py
+# implements the same format independently, with Python's standard library and NumPy; the
+# `safetensors` package reads these files too.
 
 const FILE_FORMAT = "pyjlfa-safetensors"
 const FILE_FORMAT_VERSION = "2"   # 2: layer chains (1: dense sizes + one activation, still read)
@@ -362,7 +363,8 @@ end
 
 Write `net` to a model file that both Julia (`load`) and Python (`pyjlfa.load`) read: its
 parameters and feedback matrices, the epochs trained and the state of its generator, and what
-built it (sizes, activation, loss, rule, initialisers, seeds, dtype). With `include_optimizer`,
+built it (input shape, layer chain, loss, rule, initialisers, seeds, dtype); docs/model-format.md
+is the format. With `include_optimizer`,
 the optimiser state (SGD's velocities, Adam's moments and step count, Kolen-Pollack's B state) too,
 so that training resumes exactly; pass the
 `optimizer` to record its hyperparameters as well. The file is written to a temporary file in the
@@ -619,7 +621,7 @@ function from_record(kind, name, ps, path)
         end
         check, expected = VALUE_KINDS[what]
         check(x) || fail(path, "$kind \"$name\" parameter $field must be $expected, got $(json(x))")
-        return x isa Vector{Any} ? Float64.(x) : x
+        return x isa Vector{Any} ? Float64[v for v in x] : x   # (Float64.(Any[]) stays a Vector{Any})
     end
     if kind == "optimizer" && name == "sgd" && ps["nesterov"] && ps["momentum"] == 0
         fail(path, "optimizer \"sgd\" has nesterov true, which needs a momentum > 0")
