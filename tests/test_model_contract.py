@@ -232,7 +232,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) |
                     | st.text(max_size=12), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=12)
 BASE = (ROOT / "tests" / "model_files" / "valid_kp_sgd_state.safetensors").read_bytes()
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, database=None,  # no .hypothesis folder in the repository
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 def load_bytes(blob):
