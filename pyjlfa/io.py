@@ -613,12 +613,20 @@ def load(path):
         d = _description(meta, path)
         options = dict(rule=d["rule"], loss=d["loss"], seed=d["seed"], feedback_seed=d["feedback_seed"],
                        dtype=d["dtype"], dropout=d["dropout"])
-        try:  # the engine builds the network the metadata describes, and says if it cannot
-            net = (Network(d["sizes"], activation=d["activation"], **options) if "sizes" in d else
-                   Network._from_julia(d["chain"], d["input"], **options,
-                                       max_params=(os.fstat(f.fileno()).st_size - data_start) // _DTYPES[d["dtype"]][1].itemsize))
+        if "sizes" in d:  # version 1: the dense chain those sizes stand for, as Julia's reader builds it
+            sizes = d["sizes"]
+            chain = [f"Dense({a} => {b}, {d['activation']})" for a, b in zip(sizes[:-2], sizes[1:-1])]
+            chain, julia_input = chain + [f"Dense({sizes[-2]} => {sizes[-1]})"], [sizes[0]]
+        else:
+            chain, julia_input = d["chain"], d["input"]
+        try:  # the engine builds the network the metadata describes, and says if it cannot; a file
+            # cannot declare more weights than it holds (max_params), so it cannot make us allocate more
+            net = Network._from_julia(chain, julia_input, **options,
+                                      max_params=(os.fstat(f.fileno()).st_size - data_start) // _DTYPES[d["dtype"]][1].itemsize)
         except (JuliaError, ValueError, TypeError) as e:  # whatever the engine refuses: the file is invalid
             raise ModelFileError(path, f"the metadata does not describe a network this pyjlfa can build: {e}") from None
+        if "sizes" in d:
+            net.sizes, net.activation = tuple(d["sizes"]), d["activation"]
         try:
             targets = {}
             for k, layer in enumerate(net.layers):  # every shape comes from the engine

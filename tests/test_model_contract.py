@@ -25,7 +25,9 @@ from pyjlfa.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = sorted((ROOT / "tests" / "model_files").glob("*.safetensors"))
+# A longer or different run: PYJLFA_MUTATIONS_PER_BASE=3000 PYJLFA_MUTATION_SEED=7 pytest -s -k mutated ...
 MUTATIONS_PER_BASE = int(os.environ.get("PYJLFA_MUTATIONS_PER_BASE", "800"))
+MUTATION_SEED = int(os.environ.get("PYJLFA_MUTATION_SEED", "15"))
 MUTATION_BASES = ["valid_dense_f32_sgd_state", "valid_conv_f64_adam_state", "valid_kp_sgd_state"]
 
 
@@ -163,7 +165,7 @@ def mutate(rng, blob):
 def mutation_run(tmp_path_factory):
     """Mutated copies of a few valid files, with Python's and Julia's verdicts."""
     folder = tmp_path_factory.mktemp("mutations")
-    rng = random.Random(15)
+    rng = random.Random(MUTATION_SEED)
     cases = []
     for base in MUTATION_BASES:
         blob = (ROOT / "tests" / "model_files" / f"{base}.safetensors").read_bytes()

@@ -214,6 +214,8 @@ def main():
     emit("invalid_dropout_bool", edited(base, meta={"dropout": "[false]"}), "false is not a dropout rate")
     emit("invalid_dropout_length", edited(base, meta={"dropout": "[0.1, 0.1]"}), "one dropout rate too many")
     emit("invalid_drtp_mse", edited(base, meta={"rule": "drtp", "loss": "mse"}), "DRTP needs cross-entropy")
+    emit("invalid_format1_too_big", edited(base, meta={**v1_meta, "sizes": "[100000, 100000, 3]"}, drop_meta=("input", "chain")),
+         "format 1 declaring 10^10 weights in a 1 KB file (max_params; Python once allocated them)")
     emit("invalid_activation_v1", edited(base, meta={**v1_meta, "activation": "swish"}, drop_meta=("input", "chain")),
          "format 1 with an unknown activation")
 
