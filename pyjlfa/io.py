@@ -19,17 +19,20 @@ params, dropout, seed, feedback_seed, epochs, rng_state (the network generator, 
 resumes exactly), optimizer, optimizer_params, optimizer_slots and optimizer_steps (with the
 optimizer state), library_version. Version 1 had sizes and activation instead of input and chain.
 
-This module implements the format with the standard library and NumPy only, independently of the
-Julia package's ``save``/``load`` (julia/FeedbackAlignment/src/io.jl); the tests cross-read the two.
+docs/model-format.md is the contract, which both readers enforce. This module implements the
+format with the standard library and NumPy only, independently of the Julia package's
+``save``/``load`` (julia/FeedbackAlignment/src/io.jl); the tests cross-read the two.
 Parameters move without intermediate copies: tensors are written from, and read straight into,
 the Julia-owned parameter buffers.
 """
 
 import ctypes
 import json
+import math
 import os
 import secrets
 import sys
+import unicodedata
 from ctypes import c_int64, c_uint64, c_void_p
 
 import numpy as np
@@ -282,8 +285,45 @@ def _reject_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
+_INT64 = (-2 ** 63, 2 ** 63)
+
+
+def _parse_int(text):
+    # Integers must fit in 64 signed bits (docs/model-format.md); bound the text before int() sees it.
+    if len(text) > 20 or not _INT64[0] <= int(text) < _INT64[1]:
+        raise ValueError(f"integer {text[:40]} does not fit in 64 bits")
+    return int(text)
+
+
+def _parse_float(text):
+    # Refused: a number that overflows float64, or that underflows to zero from a non-zero text.
+    value = float(text)
+    mantissa = text.lower().split("e")[0]
+    if math.isinf(value) or (value == 0 and mantissa.strip("-0.") != ""):
+        raise ValueError(f"number {text[:40]} is outside float64's range")
+    return value
+
+
+def _check_parsed(value, depth=1):
+    """Refuse what Python's json accepts but the contract does not: nesting deeper than 64
+    levels, and strings holding an unpaired surrogate (a \\uD800 escape alone)."""
+    if isinstance(value, (dict, list)):
+        if depth > 64:
+            raise ValueError("nested deeper than 64 levels")
+        for v in (value.values() if isinstance(value, dict) else value):
+            _check_parsed(v, depth + 1)
+        if isinstance(value, dict):
+            for k in value:
+                _check_parsed(k, depth)
+    elif isinstance(value, str):
+        value.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a surrogate
+
+
 def _parse_json(text):
-    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
+                       parse_int=_parse_int, parse_float=_parse_float)
+    _check_parsed(value)
+    return value
 
 
 def _is_count(x):
@@ -323,7 +363,7 @@ def _read_header(f, path):
                 or offsets[0] > offsets[1]):
             raise ModelFileError(path, f"corrupt header: tensor \"{name}\" has data_offsets {_json(offsets)}, "
                                        "not [begin, end] with begin <= end")
-        if entry["dtype"] not in _ITEMSIZE:
+        if not isinstance(entry["dtype"], str) or entry["dtype"] not in _ITEMSIZE:
             raise ModelFileError(path, f"tensor \"{name}\" has dtype {_json(entry['dtype'])}; model files hold F32 or F64")
         nbytes = _ITEMSIZE[entry["dtype"]] * int(np.prod(shape, dtype=object))
         if offsets[1] - offsets[0] != nbytes:
@@ -388,7 +428,7 @@ class _Fields:
 
     def integer(self, key, bits):
         text = self.text(key)
-        if not (text.isascii() and text.isdigit()) or int(text) >= 2 ** bits:
+        if not (text.isascii() and text.isdigit()) or len(text) > 20 or int(text) >= 2 ** bits:
             raise ModelFileError(self.path, f'metadata "{key}" must be an integer in [0, 2**{bits}), got "{text}"')
         return int(text)
 
@@ -415,16 +455,21 @@ def _description(meta, path):
         d["input"] = m.json("input", lambda v: isinstance(v, list) and len(v) in (1, 3) and all(
             _is_count(x) and x >= 1 for x in v), "a list of 1 or 3 positive integers")
         d["chain"] = m.json("chain", lambda v: isinstance(v, list) and len(v) >= 1 and all(
-            isinstance(x, str) for x in v), "a non-empty list of layer calls")
+            isinstance(x, str) and x and not any(unicodedata.category(c) == "Cc" for c in x) for x in v),
+            "a non-empty list of layer calls (non-empty strings without control characters)")
         n_layers = len(d["chain"])
     for key in ("loss", "rule"):
         d[key] = m.choice(key, eng.names(key))
     is_object = (lambda v: isinstance(v, dict)), "a JSON object"
-    d["rule"] = _rule_from(d["rule"], m.json("rule_params", *is_object), path)
+    rule_params = m.json("rule_params", *is_object)
+    _check_record("rule", d["rule"], rule_params, path)
+    d["rule"] = _rule_from(d["rule"], rule_params, path)
     d["dropout"] = m.json("dropout", lambda v: isinstance(v, list) and len(v) == n_layers - 1 and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in v),
         "a list of one rate in [0, 1) per layer but the last") if "dropout" in meta else [0.0] * (n_layers - 1)
     d["initializers"] = {key: (m.text(key), m.json(f"{key}_params", *is_object)) for key in ("init", "feedback_init")}
+    for name, params in d["initializers"].values():
+        _check_record("initialiser", name, params, path)
     d["seed"], d["feedback_seed"] = m.integer("seed", 64), m.integer("feedback_seed", 64)
     d["epochs"], d["rng_state"] = m.integer("epochs", 63), m.integer("rng_state", 64)
     d["optimizer"], d["optimizer_params"], d["slots"], d["steps"] = None, None, (), 0
@@ -435,8 +480,83 @@ def _description(meta, path):
         if "optimizer_steps" in meta:
             d["steps"] = m.integer("optimizer_steps", 63)
         if "optimizer_params" in meta:
-            d["optimizer_params"] = _optimizer_from(kind, m.json("optimizer_params", *is_object), path)
+            params = m.json("optimizer_params", *is_object)
+            _check_record("optimizer", kind, params, path)
+            d["optimizer_params"] = _optimizer_from(kind, params, path)
     return d
+
+
+# The parameters a file may give each rule, initialiser, optimizer and schedule, and the kind of
+# value each takes: docs/model-format.md's table (julia/.../io.jl has the same PARAM_SCHEMAS).
+_GAIN = (("gain", "positive"),)
+_PARAM_SCHEMAS = {
+    "initialiser": {
+        **{name: _GAIN for name in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform",
+                                    "lecun_normal", "orthogonal")},
+        "uniform": (("scale", "positive"),), "normal": (("std", "positive"),), "zeros": (),
+        "sparse": (("density", "fraction"), ("init", "initialiser")), "sign_concordant": (("init", "initialiser"),)},
+    "rule": {
+        **{name: () for name in ("bp", "fa", "dfa", "frsf", "brsf", "kp", "drtp", "sdfa", "shallow")},
+        "usf": (("scale", "positive_or_null"),),
+        "wm": (("noise_std", "positive"), ("lr", "positive"), ("steps", "count"), ("batchsize", "count"),
+               ("decay", "nonnegative"))},
+    "optimizer": {
+        "sgd": (("lr", "positive"), ("momentum", "unit_open"), ("nesterov", "bool"), ("weight_decay", "nonnegative"),
+                ("decoupled_weight_decay", "nonnegative"), ("layer_lr", "rates_or_null"),
+                ("schedule", "schedule_or_null")),
+        "adam": (("lr", "positive"), ("beta1", "unit_open"), ("beta2", "unit_open"), ("eps", "positive"),
+                 ("weight_decay", "nonnegative"), ("decoupled_weight_decay", "nonnegative"),
+                 ("layer_lr", "rates_or_null"), ("schedule", "schedule_or_null"))},
+    "schedule": {"constant": (), "step_decay": (("every", "count"), ("gamma", "positive")),
+                 "cosine": (("epochs", "count"), ("min_factor", "unit_closed"))},
+}
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+_VALUE_KINDS = {
+    "positive": (lambda x: _is_number(x) and x > 0, "a number > 0"),
+    "nonnegative": (lambda x: _is_number(x) and x >= 0, "a number >= 0"),
+    "fraction": (lambda x: _is_number(x) and 0 < x <= 1, "a number in (0, 1]"),
+    "unit_open": (lambda x: _is_number(x) and 0 <= x < 1, "a number in [0, 1)"),
+    "unit_closed": (lambda x: _is_number(x) and 0 <= x <= 1, "a number in [0, 1]"),
+    "count": (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1, "an integer >= 1"),
+    "bool": (lambda x: isinstance(x, bool), "true or false"),
+    "positive_or_null": (lambda x: x is None or (_is_number(x) and x > 0), "null or a number > 0"),
+    "rates_or_null": (lambda x: x is None or (isinstance(x, list) and all(_is_number(v) and v >= 0 for v in x)),
+                      "null or a list of numbers >= 0"),
+}
+
+
+def _check_record(kind, name, params, path):
+    """Check a rule, initialiser, optimizer or schedule record (its name and its JSON parameters)
+    against _PARAM_SCHEMAS: exactly the listed parameters, each of its kind of value."""
+    schemas = _PARAM_SCHEMAS[kind]
+    if name not in schemas:
+        raise ModelFileError(path, f'unknown {kind} "{name}"; this pyjlfa knows {", ".join(sorted(schemas))}')
+    fields = [f for f, _ in schemas[name]]
+    if not isinstance(params, dict) or set(params) != set(fields):
+        given = "(" + ", ".join(sorted(params)) + ")" if isinstance(params, dict) else _json(params)
+        raise ModelFileError(path, f'{kind} "{name}" takes the parameters ({", ".join(fields)}), but the file gives {given}')
+    for field, what in schemas[name]:
+        x = params[field]
+        if what in ("initialiser", "schedule_or_null"):
+            if what == "schedule_or_null" and x is None:
+                continue
+            sub = "initialiser" if what == "initialiser" else "schedule"
+            if not (isinstance(x, dict) and set(x) == {"name", "params"} and isinstance(x["name"], str)):
+                raise ModelFileError(path, f'{kind} "{name}" parameter {field} must be '
+                                           f'{"null or " if sub == "schedule" else ""}{{"name": ..., "params": {{...}}}}, '
+                                           f"got {_json(x)}")
+            _check_record(sub, x["name"], x["params"], path)
+            continue
+        check, expected = _VALUE_KINDS[what]
+        if not check(x):
+            raise ModelFileError(path, f'{kind} "{name}" parameter {field} must be {expected}, got {_json(x)}')
+    if kind == "optimizer" and name == "sgd" and params["nesterov"] and params["momentum"] == 0:
+        raise ModelFileError(path, 'optimizer "sgd" has nesterov true, which needs a momentum > 0')
 
 
 def _optimizer_from(kind, params, path):
@@ -481,7 +601,7 @@ def load(path):
     model, an unknown format version, or tensors that disagree with the metadata. Nothing existing
     is touched: the checks come before the new network is built.
     """
-    from ._runtime import JuliaValueError
+    from ._runtime import JuliaError
     from .network import Network
 
     path = _path(path)
@@ -493,13 +613,20 @@ def load(path):
         d = _description(meta, path)
         options = dict(rule=d["rule"], loss=d["loss"], seed=d["seed"], feedback_seed=d["feedback_seed"],
                        dtype=d["dtype"], dropout=d["dropout"])
-        try:  # the engine builds the network the metadata describes, and says if it cannot
-            net = (Network(d["sizes"], activation=d["activation"], **options) if "sizes" in d else
-                   Network._from_julia(d["chain"], d["input"], **options,
-                                       # no more weights than the data could hold in the smallest dtype
-                                       max_params=(os.fstat(f.fileno()).st_size - data_start) // 4))
-        except JuliaValueError as e:
+        if "sizes" in d:  # version 1: the dense chain those sizes stand for, as Julia's reader builds it
+            sizes = d["sizes"]
+            chain = [f"Dense({a} => {b}, {d['activation']})" for a, b in zip(sizes[:-2], sizes[1:-1])]
+            chain, julia_input = chain + [f"Dense({sizes[-2]} => {sizes[-1]})"], [sizes[0]]
+        else:
+            chain, julia_input = d["chain"], d["input"]
+        try:  # the engine builds the network the metadata describes, and says if it cannot; a file
+            # cannot declare more weights than it holds (max_params), so it cannot make us allocate more
+            net = Network._from_julia(chain, julia_input, **options,
+                                      max_params=(os.fstat(f.fileno()).st_size - data_start) // 4)  # the smallest item size
+        except (JuliaError, ValueError, TypeError) as e:  # whatever the engine refuses: the file is invalid
             raise ModelFileError(path, f"the metadata does not describe a network this pyjlfa can build: {e}") from None
+        if "sizes" in d:
+            net.sizes, net.activation = tuple(d["sizes"]), d["activation"]
         try:
             targets = {}
             for k, layer in enumerate(net.layers):  # every shape comes from the engine

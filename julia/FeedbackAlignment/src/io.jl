@@ -8,8 +8,9 @@
 #
 # Tensors are stored in the shape Python sees (row-major): Julia's column-major W (n_out, n_in) is
 # the (n_in, n_out) tensor with the same bytes, so nothing is transposed. The metadata says how to
-# rebuild the network. pyjlfa/io.py implements the same format independently, with Python's
-# standard library and NumPy; the `safetensors` package reads these files too.
+# rebuild the network; docs/model-format.md is the contract both readers enforce. pyjlfa/io.py
+# implements the same format independently, with Python's standard library and NumPy; the
+# `safetensors` package reads these files too.
 
 const FILE_FORMAT = "pyjlfa-safetensors"
 const FILE_FORMAT_VERSION = "2"   # 2: layer chains (1: dense sizes + one activation, still read)
@@ -237,7 +238,11 @@ function read_number(r::JSONReader)
         n === nothing && (r.i = start; json_fail(r, "integer $text does not fit in 64 bits"))
         return n
     end
-    return parse(Float64, text)
+    # A number that overflows Float64, or underflows to zero from a non-zero text, is refused
+    # (tryparse gives nothing for both), as docs/model-format.md says.
+    x = tryparse(Float64, text)
+    x === nothing && (r.i = start; json_fail(r, "number $text is outside Float64's range"))
+    return x
 end
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +363,8 @@ end
 
 Write `net` to a model file that both Julia (`load`) and Python (`pyjlfa.load`) read: its
 parameters and feedback matrices, the epochs trained and the state of its generator, and what
-built it (sizes, activation, loss, rule, initialisers, seeds, dtype). With `include_optimizer`,
+built it (input shape, layer chain, loss, rule, initialisers, seeds, dtype); docs/model-format.md
+is the format. With `include_optimizer`,
 the optimiser state (SGD's velocities, Adam's moments and step count, Kolen-Pollack's B state) too,
 so that training resumes exactly; pass the
 `optimizer` to record its hyperparameters as well. The file is written to a temporary file in the
@@ -541,7 +547,7 @@ end
 
 function integer_field(meta, key, path, ::Type{I}) where {I<:Union{Int64,UInt64}}
     text = field(meta, key, path)
-    n = all(isdigit, text) ? tryparse(I, text) : nothing
+    n = all(isdigit, text) && length(text) <= 20 ? tryparse(I, text) : nothing   # the contract's bound
     n === nothing && fail(path, "metadata \"$key\" must be an integer in [0, 2**$(I == Int64 ? 63 : 64)), got \"$text\"")
     return n
 end
@@ -553,25 +559,85 @@ end
 
 is_object(x) = x isa Dict{String,Any}
 
-# A rule or initialiser from its registry name and parameters (the type's fields, in order).
-function rebuild(registry, what, name, ps, path)
-    entry = lookup(registry, what, name, path)
-    !(entry isa Type) && isempty(ps) && return entry
-    R = entry isa Type ? entry : typeof(entry)
-    fields = string.(fieldnames(R))
-    Set(keys(ps)) == Set(fields) ||
-        fail(path, "$what \"$name\" takes the parameters ($(join(fields, ", "))), but the file gives ($(join(sort!(collect(keys(ps))), ", ")))")
+# The parameters a file may give each rule, initialiser, optimizer and schedule: the field names in
+# the order of the engine's positional constructors (optimizers: its keyword constructors), and the
+# kind of value each takes. docs/model-format.md is this table in words; pyjlfa/io.py has the same.
+const GAIN = [("gain", :positive)]
+const PARAM_SCHEMAS = Dict{String,Dict{String,Vector{Tuple{String,Symbol}}}}(
+    "initialiser" => Dict(
+        "glorot_uniform" => GAIN, "glorot_normal" => GAIN, "he_uniform" => GAIN, "he_normal" => GAIN,
+        "lecun_uniform" => GAIN, "lecun_normal" => GAIN, "orthogonal" => GAIN,
+        "uniform" => [("scale", :positive)], "normal" => [("std", :positive)], "zeros" => [],
+        "sparse" => [("density", :fraction), ("init", :initialiser)], "sign_concordant" => [("init", :initialiser)]),
+    "rule" => Dict(
+        "bp" => [], "fa" => [], "dfa" => [], "frsf" => [], "brsf" => [], "kp" => [], "drtp" => [], "sdfa" => [],
+        "shallow" => [], "usf" => [("scale", :positive_or_null)],
+        "wm" => [("noise_std", :positive), ("lr", :positive), ("steps", :count), ("batchsize", :count), ("decay", :nonnegative)]),
+    "optimizer" => Dict(
+        "sgd" => [("lr", :positive), ("momentum", :unit_open), ("nesterov", :bool), ("weight_decay", :nonnegative),
+                  ("decoupled_weight_decay", :nonnegative), ("layer_lr", :rates_or_null), ("schedule", :schedule_or_null)],
+        "adam" => [("lr", :positive), ("beta1", :unit_open), ("beta2", :unit_open), ("eps", :positive),
+                   ("weight_decay", :nonnegative), ("decoupled_weight_decay", :nonnegative),
+                   ("layer_lr", :rates_or_null), ("schedule", :schedule_or_null)]),
+    "schedule" => Dict("constant" => [], "step_decay" => [("every", :count), ("gamma", :positive)],
+                       "cosine" => [("epochs", :count), ("min_factor", :unit_closed)]))
+# File names whose registry name differs (schedules are written by type name).
+const FILE_SCHEDULES = Dict{String,Any}("constant" => Constant, "step_decay" => StepDecay, "cosine" => Cosine)
+
+is_number(x) = x isa Real && !(x isa Bool)   # JSON numbers: Int64 or finite Float64
+const VALUE_KINDS = Dict{Symbol,Tuple{Function,String}}(
+    :positive => (x -> is_number(x) && x > 0, "a number > 0"),
+    :nonnegative => (x -> is_number(x) && x >= 0, "a number >= 0"),
+    :fraction => (x -> is_number(x) && 0 < x <= 1, "a number in (0, 1]"),
+    :unit_open => (x -> is_number(x) && 0 <= x < 1, "a number in [0, 1)"),
+    :unit_closed => (x -> is_number(x) && 0 <= x <= 1, "a number in [0, 1]"),
+    :count => (x -> x isa Int64 && x >= 1, "an integer >= 1"),
+    :bool => (x -> x isa Bool, "true or false"),
+    :positive_or_null => (x -> x === nothing || is_number(x) && x > 0, "null or a number > 0"),
+    :rates_or_null => (x -> x === nothing || x isa Vector{Any} && all(v -> is_number(v) && v >= 0, x),
+                       "null or a list of numbers >= 0"))
+
+"""
+    from_record(kind, name, ps, path)
+
+The rule, initialiser, optimizer or schedule (`kind`) a file names, after checking its parameters
+`ps` (a JSON object) against PARAM_SCHEMAS: exactly the listed names, each of its kind of value.
+"""
+function from_record(kind, name, ps, path)
+    schemas = PARAM_SCHEMAS[kind]
+    haskey(schemas, name) || fail(path, "unknown $kind \"$name\"; this FeedbackAlignment knows $(join(sort!(collect(keys(schemas))), ", "))")
+    schema = schemas[name]
+    fields = first.(schema)
+    ps isa Dict{String,Any} && Set(keys(ps)) == Set(fields) ||
+        fail(path, "$kind \"$name\" takes the parameters ($(join(fields, ", "))), but the file gives $(ps isa Dict ? "(" * join(sort!(collect(keys(ps))), ", ") * ")" : json(ps))")
+    values = map(schema) do (field, what)
+        x = ps[field]
+        if what === :initialiser || what === :schedule_or_null
+            what === :schedule_or_null && x === nothing && return Constant()
+            sub = what === :initialiser ? "initialiser" : "schedule"
+            x isa Dict{String,Any} && Set(keys(x)) == Set(["name", "params"]) && x["name"] isa String ||
+                fail(path, "$kind \"$name\" parameter $field must be $(sub == "schedule" ? "null or " : ""){\"name\": ..., \"params\": {...}}, got $(json(x))")
+            return from_record(sub, x["name"], x["params"], path)
+        end
+        check, expected = VALUE_KINDS[what]
+        check(x) || fail(path, "$kind \"$name\" parameter $field must be $expected, got $(json(x))")
+        return x isa Vector{Any} ? Float64[v for v in x] : x   # (Float64.(Any[]) stays a Vector{Any})
+    end
+    if kind == "optimizer" && name == "sgd" && ps["nesterov"] && ps["momentum"] == 0
+        fail(path, "optimizer \"sgd\" has nesterov true, which needs a momentum > 0")
+    end
+    registry = kind == "schedule" ? FILE_SCHEDULES : REGISTRIES[kind]
     try
-        return R((from_param(ps[f], path) for f in fields)...)
+        kind == "optimizer" && return registry[name](; (Symbol(f) => v for (f, v) in zip(fields, values))...)
+        return registry[name](values...)
     catch e
-        e isa ModelFileError && rethrow()
-        fail(path, "cannot rebuild $what \"$name\" from $(json(ps)): $(sprint(showerror, e))")
+        e isa InterruptException && rethrow()
+        fail(path, "cannot rebuild $kind \"$name\" from $(json(ps)): $(sprint(showerror, e))")
     end
 end
-from_param(x::Dict{String,Any}, path) =
-    rebuild(FILE_INITIALISERS, "initialiser", get(x, "name", ""), get(x, "params", Dict{String,Any}()), path)
-from_param(x::Vector{Any}, path) = all(v -> v isa Real, x) ? Float64.(x) : [from_param(v, path) for v in x]
-from_param(x, path) = x
+
+# The former name, for initialisers and rules (`what`): `from_record` with the same checks.
+rebuild(registry, what, name, ps, path) = from_record(what, name, ps, path)
 
 """
     load(path) -> Network
@@ -592,21 +658,21 @@ function load(path::AbstractString)
         loss = lookup(LOSSES, "loss", field(meta, "loss", path), path)
         objects = Dict(k => json_field(meta, k, path, is_object, "a JSON object")
                        for k in ("rule_params", "init_params", "feedback_init_params"))
-        rule = rebuild(RULES, "rule", field(meta, "rule", path), objects["rule_params"], path)
-        init = rebuild(FILE_INITIALISERS, "initialiser", field(meta, "init", path), objects["init_params"], path)
-        feedback = rebuild(FILE_INITIALISERS, "initialiser", field(meta, "feedback_init", path), objects["feedback_init_params"], path)
+        rule = from_record("rule", field(meta, "rule", path), objects["rule_params"], path)
+        init = from_record("initialiser", field(meta, "init", path), objects["init_params"], path)
+        feedback = from_record("initialiser", field(meta, "feedback_init", path), objects["feedback_init_params"], path)
         seed, feedback_seed = integer_field(meta, "seed", path, UInt64), integer_field(meta, "feedback_seed", path, UInt64)
         epochs, rng_state = integer_field(meta, "epochs", path, Int64), integer_field(meta, "rng_state", path, UInt64)
         chain, input = file_chain(meta, path)
         dropout = haskey(meta, "dropout") ? json_field(meta, "dropout", path,
-            v -> v isa Vector{Any} && length(v) == length(chain) - 1 && all(x -> x isa Real && 0 <= x < 1, v),
+            v -> v isa Vector{Any} && length(v) == length(chain) - 1 && all(x -> is_number(x) && 0 <= x < 1, v),
             "a list of one rate in [0, 1) per layer but the last") : zeros(length(chain) - 1)
         net = try
             Network(chain; input=input, T=T, loss=loss, rule=rule, init=init, feedback=feedback,
                     seed=seed, feedback_seed=feedback_seed, dropout=Float64.(dropout),
                     max_params=(filesize(io) - data_start) ÷ 4)   # what the data could hold in the smallest dtype
-        catch e
-            e isa ArgumentError || e isa DimensionMismatch || rethrow()
+        catch e   # whatever the engine refuses, the file is invalid: always a ModelFileError
+            e isa InterruptException && rethrow()
             fail(path, "the metadata does not describe a network this FeedbackAlignment can build: $(sprint(showerror, e))")
         end
         kind = get(meta, "optimizer", "none")
@@ -618,6 +684,8 @@ function load(path::AbstractString)
                                        "[] or $(json(STATE_SLOTS_BY_NAME[kind])) for $kind"))
             isempty(slots) || new_state!(net, kind)
             haskey(meta, "optimizer_steps") && (net.optsteps = integer_field(meta, "optimizer_steps", path, Int64))
+            haskey(meta, "optimizer_params") && from_record("optimizer", kind,
+                json_field(meta, "optimizer_params", path, is_object, "a JSON object"), path)
         end
 
         # The tensors this network holds, in Python's shapes (Julia is the one source of shapes).
@@ -666,15 +734,16 @@ function file_chain(meta, path)
     end
     input = json_field(meta, "input", path, v -> v isa Vector{Any} && length(v) in (1, 3) && all(x -> x isa Int64 && x >= 1, v),
                        "a list of 1 or 3 positive integers")
-    lines = json_field(meta, "chain", path, v -> v isa Vector{Any} && !isempty(v) && all(x -> x isa String, v),
-                       "a non-empty list of layer calls")
+    lines = json_field(meta, "chain", path, v -> v isa Vector{Any} && !isempty(v) &&
+                       all(x -> x isa String && !isempty(x) && !any(iscntrl, x), v),
+                       "a non-empty list of layer calls (non-empty strings without control characters)")
     layers = map(lines) do line
         try
             layer = interpret(line, "layer")
             layer isa Layer || throw(ArgumentError("not a layer"))
             layer
         catch e
-            e isa ArgumentError || e isa MethodError || rethrow()
+            e isa InterruptException && rethrow()
             fail(path, "metadata \"chain\" has \"$line\", which is not a layer this FeedbackAlignment builds ($(sprint(showerror, e)))")
         end
     end

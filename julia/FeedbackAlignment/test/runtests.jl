@@ -516,3 +516,4 @@ include("conv.jl")
 include("chains.jl")
 
 end # FeedbackAlignment
+include("contract.jl")
