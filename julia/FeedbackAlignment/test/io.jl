@@ -202,9 +202,9 @@ end
                 edit("version", "\"format_version\":\"2\"", "\"format_version\":\"7\"") =>
                     "unknown format version \"7\"; this FeedbackAlignment reads versions 1 to 2",
                 edit("shape", "\"shape\":[5,4]", "\"shape\":[4,5]") =>
-                    "tensor \"layers.1.W\" has shape [4,5], but the network the metadata describes (Chain(Dense(6 => 5, tanh), Dense(5 => 4, tanh), Dense(4 => 3)), rule fa) needs [5,4]",
+                    "tensor \"layers.1.W\" has shape [4,5], but the network the metadata describes ([Dense(6 => 5, tanh), Dense(5 => 4, tanh), Dense(4 => 3)], rule fa) needs [5,4]",
                 edit("sizes", "Dense(6 => 5, tanh)\\\",\\\"Dense(5 => 4", "Dense(6 => 7, tanh)\\\",\\\"Dense(7 => 4") =>
-                    "tensor \"layers.0.W\" has shape [6,5], but the network the metadata describes (Chain(Dense(6 => 7, tanh), Dense(7 => 4, tanh), Dense(4 => 3)), rule fa) needs [6,7]",
+                    "tensor \"layers.0.W\" has shape [6,5], but the network the metadata describes ([Dense(6 => 7, tanh), Dense(7 => 4, tanh), Dense(4 => 3)], rule fa) needs [6,7]",
                 edit("input", "\"input\":\"[6]\"", "\"input\":\"[7]\"") =>
                     "the metadata does not describe a network this FeedbackAlignment can build: ArgumentError: layer 1, Dense(6 => 5, tanh) expects 6 inputs, but receives 7",
                 edit("chain", "Dense(6 => 5, tanh)", "Conv((2, 2), 1 => 5)") =>
@@ -212,7 +212,7 @@ end
                 edit("dtype", "\"dtype\":\"float32\"", "\"dtype\":\"float64\"") =>
                     "tensor \"layers.0.W\" is F32, but the metadata says dtype float64",
                 edit("rule", "\"rule\":\"fa\"", "\"rule\":\"dfa\"") =>
-                    "tensor \"layers.0.B\" is missing (the metadata describes a dfa network Chain(Dense(6 => 5, tanh), Dense(5 => 4, tanh), Dense(4 => 3)))",
+                    "tensor \"layers.0.B\" is missing (the metadata describes a dfa network [Dense(6 => 5, tanh), Dense(5 => 4, tanh), Dense(4 => 3)])",
                 edit("unknown", "Dense(6 => 5, tanh)", "Dense(6 => 5, swish)") =>
                     "metadata \"chain\" has \"Dense(6 => 5, swish)\", which is not a layer this FeedbackAlignment builds (ArgumentError: cannot read \"Dense(6 => 5, swish)\": unknown name :swish; a layer's activation is one of identity, leaky_relu, leakyrelu, relu, sigmoid, tanh)",
                 edit("seed", "\"seed\":\"0\"", "\"seed\":\"x1\"") => "metadata \"seed\" must be an integer in [0, 2**64), got \"x1\"",
