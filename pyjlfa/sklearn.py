@@ -15,6 +15,7 @@ Needs scikit-learn (``pip install pyjlfa[sklearn]``).
 
 import math
 import numbers
+import sys
 import threading
 import warnings
 
@@ -59,13 +60,27 @@ def _check_thread():
     engine = _runtime._engine
     if engine is not None:
         engine.check_thread()
-    elif threading.current_thread() is not threading.main_thread():
+    elif threading.current_thread() is not threading.main_thread() and not _in_dask_worker():
         raise RuntimeError(
             f"pyjlfa's estimators do not start Julia from a thread other than the main one (this call came from "
             f"{threading.current_thread().name!r}): Julia before 1.9 stays bound to the thread that starts it, and "
             "a worker thread (joblib's 'threading' backend) is discarded after the search. Use a process-based "
             "backend (joblib's default, loky, with n_jobs) or n_jobs=1; to bind Julia to this thread on purpose, "
             "call pyjlfa.start_julia() on it first.")
+
+
+def _in_dask_worker():
+    """Whether this thread runs a Dask worker's task (joblib's "dask" backend): the worker's own
+    process, whose task thread stays (one thread per worker, as pyjlfa.sweep's clusters have), may
+    start Julia on it."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.get_worker()
+        return True
+    except ValueError:
+        return False
 
 
 def _is_int(value):
