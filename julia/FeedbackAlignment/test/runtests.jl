@@ -500,6 +500,7 @@ end
 include("rules.jl")
 include("io.jl")
 include("diagnostics.jl")
+include("interrupt.jl")
 include("speed.jl")
 
 end # FeedbackAlignment
