@@ -36,6 +36,7 @@ const INTERRUPT_FD = Ref{Cint}(-1)            # the socket end to peek at; -1: n
 const SIGNAL_BYTES = zeros(UInt8, 256)        # peeked signal numbers, one byte each
 const SIGINT_NUMBER = 0x02                    # SIGINT is 2 on every POSIX system
 const MSG_PEEK = Cint(2)                      # likewise on Linux, macOS and the BSDs
+const MSG_DONTWAIT = Sys.islinux() ? Cint(0x40) : Cint(0x80)   # never block, even on a blocking socket
 const PEEK_INTERVAL_NS = UInt64(5_000_000)    # at most 200 peeks a second
 const NEXT_PEEK = Ref{UInt64}(0)              # time_ns() before which interrupted() does not peek
 
@@ -49,7 +50,8 @@ function interrupted()
     now = time_ns()
     now < NEXT_PEEK[] && return false
     NEXT_PEEK[] = now + PEEK_INTERVAL_NS
-    n = ccall(:recv, Cssize_t, (Cint, Ptr{UInt8}, Csize_t, Cint), fd, SIGNAL_BYTES, length(SIGNAL_BYTES), MSG_PEEK)
+    n = ccall(:recv, Cssize_t, (Cint, Ptr{UInt8}, Csize_t, Cint),
+              fd, SIGNAL_BYTES, length(SIGNAL_BYTES), MSG_PEEK | MSG_DONTWAIT)
     for i in 1:n                               # n <= 0: nothing there (or not a socket)
         @inbounds SIGNAL_BYTES[i] == SIGINT_NUMBER && return true
     end

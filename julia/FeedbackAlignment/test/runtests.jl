@@ -511,6 +511,7 @@ end
 include("rules.jl")
 include("io.jl")
 include("diagnostics.jl")
+include("interrupt.jl")
 include("speed.jl")
 include("conv.jl")
 include("chains.jl")
