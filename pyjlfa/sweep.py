@@ -47,6 +47,7 @@ import numpy as np
 
 from . import init as _init
 from . import rules as _rules
+from .experiments import _finite_or_none
 from .optimizers import SGD, Adam, AdamW
 
 __all__ = ["sweep", "load_spec", "plan", "run_config", "load_data", "summarise", "PARAMETERS", "SpecError"]
@@ -391,16 +392,6 @@ def _build(args, Xtr, ytr):
     net = Network(**net_args)
     net._optimizer(args["optimizer"])  # the optimizer's per-layer options against this network
     return net, n_outputs
-
-
-def _finite_or_none(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
 
 
 def _alignment_summary(alignment):

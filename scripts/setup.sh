@@ -60,9 +60,9 @@ if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1 && [ -z "${PYJLFA_FASHION_MNI
 fi
 
 # 3. Python side: the package itself (editable, so the bundled Julia package is the source tree's)
-#    and the test tools (pytest, scikit-learn).
+#    and the test tools (the `test` extra: pytest, scikit-learn, dask, matplotlib, pandas, hypothesis, ...).
 # (-I keeps the current folder off sys.path, so this asks whether *this* tree is installed.)
-if ! "$PY" -I -c "import pathlib, sys, pytest, sklearn, pyjlfa; sys.exit(pathlib.Path(pyjlfa.__file__).parent.resolve() != pathlib.Path(sys.argv[1]).resolve())" "$PWD/pyjlfa" >/dev/null 2>&1; then
+if ! "$PY" -I -c "import pathlib, sys, pytest, sklearn, safetensors, dask, distributed, matplotlib, pandas, hypothesis, pyjlfa; sys.exit(pathlib.Path(pyjlfa.__file__).parent.resolve() != pathlib.Path(sys.argv[1]).resolve())" "$PWD/pyjlfa" >/dev/null 2>&1; then
   echo "setup: pip install -e .[test]"
   "$PY" -m pip install -q -e ".[test]"
 fi

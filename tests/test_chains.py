@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import pyjlfa
+from test_zero_copy import Spy   # records the input address each entry point was handed
 from pyjlfa._blas import use_numpy_blas
 from pyjlfa._runtime import engine
 from pyjlfa.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
@@ -259,21 +260,6 @@ def test_bp_conv_gradients_match_finite_differences(nets):
 # ---------------------------------------------------------------------------------------------------
 # 4. Zero copy: image inputs read in place, conv parameters are Julia's memory
 # ---------------------------------------------------------------------------------------------------
-
-class Spy:
-    """Wraps an entry point and records the input address Julia was handed."""
-
-    def __init__(self, net, name):
-        self.fn, self.seen, self.net, self.name = net._engine._fn[name], [], net, name
-        net._engine._fn[name] = self
-
-    def __call__(self, *args):
-        self.seen.append(args[1])
-        return self.fn(*args)
-
-    def restore(self):
-        self.net._engine._fn[self.name] = self.fn
-
 
 @pytest.mark.parametrize("entry,call", [
     ("fa_train_epoch", lambda net, X, y: net.fit(X, y, epochs=1, batch_size=4)),
