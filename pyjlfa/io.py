@@ -112,9 +112,9 @@ def _metadata(net):
     epochs, rng, steps = net._state()
     from . import __version__
 
-    inits = getattr(net, "_initializers", None) or {
-        "init": _initializer_record(net.init),
-        "feedback_init": _initializer_record(_first_feedback(net.feedback))}
+    inits = getattr(net, "_initialisers", None) or {
+        "init": _initialiser_record(net.init),
+        "feedback_init": _initialiser_record(_first_feedback(net.feedback))}
     dropout = net.dropout if isinstance(net.dropout, (list, tuple)) else \
         [net.dropout if layer.W is not None else 0.0 for layer in net.layers[:-1]]
     meta = {
@@ -225,7 +225,7 @@ def _rule_from(name, params, path):
     return name
 
 
-def _initializer_record(value):
+def _initialiser_record(value):
     """(name, params) of an initialiser given by name or as a pyjlfa.init value."""
     from . import init
     if isinstance(value, str):  # a name stands for that initialiser with its default parameters
@@ -467,8 +467,8 @@ def _description(meta, path):
     d["dropout"] = m.json("dropout", lambda v: isinstance(v, list) and len(v) == n_layers - 1 and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in v),
         "a list of one rate in [0, 1) per layer but the last") if "dropout" in meta else [0.0] * (n_layers - 1)
-    d["initializers"] = {key: (m.text(key), m.json(f"{key}_params", *is_object)) for key in ("init", "feedback_init")}
-    for name, params in d["initializers"].values():
+    d["initialisers"] = {key: (m.text(key), m.json(f"{key}_params", *is_object)) for key in ("init", "feedback_init")}
+    for name, params in d["initialisers"].values():
         _check_record("initialiser", name, params, path)
     d["seed"], d["feedback_seed"] = m.integer("seed", 64), m.integer("feedback_seed", 64)
     d["epochs"], d["rng_state"] = m.integer("epochs", 63), m.integer("rng_state", 64)
@@ -651,6 +651,6 @@ def load(path):
             net.close()
             raise
     net._engine.call("fa_state_set", net._id(), d["epochs"], d["rng_state"], d["steps"])
-    net._initializers = d["initializers"]
+    net._initialisers = d["initialisers"]
     net.optimizer = d["optimizer_params"]
     return net
