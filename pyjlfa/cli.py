@@ -164,6 +164,8 @@ def _parser():
                      help="the learning-rate search: each rule at lr 0.003 0.01 0.03 0.1 for --epochs (3) on "
                           "--train-size (10000) images, scored on the last 10000 training images "
                           "(lenet-fashion-mnist; results in --out/search)")
+    rep.add_argument("--search-lrs", type=float, nargs="+", metavar="LR",
+                     help="learning rates --search tries (default 0.003 0.01 0.03 0.1)")
     rep.add_argument("--test-size", type=_positive_int, metavar="N", help="first N test images (lenet-fashion-mnist)")
     rep.add_argument("--train-size", type=_positive_int, metavar="N", help="first N training images (fashion-mnist)")
     rep.add_argument("--data-path", metavar="DIR", help="Fashion-MNIST folder (fashion-mnist)")
@@ -422,10 +424,11 @@ def _reproduce_lenet(args, parser):
         if args.search:
             search_dir = os.path.join(args.out, "search")
             train_size = args.train_size or 10000
-            result = experiments.lenet_lr_search(rules=rules, out_dir=search_dir, epochs=args.epochs or 3,
+            lrs = args.search_lrs or experiments.LENET_SEARCH_LRS
+            result = experiments.lenet_lr_search(rules=rules, lrs=lrs, out_dir=search_dir, epochs=args.epochs or 3,
                                                  train_size=train_size, jobs=args.jobs, seed=args.seed,
                                                  data_path=args.data_path, progress=not args.quiet)
-            print(experiments.lenet_search_table(result, experiments.LENET_SEARCH_LRS, args.epochs or 3,
+            print(experiments.lenet_search_table(result, lrs, args.epochs or 3,
                                                  train_size, 10000))
             print(f"\nwrote {search_dir}/search.csv, {search_dir}/search.md")
             return
