@@ -4,6 +4,7 @@
     python bench/run.py --quick    # 784-256-256-10 float32, BP/FA/DFA, batch 32/128/512, and two more (~2 min)
     python bench/run.py --quick --threads 1 2   # each case at 1 and 2 threads, with the scaling
     python bench/run.py --isolation-check --threads 2   # each peer timed alone and inside the benchmark
+    python bench/run.py --conv     # LeNet-5 and LeNet-CIFAR against PyTorch, one thread (bench/conv.py)
 
 For each case (network, dtype, batch size, rule) it prints samples per second for a training step
 and for a whole epoch, for pyjlfa, the NumPy reference (pyjlfa.reference) and PyTorch (FA and DFA as
@@ -45,6 +46,9 @@ def parse_args():
                    help="samples per timed epoch for 784-1000-1000-1000-10")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     p.add_argument("--json", help="also write every number to this file")
+    p.add_argument("--conv", action="store_true", help="the conv cases only (bench/conv.py: LeNet-5, LeNet-CIFAR)")
+    import conv   # bench/conv.py, beside this file
+    conv.add_arguments(p)
     return p.parse_args()
 
 
@@ -449,6 +453,15 @@ def main(args):
           f"{args.epoch_samples} samples (best of 2; large network: {args.epoch_samples_large}, once); SGD lr {LR}")
     print("ratio = peer's time / pyjlfa's time (above 1: pyjlfa is faster); step/ = pyjlfa step time / GEMM floor\n")
 
+    if args.conv:   # one thread each, whatever --threads says
+        import conv
+        with threadpool_limits(limits=1, user_api="blas"):
+            results = conv.run(args, torch_peer)
+        if torch_peer:
+            torch_peer.close()
+        if args.json:
+            Path(args.json).write_text(json.dumps({"conv_cases": results}, indent=1))
+        return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

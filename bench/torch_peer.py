@@ -2,7 +2,8 @@
 share one: both bring LLVM, and libjulia is loaded with RTLD_GLOBAL).
 
 FA and DFA are written the way PyTorch users write them (as biotorch does): custom
-``torch.autograd.Function``s whose backward uses the fixed feedback matrices B. Reads one JSON
+``torch.autograd.Function``s whose backward uses the fixed feedback matrices B (conv layers too,
+for bench/conv.py's cases: FA's conv input gradient is conv2d_input with B in place of W). Reads one JSON
 command per line on stdin and answers one JSON line on stdout:
 
     {"op": "case", "case": {...}, "data": "X.npy", "labels": "y.npy", "params": "p.npz", ...} -> {}
@@ -87,6 +88,86 @@ class Net(torch.nn.Module):
         return a
 
 
+class Conv2dFA(torch.autograd.Function):
+    """conv2d whose error reaches the input through the fixed kernel B (W's shape) instead of W, as
+    biotorch's FA conv layer computes it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, B):
+        ctx.save_for_backward(x, B)
+        ctx.weight_shape = weight.shape
+        return F.conv2d(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, B = ctx.saved_tensors
+        grad_x = torch.nn.grad.conv2d_input(x.shape, B, grad_out) if ctx.needs_input_grad[0] else None
+        grad_w = torch.nn.grad.conv2d_weight(x, ctx.weight_shape, grad_out)
+        return grad_x, grad_w, grad_out.sum((0, 2, 3)), None
+
+
+class OutputDFAMaps(torch.autograd.Function):
+    """OutputDFA for any hidden outputs (conv maps too): each gets (e @ B_k) in its own shape."""
+
+    @staticmethod
+    def forward(ctx, z, Bs, *hiddens):
+        ctx.Bs, ctx.shapes = Bs, [h.shape for h in hiddens]
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, e):
+        return (e, None, *(e.mm(B).view(shape) for B, shape in zip(ctx.Bs, ctx.shapes)))
+
+
+class ConvNet(torch.nn.Module):
+    """A layer chain from bench/conv.py's description: conv/linear (with relu), maxpool/avgpool, flatten.
+    Parameters are keyed by the layer's position in pyjlfa's net.layers (its Linear W is (n_in, n_out))."""
+
+    def __init__(self, layers, path, rule, dtype):
+        super().__init__()
+        with np.load(path) as f:
+            arrays = {k: torch.tensor(f[k], dtype=dtype) for k in f.files}
+        self.layers, self.rule = layers, rule
+        self.weights, self.biases = torch.nn.ParameterList(), torch.nn.ParameterList()
+        self.B, self.index = [], {}
+        for k, layer in enumerate(layers):
+            if layer["kind"] in ("conv", "linear"):
+                W = arrays[f"W{k}"]
+                self.index[k] = len(self.weights)
+                self.weights.append(torch.nn.Parameter(W if layer["kind"] == "conv" else W.t().contiguous()))
+                self.biases.append(torch.nn.Parameter(arrays[f"b{k}"]))
+                self.B.append(arrays.get(f"B{k}"))
+
+    def forward(self, x):
+        h, hiddens, Bs = x, [], []
+        last = max(self.index)
+        for k, layer in enumerate(self.layers):
+            kind = layer["kind"]
+            if kind in ("conv", "linear"):
+                i = self.index[k]
+                W, b, B = self.weights[i], self.biases[i], self.B[i]
+                if self.rule == "dfa" and i > 0:
+                    h = h.detach()   # DFA: nothing flows back between layers
+                if self.rule == "fa" and B is not None:
+                    h = (Conv2dFA if kind == "conv" else LinearFA).apply(h, W, b, B)
+                else:
+                    h = F.conv2d(h, W, b) if kind == "conv" else F.linear(h, W, b)
+                if layer.get("relu"):
+                    h = torch.relu(h)
+                if self.rule == "dfa" and k != last:
+                    hiddens.append(h)
+                    Bs.append(B)
+            elif kind == "maxpool":
+                h = F.max_pool2d(h, layer["k"])
+            elif kind == "avgpool":
+                h = F.avg_pool2d(h, layer["k"])
+            else:
+                h = h.flatten(1)
+        if self.rule == "dfa":
+            h = OutputDFAMaps.apply(h, Bs, *hiddens)
+        return h
+
+
 def load_params(path):
     with np.load(path) as f:
         n = int(f["n"])
@@ -105,7 +186,8 @@ class Case:
             cache.clear()
             cache[key] = torch.from_numpy(np.load(cmd["data"]).astype(c["dtype"]))
         X, y = cache[key], torch.from_numpy(np.load(cmd["labels"]))
-        self.net = Net(load_params(cmd["params"]), c["rule"], dtype)
+        self.net = (ConvNet(c["layers"], cmd["params"], c["rule"], dtype) if "layers" in c else
+                    Net(load_params(cmd["params"]), c["rule"], dtype))
         self.opt = torch.optim.SGD(self.net.parameters(), lr=cmd["lr"])
         self.m = m = c["batch"]
         self.batches = [(X[i * m:(i + 1) * m], y[i * m:(i + 1) * m]) for i in range(cmd["steps"])]

@@ -134,8 +134,15 @@ def _parser():
                                      "(BP, FA, shallow). nonlinear: their 30-20-10 tanh network learning a random "
                                      "30-20-10-10 tanh network (BP, FA, DFA). fashion-mnist: learning and "
                                      "alignment curves for every rule. Each writes <name>.json, <name>.csv and "
-                                     "figures into --out.")
-    rep.add_argument("experiment", choices=["linear", "nonlinear", "fashion-mnist"], help="which experiment")
+                                     "figures into --out.\n\nlenet-fashion-mnist: biotorch's LeNet-5 table "
+                                     "(32x32 Fashion-MNIST, SGD momentum 0.9, weight decay 1e-3, batch 64, lr / 10 "
+                                     "at 1/2 and 3/4 of --epochs) for bp fa dfa usf brsf frsf kp drtp sdfa shallow, "
+                                     "each rule in its own process (--jobs at once), checkpointed into "
+                                     "--out/<rule>/ after every epoch: rerun the same command to continue. "
+                                     "Ends with the table next to biotorch's errors (CSV, markdown) and learning "
+                                     "curves. --search runs the short learning-rate search instead.")
+    rep.add_argument("experiment", choices=["linear", "nonlinear", "fashion-mnist", "lenet-fashion-mnist"],
+                     help="which experiment")
     rep.add_argument("--out", default="results", metavar="DIR", help="folder for results and figures")
     rep.add_argument("--rules", nargs="+", metavar="RULE",
                      help=f"rules to run, some of: {_RULES} (default: linear bp fa shallow; nonlinear bp fa "
@@ -144,7 +151,22 @@ def _parser():
                      help="SGD steps of the teacher tasks (default: linear 5000, nonlinear 20000)")
     rep.add_argument("--hidden", type=_positive_int, nargs="+", metavar="WIDTH",
                      help="the student's hidden widths for the teacher tasks (default 20, as in the paper)")
-    rep.add_argument("--epochs", type=_positive_int, default=10, help="epochs (fashion-mnist)")
+    rep.add_argument("--epochs", type=_positive_int,
+                     help="epochs (fashion-mnist: default 10; lenet-fashion-mnist: default 100, --search 3)")
+    rep.add_argument("--lr", type=float, metavar="LR",
+                     help="initial learning rate for every rule (lenet-fashion-mnist; default: the per-rule table)")
+    rep.add_argument("--jobs", type=_positive_int, default=2, help="rules trained at once (lenet-fashion-mnist)")
+    rep.add_argument("--stop-after", type=_positive_int, metavar="EPOCHS",
+                     help="stop each rule once it has this many epochs; rerun to continue (lenet-fashion-mnist)")
+    rep.add_argument("--report", action="store_true",
+                     help="train nothing: the table and figures of what --out holds (lenet-fashion-mnist)")
+    rep.add_argument("--search", action="store_true",
+                     help="the learning-rate search: each rule at lr 0.003 0.01 0.03 0.1 for --epochs (3) on "
+                          "--train-size (10000) images, scored on the last 10000 training images "
+                          "(lenet-fashion-mnist; results in --out/search)")
+    rep.add_argument("--search-lrs", type=float, nargs="+", metavar="LR",
+                     help="learning rates --search tries (default 0.003 0.01 0.03 0.1)")
+    rep.add_argument("--test-size", type=_positive_int, metavar="N", help="first N test images (lenet-fashion-mnist)")
     rep.add_argument("--train-size", type=_positive_int, metavar="N", help="first N training images (fashion-mnist)")
     rep.add_argument("--data-path", metavar="DIR", help="Fashion-MNIST folder (fashion-mnist)")
     rep.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of every random draw")
@@ -358,6 +380,10 @@ def _reproduce(args, parser):
     from . import experiments
     plot = _plots_available(args)
     kwargs = dict(seed=args.seed, out_dir=args.out, plot=plot, progress=not args.quiet)
+    if args.experiment == "lenet-fashion-mnist":
+        return _reproduce_lenet(args, parser)
+    if args.epochs is None:
+        args.epochs = 10
     try:
         if args.experiment == "fashion-mnist":
             result = experiments.fashion_mnist(rules=args.rules, epochs=args.epochs, train_size=args.train_size,
@@ -387,6 +413,40 @@ def _reproduce(args, parser):
         print()
         print(_table(result))
     print(f"\nwrote {args.out}/{result['experiment']}.*")
+
+
+def _reproduce_lenet(args, parser):
+    from . import experiments
+    if args.out == "results":   # the shared default: keep this experiment's many files together
+        args.out = os.path.join("results", "lenet-fashion-mnist")
+    rules = args.rules or list(experiments.LENET_RULES)
+    try:
+        if args.search:
+            search_dir = os.path.join(args.out, "search")
+            train_size = args.train_size or 10000
+            lrs = args.search_lrs or experiments.LENET_SEARCH_LRS
+            result = experiments.lenet_lr_search(rules=rules, lrs=lrs, out_dir=search_dir, epochs=args.epochs or 3,
+                                                 train_size=train_size, jobs=args.jobs, seed=args.seed,
+                                                 data_path=args.data_path, progress=not args.quiet)
+            print(experiments.lenet_search_table(result, lrs, args.epochs or 3,
+                                                 train_size, 10000))
+            print(f"\nwrote {search_dir}/search.csv, {search_dir}/search.md")
+            return
+        if args.lr is not None and not args.lr > 0:
+            parser.error(f"--lr must be a positive number, got {args.lr}")
+        report = experiments.lenet_fashion_mnist(
+            rules=rules, out_dir=args.out, epochs=args.epochs or 100, lr=args.lr, jobs=args.jobs, seed=args.seed,
+            train_size=args.train_size, test_size=args.test_size, data_path=args.data_path,
+            stop_after=args.stop_after, plot=_plots_available(args), progress=not args.quiet, run=not args.report)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        parser.error(_in_cli_words(str(e)))
+    print()
+    print(experiments.lenet_table(report["rows"]))
+    for rule, error in report["failures"].items():
+        print(f"{rule}: failed: {error}", file=sys.stderr)
+    print("\nwrote " + ", ".join(report["files"]))
+    if report["failures"]:
+        sys.exit(1)
 
 
 # -- pyjlfa sweep (pyjlfa/sweep.py) ----------------------------------------------------------------

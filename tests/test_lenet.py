@@ -1,0 +1,108 @@
+"""pyjlfa reproduce lenet-fashion-mnist: the schedule, checkpoints that resume bit-identically, the report."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pyjlfa
+from pyjlfa import experiments
+from pyjlfa.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+
+HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "status")
+
+
+def images(path, n_train, n_test, side, seed=0):
+    """Random images whose class (0-3) is the quadrant made brighter (learnable), saved as an .npz file."""
+    rng = np.random.default_rng(seed)
+    X = rng.random((n_train + n_test, 1, side, side), dtype=np.float32)
+    y = rng.integers(0, 4, n_train + n_test)
+    h = side // 2
+    for i, c in enumerate(y):
+        X[i, 0, (c // 2) * h:(c // 2 + 1) * h, (c % 2) * h:(c % 2 + 1) * h] += 1
+    np.savez(path, X_train=X[:n_train], y_train=y[:n_train], X_test=X[n_train:], y_test=y[n_train:])
+    return str(path)
+
+
+def tiny_chain():
+    return [Conv2d(1, 4, 3), ReLU(), MaxPool2d(2), Flatten(), Linear(4 * 5 * 5, 4)]
+
+
+def parameters(path):
+    net = pyjlfa.load(path)
+    try:
+        return [(l.W.copy(), l.b.copy(), None if l.B is None else l.B.copy()) for l in net.layers if l.W is not None]
+    finally:
+        net.close()
+
+
+def test_schedule_divides_by_ten_at_half_and_three_quarters():
+    # PyTorch's MultiStepLR([50, 75]): epochs 1-50 at lr, 51-75 at lr/10, 76-100 at lr/100
+    rates = [experiments.lenet_lr(0.1, completed, 100) for completed in range(100)]
+    assert rates[:50] == [0.1] * 50
+    assert rates[50:75] == pytest.approx([0.01] * 25, rel=1e-15)
+    assert rates[75:] == pytest.approx([0.001] * 25, rel=1e-15)
+    assert [experiments.lenet_lr(1.0, c, 4) for c in range(4)] == pytest.approx([1, 1, 0.1, 0.01])
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    data = images(tmp_path / "d.npz", 300, 100, 12)
+    run = dict(epochs=3, lr=0.05, data_path=data, layers=tiny_chain(), input_shape=(1, 12, 12))
+    whole = experiments.train_lenet_rule("fa", tmp_path / "whole", **run)
+    assert whole["status"] == "done" and whole["epoch"] == [1, 2, 3]
+    assert whole["lr"] == [0.05, 0.05, pytest.approx(0.0005)]   # milestones of 3 epochs: 2 and 2
+    assert whole["test_accuracy"][-1] > 0.5                       # it learns (chance: about 0.25)
+
+    split = tmp_path / "split"
+    first = experiments.train_lenet_rule("fa", split, stop_after=1, **run)
+    assert first["epoch"] == [1] and first["status"] == "partial"
+    shutil.copy(split / "model.safetensors", tmp_path / "after1.safetensors")
+    experiments.train_lenet_rule("fa", split, stop_after=2, **run)
+    # a crash between writing history.json (epoch 2) and the model leaves the model one epoch behind
+    shutil.copy(tmp_path / "after1.safetensors", split / "model.safetensors")
+    resumed = experiments.train_lenet_rule("fa", split, **run)
+
+    for k in HISTORY_KEYS:
+        assert resumed[k] == whole[k], k
+    with open(split / "history.json") as f:
+        assert json.load(f)["test_loss"] == whole["test_loss"]
+    for (W1, b1, B1), (W2, b2, B2) in zip(parameters(tmp_path / "whole" / "model.safetensors"),
+                                          parameters(split / "model.safetensors")):
+        assert np.array_equal(W1, W2) and np.array_equal(b1, b2)
+        assert (B1 is None) == (B2 is None) and (B1 is None or np.array_equal(B1, B2))
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    data = images(tmp_path / "d.npz", 64, 32, 12)
+    run = dict(epochs=2, data_path=data, layers=tiny_chain(), input_shape=(1, 12, 12), stop_after=1)
+    experiments.train_lenet_rule("bp", tmp_path / "r", lr=0.05, **run)
+    with pytest.raises(ValueError, match=r"lr: 0.05 there, 0.1 now"):
+        experiments.train_lenet_rule("bp", tmp_path / "r", lr=0.1, **run)
+
+
+def test_command_runs_rules_in_processes_and_reports(tmp_path):
+    data = images(tmp_path / "d.npz", 128, 64, 32)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pyjlfa", "reproduce", "lenet-fashion-mnist", "--rules", "bp", "fa",
+               "--epochs", "3", "--data-path", data, "--out", str(out), "--no-plots", "--quiet"]
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pyjlfa.__file__)))
+    run = subprocess.run(command + ["--stop-after", "2"], capture_output=True, text=True, env=env, timeout=150)
+    assert run.returncode == 0, run.stderr
+    assert f"| bp | {experiments.LENET_LR['bp']:g} |" in run.stdout and "| 2/3 |" in run.stdout
+    with open(out / "lenet_fashion_mnist.csv") as f:
+        rows = {r["rule"]: r for r in csv.DictReader(f)}
+    for rule, published in (("bp", "9.2"), ("fa", "13.06")):
+        with open(out / rule / "history.json") as f:
+            h = json.load(f)
+        assert h["epoch"] == [1, 2] and h["status"] == "partial"
+        assert os.path.exists(out / rule / "model.safetensors")
+        best = int(np.argmax(h["test_accuracy"]))
+        assert rows[rule]["epochs_run"] == "2" and rows[rule]["best_epoch"] == str(best + 1)
+        assert float(rows[rule]["best_error"]) == pytest.approx(100 * (1 - h["test_accuracy"][best]), abs=0.006)
+        assert float(rows[rule]["last_error"]) == pytest.approx(100 * (1 - h["test_accuracy"][-1]), abs=0.006)
+        assert rows[rule]["biotorch_error"] == published
