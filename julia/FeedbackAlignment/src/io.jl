@@ -310,7 +310,7 @@ function file_metadata(net::Network{T}) where {T}
 end
 
 # ---------------------------------------------------------------------------------------------
-# Optimiser state: per layer with parameters, `nslots` arrays for W, for b and (Kolen-Pollack) for B.
+# Optimiser state: per layer with parameters, `STATE_SLOTS[kind]` arrays for W, for b and (Kolen-Pollack) for B.
 
 state_name(net::Network) = net.optkind === :none ? nothing : string(net.optkind)
 

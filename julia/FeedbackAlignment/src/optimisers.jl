@@ -122,11 +122,9 @@ end
 
 # Optimiser state lives in each layer, one set of slots per trainable array (W, b, and B under
 # Kolen-Pollack): the velocity for SGD, the two moments for Adam, each shaped like its array.
-nslots(::SGD) = 1
-nslots(::Adam) = 2
 state_kind(::SGD) = :sgd
 state_kind(::Adam) = :adam
-const STATE_SLOTS = Dict(:sgd => 1, :adam => 2)
+const STATE_SLOTS = Dict(:sgd => 1, :adam => 2)   # arrays per parameter array
 
 "The layers' state for `opt`: kept while the optimiser's kind stays the same, else new zeros."
 function optimiser_state!(net::Network, opt::Optimiser)
