@@ -152,7 +152,8 @@ def _parser():
     rep.add_argument("--hidden", type=_positive_int, nargs="+", metavar="WIDTH",
                      help="the student's hidden widths for the teacher tasks (default 20, as in the paper)")
     rep.add_argument("--epochs", type=_positive_int,
-                     help="epochs (fashion-mnist: default 10; lenet-fashion-mnist: default 100, --search 3)")
+                     help="epochs (fashion-mnist: default 10; lenet-fashion-mnist: default 100, --search 3: "
+                          "the protocol's first 3 of 100)")
     rep.add_argument("--lr", type=float, metavar="LR",
                      help="initial learning rate for every rule (lenet-fashion-mnist; default: the per-rule table)")
     rep.add_argument("--jobs", type=_positive_int, default=2, help="rules trained at once (lenet-fashion-mnist)")
@@ -161,11 +162,12 @@ def _parser():
     rep.add_argument("--report", action="store_true",
                      help="train nothing: the table and figures of what --out holds (lenet-fashion-mnist)")
     rep.add_argument("--search", action="store_true",
-                     help="the learning-rate search: each rule at lr 0.003 0.01 0.03 0.1 for --epochs (3) on "
-                          "--train-size (10000) images, scored on the last 10000 training images "
+                     help="the learning-rate search: each rule at lr 1e-4 3e-4 ... 0.1 for the protocol's "
+                          "first --epochs (3) epochs, trained on all training images but the last 10000 "
+                          "(or the first --train-size of them) and scored on those 10000 "
                           "(lenet-fashion-mnist; results in --out/search)")
     rep.add_argument("--search-lrs", type=float, nargs="+", metavar="LR",
-                     help="learning rates --search tries (default 0.003 0.01 0.03 0.1)")
+                     help="learning rates --search tries (default 0.0001 0.0003 0.001 0.003 0.01 0.03 0.1)")
     rep.add_argument("--test-size", type=_positive_int, metavar="N", help="first N test images (lenet-fashion-mnist)")
     rep.add_argument("--train-size", type=_positive_int, metavar="N", help="first N training images (fashion-mnist)")
     rep.add_argument("--data-path", metavar="DIR", help="Fashion-MNIST folder (fashion-mnist)")
@@ -423,13 +425,11 @@ def _reproduce_lenet(args, parser):
     try:
         if args.search:
             search_dir = os.path.join(args.out, "search")
-            train_size = args.train_size or 10000
             lrs = args.search_lrs or experiments.LENET_SEARCH_LRS
             result = experiments.lenet_lr_search(rules=rules, lrs=lrs, out_dir=search_dir, epochs=args.epochs or 3,
-                                                 train_size=train_size, jobs=args.jobs, seed=args.seed,
+                                                 train_size=args.train_size, jobs=args.jobs, seed=args.seed,
                                                  data_path=args.data_path, progress=not args.quiet)
-            print(experiments.lenet_search_table(result, lrs, args.epochs or 3,
-                                                 train_size, 10000))
+            print(experiments.lenet_search_table(result, lrs, args.epochs or 3, 10000))
             print(f"\nwrote {search_dir}/search.csv, {search_dir}/search.md")
             return
         if args.lr is not None and not args.lr > 0:

@@ -106,3 +106,35 @@ def test_command_runs_rules_in_processes_and_reports(tmp_path):
         assert float(rows[rule]["best_error"]) == pytest.approx(100 * (1 - h["test_accuracy"][best]), abs=0.006)
         assert float(rows[rule]["last_error"]) == pytest.approx(100 * (1 - h["test_accuracy"][-1]), abs=0.006)
         assert rows[rule]["biotorch_error"] == published
+
+
+def test_fashion_mnist_is_normalised_then_zero_padded():
+    X = np.array([[[[0.0, 1.0], [0.2860, 0.5]]]], dtype=np.float32)
+    out = experiments._normalised_padded(X)
+    assert out.shape == (1, 1, 6, 6) and out.dtype == np.float32
+    expected = np.array([[-0.2860, 0.7140], [0.0, 0.2140]]) / 0.3530   # (pixel - mean) / std, by hand
+    np.testing.assert_allclose(out[0, 0, 2:4, 2:4], expected, rtol=1e-6)
+    inner = np.zeros((6, 6), dtype=bool)
+    inner[2:4, 2:4] = True
+    assert np.all(out[0, 0][~inner] == 0)          # the padding is the mean pixel
+
+
+def test_search_never_chooses_a_run_that_blew_up(tmp_path):
+    data = images(tmp_path / "d.npz", 192, 32, 32)
+    out = tmp_path / "search"
+    result = experiments.lenet_lr_search(rules=["fa"], lrs=[0.001, 0.01, 30.0], out_dir=str(out), epochs=2,
+                                         holdout=64, jobs=2, data_path=data)
+    r = result["fa"]
+    for lr in (0.001, 0.01, 30.0):
+        with open(out / f"fa-lr{lr:g}" / "history.json") as f:
+            h = json.load(f)
+        assert h["lr"] == [lr, lr]                  # the protocol's first epochs: still the initial rate
+        stopped = h["status"].startswith("diverged")
+        expected = 100.0 if stopped else round(100 * (1 - h["test_accuracy"][-1]), 2)
+        assert r["errors"][lr] == expected
+        assert r["blew_up"][lr] == (stopped or max(h["train_loss"]) > np.log(10))
+    assert r["blew_up"][30.0] and not r["blew_up"][0.001]
+    stable = [lr for lr in (0.001, 0.01) if not r["blew_up"][lr]]
+    assert r["chosen"] == min(stable, key=lambda lr: (r["errors"][lr], lr))
+    table = (out / "search.md").read_text()
+    assert f"| fa | {r['errors'][0.001]:.2f} |" in table and "*" in table.split("| fa |")[1]
