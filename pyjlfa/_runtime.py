@@ -81,7 +81,7 @@ _SIGNATURES = {
 
 
 # Entry points that loop over batches or chunks and check for Ctrl-C between them (a step is one batch).
-_INTERRUPTIBLE = frozenset({"fa_train_epoch", "fa_forward", "fa_evaluate"})
+_INTERRUPTIBLE = frozenset({"fa_train_epoch", "fa_forward", "fa_evaluate", "fa_teacher_task"})
 
 try:
     from _signal import getsignal as _getsignal  # signal.getsignal's enum conversion costs ~7 us per call

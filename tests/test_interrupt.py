@@ -162,6 +162,20 @@ def test_cli_train_exits_130_and_keeps_the_completed_epochs(tmp_path):
     assert len(history["loss"]) >= 1 and (out / "model.safetensors").is_file()
 
 
+def test_a_teacher_task_stops_at_once(tmp_path):
+    """Lillicrap's tasks run in one Julia call; Ctrl-C stops it between two steps, not at its end."""
+    args = [sys.executable, "-u", "-c", "import pyjlfa.experiments as e; e.linear_task(rules=['fa'], steps=10**6, "
+            "record_every=10**5, progress=True); print('finished')"]
+    script = tmp_path / "warm.py"   # compile the task first, in another run, so the timed one starts at once
+    script.write_text("import pyjlfa.experiments as e; e.linear_task(rules=['fa'], steps=10, record_every=5)\n"
+                      "import sys; print('ready', flush=True)\n" + "exec(" + repr(args[-1]) + ")\n")
+    sent, lines, err, code = interrupt([sys.executable, "-u", str(script)], 1.0, tmp_path)
+    caught = time.time()
+    assert code == -signal.SIGINT and "KeyboardInterrupt: interrupted (SIGINT)" in err, err[-3000:]
+    assert "finished" not in lines
+    assert caught - sent < 5.0   # a million steps take a minute or more
+
+
 def test_a_handler_of_the_users_own_is_left_alone():
     """With a SIGINT handler of their own, users keep SIGINT to themselves: Julia is not stopped."""
     import threading

@@ -139,6 +139,7 @@ function teacher_task!(errors::AbstractVector{Float64}, records::AbstractArray{F
     no_biases!(net) = spec.biases || foreach(d -> fill!(d.db, 0), net.layers)   # a task without biases keeps them at 0
     k = 0
     for s in 0:steps
+        throw_if_interrupted()   # Ctrl-C from the host: the results so far are discarded, nothing else changed
         if s % record_every == 0
             k += 1
             total, _ = loss_and_grads!(student, Xtest, Ytest)
