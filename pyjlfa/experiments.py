@@ -13,6 +13,7 @@ Each returns a result dict and, given ``out_dir``, writes ``<name>.json``, ``<na
 (with matplotlib, ``pip install pyjlfa[plot]``) PNG figures there.
 """
 
+import contextlib
 import ctypes
 import csv
 import json
@@ -377,12 +378,33 @@ def train_lenet_rule(rule, out_dir, epochs=100, lr=None, batch_size=64, seed=0, 
     last n training images instead of the test set ("test_*" then means that held-out set).
     Returns the history.
     """
-    from . import io
-    from ._runtime import DivergenceError
-
     epochs = _positive(epochs, "epochs")
     lr = LENET_LR.get(rule, 0.01) if lr is None else _positive(lr, "lr", float)
     os.makedirs(out_dir, exist_ok=True)
+    with _only_trainer(out_dir):
+        return _train_lenet_rule(rule, out_dir, epochs, lr, batch_size, seed, train_size, test_size, data_path,
+                                 stop_after, layers, input_shape, holdout, progress)
+
+
+@contextlib.contextmanager
+def _only_trainer(out_dir):
+    """Hold ``out_dir/train.lock`` (an OS lock, gone with the process) while training into ``out_dir``:
+    a second run on the same folder would interleave its checkpoints with the first's."""
+    import fcntl
+    with open(os.path.join(out_dir, "train.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another process is training into {out_dir}; let it finish or stop it, "
+                               "then rerun to continue from its last checkpoint") from None
+        yield
+
+
+def _train_lenet_rule(rule, out_dir, epochs, lr, batch_size, seed, train_size, test_size, data_path, stop_after,
+                      layers, input_shape, holdout, progress):
+    from . import io
+    from ._runtime import DivergenceError
+
     config = dict(rule=rule, epochs=epochs, lr=lr, batch_size=batch_size, seed=int(seed), train_size=train_size,
                   test_size=test_size, holdout=holdout, momentum=0.9, weight_decay=1e-3,
                   layers=None if layers is None else [repr(layer) for layer in layers])
@@ -448,6 +470,34 @@ def train_lenet_rule(rule, out_dir, epochs=100, lr=None, batch_size=64, seed=0, 
     return history
 
 
+def _in_processes(tasks, jobs):
+    """[(rule, history or None, error text or None)] of :func:`train_lenet_rule` for each task's
+    arguments, ``jobs`` at a time, each in a fresh spawned process (Julia aborts in a forked child)
+    with its share of the cores for BLAS. A worker ends if this process dies, so no orphan goes on
+    writing checkpoints that a rerun would then race with."""
+    import concurrent.futures
+    import multiprocessing
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // min(jobs, len(tasks) or 1))))
+    try:
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                    max_tasks_per_child=1, initializer=_end_with_parent) as pool:
+            return list(pool.map(_train_lenet_rule_quietly, tasks))
+    finally:
+        if saved is None:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+
+
+def _end_with_parent():
+    """Worker initializer: on Linux, have the kernel send SIGTERM to this process when its parent dies."""
+    if sys.platform.startswith("linux"):
+        import signal
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() == 1:   # the parent died before the call
+            os._exit(1)
+
+
 def _train_lenet_rule_quietly(kwargs):
     """Worker-process entry point: a failure comes back as text, not as a dead pool."""
     try:
@@ -473,28 +523,13 @@ def lenet_fashion_mnist(rules=LENET_RULES, out_dir="results/lenet-fashion-mnist"
     rates = lr if isinstance(lr, dict) else {r: lr for r in rules}
     failures = {}
     if run:
-        import concurrent.futures
-        import multiprocessing
         tasks = [dict(rule=r, out_dir=os.path.join(out_dir, r), epochs=epochs, lr=rates.get(r), seed=seed,
                       train_size=train_size, test_size=test_size, data_path=data_path, stop_after=stop_after,
                       layers=layers, input_shape=input_shape, progress=progress) for r in rules]
-        # Julia aborts in a forked child: spawn. Each process gets its share of the cores for BLAS.
-        threads = str(max(1, (os.cpu_count() or 1) // min(jobs, len(tasks))))
-        saved_env = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS",)}
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", threads)
-        try:
-            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                        max_tasks_per_child=1) as pool:
-                for rule, _, error in pool.map(_train_lenet_rule_quietly, tasks):
-                    if error is not None:
-                        failures[rule] = error
-                        sys.stderr.write(f"{rule}: failed: {error}\n")
-        finally:
-            for k, v in saved_env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        for rule, _, error in _in_processes(tasks, jobs):
+            if error is not None:
+                failures[rule] = error
+                sys.stderr.write(f"{rule}: failed: {error}\n")
     report = lenet_report(out_dir, rules, plot=plot)
     report["failures"] = failures
     return report
@@ -590,18 +625,13 @@ def lenet_lr_search(rules=LENET_RULES, lrs=LENET_SEARCH_LRS, out_dir="results/le
     returns {rule: {"errors": {lr: error %}, "blew_up": {lr: bool}, "chosen": lr}}: the lr of lowest
     final error among the runs that did not blow up (a NaN-stopped run's error counts as 100 %).
     """
-    import concurrent.futures
-    import multiprocessing
     rules = _check_rules(rules, extra=("shallow",))
     lrs = [_positive(x, "each lr", float) for x in lrs]
     epochs = _positive(epochs, "epochs")
     tasks = [dict(rule=r, out_dir=os.path.join(out_dir, f"{r}-lr{x:g}"), epochs=LENET_EPOCHS, stop_after=epochs,
                   lr=x, seed=seed, train_size=train_size, holdout=holdout, data_path=data_path, progress=progress)
              for r in rules for x in lrs]
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                max_tasks_per_child=1) as pool:
-        outcomes = list(pool.map(_train_lenet_rule_quietly, tasks))
+    outcomes = _in_processes(tasks, _positive(jobs, "jobs"))
     result = {}
     for task, (rule, history, error) in zip(tasks, outcomes):
         acc = history["test_accuracy"] if history else []

@@ -138,3 +138,48 @@ def test_search_never_chooses_a_run_that_blew_up(tmp_path):
     assert r["chosen"] == min(stable, key=lambda lr: (r["errors"][lr], lr))
     table = (out / "search.md").read_text()
     assert f"| fa | {r['errors'][0.001]:.2f} |" in table and "*" in table.split("| fa |")[1]
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path):
+    import fcntl
+    data = images(tmp_path / "d.npz", 64, 32, 12)
+    out = tmp_path / "r"
+    out.mkdir()
+    with open(out / "train.lock", "a") as held:          # as a running trainer holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match=f"another process is training into {out}"):
+            experiments.train_lenet_rule("bp", out, epochs=2, lr=0.05, data_path=data, layers=tiny_chain(),
+                                         input_shape=(1, 12, 12))
+    assert sorted(os.listdir(out)) == ["train.lock"]     # nothing written
+    h = experiments.train_lenet_rule("bp", out, epochs=1, lr=0.05, data_path=data, layers=tiny_chain(),
+                                     input_shape=(1, 12, 12))
+    assert h["status"] == "done"                          # the lock went with its holder
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_end_when_the_command_dies(tmp_path):
+    """A worker that outlived a killed `pyjlfa reproduce` would go on writing checkpoints."""
+    import signal
+    import time
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import concurrent.futures as cf, multiprocessing as mp, os, time\n"
+        "from pyjlfa.experiments import _end_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_end_with_parent)\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 600)\n"
+        "    time.sleep(600)\n")], stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pyjlfa.__file__))))
+    worker = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived its parent")
