@@ -42,16 +42,18 @@ function window_output(win::Window, (w, h)::NTuple{2,Int})
 end
 
 """
-    conv_scratch_length(win, (w, h), cin, m) -> Int
+    conv_scratch_length(win, (w, h), cin, cout, m) -> Int
 
-Elements of scratch a convolution over a batch of m (w x h x cin) inputs needs: the im2col
-matrices of all m samples, (ow*oh) x (kw*kh*cin) each.
+Elements of scratch a convolution over a batch of m (w x h x cin) inputs with cout output channels
+needs: the im2col matrices of all m samples, (ow*oh) x (kw*kh*cin) each, and a product buffer of
+(ow*oh*m) x cout.
 """
-function conv_scratch_length(win::Window, insize::NTuple{2,Int}, cin::Int, m::Int)
+function conv_scratch_length(win::Window, insize::NTuple{2,Int}, cin::Int, cout::Int, m::Int)
     cin >= 1 || throw(ArgumentError("cin must be at least 1, got $cin"))
+    cout >= 1 || throw(ArgumentError("cout must be at least 1, got $cout"))
     m >= 0 || throw(ArgumentError("m must be non-negative, got $m"))
     ow, oh = window_output(win, insize)
-    return ow * oh * win.k[1] * win.k[2] * cin * m
+    return ow * oh * m * (win.k[1] * win.k[2] * cin + cout)
 end
 
 # A window over the whole unpadded input: each sample's im2col column is the sample itself.
@@ -91,16 +93,17 @@ end
 # of 10-15 were as fast or faster by the loop (measured here, Float32 and Float64).
 const MEMMOVE_MIN_ROW = 24
 
-# cols[off + p + (q-1)*P] = Xpad patch q of output position p, for sample n (p = ox + (oy-1)*ow,
-# q = i + (j-1)*kw + (ci-1)*kw*kh). Along ox the copy is contiguous in X for stride 1.
-function im2col!(cols::Vector{T}, off::Int, X::Array{T,4}, n::Int, win::Window, ow::Int, oh::Int) where {T}
+# cols[off + p + (q-1)*ld] = Xpad patch q of output position p, for sample n (p = ox + (oy-1)*ow,
+# q = i + (j-1)*kw + (ci-1)*kw*kh): sample n's P x Q block inside a matrix of leading dimension ld
+# (P*nb when nb samples are stacked row-wise; 1 for the Q x m matrix of 1 x 1 outputs). Along ox
+# the copy is contiguous in X for stride 1.
+function im2col!(cols::Vector{T}, off::Int, ld::Int, X::Array{T,4}, n::Int, win::Window, ow::Int, oh::Int) where {T}
     w, h, cin = size(X, 1), size(X, 2), size(X, 3)
     (kw, kh), (sw, sh), (pw, ph) = win.k, win.stride, win.pad
-    P = ow * oh
     @inbounds for i in 1:kw
         lo, hi = valid_outputs(i, sw, pw, w, ow)      # the same for every row and channel
         for ci in 1:cin, j in 1:kh
-            c = off + (i - 1 + (j - 1) * kw + (ci - 1) * kw * kh) * P
+            c = off + (i - 1 + (j - 1) * kw + (ci - 1) * kw * kh) * ld
             for oy in 1:oh
                 y = (oy - 1) * sh + j - ph
                 if 1 <= y <= h && lo <= hi
@@ -131,14 +134,13 @@ function im2col!(cols::Vector{T}, off::Int, X::Array{T,4}, n::Int, win::Window, 
 end
 
 # The adjoint of im2col! for sample n: dX[..., n] += scattered cols (dX must be zeroed before).
-function col2im!(dX::Array{T,4}, n::Int, cols::Vector{T}, off::Int, win::Window, ow::Int, oh::Int) where {T}
+function col2im!(dX::Array{T,4}, n::Int, cols::Vector{T}, off::Int, ld::Int, win::Window, ow::Int, oh::Int) where {T}
     w, h, cin = size(dX, 1), size(dX, 2), size(dX, 3)
     (kw, kh), (sw, sh), (pw, ph) = win.k, win.stride, win.pad
-    P = ow * oh
     @inbounds for i in 1:kw
         lo, hi = valid_outputs(i, sw, pw, w, ow)
         for ci in 1:cin, j in 1:kh
-            c = off + (i - 1 + (j - 1) * kw + (ci - 1) * kw * kh) * P
+            c = off + (i - 1 + (j - 1) * kw + (ci - 1) * kw * kh) * ld
             for oy in 1:oh
                 y = (oy - 1) * sh + j - ph
                 if 1 <= y <= h
@@ -166,77 +168,149 @@ function fill_bias!(A::Array{T,4}, b::Vector{T}) where {T}
     return A
 end
 
-"""
-    conv_forward!(A, X, K, b, cols, win)
+# Samples per GEMM on the im2col route (P > 1). A chunk of nb samples is one product: their column
+# blocks stacked row-wise form a (P*nb) x Q matrix, and the product a (P*nb) x cout one. Per-sample
+# products (LeNet-5's first layer: 784x25 * 25x6) cost mostly call overhead; a chunk of about
+# CHUNK_ELEMENTS columns stays in cache between its copy and its product.
+const CHUNK_ELEMENTS = 1 << 16
+samples_per_gemm(P::Int, Q::Int, m::Int) = clamp(CHUNK_ELEMENTS ÷ (P * Q), 1, max(m, 1))
 
-A = conv(X, K) .+ b (cross-correlation with zero padding, bias per output channel), for X
-(w, h, cin, m), K (kw, kh, cin, cout), A (ow, oh, cout, m). Leaves in `cols` (at least
-`conv_scratch_length` elements) what `conv_filter_grad!` needs.
-"""
-function conv_forward!(A::Array{T,4}, X::Array{T,4}, K::Array{T,4}, b::Vector{T}, cols::Vector{T},
-                       win::Window) where {T<:Union{Float32,Float64}}
-    w, h, cin, m, cout, ow, oh = conv_geometry(X, K, A, win)
-    check_bias(b, cout, "b")
-    check_cols(cols, ow * oh * win.k[1] * win.k[2] * cin * m)
-    fill_bias!(A, b)
-    return im2col_forward!(A, X, K, cols, win, ow, oh)
+# S[soff + p + (n-n0)*P + (co-1)*P*nb] = dA[p, co, n] for the nb samples from n0: the chunk's rows
+# of dA in the stacked layout of its columns.
+function stack_chunk!(S::Vector{T}, soff::Int, dA::Array{T,4}, n0::Int, nb::Int, P::Int) where {T}
+    cout, rows = size(dA, 3), P * nb
+    @inbounds for n in n0:n0+nb-1, co in 1:cout
+        src, dst = ((n - 1) * cout + co - 1) * P, soff + (n - n0) * P + (co - 1) * rows
+        @simd for p in 1:P
+            S[dst + p] = dA[src + p]
+        end
+    end
+    return nothing
 end
 
-# A += conv(X, K) by im2col + GEMM, leaving every sample's columns in `cols`.
-function im2col_forward!(A::Array{T,4}, X::Array{T,4}, K::Array{T,4}, cols::Vector{T}, win::Window,
-                         ow::Int, oh::Int) where {T}
+# The inverse of stack_chunk! fused with the bias and activation: A[p, co, n] = S[...] + b[co] and
+# H = σ.(A). S may be A itself (a chunk of one sample is already in place).
+function unstack_bias_activate!(A::Array{T,4}, H::Array{T,4}, σ::F, S::Array{T}, soff::Int, b::Vector{T},
+                                n0::Int, nb::Int, P::Int) where {T,F}
+    cout, rows = size(A, 3), P * nb
+    @inbounds for n in n0:n0+nb-1, co in 1:cout
+        src, dst, bc = soff + (n - n0) * P + (co - 1) * rows, ((n - 1) * cout + co - 1) * P, b[co]
+        @simd for p in 1:P
+            a = S[src + p] + bc
+            A[dst + p] = a
+            H[dst + p] = activate(σ, a)
+        end
+    end
+    return nothing
+end
+
+function check_chunk(chunk::Int)
+    chunk >= 0 || throw(ArgumentError("chunk must be non-negative (0: chosen from the shapes), got $chunk"))
+    return nothing
+end
+
+"""
+    conv_forward!(A, X, K, b, cols, win[, chunk])
+    conv_forward!(A, H, σ, X, K, b, cols, win[, chunk])
+
+A = conv(X, K) .+ b (cross-correlation with zero padding, bias per output channel), for X
+(w, h, cin, m), K (kw, kh, cin, cout), A (ow, oh, cout, m); the second form also sets H = σ.(A)
+in the same pass. Leaves in `cols` (at least `conv_scratch_length` elements) what
+`conv_filter_grad!` needs. `chunk` is the number of samples per GEMM (0, the default, chooses from
+the shapes); `conv_filter_grad!` must be given the same.
+"""
+conv_forward!(A::Array{T,4}, X::Array{T,4}, K::Array{T,4}, b::Vector{T}, cols::Vector{T}, win::Window,
+              chunk::Int=0) where {T<:Union{Float32,Float64}} = conv_forward!(A, A, identity, X, K, b, cols, win, chunk)
+
+function conv_forward!(A::Array{T,4}, H::Array{T,4}, σ::F, X::Array{T,4}, K::Array{T,4}, b::Vector{T},
+                       cols::Vector{T}, win::Window, chunk::Int=0) where {T<:Union{Float32,Float64},F}
+    w, h, cin, m, cout, ow, oh = conv_geometry(X, K, A, win)
+    size(H) == size(A) || throw(DimensionMismatch("H is $(size(H)), expected A's size $(size(A))"))
+    check_bias(b, cout, "b")
+    check_cols(cols, conv_scratch_length(win, (w, h), cin, cout, m))
+    check_chunk(chunk)
+    P, Q = ow * oh, win.k[1] * win.k[2] * cin
+    if P == 1
+        fill_bias!(A, b)
+        one_by_one_forward!(A, X, K, cols, win)
+        σ === identity && H === A || activate!(H, A, σ)
+        return A
+    end
+    nb = chunk == 0 ? samples_per_gemm(P, Q, m) : chunk
+    S0 = P * m * Q              # the product buffer, after every sample's columns
+    GC.@preserve A K X cols for n0 in 1:nb:m
+        nc = min(nb, m - n0 + 1)
+        rows, off = P * nc, (n0 - 1) * P * Q
+        for n in n0:n0+nc-1
+            im2col!(cols, off + (n - n0) * P, rows, X, n, win, ow, oh)
+        end
+        if nc == 1      # the product lands in A in place
+            aoff = (n0 - 1) * P * cout
+            gemm_ptr!('N', 'N', P, cout, Q, one(T), pointer(cols, off + 1), P, pointer(K), Q, zero(T),
+                      pointer(A, aoff + 1), P)
+            unstack_bias_activate!(A, H, σ, A, aoff, b, n0, 1, P)
+        else
+            gemm_ptr!('N', 'N', rows, cout, Q, one(T), pointer(cols, off + 1), rows, pointer(K), Q, zero(T),
+                      pointer(cols, S0 + 1), rows)
+            unstack_bias_activate!(A, H, σ, cols, S0, b, n0, nc, P)
+        end
+    end
+    return A
+end
+
+# A += conv(X, K) for 1 x 1 outputs: the columns of all samples form one Q x m matrix, so the product
+# is one GEMM; when the window covers the whole unpadded input, that matrix is X itself.
+function one_by_one_forward!(A::Array{T,4}, X::Array{T,4}, K::Array{T,4}, cols::Vector{T}, win::Window) where {T}
     m, cout = size(X, 4), size(K, 4)
-    P, Q = ow * oh, win.k[1] * win.k[2] * size(X, 3)
+    Q = win.k[1] * win.k[2] * size(X, 3)
     GC.@preserve A K X cols begin
-        if whole_input(win, size(X, 1), size(X, 2))    # X is the Q x m matrix of columns
+        if whole_input(win, size(X, 1), size(X, 2))
             gemm_ptr!('T', 'N', cout, m, Q, one(T), pointer(K), Q, pointer(X), Q, one(T), pointer(A), cout)
-        elseif P == 1       # each sample's columns are one column of a Q x m matrix: one GEMM
+        else
             for n in 1:m
-                im2col!(cols, (n - 1) * Q, X, n, win, ow, oh)
+                im2col!(cols, (n - 1) * Q, 1, X, n, win, 1, 1)
             end
             gemm_ptr!('T', 'N', cout, m, Q, one(T), pointer(K), Q, pointer(cols), Q, one(T), pointer(A), cout)
-        else
-            for n in 1:m    # copy then multiply sample by sample, while its columns are in cache
-                im2col!(cols, (n - 1) * P * Q, X, n, win, ow, oh)
-                gemm_ptr!('N', 'N', P, cout, Q, one(T), pointer(cols, (n - 1) * P * Q + 1), P, pointer(K), Q,
-                          one(T), pointer(A, (n - 1) * P * cout + 1), P)
-            end
         end
     end
     return A
 end
 
 """
-    conv_filter_grad!(dK, db, X, dA, cols, win)
+    conv_filter_grad!(dK, db, X, dA, cols, win[, chunk])
 
 The gradients of the convolution's parameters: dK[i, j, ci, co] = Σ dA[ow, oh, co, n] *
 Xpad[(ow-1)sw+i, (oh-1)sh+j, ci, n] and db[co] = Σ dA[:, :, co, :]. Overwrites dK and db. Reads
-what `conv_forward!(A, X, ...)` on the same X left in `cols`.
+what `conv_forward!(A, X, ...)` on the same X (and the same `chunk`) left in `cols`.
 """
 function conv_filter_grad!(dK::Array{T,4}, db::Vector{T}, X::Array{T,4}, dA::Array{T,4}, cols::Vector{T},
-                           win::Window) where {T<:Union{Float32,Float64}}
+                           win::Window, chunk::Int=0) where {T<:Union{Float32,Float64}}
     w, h, cin, m, cout, ow, oh = conv_geometry(X, dK, dA, win)
     check_bias(db, cout, "db")
+    check_cols(cols, conv_scratch_length(win, (w, h), cin, cout, m))
+    check_chunk(chunk)
     channel_sums!(db, dA)
-    check_cols(cols, ow * oh * win.k[1] * win.k[2] * cin * m)
-    whole_input(win, w, h) && return im2col_filter_grad!(dK, dA, X, win, ow, oh)   # X is its columns
-    return im2col_filter_grad!(dK, dA, cols, win, ow, oh)
-end
-
-# dK = Σ_n cols_nᵀ dA_n from the columns im2col_forward! left.
-function im2col_filter_grad!(dK::Array{T,4}, dA::Array{T,4}, cols::Array{T}, win::Window, ow::Int, oh::Int) where {T}
-    m, cout = size(dA, 4), size(dK, 4)
-    P, Q = ow * oh, win.k[1] * win.k[2] * size(dK, 3)
     m == 0 && return fill!(dK, zero(T))
-    GC.@preserve dK dA cols begin
-        if P == 1
-            gemm_ptr!('N', 'T', Q, cout, m, one(T), pointer(cols), Q, pointer(dA), cout, zero(T), pointer(dK), Q)
+    P, Q = ow * oh, win.k[1] * win.k[2] * cin
+    if P == 1           # dK = columns (Q x m) * dAᵀ; the columns are X itself for a whole-input window
+        Xc = whole_input(win, w, h) ? X : cols
+        GC.@preserve dK dA Xc gemm_ptr!('N', 'T', Q, cout, m, one(T), pointer(Xc), Q, pointer(dA), cout, zero(T),
+                                        pointer(dK), Q)
+        return dK
+    end
+    nb = chunk == 0 ? samples_per_gemm(P, Q, m) : chunk
+    S0 = P * m * Q
+    GC.@preserve dK dA cols for n0 in 1:nb:m
+        nc = min(nb, m - n0 + 1)
+        rows = P * nc
+        if nc == 1
+            S = pointer(dA, (n0 - 1) * P * cout + 1)
         else
-            for n in 1:m
-                gemm_ptr!('T', 'N', Q, cout, P, one(T), pointer(cols, (n - 1) * P * Q + 1), P,
-                          pointer(dA, (n - 1) * P * cout + 1), P, n == 1 ? zero(T) : one(T), pointer(dK), Q)
-            end
+            stack_chunk!(cols, S0, dA, n0, nc, P)
+            S = pointer(cols, S0 + 1)
         end
+        gemm_ptr!('T', 'N', Q, cout, rows, one(T), pointer(cols, (n0 - 1) * P * Q + 1), rows, S, rows,
+                  n0 == 1 ? zero(T) : one(T), pointer(dK), Q)
     end
     return dK
 end
@@ -256,43 +330,45 @@ function channel_sums!(db::Vector{T}, dA::Array{T,4}) where {T}
 end
 
 """
-    conv_data_grad!(dX, dA, K, cols, win)
+    conv_data_grad!(dX, dA, K, cols, win[, chunk])
 
 dX = the adjoint of X ↦ conv(X, K) applied to dA (the transposed convolution), for any kernel K of
 the forward kernel's shape (W for backprop, a feedback kernel B for feedback alignment).
-Overwrites dX; uses `cols` as scratch, so it must come after `conv_filter_grad!`.
+Overwrites dX; uses `cols` as scratch, so it must come after `conv_filter_grad!`. `chunk`: samples
+per GEMM, as in `conv_forward!` (any value gives the same result).
 """
 function conv_data_grad!(dX::Array{T,4}, dA::Array{T,4}, K::Array{T,4}, cols::Vector{T},
-                         win::Window) where {T<:Union{Float32,Float64}}
+                         win::Window, chunk::Int=0) where {T<:Union{Float32,Float64}}
     w, h, cin, m, cout, ow, oh = conv_geometry(dX, K, dA, win)
-    check_cols(cols, ow * oh * win.k[1] * win.k[2] * cin * (ow * oh == 1 ? m : 1))
+    check_cols(cols, conv_scratch_length(win, (w, h), cin, cout, m))
+    check_chunk(chunk)
+    P, Q = ow * oh, win.k[1] * win.k[2] * cin
     if whole_input(win, w, h)           # dX (Q x m) = Kmat * dA: the columns are the input
-        Q = w * h * cin
         GC.@preserve dX dA K gemm_ptr!('N', 'N', Q, m, cout, one(T), pointer(K), Q, pointer(dA), cout, zero(T),
                                        pointer(dX), Q)
         return dX
     end
     fill!(dX, zero(T))
-    return im2col_data_grad!(dX, dA, K, cols, win, ow, oh)
-end
-
-# dX += col2im(dcols) with dcols = dA * Kmatᵀ, sample by sample in the first P*Q elements of
-# `cols` (for 1 x 1 outputs, all samples at once: dcols (Q x m) = Kmat * dA).
-function im2col_data_grad!(dX::Array{T,4}, dA::Array{T,4}, K::Array{T,4}, cols::Vector{T}, win::Window,
-                           ow::Int, oh::Int) where {T}
-    m, cout = size(dA, 4), size(K, 4)
-    P, Q = ow * oh, win.k[1] * win.k[2] * size(K, 3)
-    GC.@preserve dA K cols begin
-        if P == 1
-            gemm_ptr!('N', 'N', Q, m, cout, one(T), pointer(K), Q, pointer(dA), cout, zero(T), pointer(cols), Q)
-            for n in 1:m
-                col2im!(dX, n, cols, (n - 1) * Q, win, ow, oh)
+    GC.@preserve dA K cols if P == 1    # all samples at once: dcols (Q x m) = Kmat * dA
+        gemm_ptr!('N', 'N', Q, m, cout, one(T), pointer(K), Q, pointer(dA), cout, zero(T), pointer(cols), Q)
+        for n in 1:m
+            col2im!(dX, n, cols, (n - 1) * Q, 1, win, ow, oh)
+        end
+    else                                # per chunk: dcols (rows x Q) = dA's rows * Kmatᵀ, at the start of cols
+        nb = chunk == 0 ? samples_per_gemm(P, Q, m) : chunk
+        S0 = P * m * Q
+        for n0 in 1:nb:m
+            nc = min(nb, m - n0 + 1)
+            rows = P * nc
+            if nc == 1
+                S = pointer(dA, (n0 - 1) * P * cout + 1)
+            else
+                stack_chunk!(cols, S0, dA, n0, nc, P)
+                S = pointer(cols, S0 + 1)
             end
-        else
-            for n in 1:m
-                gemm_ptr!('N', 'T', P, Q, cout, one(T), pointer(dA, (n - 1) * P * cout + 1), P, pointer(K), Q,
-                          zero(T), pointer(cols), P)
-                col2im!(dX, n, cols, 0, win, ow, oh)
+            gemm_ptr!('N', 'T', rows, Q, cout, one(T), S, rows, pointer(K), Q, zero(T), pointer(cols), rows)
+            for n in n0:n0+nc-1
+                col2im!(dX, n, cols, (n - n0) * P, rows, win, ow, oh)
             end
         end
     end
@@ -323,20 +399,29 @@ function maxpool_forward!(Y::Array{T,4}, idx::Array{Int32,4}, X::Array{T,4}, win
     size(idx) == size(Y) || throw(DimensionMismatch("idx is $(size(idx)), expected $(size(Y))"))
     w * h * c <= typemax(Int32) || throw(ArgumentError("a sample of $(w * h * c) elements is too large for Int32 indices"))
     (kw, kh), (sw, sh) = win.k, win.stride
-    # Taps in memory order with a strict >, so the first maximum stays. Branch-free: on random
-    # data a branch would mispredict half the comparisons.
-    @inbounds for n in 1:m, ch in 1:c, oy in 1:oh, ox in 1:ow
+    # One output row at a time, tap by tap in memory order; a strict > keeps the first maximum.
+    # Branch-free (on random data a branch would mispredict half the comparisons), so each tap's
+    # pass over the row can vectorise.
+    @inbounds for n in 1:m, ch in 1:c, oy in 1:oh
         sample = (n - 1) * (w * h * c)
-        corner = (ch - 1) * (w * h) + ((oy - 1) * sh) * w + (ox - 1) * sw + 1   # within the sample
-        best, at = X[sample + corner], corner
-        for j in 1:kh, i in 1:kw
-            k = corner + (j - 1) * w + (i - 1)
-            v = X[sample + k]
-            take = (v > best) | (isnan(v) & !isnan(best))
-            best, at = ifelse(take, v, best), ifelse(take, k, at)
+        row = (ch - 1) * (w * h) + (oy - 1) * sh * w - sw     # within the sample, 0-based, less one stride
+        out = (((n - 1) * c + ch - 1) * oh + oy - 1) * ow
+        @simd for ox in 1:ow
+            k = row + ox * sw + 1
+            Y[out + ox] = X[sample + k]
+            idx[out + ox] = k % Int32
         end
-        Y[ox, oy, ch, n] = best
-        idx[ox, oy, ch, n] = at % Int32     # fits: checked above
+        for j in 1:kh, i in 1:kw
+            i == j == 1 && continue
+            tap = row + (j - 1) * w + i
+            @simd for ox in 1:ow
+                k = tap + ox * sw
+                v, best = X[sample + k], Y[out + ox]
+                take = (v > best) | (isnan(v) & !isnan(best))
+                Y[out + ox] = ifelse(take, v, best)
+                idx[out + ox] = ifelse(take, k % Int32, idx[out + ox])
+            end
+        end
     end
     return Y
 end
@@ -350,12 +435,43 @@ dX = 0 except each dY routed to its window's arg-max recorded in `idx` by `maxpo
 function maxpool_backward!(dX::Array{T,4}, dY::Array{T,4}, idx::Array{Int32,4}, win::Window) where {T<:Union{Float32,Float64}}
     w, h, c, m, ow, oh = pool_geometry(dY, dX, win)
     size(idx) == size(dY) || throw(DimensionMismatch("idx is $(size(idx)), expected $(size(dY))"))
+    win.stride == win.k && return tiled_maxpool_backward!(dX, dY, idx, win, ow, oh)
     fill!(dX, zero(T))
     P = ow * oh * c
     @inbounds for n in 1:m
         sample, off = (n - 1) * (w * h * c), (n - 1) * P
         for p in 1:P
             dX[sample + idx[off + p]] += dY[off + p]
+        end
+    end
+    return dX
+end
+
+# Windows that tile the input (stride = window): every element of dX is written once, dY where
+# idx points at it and 0 elsewhere (the edge columns and rows no window covers included), with no
+# separate zero-fill pass.
+function tiled_maxpool_backward!(dX::Array{T,4}, dY::Array{T,4}, idx::Array{Int32,4}, win::Window, ow::Int, oh::Int) where {T}
+    w, h, c, m = size(dX)
+    kw, kh = win.k
+    @inbounds for n in 1:m, ch in 1:c
+        sample = (n - 1) * (w * h * c)
+        for oy in 1:oh
+            out = (((n - 1) * c + ch - 1) * oh + oy - 1) * ow
+            for j in 1:kh
+                row = (ch - 1) * (w * h) + ((oy - 1) * kh + j - 1) * w     # within the sample, 0-based
+                for i in 1:kw
+                    @simd for ox in 1:ow
+                        k = row + (ox - 1) * kw + i
+                        dX[sample + k] = ifelse(idx[out + ox] == k, dY[out + ox], zero(T))
+                    end
+                end
+                for x in ow*kw+1:w
+                    dX[sample + row + x] = zero(T)
+                end
+            end
+        end
+        for k in (ch - 1) * (w * h) + oh * kh * w + 1 : ch * (w * h)    # rows below the last window
+            dX[sample + k] = zero(T)
         end
     end
     return dX
