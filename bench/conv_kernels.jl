@@ -63,7 +63,7 @@ function conv_times(T, (w, h), cin, cout, k, stride, pad, m, chunk)
     P, Q = ow * oh, k[1] * k[2] * cin
     X, K, b = randn(rng, T, w, h, cin, m), randn(rng, T, k..., cin, cout), randn(rng, T, cout)
     A, dA, dK, db, dX = zeros(T, ow, oh, cout, m), randn(rng, T, ow, oh, cout, m), similar(K), similar(b), similar(X)
-    cols = zeros(T, conv_scratch_length(win, (w, h), cin, cout, m))
+    cols = zeros(T, conv_scratch_length(win, (w, h), cin, cout, m, chunk))
     H, relu = similar(A), FA_.relu
     fwd, filt, data = gemm_floors(T, m, P, Q, cout)
     pairs = (seconds(() -> FA_.conv_forward!(A, H, relu, X, K, b, cols, win, chunk), fwd),

@@ -42,18 +42,21 @@ function window_output(win::Window, (w, h)::NTuple{2,Int})
 end
 
 """
-    conv_scratch_length(win, (w, h), cin, cout, m) -> Int
+    conv_scratch_length(win, (w, h), cin, cout, m[, chunk]) -> Int
 
 Elements of scratch a convolution over a batch of m (w x h x cin) inputs with cout output channels
-needs: the im2col matrices of all m samples, (ow*oh) x (kw*kh*cin) each, and a product buffer of
-(ow*oh*m) x cout.
+needs, `chunk` samples per GEMM (0: the kernels' choice): the im2col matrix of one chunk,
+(ow*oh*chunk) x (kw*kh*cin), and its product, (ow*oh*chunk) x cout; for 1 x 1 outputs, the
+(kw*kh*cin) x m matrix of every sample's columns.
 """
-function conv_scratch_length(win::Window, insize::NTuple{2,Int}, cin::Int, cout::Int, m::Int)
+function conv_scratch_length(win::Window, insize::NTuple{2,Int}, cin::Int, cout::Int, m::Int, chunk::Int=0)
     cin >= 1 || throw(ArgumentError("cin must be at least 1, got $cin"))
     cout >= 1 || throw(ArgumentError("cout must be at least 1, got $cout"))
     m >= 0 || throw(ArgumentError("m must be non-negative, got $m"))
+    check_chunk(chunk)
     ow, oh = window_output(win, insize)
-    return ow * oh * m * (win.k[1] * win.k[2] * cin + cout)
+    P, Q = ow * oh, win.k[1] * win.k[2] * cin
+    return P == 1 ? Q * m : P * chunk_size(P, Q, m, chunk) * (Q + cout)
 end
 
 # A window over the whole unpadded input: each sample's im2col column is the sample itself.
@@ -173,7 +176,7 @@ end
 # products (LeNet-5's first layer: 784x25 * 25x6) cost mostly call overhead; a chunk of about
 # CHUNK_ELEMENTS columns stays in cache between its copy and its product.
 const CHUNK_ELEMENTS = 1 << 16
-samples_per_gemm(P::Int, Q::Int, m::Int) = clamp(CHUNK_ELEMENTS ÷ (P * Q), 1, max(m, 1))
+chunk_size(P::Int, Q::Int, m::Int, chunk::Int) = clamp(chunk == 0 ? CHUNK_ELEMENTS ÷ (P * Q) : chunk, 1, max(m, 1))
 
 # S[soff + p + (n-n0)*P + (co-1)*P*nb] = dA[p, co, n] for the nb samples from n0: the chunk's rows
 # of dA in the stacked layout of its columns.
@@ -215,9 +218,8 @@ end
 
 A = conv(X, K) .+ b (cross-correlation with zero padding, bias per output channel), for X
 (w, h, cin, m), K (kw, kh, cin, cout), A (ow, oh, cout, m); the second form also sets H = σ.(A)
-in the same pass. Leaves in `cols` (at least `conv_scratch_length` elements) what
-`conv_filter_grad!` needs. `chunk` is the number of samples per GEMM (0, the default, chooses from
-the shapes); `conv_filter_grad!` must be given the same.
+in the same pass. `cols` is scratch of at least `conv_scratch_length` elements; `chunk` is the
+number of samples per GEMM (0, the default, chooses from the shapes).
 """
 conv_forward!(A::Array{T,4}, X::Array{T,4}, K::Array{T,4}, b::Vector{T}, cols::Vector{T}, win::Window,
               chunk::Int=0) where {T<:Union{Float32,Float64}} = conv_forward!(A, A, identity, X, K, b, cols, win, chunk)
@@ -227,8 +229,7 @@ function conv_forward!(A::Array{T,4}, H::Array{T,4}, σ::F, X::Array{T,4}, K::Ar
     w, h, cin, m, cout, ow, oh = conv_geometry(X, K, A, win)
     size(H) == size(A) || throw(DimensionMismatch("H is $(size(H)), expected A's size $(size(A))"))
     check_bias(b, cout, "b")
-    check_cols(cols, conv_scratch_length(win, (w, h), cin, cout, m))
-    check_chunk(chunk)
+    check_cols(cols, conv_scratch_length(win, (w, h), cin, cout, m, chunk))
     P, Q = ow * oh, win.k[1] * win.k[2] * cin
     if P == 1
         fill_bias!(A, b)
@@ -236,26 +237,30 @@ function conv_forward!(A::Array{T,4}, H::Array{T,4}, σ::F, X::Array{T,4}, K::Ar
         σ === identity && H === A || activate!(H, A, σ)
         return A
     end
-    nb = chunk == 0 ? samples_per_gemm(P, Q, m) : chunk
-    S0 = P * m * Q              # the product buffer, after every sample's columns
+    nb = chunk_size(P, Q, m, chunk)
+    S0 = P * nb * Q             # the product buffer, after the chunk's columns
     GC.@preserve A K X cols for n0 in 1:nb:m
         nc = min(nb, m - n0 + 1)
-        rows, off = P * nc, (n0 - 1) * P * Q
-        for n in n0:n0+nc-1
-            im2col!(cols, off + (n - n0) * P, rows, X, n, win, ow, oh)
-        end
+        rows = P * nc
+        stacked_im2col!(cols, X, n0, nc, win, ow, oh)
         if nc == 1      # the product lands in A in place
             aoff = (n0 - 1) * P * cout
-            gemm_ptr!('N', 'N', P, cout, Q, one(T), pointer(cols, off + 1), P, pointer(K), Q, zero(T),
-                      pointer(A, aoff + 1), P)
+            gemm_ptr!('N', 'N', P, cout, Q, one(T), pointer(cols), P, pointer(K), Q, zero(T), pointer(A, aoff + 1), P)
             unstack_bias_activate!(A, H, σ, A, aoff, b, n0, 1, P)
         else
-            gemm_ptr!('N', 'N', rows, cout, Q, one(T), pointer(cols, off + 1), rows, pointer(K), Q, zero(T),
+            gemm_ptr!('N', 'N', rows, cout, Q, one(T), pointer(cols), rows, pointer(K), Q, zero(T),
                       pointer(cols, S0 + 1), rows)
             unstack_bias_activate!(A, H, σ, cols, S0, b, n0, nc, P)
         end
     end
     return A
+end
+
+# The columns of the nc samples from n0, stacked row-wise: a (P*nc) x Q matrix at the start of cols.
+function stacked_im2col!(cols::Vector{T}, X::Array{T,4}, n0::Int, nc::Int, win::Window, ow::Int, oh::Int) where {T}
+    for n in n0:n0+nc-1
+        im2col!(cols, (n - n0) * ow * oh, ow * oh * nc, X, n, win, ow, oh)
+    end
 end
 
 # A += conv(X, K) for 1 x 1 outputs: the columns of all samples form one Q x m matrix, so the product
@@ -280,36 +285,39 @@ end
     conv_filter_grad!(dK, db, X, dA, cols, win[, chunk])
 
 The gradients of the convolution's parameters: dK[i, j, ci, co] = Σ dA[ow, oh, co, n] *
-Xpad[(ow-1)sw+i, (oh-1)sh+j, ci, n] and db[co] = Σ dA[:, :, co, :]. Overwrites dK and db. Reads
-what `conv_forward!(A, X, ...)` on the same X (and the same `chunk`) left in `cols`.
+Xpad[(ow-1)sw+i, (oh-1)sh+j, ci, n] and db[co] = Σ dA[:, :, co, :]. Overwrites dK and db. `cols`
+is scratch: the columns are made again, chunk by chunk, rather than kept from the forward pass.
 """
 function conv_filter_grad!(dK::Array{T,4}, db::Vector{T}, X::Array{T,4}, dA::Array{T,4}, cols::Vector{T},
                            win::Window, chunk::Int=0) where {T<:Union{Float32,Float64}}
     w, h, cin, m, cout, ow, oh = conv_geometry(X, dK, dA, win)
     check_bias(db, cout, "db")
-    check_cols(cols, conv_scratch_length(win, (w, h), cin, cout, m))
-    check_chunk(chunk)
+    check_cols(cols, conv_scratch_length(win, (w, h), cin, cout, m, chunk))
     channel_sums!(db, dA)
     m == 0 && return fill!(dK, zero(T))
     P, Q = ow * oh, win.k[1] * win.k[2] * cin
     if P == 1           # dK = columns (Q x m) * dAᵀ; the columns are X itself for a whole-input window
         Xc = whole_input(win, w, h) ? X : cols
+        Xc === cols && for n in 1:m
+            im2col!(cols, (n - 1) * Q, 1, X, n, win, 1, 1)
+        end
         GC.@preserve dK dA Xc gemm_ptr!('N', 'T', Q, cout, m, one(T), pointer(Xc), Q, pointer(dA), cout, zero(T),
                                         pointer(dK), Q)
         return dK
     end
-    nb = chunk == 0 ? samples_per_gemm(P, Q, m) : chunk
-    S0 = P * m * Q
-    GC.@preserve dK dA cols for n0 in 1:nb:m
+    nb = chunk_size(P, Q, m, chunk)
+    S0 = P * nb * Q
+    GC.@preserve dK dA cols X for n0 in 1:nb:m
         nc = min(nb, m - n0 + 1)
         rows = P * nc
+        stacked_im2col!(cols, X, n0, nc, win, ow, oh)
         if nc == 1
             S = pointer(dA, (n0 - 1) * P * cout + 1)
         else
             stack_chunk!(cols, S0, dA, n0, nc, P)
             S = pointer(cols, S0 + 1)
         end
-        gemm_ptr!('T', 'N', Q, cout, rows, one(T), pointer(cols, (n0 - 1) * P * Q + 1), rows, S, rows,
+        gemm_ptr!('T', 'N', Q, cout, rows, one(T), pointer(cols), rows, S, rows,
                   n0 == 1 ? zero(T) : one(T), pointer(dK), Q)
     end
     return dK
@@ -334,14 +342,12 @@ end
 
 dX = the adjoint of X ↦ conv(X, K) applied to dA (the transposed convolution), for any kernel K of
 the forward kernel's shape (W for backprop, a feedback kernel B for feedback alignment).
-Overwrites dX; uses `cols` as scratch, so it must come after `conv_filter_grad!`. `chunk`: samples
-per GEMM, as in `conv_forward!` (any value gives the same result).
+Overwrites dX; `cols` is scratch. `chunk`: samples per GEMM, as in `conv_forward!`.
 """
 function conv_data_grad!(dX::Array{T,4}, dA::Array{T,4}, K::Array{T,4}, cols::Vector{T},
                          win::Window, chunk::Int=0) where {T<:Union{Float32,Float64}}
     w, h, cin, m, cout, ow, oh = conv_geometry(dX, K, dA, win)
-    check_cols(cols, conv_scratch_length(win, (w, h), cin, cout, m))
-    check_chunk(chunk)
+    check_cols(cols, conv_scratch_length(win, (w, h), cin, cout, m, chunk))
     P, Q = ow * oh, win.k[1] * win.k[2] * cin
     if whole_input(win, w, h)           # dX (Q x m) = Kmat * dA: the columns are the input
         GC.@preserve dX dA K gemm_ptr!('N', 'N', Q, m, cout, one(T), pointer(K), Q, pointer(dA), cout, zero(T),
@@ -355,8 +361,8 @@ function conv_data_grad!(dX::Array{T,4}, dA::Array{T,4}, K::Array{T,4}, cols::Ve
             col2im!(dX, n, cols, (n - 1) * Q, 1, win, ow, oh)
         end
     else                                # per chunk: dcols (rows x Q) = dA's rows * Kmatᵀ, at the start of cols
-        nb = chunk == 0 ? samples_per_gemm(P, Q, m) : chunk
-        S0 = P * m * Q
+        nb = chunk_size(P, Q, m, chunk)
+        S0 = P * nb * Q
         for n0 in 1:nb:m
             nc = min(nb, m - n0 + 1)
             rows = P * nc
@@ -398,29 +404,66 @@ function maxpool_forward!(Y::Array{T,4}, idx::Array{Int32,4}, X::Array{T,4}, win
     w, h, c, m, ow, oh = pool_geometry(Y, X, win)
     size(idx) == size(Y) || throw(DimensionMismatch("idx is $(size(idx)), expected $(size(Y))"))
     w * h * c <= typemax(Int32) || throw(ArgumentError("a sample of $(w * h * c) elements is too large for Int32 indices"))
+    # The common windows get their own compiled loop, whose taps unroll (about 2x faster than a
+    # loop over a run-time window size here); 2 x 2 compares its taps as a tree (2x faster again).
     (kw, kh), (sw, sh) = win.k, win.stride
-    # One output row at a time, tap by tap in memory order; a strict > keeps the first maximum.
-    # Branch-free (on random data a branch would mispredict half the comparisons), so each tap's
-    # pass over the row can vectorise.
+    if (kw, kh) == (2, 2)
+        maxpool2x2_kernel!(Y, idx, X, sw, sh)
+    elseif (kw, kh) == (3, 3)
+        maxpool_kernel!(Y, idx, X, Val(3), Val(3), sw, sh)
+    else
+        maxpool_kernel!(Y, idx, X, kw, kh, sw, sh)
+    end
+    return Y
+end
+
+# (a, ia) or (b, ib), whichever is the larger; a, the first in memory order, on ties; a NaN wins
+# unless a is NaN already.
+@inline function first_max(a, ia, b, ib)
+    take = (b > a) | (isnan(b) & !isnan(a))
+    return ifelse(take, b, a), ifelse(take, ib, ia)
+end
+
+function maxpool2x2_kernel!(Y::Array{T,4}, idx::Array{Int32,4}, X::Array{T,4}, sw::Int, sh::Int) where {T}
+    w, h, c, m = size(X)
+    ow, oh = size(Y, 1), size(Y, 2)
     @inbounds for n in 1:m, ch in 1:c, oy in 1:oh
         sample = (n - 1) * (w * h * c)
         row = (ch - 1) * (w * h) + (oy - 1) * sh * w - sw     # within the sample, 0-based, less one stride
         out = (((n - 1) * c + ch - 1) * oh + oy - 1) * ow
         @simd for ox in 1:ow
-            k = row + ox * sw + 1
-            Y[out + ox] = X[sample + k]
-            idx[out + ox] = k % Int32
+            k0 = row + ox * sw + 1
+            k = Int32(k0)                                     # fits: checked above
+            top, itop = first_max(X[sample + k0], k, X[sample + k0 + 1], k + Int32(1))
+            bottom, ibottom = first_max(X[sample + k0 + w], k + Int32(w), X[sample + k0 + w + 1], k + Int32(w + 1))
+            Y[out + ox], idx[out + ox] = first_max(top, itop, bottom, ibottom)
         end
-        for j in 1:kh, i in 1:kw
-            i == j == 1 && continue
-            tap = row + (j - 1) * w + i
-            @simd for ox in 1:ow
-                k = tap + ox * sw
-                v, best = X[sample + k], Y[out + ox]
+    end
+    return Y
+end
+
+# Taps in memory order with a strict >, so the first maximum stays; branch-free (on random data a
+# branch would mispredict half the comparisons).
+maxpool_kernel!(Y, idx, X, ::Val{kw}, ::Val{kh}, sw, sh) where {kw,kh} = maxpool_kernel!(Y, idx, X, kw, kh, sw, sh)
+@inline function maxpool_kernel!(Y::Array{T,4}, idx::Array{Int32,4}, X::Array{T,4}, kw::Int, kh::Int, sw::Int, sh::Int) where {T}
+    w, h, c, m = size(X)
+    ow, oh = size(Y, 1), size(Y, 2)
+    @inbounds for n in 1:m, ch in 1:c, oy in 1:oh
+        sample = (n - 1) * (w * h * c)
+        row = (ch - 1) * (w * h) + (oy - 1) * sh * w - sw     # within the sample, 0-based, less one stride
+        out = (((n - 1) * c + ch - 1) * oh + oy - 1) * ow
+        for ox in 1:ow
+            k0 = row + ox * sw + 1
+            best, at = X[sample + k0], Int32(k0)          # fits: checked above
+            for j in 1:kh, i in 1:kw
+                i == j == 1 && continue
+                k = k0 + (j - 1) * w + i - 1
+                v = X[sample + k]
                 take = (v > best) | (isnan(v) & !isnan(best))
-                Y[out + ox] = ifelse(take, v, best)
-                idx[out + ox] = ifelse(take, k % Int32, idx[out + ox])
+                best, at = ifelse(take, v, best), ifelse(take, k % Int32, at)
             end
+            Y[out + ox] = best
+            idx[out + ox] = at
         end
     end
     return Y
@@ -435,43 +478,14 @@ dX = 0 except each dY routed to its window's arg-max recorded in `idx` by `maxpo
 function maxpool_backward!(dX::Array{T,4}, dY::Array{T,4}, idx::Array{Int32,4}, win::Window) where {T<:Union{Float32,Float64}}
     w, h, c, m, ow, oh = pool_geometry(dY, dX, win)
     size(idx) == size(dY) || throw(DimensionMismatch("idx is $(size(idx)), expected $(size(dY))"))
-    win.stride == win.k && return tiled_maxpool_backward!(dX, dY, idx, win, ow, oh)
+    # A zero fill (memset) then a scatter of dY: 3x faster here than writing each element of dX once
+    # by comparing it with its window's arg-max.
     fill!(dX, zero(T))
     P = ow * oh * c
     @inbounds for n in 1:m
         sample, off = (n - 1) * (w * h * c), (n - 1) * P
         for p in 1:P
             dX[sample + idx[off + p]] += dY[off + p]
-        end
-    end
-    return dX
-end
-
-# Windows that tile the input (stride = window): every element of dX is written once, dY where
-# idx points at it and 0 elsewhere (the edge columns and rows no window covers included), with no
-# separate zero-fill pass.
-function tiled_maxpool_backward!(dX::Array{T,4}, dY::Array{T,4}, idx::Array{Int32,4}, win::Window, ow::Int, oh::Int) where {T}
-    w, h, c, m = size(dX)
-    kw, kh = win.k
-    @inbounds for n in 1:m, ch in 1:c
-        sample = (n - 1) * (w * h * c)
-        for oy in 1:oh
-            out = (((n - 1) * c + ch - 1) * oh + oy - 1) * ow
-            for j in 1:kh
-                row = (ch - 1) * (w * h) + ((oy - 1) * kh + j - 1) * w     # within the sample, 0-based
-                for i in 1:kw
-                    @simd for ox in 1:ow
-                        k = row + (ox - 1) * kw + i
-                        dX[sample + k] = ifelse(idx[out + ox] == k, dY[out + ox], zero(T))
-                    end
-                end
-                for x in ow*kw+1:w
-                    dX[sample + row + x] = zero(T)
-                end
-            end
-        end
-        for k in (ch - 1) * (w * h) + oh * kh * w + 1 : ch * (w * h)    # rows below the last window
-            dX[sample + k] = zero(T)
         end
     end
     return dX

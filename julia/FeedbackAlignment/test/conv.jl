@@ -164,7 +164,10 @@ const CONV_CASES = [
     end
     msg = try window_output(Window((6, 2), (1, 1), (0, 0)), (5, 5)); "" catch e; sprint(showerror, e) end
     @test occursin("(6, 2)", msg) && occursin("(5, 5)", msg)
-    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 64) == 28 * 28 * 64 * (25 * 3 + 6)
+    # the columns and product of one chunk of samples; for 1 x 1 outputs, the columns of every sample
+    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 64, 4) == 28 * 28 * 4 * (25 * 3 + 6)
+    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 3, 4) == 28 * 28 * 3 * (25 * 3 + 6)
+    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (5, 5), 3, 6, 64) == 25 * 3 * 64
     @test_throws ArgumentError conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (4, 32), 3, 6, 64)
 end
 
@@ -240,7 +243,7 @@ end
         ow, oh = window_output(win, (w, h))
         X, K, B = randn(rng, T, w, h, cin, m), randn(rng, T, k..., cin, cout), randn(rng, T, k..., cin, cout)
         b, dA = randn(rng, T, cout), randn(rng, T, ow, oh, cout, m)
-        cols = fill(T(NaN), conv_scratch_length(win, (w, h), cin, cout, m))
+        cols = fill(T(NaN), conv_scratch_length(win, (w, h), cin, cout, m, chunk))
         A, H = fill(T(NaN), ow, oh, cout, m), fill(T(NaN), ow, oh, cout, m)
         dK, db, dX = fill(T(NaN), size(K)), fill(T(NaN), cout), fill(T(NaN), size(X))
         conv_forward!(A, H, σ, X, K, b, cols, win, chunk)
