@@ -46,8 +46,8 @@ end
 
 Elements of scratch a convolution over a batch of m (w x h x cin) inputs with cout output channels
 needs, `chunk` samples per GEMM (0: the kernels' choice): the im2col matrix of one chunk,
-(ow*oh*chunk) x (kw*kh*cin), and its product, (ow*oh*chunk) x cout; for 1 x 1 outputs, the
-(kw*kh*cin) x m matrix of every sample's columns.
+(Pr*chunk) x (kw*kh*cin), and its product, (Pr*chunk) x cout, Pr being ow*oh or, for stride 1
+without padding, w*(oh-1)+ow; for 1 x 1 outputs, the (kw*kh*cin) x m matrix of every sample's columns.
 """
 function conv_scratch_length(win::Window, insize::NTuple{2,Int}, cin::Int, cout::Int, m::Int, chunk::Int=0)
     cin >= 1 || throw(ArgumentError("cin must be at least 1, got $cin"))
@@ -56,7 +56,9 @@ function conv_scratch_length(win::Window, insize::NTuple{2,Int}, cin::Int, cout:
     check_chunk(chunk)
     ow, oh = window_output(win, insize)
     P, Q = ow * oh, win.k[1] * win.k[2] * cin
-    return P == 1 ? Q * m : P * chunk_size(P, Q, m, chunk) * (Q + cout)
+    P == 1 && return Q * m
+    Pr = rows_per_sample(win, insize[1], ow, oh)
+    return Pr * chunk_size(Pr, Q, m, chunk) * (Q + cout)
 end
 
 # A window over the whole unpadded input: each sample's im2col column is the sample itself.
@@ -172,36 +174,77 @@ function fill_bias!(A::Array{T,4}, b::Vector{T}) where {T}
 end
 
 # Samples per GEMM on the im2col route (P > 1). A chunk of nb samples is one product: their column
-# blocks stacked row-wise form a (P*nb) x Q matrix, and the product a (P*nb) x cout one. Per-sample
+# blocks stacked row-wise form a (Pr*nb) x Q matrix, and the product a (Pr*nb) x cout one. Per-sample
 # products (LeNet-5's first layer: 784x25 * 25x6) cost mostly call overhead; a chunk of about
 # CHUNK_ELEMENTS columns stays in cache between its copy and its product.
 const CHUNK_ELEMENTS = 1 << 16
-chunk_size(P::Int, Q::Int, m::Int, chunk::Int) = clamp(chunk == 0 ? CHUNK_ELEMENTS ÷ (P * Q) : chunk, 1, max(m, 1))
+chunk_size(Pr::Int, Q::Int, m::Int, chunk::Int) = clamp(chunk == 0 ? CHUNK_ELEMENTS ÷ (Pr * Q) : chunk, 1, max(m, 1))
 
-# S[soff + p + (n-n0)*P + (co-1)*P*nb] = dA[p, co, n] for the nb samples from n0: the chunk's rows
-# of dA in the stacked layout of its columns.
-function stack_chunk!(S::Vector{T}, soff::Int, dA::Array{T,4}, n0::Int, nb::Int, P::Int) where {T}
-    cout, rows = size(dA, 3), P * nb
+# A sample's rows in the column matrix. Stride 1 without padding takes the "wide" layout: output
+# positions on the input's row pitch w, Pr = w*(oh-1) + ow of them, w - ow of each row but the last
+# being junk, so that each column of a sample is one contiguous run of X (one memmove, where the
+# exact layout copies oh rows of ow: 10 elements in LeNet-5's second layer) at the cost of a
+# product (w*(oh-1)+ow)/(ow*oh) times larger. The junk rows of the output are never read, and the
+# error is 0 there, so they add nothing to the gradients. Otherwise rows are the P output positions.
+wide_rows(win::Window) = win.stride == (1, 1) && win.pad == (0, 0)
+row_pitch(win::Window, w::Int, ow::Int) = wide_rows(win) ? w : ow
+rows_per_sample(win::Window, w::Int, ow::Int, oh::Int) = row_pitch(win, w, ow) * (oh - 1) + ow
+
+# S[soff + (n-n0)*Pr + (co-1)*Pr*nb + (oy-1)*rp + ox] = dA[ox, oy, co, n] for the nb samples from n0,
+# 0 in the junk rows (ox > ow): the chunk's rows of dA in the layout of its columns.
+function stack_chunk!(S::Vector{T}, soff::Int, dA::Array{T,4}, n0::Int, nb::Int, rp::Int) where {T}
+    ow, oh, cout = size(dA, 1), size(dA, 2), size(dA, 3)
+    P, Pr = ow * oh, rp * (oh - 1) + ow
+    rows = Pr * nb
     @inbounds for n in n0:n0+nb-1, co in 1:cout
-        src, dst = ((n - 1) * cout + co - 1) * P, soff + (n - n0) * P + (co - 1) * rows
-        @simd for p in 1:P
-            S[dst + p] = dA[src + p]
+        src, dst = ((n - 1) * cout + co - 1) * P, soff + (n - n0) * Pr + (co - 1) * rows
+        if rp == ow
+            @simd for p in 1:P
+                S[dst + p] = dA[src + p]
+            end
+        else
+            for oy in 1:oh
+                @simd for ox in 1:ow
+                    S[dst + ox] = dA[src + ox]
+                end
+                if oy < oh
+                    for ox in ow+1:rp
+                        S[dst + ox] = zero(T)
+                    end
+                end
+                src += ow
+                dst += rp
+            end
         end
     end
     return nothing
 end
 
-# The inverse of stack_chunk! fused with the bias and activation: A[p, co, n] = S[...] + b[co] and
-# H = σ.(A). S may be A itself (a chunk of one sample is already in place).
+# The inverse of stack_chunk! fused with the bias and activation: A[ox, oy, co, n] = S[...] + b[co]
+# and H = σ.(A). S may be A itself (a chunk of one sample in the exact layout is already in place).
 function unstack_bias_activate!(A::Array{T,4}, H::Array{T,4}, σ::F, S::Array{T}, soff::Int, b::Vector{T},
-                                n0::Int, nb::Int, P::Int) where {T,F}
-    cout, rows = size(A, 3), P * nb
+                                n0::Int, nb::Int, rp::Int) where {T,F}
+    ow, oh, cout = size(A, 1), size(A, 2), size(A, 3)
+    P, Pr = ow * oh, rp * (oh - 1) + ow
+    rows = Pr * nb
     @inbounds for n in n0:n0+nb-1, co in 1:cout
-        src, dst, bc = soff + (n - n0) * P + (co - 1) * rows, ((n - 1) * cout + co - 1) * P, b[co]
-        @simd for p in 1:P
-            a = S[src + p] + bc
-            A[dst + p] = a
-            H[dst + p] = activate(σ, a)
+        src, dst, bc = soff + (n - n0) * Pr + (co - 1) * rows, ((n - 1) * cout + co - 1) * P, b[co]
+        if rp == ow
+            @simd for p in 1:P
+                a = S[src + p] + bc
+                A[dst + p] = a
+                H[dst + p] = activate(σ, a)
+            end
+        else
+            for oy in 1:oh
+                @simd for ox in 1:ow
+                    a = S[src + ox] + bc
+                    A[dst + ox] = a
+                    H[dst + ox] = activate(σ, a)
+                end
+                src += rp
+                dst += ow
+            end
         end
     end
     return nothing
@@ -237,29 +280,64 @@ function conv_forward!(A::Array{T,4}, H::Array{T,4}, σ::F, X::Array{T,4}, K::Ar
         σ === identity && H === A || activate!(H, A, σ)
         return A
     end
-    nb = chunk_size(P, Q, m, chunk)
-    S0 = P * nb * Q             # the product buffer, after the chunk's columns
+    rp = row_pitch(win, w, ow)
+    Pr = rows_per_sample(win, w, ow, oh)
+    nb = chunk_size(Pr, Q, m, chunk)
+    S0 = Pr * nb * Q            # the product buffer, after the chunk's columns
     GC.@preserve A K X cols for n0 in 1:nb:m
         nc = min(nb, m - n0 + 1)
-        rows = P * nc
+        rows = Pr * nc
         stacked_im2col!(cols, X, n0, nc, win, ow, oh)
-        if nc == 1      # the product lands in A in place
+        if nc == 1 && Pr == P   # the product lands in A in place
             aoff = (n0 - 1) * P * cout
             gemm_ptr!('N', 'N', P, cout, Q, one(T), pointer(cols), P, pointer(K), Q, zero(T), pointer(A, aoff + 1), P)
-            unstack_bias_activate!(A, H, σ, A, aoff, b, n0, 1, P)
+            unstack_bias_activate!(A, H, σ, A, aoff, b, n0, 1, rp)
         else
             gemm_ptr!('N', 'N', rows, cout, Q, one(T), pointer(cols), rows, pointer(K), Q, zero(T),
                       pointer(cols, S0 + 1), rows)
-            unstack_bias_activate!(A, H, σ, cols, S0, b, n0, nc, P)
+            unstack_bias_activate!(A, H, σ, cols, S0, b, n0, nc, rp)
         end
     end
     return A
 end
 
-# The columns of the nc samples from n0, stacked row-wise: a (P*nc) x Q matrix at the start of cols.
+# The columns of the nc samples from n0, stacked row-wise: a (Pr*nc) x Q matrix at the start of cols.
 function stacked_im2col!(cols::Vector{T}, X::Array{T,4}, n0::Int, nc::Int, win::Window, ow::Int, oh::Int) where {T}
-    for n in n0:n0+nc-1
-        im2col!(cols, (n - n0) * ow * oh, ow * oh * nc, X, n, win, ow, oh)
+    w, h, cin = size(X, 1), size(X, 2), size(X, 3)
+    Pr = rows_per_sample(win, w, ow, oh)
+    rows = Pr * nc
+    if wide_rows(win)       # column (i, j, ci) of sample n: X from (i, j, ci, n) on, Pr elements
+        (kw, kh) = win.k
+        GC.@preserve cols X for n in n0:n0+nc-1, ci in 1:cin, j in 1:kh, i in 1:kw
+            q = i + (j - 1) * kw + (ci - 1) * kw * kh
+            unsafe_copyto!(pointer(cols, (n - n0) * Pr + (q - 1) * rows + 1),
+                           pointer(X, ((n - 1) * cin + ci - 1) * (w * h) + (j - 1) * w + i), Pr)
+        end
+    else
+        for n in n0:n0+nc-1
+            im2col!(cols, (n - n0) * Pr, rows, X, n, win, ow, oh)
+        end
+    end
+end
+
+# The adjoint of stacked_im2col!: dX[..., n] += the columns of the nc samples from n0 (dX zeroed before).
+function stacked_col2im!(dX::Array{T,4}, cols::Vector{T}, n0::Int, nc::Int, win::Window, ow::Int, oh::Int) where {T}
+    w, h, cin = size(dX, 1), size(dX, 2), size(dX, 3)
+    Pr = rows_per_sample(win, w, ow, oh)
+    rows = Pr * nc
+    if wide_rows(win)
+        (kw, kh) = win.k
+        @inbounds for n in n0:n0+nc-1, ci in 1:cin, j in 1:kh, i in 1:kw
+            q = i + (j - 1) * kw + (ci - 1) * kw * kh
+            src, dst = (n - n0) * Pr + (q - 1) * rows, ((n - 1) * cin + ci - 1) * (w * h) + (j - 1) * w + i - 1
+            @simd for t in 1:Pr
+                dX[dst + t] += cols[src + t]
+            end
+        end
+    else
+        for n in n0:n0+nc-1
+            col2im!(dX, n, cols, (n - n0) * Pr, rows, win, ow, oh)
+        end
     end
 end
 
@@ -305,16 +383,18 @@ function conv_filter_grad!(dK::Array{T,4}, db::Vector{T}, X::Array{T,4}, dA::Arr
                                         pointer(dK), Q)
         return dK
     end
-    nb = chunk_size(P, Q, m, chunk)
-    S0 = P * nb * Q
+    rp = row_pitch(win, w, ow)
+    Pr = rows_per_sample(win, w, ow, oh)
+    nb = chunk_size(Pr, Q, m, chunk)
+    S0 = Pr * nb * Q
     GC.@preserve dK dA cols X for n0 in 1:nb:m
         nc = min(nb, m - n0 + 1)
-        rows = P * nc
+        rows = Pr * nc
         stacked_im2col!(cols, X, n0, nc, win, ow, oh)
-        if nc == 1
+        if nc == 1 && Pr == P   # dA's rows are in place
             S = pointer(dA, (n0 - 1) * P * cout + 1)
         else
-            stack_chunk!(cols, S0, dA, n0, nc, P)
+            stack_chunk!(cols, S0, dA, n0, nc, rp)
             S = pointer(cols, S0 + 1)
         end
         gemm_ptr!('T', 'N', Q, cout, rows, one(T), pointer(cols), rows, S, rows,
@@ -361,21 +441,21 @@ function conv_data_grad!(dX::Array{T,4}, dA::Array{T,4}, K::Array{T,4}, cols::Ve
             col2im!(dX, n, cols, (n - 1) * Q, 1, win, ow, oh)
         end
     else                                # per chunk: dcols (rows x Q) = dA's rows * Kmatᵀ, at the start of cols
-        nb = chunk_size(P, Q, m, chunk)
-        S0 = P * nb * Q
+        rp = row_pitch(win, w, ow)
+        Pr = rows_per_sample(win, w, ow, oh)
+        nb = chunk_size(Pr, Q, m, chunk)
+        S0 = Pr * nb * Q
         for n0 in 1:nb:m
             nc = min(nb, m - n0 + 1)
-            rows = P * nc
-            if nc == 1
+            rows = Pr * nc
+            if nc == 1 && Pr == P
                 S = pointer(dA, (n0 - 1) * P * cout + 1)
             else
-                stack_chunk!(cols, S0, dA, n0, nc, P)
+                stack_chunk!(cols, S0, dA, n0, nc, rp)
                 S = pointer(cols, S0 + 1)
             end
             gemm_ptr!('N', 'T', rows, Q, cout, one(T), S, rows, pointer(K), Q, zero(T), pointer(cols), rows)
-            for n in n0:n0+nc-1
-                col2im!(dX, n, cols, (n - n0) * P, rows, win, ow, oh)
-            end
+            stacked_col2im!(dX, cols, n0, nc, win, ow, oh)
         end
     end
     return dX

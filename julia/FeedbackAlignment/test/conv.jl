@@ -164,9 +164,11 @@ const CONV_CASES = [
     end
     msg = try window_output(Window((6, 2), (1, 1), (0, 0)), (5, 5)); "" catch e; sprint(showerror, e) end
     @test occursin("(6, 2)", msg) && occursin("(5, 5)", msg)
-    # the columns and product of one chunk of samples; for 1 x 1 outputs, the columns of every sample
-    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 64, 4) == 28 * 28 * 4 * (25 * 3 + 6)
-    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 3, 4) == 28 * 28 * 3 * (25 * 3 + 6)
+    # the columns and product of one chunk of samples (rows: output positions; for stride 1 without
+    # padding, w*(oh-1)+ow of them); for 1 x 1 outputs, the columns of every sample
+    @test conv_scratch_length(Window((5, 5), (1, 1), (1, 1)), (32, 32), 3, 6, 64, 4) == 30 * 30 * 4 * (25 * 3 + 6)
+    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 64, 4) == (32 * 27 + 28) * 4 * (25 * 3 + 6)
+    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 3, 4) == (32 * 27 + 28) * 3 * (25 * 3 + 6)
     @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (5, 5), 3, 6, 64) == 25 * 3 * 64
     @test_throws ArgumentError conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (4, 32), 3, 6, 64)
 end
@@ -231,14 +233,16 @@ end
 end
 
 # Samples per GEMM (the last argument): one (the product lands in A in place), some with a shorter
-# last chunk, all, more than the batch, and the default; the fused form also gives H = σ.(A).
+# last chunk, all, more than the batch, and the default, in the exact row layout and the wide one
+# (stride 1, no padding); the fused form also gives H = σ.(A).
 @testset "convolution in chunks of samples ($T)" for T in (Float32, Float64)
     rtol = T == Float32 ? 1e-5 : 1e-12
     rng = MersenneTwister(29)
     σ = FeedbackAlignment.relu
     m = 5
     for (w, h, cin, cout, k, s, p) in ((9, 8, 3, 5, (2, 4), (1, 2), (2, 1)), (30, 4, 2, 3, (3, 2), (1, 1), (1, 0)),
-                                       (6, 5, 1, 20, (3, 3), (1, 1), (1, 1))), chunk in (1, 2, 3, 5, 7, 0)
+                                       (6, 5, 1, 20, (3, 3), (1, 1), (1, 1)), (8, 7, 2, 4, (3, 3), (1, 1), (0, 0))),
+        chunk in (1, 2, 3, 5, 7, 0)
         win = Window(k, s, p)
         ow, oh = window_output(win, (w, h))
         X, K, B = randn(rng, T, w, h, cin, m), randn(rng, T, k..., cin, cout), randn(rng, T, k..., cin, cout)
