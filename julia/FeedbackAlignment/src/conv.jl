@@ -177,8 +177,14 @@ end
 # blocks stacked row-wise form a (Pr*nb) x Q matrix, and the product a (Pr*nb) x cout one. Per-sample
 # products (LeNet-5's first layer: 784x25 * 25x6) cost mostly call overhead; a chunk of about
 # CHUNK_ELEMENTS columns stays in cache between its copy and its product.
+# The filter gradient's products (Q x cout, summed over the chunk's rows) took up to 3x longer here
+# with more than about a thousand rows (LeNet-5's and LeNet-CIFAR's first layers: one sample per
+# product was fastest), so its chunks are also capped at FILTER_ROWS rows.
 const CHUNK_ELEMENTS = 1 << 16
+const FILTER_ROWS = 1024
 chunk_size(Pr::Int, Q::Int, m::Int, chunk::Int) = clamp(chunk == 0 ? CHUNK_ELEMENTS ÷ (Pr * Q) : chunk, 1, max(m, 1))
+filter_chunk_size(Pr::Int, Q::Int, m::Int, chunk::Int) =
+    chunk == 0 ? min(chunk_size(Pr, Q, m, 0), max(1, FILTER_ROWS ÷ Pr)) : chunk_size(Pr, Q, m, chunk)
 
 # A sample's rows in the column matrix. Stride 1 without padding takes the "wide" layout: output
 # positions on the input's row pitch w, Pr = w*(oh-1) + ow of them, w - ow of each row but the last
@@ -385,7 +391,7 @@ function conv_filter_grad!(dK::Array{T,4}, db::Vector{T}, X::Array{T,4}, dA::Arr
     end
     rp = row_pitch(win, w, ow)
     Pr = rows_per_sample(win, w, ow, oh)
-    nb = chunk_size(Pr, Q, m, chunk)
+    nb = filter_chunk_size(Pr, Q, m, chunk)     # at most chunk_size: the scratch holds it
     S0 = Pr * nb * Q
     GC.@preserve dK dA cols X for n0 in 1:nb:m
         nc = min(nb, m - n0 + 1)
