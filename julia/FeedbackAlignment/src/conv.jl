@@ -5,16 +5,22 @@
 # cross-correlation with zero padding, as in PyTorch. Every kernel overwrites its output, allocates
 # nothing, and reads only the first m observations' worth of memory of each argument.
 #
-# Convolution is im2col + GEMM: per sample n, cols_n (P x Q, P = ow*oh output positions,
-# Q = kw*kh*cin) holds the padded input patch of every output position, and A_n (P x Cout) =
-# cols_n * Kmat with Kmat = reshape(K, Q, Cout). The forward pass leaves cols_n of every sample in
-# `cols` for the filter gradient (dK = Σ_n cols_nᵀ dA_n). When the output is 1 x 1 (P = 1) the
-# columns of all samples form one Q x m matrix, so each product is one GEMM over the batch; when
-# the window also covers the whole unpadded input, that matrix is X itself and nothing is copied.
-# Direct loops (no copy) were measured for one input channel (LeNet-5's first layer, 1 -> 6, k5 on
-# 32x32, batch 64) and lost on every pass: forward 5.2 ms, filter gradient 18 ms, data gradient
-# 4.9 ms against 2.0, 1.3 and 1.5 ms by im2col + GEMM (likely because their innermost loops, one
-# output row of 28, are too short for the vectorised loop body; not profiled further).
+# Convolution is im2col + GEMM: cols_n (Pr x Q, Q = kw*kh*cin) holds the padded input patch of each
+# output position of sample n, and A_n = cols_n * Kmat with Kmat = reshape(K, Q, Cout). Samples go
+# in chunks: a chunk's cols_n are stacked row-wise into one matrix, so each pass makes one GEMM per
+# chunk (a few samples, sized to stay in cache) instead of one per sample; the product goes into
+# place (W x H x C x N) in the same pass that adds the bias and applies the activation, and the
+# error is stacked the same way for the gradients. For stride 1 without padding, rows are output
+# positions on the input's row pitch (Pr = w*(oh-1)+ow, some rows junk), so a sample's column is one
+# memmove of X. The filter gradient makes its chunk's columns again rather than keeping the forward
+# pass's (which for a batch of 256 would not stay in cache). For 1 x 1 outputs (P = 1) the columns
+# of all samples form one Q x m matrix (X itself for a window over the whole unpadded input).
+# Measured here (bench/conv_step.jl, NumPy's OpenBLAS, one thread, a loaded machine): LeNet-5's BP
+# step at batch 64 went from ~9 ms (one GEMM per sample, columns kept, row-by-row copies) to 4-5.5
+# ms, step/GEMM floor from 1.9 to 1.2-1.6; per pass (bench/conv_kernels.jl) the first layer is now
+# at 0.4-1.2x its whole-batch GEMM, the second at 1.3-1.7x. Direct loops (no copy) were measured
+# for LeNet-5's first layer earlier and lost on every pass (5.2, 18 and 4.9 ms against 2.0, 1.3 and
+# 1.5 ms by per-sample im2col + GEMM then).
 
 "Geometry of a 2-D window (convolution kernel or pooling window) over W x H x C x N arrays."
 struct Window
@@ -58,7 +64,7 @@ function conv_scratch_length(win::Window, insize::NTuple{2,Int}, cin::Int, cout:
     P, Q = ow * oh, win.k[1] * win.k[2] * cin
     P == 1 && return Q * m
     Pr = rows_per_sample(win, insize[1], ow, oh)
-    return Pr * chunk_size(Pr, Q, m, chunk) * (Q + cout)
+    return Pr * chunk_size(Pr, m, chunk) * (Q + cout)
 end
 
 # A window over the whole unpadded input: each sample's im2col column is the sample itself.
@@ -175,16 +181,14 @@ end
 
 # Samples per GEMM on the im2col route (P > 1). A chunk of nb samples is one product: their column
 # blocks stacked row-wise form a (Pr*nb) x Q matrix, and the product a (Pr*nb) x cout one. Per-sample
-# products (LeNet-5's first layer: 784x25 * 25x6) cost mostly call overhead; a chunk of about
-# CHUNK_ELEMENTS columns stays in cache between its copy and its product.
-# The filter gradient's products (Q x cout, summed over the chunk's rows) took up to 3x longer here
-# with more than about a thousand rows (LeNet-5's and LeNet-CIFAR's first layers: one sample per
-# product was fastest), so its chunks are also capped at FILTER_ROWS rows.
-const CHUNK_ELEMENTS = 1 << 16
-const FILTER_ROWS = 1024
-chunk_size(Pr::Int, Q::Int, m::Int, chunk::Int) = clamp(chunk == 0 ? CHUNK_ELEMENTS ÷ (Pr * Q) : chunk, 1, max(m, 1))
-filter_chunk_size(Pr::Int, Q::Int, m::Int, chunk::Int) =
-    chunk == 0 ? min(chunk_size(Pr, Q, m, 0), max(1, FILTER_ROWS ÷ Pr)) : chunk_size(Pr, Q, m, chunk)
+# products (LeNet-CIFAR's last conv: 22x576 * 576x128) cost mostly call and packing overhead; large
+# chunks lost too: the filter gradient's products (Q x cout, summed over the chunk's rows) took up
+# to 3x longer with more than about a thousand rows (both LeNets' first layers), and LeNet-5's
+# second layer was 20% slower with 4-16 samples (544-2176 rows) than with 1-2. About CHUNK_ROWS
+# rows per product was the best or near it for every layer of both LeNets (bench/conv_kernels.jl
+# --chunks, batch 64).
+const CHUNK_ROWS = 256
+chunk_size(Pr::Int, m::Int, chunk::Int) = clamp(chunk == 0 ? CHUNK_ROWS ÷ Pr : chunk, 1, max(m, 1))
 
 # A sample's rows in the column matrix. Stride 1 without padding takes the "wide" layout: output
 # positions on the input's row pitch w, Pr = w*(oh-1) + ow of them, w - ow of each row but the last
@@ -288,7 +292,7 @@ function conv_forward!(A::Array{T,4}, H::Array{T,4}, σ::F, X::Array{T,4}, K::Ar
     end
     rp = row_pitch(win, w, ow)
     Pr = rows_per_sample(win, w, ow, oh)
-    nb = chunk_size(Pr, Q, m, chunk)
+    nb = chunk_size(Pr, m, chunk)
     S0 = Pr * nb * Q            # the product buffer, after the chunk's columns
     GC.@preserve A K X cols for n0 in 1:nb:m
         nc = min(nb, m - n0 + 1)
@@ -391,7 +395,7 @@ function conv_filter_grad!(dK::Array{T,4}, db::Vector{T}, X::Array{T,4}, dA::Arr
     end
     rp = row_pitch(win, w, ow)
     Pr = rows_per_sample(win, w, ow, oh)
-    nb = filter_chunk_size(Pr, Q, m, chunk)     # at most chunk_size: the scratch holds it
+    nb = chunk_size(Pr, m, chunk)
     S0 = Pr * nb * Q
     GC.@preserve dK dA cols X for n0 in 1:nb:m
         nc = min(nb, m - n0 + 1)
@@ -449,7 +453,7 @@ function conv_data_grad!(dX::Array{T,4}, dA::Array{T,4}, K::Array{T,4}, cols::Ve
     else                                # per chunk: dcols (rows x Q) = dA's rows * Kmatᵀ, at the start of cols
         rp = row_pitch(win, w, ow)
         Pr = rows_per_sample(win, w, ow, oh)
-        nb = chunk_size(Pr, Q, m, chunk)
+        nb = chunk_size(Pr, m, chunk)
         S0 = Pr * nb * Q
         for n0 in 1:nb:m
             nc = min(nb, m - n0 + 1)
