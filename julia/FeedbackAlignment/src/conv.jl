@@ -52,8 +52,9 @@ end
 
 Elements of scratch a convolution over a batch of m (w x h x cin) inputs with cout output channels
 needs, `chunk` samples per GEMM (0: the kernels' choice): the im2col matrix of one chunk,
-(Pr*chunk) x (kw*kh*cin), and its product, (Pr*chunk) x cout, Pr being ow*oh or, for stride 1
-without padding, w*(oh-1)+ow; for 1 x 1 outputs, the (kw*kh*cin) x m matrix of every sample's columns.
+(Pr*chunk) x (kw*kh*cin), its product, (Pr*chunk) x cout, Pr being ow*oh or, for stride 1
+without padding, w*(oh-1)+ow, and the filter gradient's cout x (kw*kh*cin) sum; for 1 x 1
+outputs, the (kw*kh*cin) x m matrix of every sample's columns.
 """
 function conv_scratch_length(win::Window, insize::NTuple{2,Int}, cin::Int, cout::Int, m::Int, chunk::Int=0)
     cin >= 1 || throw(ArgumentError("cin must be at least 1, got $cin"))
@@ -64,7 +65,7 @@ function conv_scratch_length(win::Window, insize::NTuple{2,Int}, cin::Int, cout:
     P, Q = ow * oh, win.k[1] * win.k[2] * cin
     P == 1 && return Q * m
     Pr = rows_per_sample(win, insize[1], ow, oh)
-    return Pr * chunk_size(Pr, m, chunk) * (Q + cout)
+    return Pr * chunk_size(Pr, m, chunk) * (Q + cout) + Q * cout
 end
 
 # A window over the whole unpadded input: each sample's im2col column is the sample itself.
@@ -397,6 +398,7 @@ function conv_filter_grad!(dK::Array{T,4}, db::Vector{T}, X::Array{T,4}, dA::Arr
     Pr = rows_per_sample(win, w, ow, oh)
     nb = chunk_size(Pr, m, chunk)
     S0 = Pr * nb * Q
+    Kt = S0 + Pr * nb * cout       # dKᵀ, after the chunk's columns and error
     GC.@preserve dK dA cols X for n0 in 1:nb:m
         nc = min(nb, m - n0 + 1)
         rows = Pr * nc
@@ -407,8 +409,12 @@ function conv_filter_grad!(dK::Array{T,4}, db::Vector{T}, X::Array{T,4}, dA::Arr
             stack_chunk!(cols, S0, dA, n0, nc, rp)
             S = pointer(cols, S0 + 1)
         end
-        gemm_ptr!('T', 'N', Q, cout, rows, one(T), pointer(cols), rows, S, rows,
-                  n0 == 1 ? zero(T) : one(T), pointer(dK), Q)
+        # dKᵀ (cout x Q) += Sᵀ * columns: 1.1-1.8x faster here than dK (Q x cout) += columnsᵀ * S
+        gemm_ptr!('T', 'N', cout, Q, rows, one(T), S, rows, pointer(cols), rows, n0 == 1 ? zero(T) : one(T),
+                  pointer(cols, Kt + 1), cout)
+    end
+    @inbounds for co in 1:cout, q in 1:Q
+        dK[q + (co - 1) * Q] = cols[Kt + co + (q - 1) * cout]
     end
     return dK
 end

@@ -165,10 +165,10 @@ const CONV_CASES = [
     msg = try window_output(Window((6, 2), (1, 1), (0, 0)), (5, 5)); "" catch e; sprint(showerror, e) end
     @test occursin("(6, 2)", msg) && occursin("(5, 5)", msg)
     # the columns and product of one chunk of samples (rows: output positions; for stride 1 without
-    # padding, w*(oh-1)+ow of them); for 1 x 1 outputs, the columns of every sample
-    @test conv_scratch_length(Window((5, 5), (1, 1), (1, 1)), (32, 32), 3, 6, 64, 4) == 30 * 30 * 4 * (25 * 3 + 6)
-    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 64, 4) == (32 * 27 + 28) * 4 * (25 * 3 + 6)
-    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 3, 4) == (32 * 27 + 28) * 3 * (25 * 3 + 6)
+    # padding, w*(oh-1)+ow of them) and a kernel-sized sum; for 1 x 1 outputs, every sample's columns
+    @test conv_scratch_length(Window((5, 5), (1, 1), (1, 1)), (32, 32), 3, 6, 64, 4) == 30 * 30 * 4 * (25 * 3 + 6) + 75 * 6
+    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 64, 4) == (32 * 27 + 28) * 4 * (25 * 3 + 6) + 75 * 6
+    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 3, 4) == (32 * 27 + 28) * 3 * (25 * 3 + 6) + 75 * 6
     @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (5, 5), 3, 6, 64) == 25 * 3 * 64
     @test_throws ArgumentError conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (4, 32), 3, 6, 64)
 end
