@@ -78,7 +78,7 @@ ts, tf = seconds(stepf, floor)
         arch, typeof(rule).name.name, m, 1e3ts, m / ts, 1e3tf, m / tf, ts / tf, alloc)
 
 "--profile" in ARGS || exit()
-const KERNELS = ("im2col!", "col2im!", "stacked_im2col!", "stacked_col2im!", "unstack_bias_activate!", "stack_chunk!", "channel_sums!", "fill_bias!",
+const KERNELS = ("im2col!", "col2im!", "stacked_im2col!", "stacked_col2im!", "unstack_bias_activate!", "stack_chunk!", "channel_sums!",
                  "maxpool_forward!", "maxpool_backward!", "tiled_maxpool_backward!", "meanpool_forward!",
                  "meanpool_backward!", "times_deriv!", "activate!", "bias_activate!", "rowsums!", "loss_and_error!",
                  "update!", "descend!", "momentum_descend!", "copyto!", "fill!", "unsafe_copyto!", "project!")

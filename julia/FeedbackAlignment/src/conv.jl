@@ -168,18 +168,6 @@ function col2im!(dX::Array{T,4}, n::Int, cols::Vector{T}, off::Int, ld::Int, win
     return nothing
 end
 
-# A[:, :, co, n] = b[co] for every channel and sample.
-function fill_bias!(A::Array{T,4}, b::Vector{T}) where {T}
-    P, cout, m = size(A, 1) * size(A, 2), size(A, 3), size(A, 4)
-    @inbounds for n in 1:m, co in 1:cout
-        off, bc = ((n - 1) * cout + co - 1) * P, b[co]
-        @simd for p in 1:P
-            A[off + p] = bc
-        end
-    end
-    return A
-end
-
 # Samples per GEMM on the im2col route (P > 1). A chunk of nb samples is one product: their column
 # blocks stacked row-wise form a (Pr*nb) x Q matrix, and the product a (Pr*nb) x cout one. Per-sample
 # products (LeNet-CIFAR's last conv: 22x576 * 576x128) cost mostly call and packing overhead; large
@@ -285,10 +273,15 @@ function conv_forward!(A::Array{T,4}, H::Array{T,4}, σ::F, X::Array{T,4}, K::Ar
     check_bias(b, cout, "b")
     check_cols(cols, conv_scratch_length(win, (w, h), cin, cout, m, chunk))
     P, Q = ow * oh, win.k[1] * win.k[2] * cin
-    if P == 1
-        fill_bias!(A, b)
+    if P == 1           # A = the product, then the bias and activation in one pass
         one_by_one_forward!(A, X, K, cols, win)
-        σ === identity && H === A || activate!(H, A, σ)
+        @inbounds for n in 1:m
+            @simd for co in 1:cout
+                a = A[co + (n - 1) * cout] + b[co]
+                A[co + (n - 1) * cout] = a
+                H[co + (n - 1) * cout] = activate(σ, a)
+            end
+        end
         return A
     end
     rp = row_pitch(win, w, ow)
@@ -352,19 +345,19 @@ function stacked_col2im!(dX::Array{T,4}, cols::Vector{T}, n0::Int, nc::Int, win:
     end
 end
 
-# A += conv(X, K) for 1 x 1 outputs: the columns of all samples form one Q x m matrix, so the product
+# A = conv(X, K) for 1 x 1 outputs: the columns of all samples form one Q x m matrix, so the product
 # is one GEMM; when the window covers the whole unpadded input, that matrix is X itself.
 function one_by_one_forward!(A::Array{T,4}, X::Array{T,4}, K::Array{T,4}, cols::Vector{T}, win::Window) where {T}
     m, cout = size(X, 4), size(K, 4)
     Q = win.k[1] * win.k[2] * size(X, 3)
     GC.@preserve A K X cols begin
         if whole_input(win, size(X, 1), size(X, 2))
-            gemm_ptr!('T', 'N', cout, m, Q, one(T), pointer(K), Q, pointer(X), Q, one(T), pointer(A), cout)
+            gemm_ptr!('T', 'N', cout, m, Q, one(T), pointer(K), Q, pointer(X), Q, zero(T), pointer(A), cout)
         else
             for n in 1:m
                 im2col!(cols, (n - 1) * Q, 1, X, n, win, 1, 1)
             end
-            gemm_ptr!('T', 'N', cout, m, Q, one(T), pointer(K), Q, pointer(cols), Q, one(T), pointer(A), cout)
+            gemm_ptr!('T', 'N', cout, m, Q, one(T), pointer(K), Q, pointer(cols), Q, zero(T), pointer(A), cout)
         end
     end
     return A
