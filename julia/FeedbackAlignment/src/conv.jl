@@ -15,12 +15,15 @@
 # memmove of X. The filter gradient makes its chunk's columns again rather than keeping the forward
 # pass's (which for a batch of 256 would not stay in cache). For 1 x 1 outputs (P = 1) the columns
 # of all samples form one Q x m matrix (X itself for a window over the whole unpadded input).
-# Measured here (bench/conv_step.jl, NumPy's OpenBLAS, one thread, a loaded machine): LeNet-5's BP
-# step at batch 64 went from ~9 ms (one GEMM per sample, columns kept, row-by-row copies) to 4-5.5
-# ms, step/GEMM floor from 1.9 to 1.2-1.6; per pass (bench/conv_kernels.jl) the first layer is now
-# at 0.4-1.2x its whole-batch GEMM, the second at 1.3-1.7x. Direct loops (no copy) were measured
-# for LeNet-5's first layer earlier and lost on every pass (5.2, 18 and 4.9 ms against 2.0, 1.3 and
-# 1.5 ms by per-sample im2col + GEMM then).
+# Measured here (2 cores, load average ~5, NumPy's OpenBLAS, one thread; bench/conv_step.jl against
+# the kernels before, which made one GEMM per sample and kept the forward pass's columns): step/GEMM
+# floor went from 1.7-2.2 to 0.9-1.0 for LeNet-5 (BP, batch 64: 8.3 -> 4.5-4.8 ms) and from 1.75
+# to 1.34 for LeNet-CIFAR (BP, batch 64); per pass at batch 64 (bench/conv_kernels.jl), against one
+# whole-batch GEMM each: LeNet-5's first layer 1.05 / 0.40 / 0.69 (forward / filter / data), second
+# 1.36 / 0.95 / 1.73; LeNet-CIFAR's 1.46 / 0.71 / 1.12, 1.16 / 1.01 / 1.23, 1.48 / 1.40 / 1.59.
+# `python bench/run.py --conv`: LeNet-5 1.67-2.13x PyTorch per step, LeNet-CIFAR 1.14-1.37x.
+# Direct loops (no copy) were measured for LeNet-5's first layer earlier and lost on every pass
+# (5.2, 18 and 4.9 ms against 2.0, 1.3 and 1.5 ms by per-sample im2col + GEMM then).
 
 "Geometry of a 2-D window (convolution kernel or pooling window) over W x H x C x N arrays."
 struct Window
