@@ -93,7 +93,7 @@ mutable struct LayerState{T,S<:Layer,NI,N,WT,BiasT,BT,MT,FI<:Union{Initialiser,N
     dropout::Float64
     carries::Bool              # whether the rule needs this layer's error carried back to its input
     buffers::Sized{Buffers{T,N}}
-    scratch::Vector{T}         # conv: the im2col columns of the batch
+    scratch::Vector{T}         # conv: the im2col columns of the batch and a product buffer
     mirror::MT
 end
 
@@ -310,7 +310,7 @@ end
 function Mirror{T}(spec::Layer, insize, outsize, mb, W) where {T}
     x = Array{T}(undef, insize..., mb)
     y = Array{T}(undef, (spec isa Conv ? output_shape(spec, insize) : outsize)..., mb)
-    scratch = spec isa Conv ? Vector{T}(undef, conv_scratch_length(window(spec), insize[1:2], insize[3], mb)) : T[]
+    scratch = spec isa Conv ? Vector{T}(undef, conv_scratch_length(window(spec), insize[1:2], insize[3], spec.cout, mb)) : T[]
     product = spec isa Conv ? similar(W) : nothing
     return Mirror{T,ndims(x),ndims(y),typeof(product)}(x, y, scratch, product, Vector{T}(undef, size(W)[end]))
 end
@@ -352,7 +352,7 @@ end
 
 function grow!(st::LayerState{T}, m) where {T}
     st.buffers = Sized(buffers(T, st.spec, st.outsize, st.dropout, m))
-    st.spec isa Conv && (st.scratch = Vector{T}(undef, conv_scratch_length(window(st), st.insize[1:2], st.insize[3], m)))
+    st.spec isa Conv && (st.scratch = Vector{T}(undef, conv_scratch_length(window(st), st.insize[1:2], st.insize[3], st.spec.cout, m)))
     return st
 end
 
@@ -418,8 +418,7 @@ function forward_kernel!(st, spec::Dense, b, x)
     bias_activate!(b.H, b.A, st.b, spec.σ)
 end
 function forward_kernel!(st, spec::Conv, b, x)
-    conv_forward!(b.A, x, st.W, st.b, st.scratch, window(spec))
-    spec.σ === identity || activate!(b.H, b.A, spec.σ)
+    conv_forward!(b.A, b.H, spec.σ, x, st.W, st.b, st.scratch, window(spec))   # bias and activation fused
 end
 forward_kernel!(st, spec::MaxPool, b, x) = maxpool_forward!(b.H, b.argmax, x, window(spec))
 forward_kernel!(st, spec::MeanPool, b, x) = meanpool_forward!(b.H, x, window(spec))

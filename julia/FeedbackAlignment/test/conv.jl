@@ -119,7 +119,7 @@ function conv_step(X, K, b, B, dA, win; extra=0)
     w, h, cin, m = size(X)
     cout = size(K, 4)
     ow, oh = window_output(win, (w, h))
-    cols = fill(T(NaN), conv_scratch_length(win, (w, h), cin, m) + extra)   # garbage it must not read
+    cols = fill(T(NaN), conv_scratch_length(win, (w, h), cin, cout, m) + extra)   # garbage it must not read
     A = fill(T(NaN), ow, oh, cout, m)
     dK, db, dX = fill(T(NaN), size(K)), fill(T(NaN), cout), fill(T(NaN), size(X))
     conv_forward!(A, X, K, b, cols, win)
@@ -164,8 +164,13 @@ const CONV_CASES = [
     end
     msg = try window_output(Window((6, 2), (1, 1), (0, 0)), (5, 5)); "" catch e; sprint(showerror, e) end
     @test occursin("(6, 2)", msg) && occursin("(5, 5)", msg)
-    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 64) == 28 * 28 * 25 * 3 * 64
-    @test_throws ArgumentError conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (4, 32), 3, 64)
+    # the columns and product of one chunk of samples (rows: output positions; for stride 1 without
+    # padding, w*(oh-1)+ow of them) and a kernel-sized sum; for 1 x 1 outputs, every sample's columns
+    @test conv_scratch_length(Window((5, 5), (1, 1), (1, 1)), (32, 32), 3, 6, 64, 4) == 30 * 30 * 4 * (25 * 3 + 6) + 75 * 6
+    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 64, 4) == (32 * 27 + 28) * 4 * (25 * 3 + 6) + 75 * 6
+    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (32, 32), 3, 6, 3, 4) == (32 * 27 + 28) * 3 * (25 * 3 + 6) + 75 * 6
+    @test conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (5, 5), 3, 6, 64) == 25 * 3 * 64
+    @test_throws ArgumentError conv_scratch_length(Window((5, 5), (1, 1), (0, 0)), (4, 32), 3, 6, 64)
 end
 
 @testset "gemm_ptr! on parts of arrays" begin
@@ -211,7 +216,7 @@ end
     rng = MersenneTwister(22)
     win = Window((3, 3), (2, 1), (1, 1))
     K, B, b = randn(rng, 3, 3, 2, 3), randn(rng, 3, 3, 2, 3), randn(rng, 3)
-    cols = fill(NaN, conv_scratch_length(win, (6, 5), 2, 10))
+    cols = fill(NaN, conv_scratch_length(win, (6, 5), 2, 3, 10))
     ow, oh = window_output(win, (6, 5))
     for m in (4, 1, 3)
         X, dA = randn(rng, 6, 5, 2, m), randn(rng, ow, oh, 3, m)
@@ -225,6 +230,38 @@ end
         @test db ≈ nb rtol=1e-12
         @test dX ≈ naive_data_grad(dA, B, (6, 5), win) rtol=1e-12
     end
+end
+
+# Samples per GEMM (the last argument): one (the product lands in A in place), some with a shorter
+# last chunk, all, more than the batch, and the default, in the exact row layout and the wide one
+# (stride 1, no padding); the fused form also gives H = σ.(A).
+@testset "convolution in chunks of samples ($T)" for T in (Float32, Float64)
+    rtol = T == Float32 ? 1e-5 : 1e-12
+    rng = MersenneTwister(29)
+    σ = FeedbackAlignment.relu
+    m = 5
+    for (w, h, cin, cout, k, s, p) in ((9, 8, 3, 5, (2, 4), (1, 2), (2, 1)), (30, 4, 2, 3, (3, 2), (1, 1), (1, 0)),
+                                       (6, 5, 1, 20, (3, 3), (1, 1), (1, 1)), (8, 7, 2, 4, (3, 3), (1, 1), (0, 0))),
+        chunk in (1, 2, 3, 5, 7, 0)
+        win = Window(k, s, p)
+        ow, oh = window_output(win, (w, h))
+        X, K, B = randn(rng, T, w, h, cin, m), randn(rng, T, k..., cin, cout), randn(rng, T, k..., cin, cout)
+        b, dA = randn(rng, T, cout), randn(rng, T, ow, oh, cout, m)
+        cols = fill(T(NaN), conv_scratch_length(win, (w, h), cin, cout, m, chunk))
+        A, H = fill(T(NaN), ow, oh, cout, m), fill(T(NaN), ow, oh, cout, m)
+        dK, db, dX = fill(T(NaN), size(K)), fill(T(NaN), cout), fill(T(NaN), size(X))
+        conv_forward!(A, H, σ, X, K, b, cols, win, chunk)
+        conv_filter_grad!(dK, db, X, dA, cols, win, chunk)
+        conv_data_grad!(dX, dA, B, cols, win, chunk)
+        nA = naive_conv(X, K, b, win)
+        nK, nb = naive_filter_grad(X, dA, k, win)
+        case = (w, h, cin, cout, chunk)
+        @test (case, isapprox(A, nA; rtol=rtol), isapprox(H, max.(nA, 0); rtol=rtol)) == (case, true, true)
+        @test (case, isapprox(dK, nK; rtol=rtol), isapprox(db, nb; rtol=rtol)) == (case, true, true)
+        @test (case, isapprox(dX, naive_data_grad(dA, B, (w, h), win); rtol=rtol)) == (case, true)
+    end
+    @test_throws ArgumentError conv_forward!(zeros(T, 3, 3, 1, 1), zeros(T, 5, 5, 1, 1), zeros(T, 3, 3, 1, 1),
+                                             zeros(T, 1), zeros(T, 100), Window((3, 3), (1, 1), (0, 0)), -1)
 end
 
 @testset "adjoint identities" begin
@@ -269,8 +306,10 @@ end
 @testset "max pooling ($T)" for T in (Float32, Float64)
     rng = MersenneTwister(25)
     # (w, h, c, k, stride, m): non-overlapping, overlapping (stride < k), a dropped edge, non-square
+    # and windows that tile the input with edge columns and rows left over
     for (w, h, c, k, s, m) in ((6, 4, 2, (2, 2), (2, 2), 3), (7, 7, 3, (3, 3), (2, 2), 1),
-                               (5, 6, 2, (3, 2), (1, 1), 3), (7, 5, 1, (2, 3), (2, 1), 2))
+                               (5, 6, 2, (3, 2), (1, 1), 3), (7, 5, 1, (2, 3), (2, 1), 2),
+                               (7, 5, 2, (2, 2), (2, 2), 2), (8, 7, 3, (3, 2), (3, 2), 2))
         win = Window(k, s, (0, 0))
         ow, oh = window_output(win, (w, h))
         # small integers: many ties, which the first maximum in memory order must win
@@ -332,7 +371,7 @@ end
 @testset "convolution argument checks" begin
     win = Window((3, 3), (1, 1), (0, 0))
     X, K, b = zeros(5, 5, 2, 2), zeros(3, 3, 2, 4), zeros(4)
-    cols = zeros(conv_scratch_length(win, (5, 5), 2, 2))
+    cols = zeros(conv_scratch_length(win, (5, 5), 2, 4, 2))
     A = zeros(3, 3, 4, 2)
     @test_throws DimensionMismatch conv_forward!(zeros(3, 3, 4, 1), X, K, b, cols, win)        # batch
     @test_throws DimensionMismatch conv_forward!(A, X, zeros(3, 3, 1, 4), b, cols, win)        # cin
@@ -370,7 +409,7 @@ end
 function conv_kernel_allocations(X, K, b, dA, win)
     T = eltype(X)
     w, h, cin, m = size(X)
-    cols = zeros(T, conv_scratch_length(win, (w, h), cin, m))
+    cols = zeros(T, conv_scratch_length(win, (w, h), cin, size(K, 4), m))
     A, dK, db, dX = similar(dA), similar(K), similar(b), similar(X)
     run() = (conv_forward!(A, X, K, b, cols, win); conv_filter_grad!(dK, db, X, dA, cols, win);
              conv_data_grad!(dX, dA, K, cols, win))
