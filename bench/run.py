@@ -442,8 +442,8 @@ def main(args):
           f"NumPy {np.__version__} ({_numpy_blas()}); threads per peer: {', '.join(map(str, args.threads))}; "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"pyjlfa: Julia started with {info['julia_threads']} threads; at each thread count n, pyjlfa.set_threads(n) puts "
-          f"its element-wise kernels on n of them (split only above {info.get('kernel_min_work', '?')} element "
-          "operations per thread) and its BLAS on n threads")
+          f"its element-wise kernels on n of them (split only where each part gets {info.get('kernel_min_work', '?')} ns "
+          "of estimated serial work) and its BLAS on n threads")
     if args.isolation_check:
         return isolation_check(args, X, y)
     torch_peer = None

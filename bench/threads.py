@@ -39,7 +39,7 @@ def main():
     X, y, source = load_data(4096)
     eng = pyjlfa._runtime.engine()
     print(f"Julia {info['julia_version']} with {info['julia_threads']} threads; GEMMs: {info['gemm_blas']}; "
-          f"kernels split above {info['kernel_min_work']} element operations per thread; load average "
+          f"kernels split where each part gets {info['kernel_min_work']} ns of estimated serial work; load average "
           f"{os.getloadavg()[0]:.1f}; data: {source}; best of {args.rounds} interleaved rounds, samples/s per step")
 
     def settings(kernels, blas):

@@ -17,8 +17,7 @@ divides) and, for classification, how many argmax predictions match.
 """
 function loss_and_error!(E::AbstractMatrix{T}, loss::CrossEntropy, Z::AbstractMatrix{T},
                          y::AbstractVector{<:Integer}) where {T}
-    # split over observations (threads.jl); an exp costs about EXP_WORK vectorised element operations
-    p, cols = nparts(EXP_WORK * length(Z)), 1:size(Z, 2)
+    p, cols = nparts(NS_SOFTMAX * length(Z)), 1:size(Z, 2)   # split over observations (threads.jl)
     return p == 1 ? loss_part!(cols, E, loss, Z, y) :
                     threaded_reduce(c -> loss_part!(c, E, loss, Z, y), add_pairs, (0.0, 0), cols, p)
 end
@@ -53,7 +52,7 @@ function loss_part!(cols, E::AbstractMatrix{T}, ::CrossEntropy, Z::AbstractMatri
 end
 
 function loss_and_error!(E::AbstractMatrix{T}, loss::MSE, Z::AbstractMatrix{T}, Y::AbstractMatrix) where {T}
-    p, cols = nparts(length(Z)), 1:size(Z, 2)
+    p, cols = nparts(NS_DERIV * length(Z)), 1:size(Z, 2)
     return p == 1 ? loss_part!(cols, E, loss, Z, Y) :
                     threaded_reduce(c -> loss_part!(c, E, loss, Z, Y), add_pairs, (0.0, 0), cols, p)
 end
@@ -69,12 +68,11 @@ function loss_part!(cols, E::AbstractMatrix{T}, ::MSE, Z::AbstractMatrix{T}, Y::
     return total, 0
 end
 
-const EXP_WORK = 16
 add_pairs(a, b) = (a[1] + b[1], a[2] + b[2])
 
 "Column-wise softmax of `Z` into `P`."
 function softmax!(P::AbstractMatrix{T}, Z::AbstractMatrix{T}) where {T}
-    p, cols = nparts(EXP_WORK * length(Z)), 1:size(Z, 2)
+    p, cols = nparts(NS_SOFTMAX * length(Z)), 1:size(Z, 2)
     p == 1 ? softmax_part!(cols, P, Z) : threaded_parts(c -> softmax_part!(c, P, Z), cols, p)
     return P
 end

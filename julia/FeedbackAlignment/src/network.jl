@@ -428,7 +428,7 @@ forward_kernel!(st, ::Flatten, b, x) = copyto!(b.H, x)
 # A .+= b and H = f.(A) in one pass over memory, split over observations (threads.jl). (`f::F`
 # makes Julia specialise on the activation, which it otherwise skips for functions only passed on.)
 function bias_activate!(H::Matrix{T}, A::Matrix{T}, b::Vector{T}, f::F) where {T,F}
-    p, cols = nparts(length(A)), 1:size(A, 2)
+    p, cols = nparts(NS_ACTIVATE * length(A)), 1:size(A, 2)
     p == 1 ? bias_activate_part!(cols, H, A, b, f) : threaded_parts(c -> bias_activate_part!(c, H, A, b, f), cols, p)
     return H
 end
@@ -462,7 +462,7 @@ end
 function times_deriv!(D::Array{T}, f::F, A::Array{T}, H::Array{T}) where {T,F}
     f === identity && return D
     size(D) == size(A) == size(H) || throw(DimensionMismatch("times_deriv!: sizes $(size(D)), $(size(A)), $(size(H))"))
-    p, ks = nparts(length(D)), 1:length(D)
+    p, ks = nparts(NS_DERIV * length(D)), 1:length(D)
     p == 1 ? times_deriv_part!(ks, D, f, A, H) : threaded_parts(k -> times_deriv_part!(k, D, f, A, H), ks, p)
     return D
 end
@@ -524,24 +524,16 @@ carry_back!(dx, rule, st, spec::MaxPool, b) = maxpool_backward!(dx, b.D, b.argma
 carry_back!(dx, rule, st, spec::MeanPool, b) = meanpool_backward!(dx, b.D, window(spec))
 carry_back!(dx, rule, st, ::Flatten, b) = copyto!(dx, b.D)
 
-# db = sum of D's columns (a loop: Julia 1.5's `sum!` allocates), split over rows so that every
-# sum adds its terms in the same order whatever the number of threads.
+# db = sum of D's columns (a loop: Julia 1.5's `sum!` allocates). Serial: split over rows (so that
+# each sum keeps its order) it ran 2x slower on two threads (bench/threads.jl).
 function rowsums!(db::Vector{T}, D::Matrix{T}) where {T}
-    length(db) == size(D, 1) || throw(DimensionMismatch("rowsums!: $(length(db)) sums for $(size(D, 1)) rows"))
-    p, rows = nparts(length(D)), 1:size(D, 1)
-    p == 1 ? rowsums_part!(rows, db, D) : threaded_parts(r -> rowsums_part!(r, db, D), rows, p)
-    return db
-end
-
-function rowsums_part!(rows, db::Vector{T}, D::Matrix{T}) where {T}
-    @inbounds for i in rows
-        db[i] = zero(T)
-    end
+    fill!(db, zero(T))
     @inbounds for j in axes(D, 2)
-        @simd for i in rows
+        @simd for i in axes(D, 1)
             db[i] += D[i, j]
         end
     end
+    return db
 end
 
 """

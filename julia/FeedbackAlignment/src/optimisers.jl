@@ -196,7 +196,7 @@ end
 function kernel!(opt::Optimiser, P::Array{T}, G::Array{T}, slots, lr::T, decays::Bool, t, write::Bool) where {T}
     length(G) == length(P) && all(S -> length(S) == length(P), slots) ||
         throw(DimensionMismatch("optimiser arrays do not match the parameters"))
-    p, ks = nparts(length(P)), 1:length(P)
+    p, ks = nparts(NS_UPDATE * length(P)), 1:length(P)
     return p == 1 ? kernel_part!(ks, opt, P, G, slots, lr, decays, t, write) :
                     threaded_reduce(k -> kernel_part!(k, opt, P, G, slots, lr, decays, t, write), &, true, ks, p)
 end

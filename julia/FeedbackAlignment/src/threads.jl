@@ -1,15 +1,23 @@
 # Element-wise work on Julia's threads.
 #
 # The matrix products run on the BLAS's own threads. The rest of a step (bias and activation, the
-# activation's derivative, bias gradients, softmax and loss, optimiser updates) is split here into
-# a fixed number of contiguous parts, one per thread, when there is enough of it to pay for the
-# threads: Julia 1.5's `@threads` costs about 2 µs and 1.6 KB per call while the other threads are
-# awake, ~50 µs when one must be woken. Each part computes its elements exactly as the serial loop
-# does (a sum is split over its independent outputs, never along its terms), so the parameters do
-# not depend on the thread count; only a reported loss, added part by part, may differ in its last bits.
+# activation's derivative, softmax and loss, optimiser updates) is split here into a fixed number of
+# contiguous parts, one per thread, when there is enough of it to pay for the threads: Julia 1.5's
+# `@threads` cost 2-4.5 µs and 1.6 KB per call while the other threads were awake (~50 µs when one
+# must be woken, and a scheduler tick, 4 ms, on a machine whose cores are busy). Each part computes
+# its elements exactly as the serial loop does, so the parameters do not depend on the thread
+# count; only a reported loss, added part by part, may differ in its last bits. (Bias gradients stay
+# serial: split over rows so that each sum keeps its order, they ran 2x slower, bench/threads.jl.)
 
 const KERNEL_THREADS = Ref(typemax(Int))   # the kernels use at most this many of Julia's threads
-const MIN_WORK = Ref(1 << 15)              # work (element operations) per part below which a kernel stays serial
+# Work is counted in nanoseconds of one thread's time, estimated per element from serial timings
+# (bench/threads.jl, Float32, AMD EPYC): a part must hold at least MIN_WORK of it. With the 2-4.5 µs
+# a call costs, two parts start to win from about 8 µs of serial work and clearly (1.4-2x) from 15.
+const MIN_WORK = Ref(8000.0)
+const NS_ACTIVATE = 0.4    # bias add and tanh_fast, per element
+const NS_DERIV = 0.08      # times the activation's derivative
+const NS_UPDATE = 0.15     # an SGD (momentum) update; Adam's costs more, so it splits no later
+const NS_SOFTMAX = 8.0     # softmax and cross-entropy (an exp and a log per element; not vectorised)
 
 """
     set_threads!(n) -> n
@@ -30,11 +38,11 @@ end
 "How many of Julia's threads the element-wise kernels use."
 kernel_threads() = min(KERNEL_THREADS[], Threads.nthreads())
 
-"Into how many parts `work` element operations are split: 1 with one thread or too little work."
-@inline function nparts(work::Integer)
+"Into how many parts `work` (estimated serial nanoseconds) is split: 1 with one thread or too little work."
+@inline function nparts(work::Real)
     t = kernel_threads()
     t == 1 && return 1
-    return clamp(work ÷ MIN_WORK[], 1, t)
+    return clamp(unsafe_trunc(Int, work / MIN_WORK[]), 1, t)
 end
 
 "Part `i` of `p` contiguous, nearly equal parts of `r`, in order."

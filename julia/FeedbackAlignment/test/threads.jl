@@ -29,21 +29,21 @@ end
         FAL.KERNEL_THREADS[] = typemax(Int)
         @test FAL.kernel_threads() == Threads.nthreads()
         FAL.MIN_WORK[] = 100
-        @test FAL.nparts(99) == 1                         # too little work to split
-        @test FAL.nparts(10^9) == Threads.nthreads()
+        @test FAL.nparts(99.5) == 1                       # too little work to split
+        @test FAL.nparts(1e9) == Threads.nthreads()
         @test FAL.nparts(250) == min(2, Threads.nthreads())
     end
 end
 
 # Train with the kernels on 1 and on all threads (the BLAS keeps its count, so only the kernels
-# differ), splitting even these small arrays (MIN_WORK = 1): the parameters must be bit-identical,
+# differ), splitting even these small arrays (MIN_WORK tiny): the parameters must be bit-identical,
 # since each element is computed as in the serial loop; the reported loss, summed per part, to rounding.
 @testset "threads: kernels give one thread's results" begin
     if Threads.nthreads() < 2
         @info "Julia has one thread: the threaded kernels are tested under `julia -t 2` (tests/test_threads.py)"
     else
         with_thread_settings() do
-            FAL.MIN_WORK[] = 1
+            FAL.MIN_WORK[] = 0.001   # split even 4 x 25 outputs (their work is some nanoseconds)
             rng = MersenneTwister(21)
             X64, y = randn(rng, 20, 100), rand(rng, 1:4, 100)
             Yr = randn(rng, 4, 100)
