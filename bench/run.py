@@ -16,7 +16,8 @@ and Julia's allocations per step. Steps are timed over a fixed number of batches
 --rounds,
 peers interleaved round by round), epochs over a subset of the training set (best of 2 for the
 small network); every peer uses the same BLAS thread count
-(--threads; with several counts, every case runs at each and a table shows each peer's scaling).
+(--threads; with several counts, every case runs at each and a table shows each peer's scaling),
+and pyjlfa as many Julia threads for its element-wise kernels (pyjlfa.set_threads; Julia starts with the most).
 While one peer is timed no other peer's process competes for the cores: the PyTorch peer blocks on
 its pipe between requests with its OpenMP threads asleep (OMP_WAIT_POLICY=PASSIVE, one inter-op
 thread), and with more than one thread the benchmark pauses between peers (--settle) so that the
@@ -181,6 +182,7 @@ def settler(threads, settle):
 
 def measure_case(case, data, tmp, torch_peer, args, threads):
     with threadpool_limits(limits=threads, user_api="blas"):   # NumPy's OpenBLAS (pyjlfa's GEMMs) and Julia's
+        pyjlfa.set_threads(threads)   # pyjlfa's element-wise kernels on as many of Julia's threads, and its BLAS
         if torch_peer:
             torch_peer(op="threads", n=threads)
         return _measure_case(case, data, tmp, torch_peer, args, threads)
@@ -252,6 +254,7 @@ def isolation_check(args, X, y):
     print(f"\nisolation check: {'-'.join(map(str, arch))} {dtype} {rule.upper()} batch {m}, {threads} threads; "
           f"samples/s per step, best of {rounds} rounds")
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(limits=threads, user_api="blas"):
+        pyjlfa.set_threads(threads)
         tmp = Path(tmp)
         np.save(tmp / "X.npy", X)
         np.save(tmp / "y.npy", y)
@@ -432,12 +435,15 @@ def check_targets(results, has_torch):
 
 
 def main(args):
-    info = pyjlfa.start_julia()
+    info = pyjlfa.start_julia(threads=max(args.threads))   # Julia's thread count is fixed at start; cases lower it
     X, y, source = load_data(max(args.epoch_samples, args.epoch_samples_large, 4096))
     print(f"pyjlfa benchmark, {time.strftime('%Y-%m-%d %H:%M')}; {platform.node()}: {_cpu()}, {os.cpu_count()} cores")
     print(f"Julia {info['julia_version']} ({info['blas']}, OPENBLAS_CORETYPE {info.get('openblas_coretype')}); "
           f"NumPy {np.__version__} ({_numpy_blas()}); threads per peer: {', '.join(map(str, args.threads))}; "
           f"load average {os.getloadavg()[0]:.1f}")
+    print(f"pyjlfa: Julia started with {info['julia_threads']} threads; at each thread count n, pyjlfa.set_threads(n) puts "
+          f"its element-wise kernels on n of them (split only where each part gets {info.get('kernel_min_work', '?')} ns "
+          "of estimated serial work) and its BLAS on n threads")
     if args.isolation_check:
         return isolation_check(args, X, y)
     torch_peer = None

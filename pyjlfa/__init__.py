@@ -10,7 +10,7 @@ Importing pyjlfa starts nothing; Julia starts at the first Network (or ``pyjlfa.
 """
 
 from . import datasets, init, layers, rules
-from ._runtime import DivergenceError, JuliaError, JuliaValueError, runtime_info, start_julia
+from ._runtime import DivergenceError, JuliaError, JuliaValueError, runtime_info, set_threads, start_julia
 from .io import ModelFileError, load
 from .network import Layer, Network
 from .optimizers import SGD, Adam, AdamW, Cosine, StepDecay
@@ -18,5 +18,5 @@ from .sweep import sweep  # the function; the module stays importable as ``from 
 
 __version__ = "0.1.0"
 __all__ = ["Network", "Layer", "SGD", "Adam", "AdamW", "StepDecay", "Cosine", "init", "rules", "JuliaError",
-           "JuliaValueError", "DivergenceError", "runtime_info", "start_julia", "datasets", "layers", "__version__",
+           "JuliaValueError", "DivergenceError", "runtime_info", "start_julia", "set_threads", "datasets", "layers", "__version__",
            "load", "ModelFileError", "sweep"]

@@ -44,6 +44,39 @@ def numpy_gemm():
     return None
 
 
+# OpenBLAS's thread-count functions, by the names each build exports (scipy-openblas first).
+_SET_THREADS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
+_GET_THREADS = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
+
+
+def _numpy_openblas_function(names):
+    found = numpy_gemm()
+    if found is None:
+        return None
+    lib = ctypes.CDLL(found[2])
+    name = next((n for n in names if hasattr(lib, n)), None)
+    return None if name is None else getattr(lib, name)
+
+
+def set_numpy_blas_threads(n):
+    """Set the thread count of NumPy's OpenBLAS (the one pyjlfa's matrix products use); False if it has none."""
+    f = _numpy_openblas_function(_SET_THREADS)
+    if f is None:
+        return False
+    f.argtypes, f.restype = [ctypes.c_int], None
+    f(int(n))
+    return True
+
+
+def numpy_blas_threads():
+    """The thread count of NumPy's OpenBLAS, or None if it cannot be read."""
+    f = _numpy_openblas_function(_GET_THREADS)
+    if f is None:
+        return None
+    f.argtypes, f.restype = [], ctypes.c_int
+    return f()
+
+
 def use_numpy_blas(engine):
     """Route the engine's GEMMs through NumPy's OpenBLAS unless PYJLFA_BLAS=julia; say which is used."""
     if os.environ.get("PYJLFA_BLAS", "").lower() == "julia":

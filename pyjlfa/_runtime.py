@@ -10,6 +10,7 @@ this module is shared.
 
 import atexit
 import ctypes
+import numbers
 import os
 import platform
 import select
@@ -22,7 +23,7 @@ import threading
 from ctypes import POINTER, c_char_p, c_double, c_int, c_int64, c_uint64, c_void_p
 from pathlib import Path
 
-__all__ = ["JuliaError", "DivergenceError", "start_julia", "runtime_info", "engine"]
+__all__ = ["JuliaError", "DivergenceError", "start_julia", "runtime_info", "set_threads", "engine"]
 
 
 class JuliaError(RuntimeError):
@@ -68,6 +69,7 @@ _SIGNATURES = {
     "fa_error_message": (c_void_p, []),
     "fa_describe": (c_void_p, [c_char_p]),
     "fa_set_blas": (c_int, [c_void_p, c_void_p]),
+    "fa_set_threads": (c_int, [c_int]),
     "fa_watch_interrupts": (c_int, [c_int]),
     # alignment diagnostics and experiments (cabi_diagnostics.jl)
     "fa_alignment_fields": (c_void_p, []),
@@ -297,31 +299,38 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def start_julia(method=None, julia=None):
+def start_julia(method=None, julia=None, threads=None):
     """Start Julia and load the FeedbackAlignment package (once per process).
 
     method: "embed" (load libjulia of a Julia found on PATH, or given by ``julia`` or the
     ``PYJLFA_JULIA`` environment variable) or "juliacall" (needs ``pip install pyjlfa[juliacall]``;
     on a machine with internet juliacall also installs Julia itself). Default: the
     ``PYJLFA_START`` environment variable, else "juliacall" if juliacall is already imported,
-    else "embed". Returns :func:`runtime_info`.
+    else "embed".
+
+    threads: how many threads pyjlfa computes with: Julia starts with that many (its count is fixed
+    for the life of the process), and the element-wise kernels and the BLAS use that many (see
+    :func:`set_threads`). Default: the ``PYJLFA_THREADS`` environment variable, else Julia's own
+    default (``JULIA_NUM_THREADS``, else 1) and the BLAS's. Returns :func:`runtime_info`.
     """
     global _engine
     with _start_lock:
         method = method or os.environ.get("PYJLFA_START") or ("juliacall" if "juliacall" in sys.modules else "embed")
         if method not in ("embed", "juliacall"):
             raise ValueError(f"method must be 'embed' or 'juliacall', got {method!r}")
+        threads = _threads_wanted(threads)
         if _engine is not None:
             if method != _engine.started_by:
                 raise RuntimeError(f"Julia is already running in this process (started by {_engine.started_by}); "
                                    "it can only be started once")
+            _check_julia_threads(threads)
             return runtime_info()
         openblas = _choose_openblas_coretype()
         # Julia's start blocks SIGINT, SIGTERM, SIGQUIT, SIGABRT and SIGUSR1 in the calling thread (it expects its
         # own listener thread to take them): put back the mask Python had, so Ctrl-C reaches Python again.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
         try:
-            address, details = _start_juliacall() if method == "juliacall" else _start_embedded(julia)
+            address, details = _start_juliacall(threads) if method == "juliacall" else _start_embedded(julia, threads)
         finally:
             if mask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -329,16 +338,77 @@ def start_julia(method=None, julia=None):
         _engine = Engine(address, method, details)
         from ._blas import use_numpy_blas  # matrix products through NumPy's newer OpenBLAS, if it has one
         details["gemm_blas"] = use_numpy_blas(_engine)
-        _engine.runtime = dict(line.split("=", 1) for line in _engine.describe("runtime").splitlines())
+        _engine.runtime = _describe_runtime(_engine)
+        if threads is not None:
+            _check_julia_threads(threads)
+            set_threads(threads)
     return runtime_info()
 
 
 def runtime_info():
-    """Which Julia computes, how it was started, and how its BLAS is configured."""
+    """Which Julia computes, how it was started, and how its BLAS and threads are configured."""
+    from ._blas import numpy_blas_threads
     e = engine()
     info = {"started_by": e.started_by, **e.details, **e.runtime}
     info["julia_version"] = e.runtime["julia_version"]
+    if info.get("gemm") == "external":
+        info["gemm_blas_threads"] = str(numpy_blas_threads())
     return info
+
+
+def _describe_runtime(e):
+    return dict(line.split("=", 1) for line in e.describe("runtime").splitlines())
+
+
+def set_threads(n):
+    """Compute with ``n`` threads from now on: ``n`` of Julia's threads for the element-wise work (activations,
+    bias, loss, optimiser updates) and ``n`` BLAS threads for the matrix products (NumPy's OpenBLAS, which pyjlfa
+    uses when Python hosts Julia, and Julia's own). ``n`` may not exceed the thread count Julia started with
+    (:func:`start_julia`'s ``threads``, ``PYJLFA_THREADS``). Trained parameters do not depend on ``n`` beyond the
+    BLAS's rounding; the same ``n`` and seed give identical training. NumPy's OpenBLAS count is process-wide: it
+    also applies to NumPy's own matrix products.
+    """
+    from ._blas import set_numpy_blas_threads
+    n = _threads_wanted(n, required=True)
+    e = engine()
+    started = int(_describe_runtime(e)["julia_threads"])
+    if n > started:
+        raise ValueError(f"threads={n}, but Julia started with {started} thread(s) in this process; its thread count "
+                         f"is fixed at start: use PYJLFA_THREADS={n} (or pyjlfa.start_julia(threads={n})) in a new "
+                         "process")
+    e.call("fa_set_threads", n)
+    if e.details.get("gemm_blas", "").startswith("NumPy"):
+        set_numpy_blas_threads(n)
+    e.runtime = _describe_runtime(e)   # what runtime_info reports (from any thread)
+
+
+def _threads_wanted(threads, required=False):
+    """The thread count asked for (the argument, else PYJLFA_THREADS unless required), checked; None if none."""
+    name = "threads"
+    if threads is None and not required:
+        text = os.environ.get("PYJLFA_THREADS", "").strip()
+        if not text:
+            return None
+        name = "PYJLFA_THREADS"
+        try:
+            threads = int(text)
+        except ValueError:
+            raise ValueError(f"PYJLFA_THREADS must be a positive integer, got {text!r}") from None
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise ValueError(f"{name} must be a positive integer, got {threads!r}")
+    return int(threads)
+
+
+def _check_julia_threads(threads):
+    """A clear error when Julia is running with another thread count than the one asked for."""
+    if threads is None:
+        return
+    running = int(_describe_runtime(_engine)["julia_threads"])
+    if running != threads:
+        raise RuntimeError(f"Julia is already running in this process with {running} thread(s), not the {threads} "
+                           "asked for (threads= or PYJLFA_THREADS); Julia's thread count is fixed when it starts. Set "
+                           "PYJLFA_THREADS (or call pyjlfa.start_julia(threads=...)) before pyjlfa's first use, in a "
+                           f"new process; pyjlfa.set_threads(n) can still lower the threads used to n <= {running}.")
 
 
 def _choose_openblas_coretype():
@@ -499,7 +569,7 @@ def _julia_paths(exe):
     return answer
 
 
-def _start_embedded(julia):
+def _start_embedded(julia, threads=None):
     exe = _find_julia(julia)
     bindir, base_image, libpath, version, cpu = _julia_paths(exe)
     sysimage, image_kind, image_reason = _choose_image(version, cpu, base_image)
@@ -508,7 +578,15 @@ def _start_embedded(julia):
 
     # Options as on a julia command line, program name first (jl_parse_opts skips argv[0]: without it
     # --handle-signals=no was dropped and Julia replaced Python's SIGINT handler); signals stay with Python.
-    options = [b"julia", b"--handle-signals=no", b"--startup-file=no", b"--history-file=no"]
+    # Except with several Julia threads: Julia stops them for garbage collection through a memory page that
+    # faults (SIGSEGV) when protected, which without Julia's handler kills the process (about every other run
+    # of tests/test_threads.py did). Then Julia handles signals and Python's SIGINT handler is put back after.
+    several = threads is not None and threads > 1 or threads is None and _env_julia_threads() > 1
+    options = [b"julia", b"--handle-signals=yes" if several else b"--handle-signals=no", b"--startup-file=no",
+               b"--history-file=no"]
+    if threads is not None:
+        options.append(f"--threads={threads}".encode())   # else JULIA_NUM_THREADS, else 1
+    python_sigint = signal.getsignal(signal.SIGINT)
     argc = c_int(len(options))
     argv = ctypes.cast((c_char_p * len(options))(*options), POINTER(c_char_p))
     lib.jl_parse_opts(ctypes.byref(argc), ctypes.byref(argv))
@@ -520,6 +598,8 @@ def _start_embedded(julia):
         raise JuliaError(f"{libpath} has no jl_init_with_image entry point")
     init.argtypes = [c_char_p, c_char_p]
     init(bindir.encode(), sysimage.encode())
+    if several and python_sigint is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, python_sigint)   # Ctrl-C stays with Python (and interrupt.jl's watch)
     atexit.register(_julia_atexit, lib.jl_atexit_hook, os.getpid())
 
     lib.jl_eval_string.argtypes = [c_char_p]
@@ -538,12 +618,27 @@ def _start_embedded(julia):
                          "package_in_image": in_image}
 
 
+def _env_julia_threads():
+    """The thread count JULIA_NUM_THREADS asks for (Julia's default, 1, when unset; "auto": the cores)."""
+    text = os.environ.get("JULIA_NUM_THREADS", "").strip()
+    if text == "auto":
+        return os.cpu_count() or 1
+    try:
+        return int(text)
+    except ValueError:
+        return 1
+
+
 def _julia_atexit(hook, pid):
     if os.getpid() == pid:  # never in a forked child: Julia's runtime is not there
         hook(0)
 
 
-def _start_juliacall():
+def _start_juliacall(threads=None):
+    if threads is not None and "juliacall" not in sys.modules:
+        os.environ["PYTHON_JULIACALL_THREADS"] = str(threads)   # read when juliacall starts Julia
+        if threads > 1:   # several threads need Julia's signal handlers (see _start_embedded)
+            os.environ.setdefault("PYTHON_JULIACALL_HANDLE_SIGNALS", "yes")
     try:
         import juliacall
     except ImportError as e:

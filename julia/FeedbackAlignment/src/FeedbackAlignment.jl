@@ -30,6 +30,8 @@ export save, load, ModelFileError
 export alignment, AlignmentTracker, teacher_task
 
 include("rng.jl")
+include("threads.jl")
+export set_threads!
 include("activations.jl")
 include("losses.jl")
 include("init.jl")

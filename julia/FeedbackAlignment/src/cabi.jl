@@ -271,6 +271,10 @@ fa_error_message()::Ptr{UInt8} = pointer(ERROR_MESSAGE[])
 fa_set_blas(sgemm::Ptr{Cvoid}, dgemm::Ptr{Cvoid})::Cint =
     guarded(() -> FeedbackAlignment.use_external_blas!(sgemm, dgemm))
 
+# Threads from now on: n of Julia's threads for the element-wise kernels, n for Julia's own BLAS
+# (the host sets the threads of a BLAS it handed over with fa_set_blas itself).
+fa_set_threads(n::Cint)::Cint = guarded(() -> FeedbackAlignment.set_threads!(n))
+
 # "runtime": key=value lines about Julia and its BLAS; "activation", "loss", "rule", "initialiser",
 # "optimizer", "schedule": the names the engine accepts, comma-separated.
 function fa_describe(what::Cstring)::Ptr{UInt8}
@@ -283,6 +287,8 @@ end
 
 function runtime_description()
     lines = ["julia_version=$VERSION", "julia_bindir=$(Sys.BINDIR)", "julia_threads=$(Threads.nthreads())",
+             "kernel_threads=$(FeedbackAlignment.kernel_threads())",
+             "kernel_min_work=$(FeedbackAlignment.MIN_WORK[])",
              "blas=$(blas_config())", "blas_threads=$(openblas_threads())",
              "gemm=$(FeedbackAlignment.EXTERNAL_SGEMM[] == C_NULL ? "julia" : "external")",
              "package_path=$(dirname(dirname(pathof(FeedbackAlignment))))"]
@@ -331,6 +337,7 @@ const SIGNATURES = [
     (:fa_optstate, Cint, (Int64, Cstring, Cint, Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
     (:fa_error_message, Ptr{UInt8}, ()),
     (:fa_set_blas, Cint, (Ptr{Cvoid}, Ptr{Cvoid})),
+    (:fa_set_threads, Cint, (Cint,)),
     (:fa_describe, Ptr{UInt8}, (Cstring,)),
     (:fa_lookup, Ptr{Cvoid}, (Cstring,)),
     (:fa_watch_interrupts, Cint, (Cint,)),

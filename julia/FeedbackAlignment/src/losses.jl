@@ -15,13 +15,19 @@ Fill `E` with dL/dZ of the batch-mean loss (so already divided by the batch size
 (outputs x observations) and targets `Y`; return the loss summed over the batch (the caller
 divides) and, for classification, how many argmax predictions match.
 """
-function loss_and_error!(E::AbstractMatrix{T}, ::CrossEntropy, Z::AbstractMatrix{T},
+function loss_and_error!(E::AbstractMatrix{T}, loss::CrossEntropy, Z::AbstractMatrix{T},
                          y::AbstractVector{<:Integer}) where {T}
+    p, cols = nparts(NS_SOFTMAX * length(Z)), 1:size(Z, 2)   # split over observations (threads.jl)
+    return p == 1 ? loss_part!(cols, E, loss, Z, y) :
+                    threaded_reduce(c -> loss_part!(c, E, loss, Z, y), add_pairs, (0.0, 0), cols, p)
+end
+
+function loss_part!(cols, E::AbstractMatrix{T}, ::CrossEntropy, Z::AbstractMatrix{T}, y::AbstractVector{<:Integer}) where {T}
     k, m = size(Z)
     invm = one(T) / m
     total = 0.0
     correct = 0
-    @inbounds for j in 1:m
+    @inbounds for j in cols
         zmax, imax = Z[1, j], 1
         for i in 2:k
             if Z[i, j] > zmax
@@ -45,11 +51,16 @@ function loss_and_error!(E::AbstractMatrix{T}, ::CrossEntropy, Z::AbstractMatrix
     return total, correct
 end
 
-function loss_and_error!(E::AbstractMatrix{T}, ::MSE, Z::AbstractMatrix{T},
-                         Y::AbstractMatrix) where {T}
+function loss_and_error!(E::AbstractMatrix{T}, loss::MSE, Z::AbstractMatrix{T}, Y::AbstractMatrix) where {T}
+    p, cols = nparts(NS_DERIV * length(Z)), 1:size(Z, 2)
+    return p == 1 ? loss_part!(cols, E, loss, Z, Y) :
+                    threaded_reduce(c -> loss_part!(c, E, loss, Z, Y), add_pairs, (0.0, 0), cols, p)
+end
+
+function loss_part!(cols, E::AbstractMatrix{T}, ::MSE, Z::AbstractMatrix{T}, Y::AbstractMatrix) where {T}
     invm = one(T) / size(Z, 2)
     total = 0.0
-    @inbounds for j in axes(Z, 2), i in axes(Z, 1)
+    @inbounds for j in cols, i in axes(Z, 1)
         d = Z[i, j] - T(Y[i, j])
         total += Float64(d * d) / 2
         E[i, j] = d * invm
@@ -57,9 +68,17 @@ function loss_and_error!(E::AbstractMatrix{T}, ::MSE, Z::AbstractMatrix{T},
     return total, 0
 end
 
+add_pairs(a, b) = (a[1] + b[1], a[2] + b[2])
+
 "Column-wise softmax of `Z` into `P`."
 function softmax!(P::AbstractMatrix{T}, Z::AbstractMatrix{T}) where {T}
-    @inbounds for j in axes(Z, 2)
+    p, cols = nparts(NS_SOFTMAX * length(Z)), 1:size(Z, 2)
+    p == 1 ? softmax_part!(cols, P, Z) : threaded_parts(c -> softmax_part!(c, P, Z), cols, p)
+    return P
+end
+
+function softmax_part!(cols, P::AbstractMatrix{T}, Z::AbstractMatrix{T}) where {T}
+    @inbounds for j in cols
         zmax = maximum(view(Z, :, j))
         s = zero(T)
         for i in axes(Z, 1)
@@ -70,7 +89,6 @@ function softmax!(P::AbstractMatrix{T}, Z::AbstractMatrix{T}) where {T}
             P[i, j] /= s
         end
     end
-    return P
 end
 
 "Throw an ArgumentError unless `Y` are valid targets for `n` observations and `k` outputs."

@@ -424,10 +424,16 @@ forward_kernel!(st, spec::MaxPool, b, x) = maxpool_forward!(b.H, b.argmax, x, wi
 forward_kernel!(st, spec::MeanPool, b, x) = meanpool_forward!(b.H, x, window(spec))
 forward_kernel!(st, ::Flatten, b, x) = copyto!(b.H, x)
 
-# A .+= b and H = f.(A) in one pass over memory. (`f::F` makes Julia specialise on the
-# activation, which it otherwise skips for functions that are only passed on.)
+# A .+= b and H = f.(A) in one pass over memory, split over observations (threads.jl). (`f::F`
+# makes Julia specialise on the activation, which it otherwise skips for functions only passed on.)
 function bias_activate!(H::Matrix{T}, A::Matrix{T}, b::Vector{T}, f::F) where {T,F}
-    @inbounds for j in axes(A, 2)
+    p, cols = nparts(NS_ACTIVATE * length(A)), 1:size(A, 2)
+    p == 1 ? bias_activate_part!(cols, H, A, b, f) : threaded_parts(c -> bias_activate_part!(c, H, A, b, f), cols, p)
+    return H
+end
+
+function bias_activate_part!(cols, H::Matrix{T}, A::Matrix{T}, b::Vector{T}, f::F) where {T,F}
+    @inbounds for j in cols
         @simd for i in axes(A, 1)
             a = A[i, j] + b[i]
             A[i, j] = a
@@ -451,13 +457,19 @@ function drop!(Hd::Array{T}, M::Array{T}, H::Array{T}, p::Float64, rng::SplitMix
     end
 end
 
-# D .*= f'(A) given the activations H = f(A).
+# D .*= f'(A) given the activations H = f(A), split over elements.
 function times_deriv!(D::Array{T}, f::F, A::Array{T}, H::Array{T}) where {T,F}
     f === identity && return D
-    @inbounds @simd for k in eachindex(D, A, H)
+    size(D) == size(A) == size(H) || throw(DimensionMismatch("times_deriv!: sizes $(size(D)), $(size(A)), $(size(H))"))
+    p, ks = nparts(NS_DERIV * length(D)), 1:length(D)
+    p == 1 ? times_deriv_part!(ks, D, f, A, H) : threaded_parts(k -> times_deriv_part!(k, D, f, A, H), ks, p)
+    return D
+end
+
+function times_deriv_part!(ks, D::Array{T}, f::F, A::Array{T}, H::Array{T}) where {T,F}
+    @inbounds @simd for k in ks
         D[k] *= deriv(f, A[k], H[k])
     end
-    return D
 end
 
 """
@@ -511,7 +523,8 @@ carry_back!(dx, rule, st, spec::MaxPool, b) = maxpool_backward!(dx, b.D, b.argma
 carry_back!(dx, rule, st, spec::MeanPool, b) = meanpool_backward!(dx, b.D, window(spec))
 carry_back!(dx, rule, st, ::Flatten, b) = copyto!(dx, b.D)
 
-# db = sum of D's columns (a loop: Julia 1.5's `sum!` allocates).
+# db = sum of D's columns (a loop: Julia 1.5's `sum!` allocates). Serial: split over rows (so that
+# each sum keeps its order) it ran 2x slower on two threads (bench/threads.jl).
 function rowsums!(db::Vector{T}, D::Matrix{T}) where {T}
     fill!(db, zero(T))
     @inbounds for j in axes(D, 2)

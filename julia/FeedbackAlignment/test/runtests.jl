@@ -513,6 +513,7 @@ include("io.jl")
 include("diagnostics.jl")
 include("interrupt.jl")
 include("speed.jl")
+include("threads.jl")
 include("conv.jl")
 include("chains.jl")
 

@@ -1,0 +1,78 @@
+# Element-wise work on Julia's threads.
+#
+# The matrix products run on the BLAS's own threads. The rest of a step (bias and activation, the
+# activation's derivative, softmax and loss, optimiser updates) is split here into a fixed number of
+# contiguous parts, one per thread, when there is enough of it to pay for the threads: Julia 1.5's
+# `@threads` cost 2-4.5 µs and 1.6 KB per call while the other threads were awake (~50 µs when one
+# must be woken, and a scheduler tick, 4 ms, on a machine whose cores are busy). Each part computes
+# its elements exactly as the serial loop does, so the parameters do not depend on the thread
+# count; only a reported loss, added part by part, may differ in its last bits. (Bias gradients stay
+# serial: split over rows so that each sum keeps its order, they ran 2x slower, bench/threads.jl.)
+
+const KERNEL_THREADS = Ref(typemax(Int))   # the kernels use at most this many of Julia's threads
+# Work is counted in nanoseconds of one thread's time, estimated per element from serial timings
+# (bench/threads.jl, Float32, AMD EPYC): a part must hold at least MIN_WORK of it. With the 2-4.5 µs
+# a call costs, two parts start to win from about 8 µs of serial work and clearly (1.4-2x) from 15.
+const MIN_WORK = Ref(8000.0)
+const NS_ACTIVATE = 0.4    # bias add and tanh_fast, per element
+const NS_DERIV = 0.08      # times the activation's derivative
+const NS_UPDATE = 0.15     # an SGD (momentum) update; Adam's costs more, so it splits no later
+const NS_SOFTMAX = 8.0     # softmax and cross-entropy (an exp and a log per element; not vectorised)
+
+"""
+    set_threads!(n) -> n
+
+Use `n` threads from now on: `n` of Julia's threads for the element-wise kernels and `n` threads
+for Julia's BLAS. Julia's thread count is fixed when it starts (`julia -t n`, or `JULIA_NUM_THREADS`);
+`n` may not exceed it. Results do not depend on `n` beyond the BLAS's rounding.
+"""
+function set_threads!(n::Integer)
+    n >= 1 || throw(ArgumentError("threads must be a positive integer, got $n"))
+    n <= Threads.nthreads() ||
+        throw(ArgumentError("threads is $n, but Julia started with $(Threads.nthreads()) thread(s); start it with `julia -t $n` (or JULIA_NUM_THREADS=$n)"))
+    KERNEL_THREADS[] = n
+    BLAS.set_num_threads(n)
+    return Int(n)
+end
+
+"How many of Julia's threads the element-wise kernels use."
+kernel_threads() = min(KERNEL_THREADS[], Threads.nthreads())
+
+"Into how many parts `work` (estimated serial nanoseconds) is split: 1 with one thread or too little work."
+@inline function nparts(work::Real)
+    t = kernel_threads()
+    t == 1 && return 1
+    return clamp(unsafe_trunc(Int, work / MIN_WORK[]), 1, t)
+end
+
+"Part `i` of `p` contiguous, nearly equal parts of `r`, in order."
+@inline function part(r::UnitRange{Int}, i::Int, p::Int)
+    q, extra = divrem(length(r), p)
+    lo = first(r) + (i - 1) * q + min(i - 1, extra)
+    return lo:(lo + q - 1 + (i <= extra))
+end
+
+# Kernels call these only when nparts(work) > 1, with a closure made in that branch: a closure that
+# holds numbers and is passed to a function not inlined is allocated (32-112 bytes per call in Julia
+# 1.5), so the serial path calls the kernel's part function directly and allocates nothing.
+
+"Call `f(part)` for each of `p` parts of the range `r`, on Julia's threads."
+@noinline function threaded_parts(f::F, r::UnitRange{Int}, p::Int) where {F}
+    Threads.@threads for i in 1:p
+        f(part(r, i, p))
+    end
+    return nothing
+end
+
+"`f` of each of `p` parts of `r` on Julia's threads, combined with `op` from `init` in part order."
+@noinline function threaded_reduce(f::F, op::O, init::R, r::UnitRange{Int}, p::Int) where {F,O,R}
+    results = Vector{R}(undef, p)
+    Threads.@threads for i in 1:p
+        results[i] = f(part(r, i, p))
+    end
+    acc = init
+    for x in results
+        acc = op(acc, x)
+    end
+    return acc
+end
