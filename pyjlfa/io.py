@@ -201,6 +201,8 @@ def _optimizer_kind(optimizer):
 def _rule_params(rule):
     """A rule's parameters under the Julia field names (what both sides write)."""
     from .rules import USF, WeightMirror
+    if isinstance(rule, str):   # a rule given by name has its default parameters
+        rule = {"usf": USF(), "wm": WeightMirror()}.get(rule, rule)
     if isinstance(rule, USF):
         return {"scale": rule.scale}
     if isinstance(rule, WeightMirror):

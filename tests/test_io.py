@@ -227,6 +227,18 @@ def test_include_optimizer_resumes_training_exactly(tmp_path, dtype, rule):
     assert not same_parameters(straight, fresh)
 
 
+@pytest.mark.parametrize("rule", ["usf", "frsf", "brsf", "kp", "wm", "drtp", "sdfa", "shallow"])
+def test_every_rule_given_by_name_resumes_exactly(tmp_path, rule):
+    # A rule named by a string has its default parameters; uSF's and weight mirror's files once lacked them
+    straight, X, y = trained("float64", rule, epochs=2)
+    first, _, _ = trained("float64", rule, epochs=1)
+    first.save(tmp_path / "m.safetensors", include_optimizer=True)
+    resumed = pyjlfa.load(tmp_path / "m.safetensors")
+    assert resumed.rule == rule
+    resumed.fit(X, y, epochs=1, batch_size=7, optimizer=resumed.optimizer)
+    assert same_parameters(straight, resumed) and resumed.epochs == 2
+
+
 def test_plain_sgd_saves_zero_velocities_and_its_hyperparameters(tmp_path):
     net, _, _ = trained("float64", "bp", momentum=0.0)  # plain SGD: its velocities stay zero
     net.save(tmp_path / "m.safetensors", include_optimizer=True)
