@@ -26,20 +26,8 @@ if argument("--blas") !== nothing
 end
 const CHUNKS = argument("--chunks") === nothing ? [0] : parse.(Int, split(argument("--chunks"), ","))
 
-# Seconds per call of f and of g: the best of 60 trials of ~2 ms each, f's and g's trials taking
-# turns so both see the same load. On a shared machine the shortest trials are the ones nothing
-# interrupted.
-function seconds(f, g)
-    f(); g()
-    reps(h) = max(1, round(Int, 0.002 / max(@elapsed(h()), 1e-7)))
-    nf, ng = reps(f), reps(g)
-    tf, tg = Inf, Inf
-    for _ in 1:60
-        tf = min(tf, @elapsed(for _ in 1:nf; f(); end) / nf)
-        tg = min(tg, @elapsed(for _ in 1:ng; g(); end) / ng)
-    end
-    return tf, tg
-end
+include(joinpath(@__DIR__, "timing.jl"))
+seconds(f, g) = interleaved_seconds(f, g)
 seconds(f) = seconds(f, () -> nothing)[1]
 
 # The products of the three passes as one whole-batch im2col GEMM each (rows = P*m output positions).

@@ -59,17 +59,8 @@ floor() = for (A, B, C) in bufs
 end
 stepf() = step!(net, X, y, opt)
 
-function seconds(f, g)
-    f(); g()
-    reps(h) = max(1, round(Int, 0.02 / max(@elapsed(h()), 1e-7)))
-    nf, ng = reps(f), reps(g)
-    tf, tg = Inf, Inf
-    for _ in 1:30
-        tf = min(tf, @elapsed(for _ in 1:nf; f(); end) / nf)
-        tg = min(tg, @elapsed(for _ in 1:ng; g(); end) / ng)
-    end
-    return tf, tg
-end
+include(joinpath(@__DIR__, "timing.jl"))
+seconds(f, g) = interleaved_seconds(f, g; trials=30, trial_seconds=0.02)
 stepf(); floor()
 step_allocs(net, X, y, opt) = @allocated step!(net, X, y, opt)    # behind a function: globals box
 alloc = step_allocs(net, X, y, opt)
