@@ -382,8 +382,10 @@ def train_lenet_rule(rule, out_dir, epochs=100, lr=None, batch_size=64, seed=0, 
     lr = LENET_LR.get(rule, 0.01) if lr is None else _positive(lr, "lr", float)
     os.makedirs(out_dir, exist_ok=True)
     with _only_trainer(out_dir):
-        return _train_lenet_rule(rule, out_dir, epochs, lr, batch_size, seed, train_size, test_size, data_path,
-                                 stop_after, layers, input_shape, holdout, progress)
+        return _train_lenet_rule(rule=rule, out_dir=out_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                                 train_size=train_size, test_size=test_size, data_path=data_path,
+                                 stop_after=stop_after, layers=layers, input_shape=input_shape, holdout=holdout,
+                                 progress=progress)
 
 
 @contextlib.contextmanager
@@ -400,8 +402,9 @@ def _only_trainer(out_dir):
         yield
 
 
-def _train_lenet_rule(rule, out_dir, epochs, lr, batch_size, seed, train_size, test_size, data_path, stop_after,
+def _train_lenet_rule(*, rule, out_dir, epochs, lr, batch_size, seed, train_size, test_size, data_path, stop_after,
                       layers, input_shape, holdout, progress):
+    """:func:`train_lenet_rule` once its arguments are checked and it holds the folder's lock."""
     from . import io
     from ._runtime import DivergenceError
 
