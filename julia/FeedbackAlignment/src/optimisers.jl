@@ -190,9 +190,10 @@ function first_bad(st::LayerState{T}, opt, net) where {T}
 end
 
 # The kernels loop over memory with @simd, which vectorises (a CartesianIndices loop did not: 490 µs
-# instead of 26 µs for a 256x784 update), split over elements (threads.jl). Checking runs the same
-# arithmetic without storing, and reduces the new values to one number per part that is finite
-# exactly when all of them are.
+# instead of 26 µs for a 256x784 update), split over elements (threads.jl). Checking computes the
+# same new values without storing them and keeps the largest of their exponent bits, which are all
+# ones exactly for Inf and NaN: an integer maximum vectorises, while the float sum of p - p used before
+# made the check 10x slower than the update it guarded (164 µs against 17 µs, 784 x 256, Float32).
 function kernel!(opt::Optimiser, P::Array{T}, G::Array{T}, slots, lr::T, decays::Bool, t, write::Bool) where {T}
     length(G) == length(P) && all(S -> length(S) == length(P), slots) ||
         throw(DimensionMismatch("optimiser arrays do not match the parameters"))
@@ -201,30 +202,56 @@ function kernel!(opt::Optimiser, P::Array{T}, G::Array{T}, slots, lr::T, decays:
                     threaded_reduce(k -> kernel_part!(k, opt, P, G, slots, lr, decays, t, write), &, true, ks, p)
 end
 
+exponent_bits(x::Float32) = reinterpret(UInt32, x) & 0x7f800000
+exponent_bits(x::Float64) = reinterpret(UInt64, x) & 0x7ff0000000000000
+exponent_bits(x::AbstractFloat) = UInt8(!isfinite(x))
+exponent_bits(x, y) = max(exponent_bits(x), exponent_bits(y))
+exponent_bits(x, y, z) = max(exponent_bits(x, y), exponent_bits(z))
+all_finite(e, ::Type{T}) where {T} = e != exponent_bits(T(Inf))
+
+# One parameter's new value (and new state), as both the check and the write compute it.
+@inline sgd(p, g, lr, wd, dd) = p - lr * (g + wd * p + dd * p)
+@inline function sgd_momentum(p, g, v, lr, mu, wd, dd, nesterov)
+    g += wd * p
+    v = mu * v + g
+    return p - lr * (ifelse(nesterov, g + mu * v, v) + dd * p), v
+end
+@inline function adam(p, g, m, v, lr, b1, b2, eps, wd, dd, c1, c2)
+    g += wd * p
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    return p - lr * ((m / c1) / (root(v / c2) + eps) + dd * p), m, v
+end
+# A square root without `sqrt`'s domain check (v is never negative; a NaN fails the check), which kept
+# Adam's loops from vectorising.
+root(x::Union{Float32,Float64}) = Base.Math.sqrt_llvm(x)
+root(x) = sqrt(x)
+
 function kernel_part!(ks, opt::SGD, P::Array{T}, G::Array{T}, slots, lr::T, decays::Bool, t, write::Bool) where {T}
     mu, wd = T(opt.momentum), T(decays ? opt.weight_decay : 0.0)
     dd = T(decays ? opt.decoupled_weight_decay : 0.0)
     nesterov = opt.nesterov
-    check = zero(T)
-    if iszero(mu)
+    e = exponent_bits(zero(T))
+    if iszero(mu) && write
         @inbounds @simd for k in ks
-            p = P[k] - lr * (G[k] + wd * P[k] + dd * P[k])
-            write ? (P[k] = p) : (check += p - p)
+            P[k] = sgd(P[k], G[k], lr, wd, dd)
+        end
+    elseif iszero(mu)
+        @inbounds @simd for k in ks
+            e = max(e, exponent_bits(sgd(P[k], G[k], lr, wd, dd)))
+        end
+    elseif write
+        V = slots[1]
+        @inbounds @simd for k in ks
+            P[k], V[k] = sgd_momentum(P[k], G[k], V[k], lr, mu, wd, dd, nesterov)
         end
     else
         V = slots[1]
         @inbounds @simd for k in ks
-            g = G[k] + wd * P[k]
-            v = mu * V[k] + g
-            p = P[k] - lr * (ifelse(nesterov, g + mu * v, v) + dd * P[k])
-            if write
-                V[k], P[k] = v, p
-            else
-                check += (p - p) + (v - v)
-            end
+            e = max(e, exponent_bits(sgd_momentum(P[k], G[k], V[k], lr, mu, wd, dd, nesterov)...))
         end
     end
-    return write || isfinite(check)
+    return all_finite(e, T)
 end
 
 function kernel_part!(ks, opt::Adam, P::Array{T}, G::Array{T}, slots, lr::T, decays::Bool, t, write::Bool) where {T}
@@ -232,17 +259,15 @@ function kernel_part!(ks, opt::Adam, P::Array{T}, G::Array{T}, slots, lr::T, dec
     b1, b2, eps = T(opt.beta1), T(opt.beta2), T(opt.eps)
     wd, dd = T(decays ? opt.weight_decay : 0.0), T(decays ? opt.decoupled_weight_decay : 0.0)
     c1, c2 = T(1 - opt.beta1^t), T(1 - opt.beta2^t)
-    check = zero(T)
-    @inbounds @simd for k in ks
-        g = G[k] + wd * P[k]
-        m = b1 * M[k] + (1 - b1) * g
-        v = b2 * V[k] + (1 - b2) * g * g
-        p = P[k] - lr * ((m / c1) / (sqrt(v / c2) + eps) + dd * P[k])
-        if write
-            M[k], V[k], P[k] = m, v, p
-        else
-            check += (p - p) + (m - m) + (v - v)
+    e = exponent_bits(zero(T))
+    if write
+        @inbounds @simd for k in ks
+            P[k], M[k], V[k] = adam(P[k], G[k], M[k], V[k], lr, b1, b2, eps, wd, dd, c1, c2)
+        end
+    else
+        @inbounds @simd for k in ks
+            e = max(e, exponent_bits(adam(P[k], G[k], M[k], V[k], lr, b1, b2, eps, wd, dd, c1, c2)...))
         end
     end
-    return write || isfinite(check)
+    return all_finite(e, T)
 end
