@@ -72,6 +72,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402  (scikit-learn's depen
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure the pyjlfa this file belongs to
 import pyjlfa  # noqa: E402
 from pyjlfa.reference import ReferenceNetwork  # noqa: E402
+from pyjlfa._blas import set_numpy_blas_threads  # noqa: E402  (the OpenBLAS pyjlfa and NumPy share)
 
 HERE = Path(__file__).resolve().parent
 SMALL, LARGE = (784, 256, 256, 10), (784, 1000, 1000, 1000, 10)
@@ -181,11 +182,23 @@ def settler(threads, settle):
 
 
 def measure_case(case, data, tmp, torch_peer, args, threads):
-    with threadpool_limits(limits=threads, user_api="blas"):   # NumPy's OpenBLAS (pyjlfa's GEMMs) and Julia's
-        pyjlfa.set_threads(threads)   # pyjlfa's element-wise kernels on as many of Julia's threads, and its BLAS
+    with threadpool_limits(limits=threads, user_api="blas"):   # restores NumPy's OpenBLAS count afterwards
         if torch_peer:
             torch_peer(op="threads", n=threads)
         return _measure_case(case, data, tmp, torch_peer, args, threads)
+
+
+def on_threads(threads, peer, f):
+    """`f` run with `threads` threads for `peer`. pyjlfa and NumPy share NumPy's OpenBLAS: pyjlfa.set_threads(n)
+    makes it serial (pyjlfa splits its products over Julia's threads), the NumPy peer and the GEMM floor give
+    it n threads."""
+    def run():
+        if peer == "pyjlfa":
+            pyjlfa.set_threads(threads)
+        else:
+            set_numpy_blas_threads(threads)
+        return f()
+    return run
 
 
 def _measure_case(case, data, tmp, torch_peer, args, threads):
@@ -220,11 +233,13 @@ def _measure_case(case, data, tmp, torch_peer, args, threads):
 
     def per_step(f):
         return lambda: best_time(f, 1) / k
-    step_timers = {"pyjlfa": per_step(lambda: [net.step(xb, yb, opt) for xb, yb in batches]),
-                   "numpy": per_step(lambda: [ref.step(xb, yb, LR) for xb, yb in batches]),
-                   "floor": floor}
-    epoch_timers = {"pyjlfa": lambda: best_time(lambda: net.fit(Xe, ye, batch_size=m, optimizer=opt), 1),
-                    "numpy": lambda: best_time(lambda: ref.train_epoch(Xe, ye, batch_size=m, lr=LR, order=order), 1)}
+    step_timers = {"pyjlfa": on_threads(threads, "pyjlfa", per_step(lambda: [net.step(xb, yb, opt) for xb, yb in batches])),
+                   "numpy": on_threads(threads, "numpy", per_step(lambda: [ref.step(xb, yb, LR) for xb, yb in batches])),
+                   "floor": on_threads(threads, "numpy", floor)}
+    epoch_timers = {"pyjlfa": on_threads(threads, "pyjlfa",
+                                         lambda: best_time(lambda: net.fit(Xe, ye, batch_size=m, optimizer=opt), 1)),
+                    "numpy": on_threads(threads, "numpy", lambda: best_time(
+                        lambda: ref.train_epoch(Xe, ye, batch_size=m, lr=LR, order=order), 1))}
     if torch_peer:
         step_timers["torch"] = lambda: torch_peer(op="steps")
         epoch_timers["torch"] = lambda: torch_peer(op="epoch")
@@ -254,7 +269,6 @@ def isolation_check(args, X, y):
     print(f"\nisolation check: {'-'.join(map(str, arch))} {dtype} {rule.upper()} batch {m}, {threads} threads; "
           f"samples/s per step, best of {rounds} rounds")
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(limits=threads, user_api="blas"):
-        pyjlfa.set_threads(threads)
         tmp = Path(tmp)
         np.save(tmp / "X.npy", X)
         np.save(tmp / "y.npy", y)
@@ -262,10 +276,8 @@ def isolation_check(args, X, y):
         ref = ReferenceNetwork([l.W.copy() for l in net.layers], [l.b.copy() for l in net.layers],
                                [None if l.B is None else l.B.copy() for l in net.layers], activation="tanh", rule=rule)
         save_params(tmp / "params.npz", net)
-        floor = gemm_floor_round(arch, m, rule, np.dtype(dtype), k)
-
-        def ours():
-            return best_time(lambda: [net.step(xb, yb, opt) for xb, yb in batches], 1) / k
+        floor = on_threads(threads, "numpy", gemm_floor_round(arch, m, rule, np.dtype(dtype), k))
+        ours = on_threads(threads, "pyjlfa", lambda: best_time(lambda: [net.step(xb, yb, opt) for xb, yb in batches], 1) / k)
         ours()
         alone = min(ours() for _ in range(rounds))
         print(f"{'':<44}{'pyjlfa alone':>13}{'inside':>10}{'inside/alone':>13}"
@@ -283,7 +295,7 @@ def isolation_check(args, X, y):
                 pause()
                 inside = min(inside, ours())
                 pause()
-                ref.step(*batches[0], LR)
+                on_threads(threads, "numpy", lambda: ref.step(*batches[0], LR))()
                 pause()
                 floor()
                 pause()
@@ -442,8 +454,9 @@ def main(args):
           f"NumPy {np.__version__} ({_numpy_blas()}); threads per peer: {', '.join(map(str, args.threads))}; "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"pyjlfa: Julia started with {info['julia_threads']} threads; at each thread count n, pyjlfa.set_threads(n) puts "
-          f"its element-wise kernels on n of them (split only where each part gets {info.get('kernel_min_work', '?')} ns "
-          "of estimated serial work) and its BLAS on n threads")
+          f"its products (cut into blocks, serial BLAS calls) and element-wise kernels on n of them (split only where each "
+          f"part gets {info.get('kernel_min_work', '?')} ns of estimated serial work); NumPy and the GEMM floor get n "
+          "threads of NumPy's OpenBLAS")
     if args.isolation_check:
         return isolation_check(args, X, y)
     torch_peer = None

@@ -3,9 +3,11 @@
     python bench/threads.py [--rounds 15] [--threads 2]
 
 For 784-256-256-10 float32 (BP, FA, DFA; batch 32, 128, 512) it times net.step with
-  serial    kernels on 1 Julia thread, BLAS on 1 thread (pyjlfa.set_threads(1))
-  blas      kernels on 1 Julia thread, BLAS on N threads (the step before this work)
-  threads   kernels on N Julia threads, BLAS on N threads (pyjlfa.set_threads(N))
+  serial    everything on 1 thread (pyjlfa.set_threads(1))
+  blas      kernels on 1 Julia thread, NumPy's OpenBLAS (which does the products) on N threads: what
+            a process gets without set_threads when NumPy's BLAS has its default thread count
+  threads   products (cut into blocks, serial BLAS calls) and kernels on N Julia threads
+            (pyjlfa.set_threads(N))
 and the GEMM floor (the same products alone in NumPy) at 1 and N threads, and prints each step
 over the floor at its thread count: issue 13's target is threads/floor <= 1.15 at batch 128 and 512,
 and threads no slower than serial at batch 32. The machine is shared: compare within a row.
@@ -32,24 +34,24 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--settle", type=float, default=0.3,
+                   help="seconds of pause before each timing: OpenBLAS's idle threads spin ~0.1 s after their work")
     args = p.parse_args()
     n = args.threads
     info = pyjlfa.start_julia(threads=n)
     from run import SMALL, gemm_floor_round, load_data, steps_for   # bench/run.py's helpers
     X, y, source = load_data(4096)
-    eng = pyjlfa._runtime.engine()
     print(f"Julia {info['julia_version']} with {info['julia_threads']} threads; GEMMs: {info['gemm_blas']}; "
           f"kernels split where each part gets {info['kernel_min_work']} ns of estimated serial work; load average "
           f"{os.getloadavg()[0]:.1f}; data: {source}; best of {args.rounds} interleaved rounds, samples/s per step")
 
-    def settings(kernels, blas):
+    def settings(julia, blas):
         def apply():
-            pyjlfa.set_threads(blas)           # BLAS (NumPy's and Julia's) and kernels on `blas` threads ...
-            eng.call("fa_set_threads", kernels)  # ... then the kernels alone on `kernels` (Julia's BLAS follows)
-            set_numpy_blas_threads(blas)
+            pyjlfa.set_threads(julia)          # Julia's threads; NumPy's OpenBLAS serial ...
+            set_numpy_blas_threads(blas)       # ... unless given threads again (then pyjlfa keeps to one thread)
         return apply
 
-    variants = {"serial": settings(1, 1), "blas": settings(1, n), "threads": settings(n, n)}
+    variants = {"serial": settings(1, 1), "blas": settings(1, n), "threads": settings(n, 1)}
     print(f"{'rule':<5}{'m':>5}{'serial':>10}{'blas':>10}{'threads':>10}{'floor 1T':>10}{'floor ' + str(n) + 'T':>10}"
           f"{'threads/blas':>14}{'blas/fl':>9}{'thr/fl':>8}{'thr/serial':>11}")
     with threadpool_limits(limits=n, user_api="blas"):
@@ -71,12 +73,14 @@ def main():
                 for _ in range(args.rounds):
                     for name, apply in variants.items():
                         apply()
+                        time.sleep(args.settle)   # the idle threads of the variant before stop spinning
                         start = time.perf_counter()
                         for xb, yb in batches:
                             net.step(xb, yb, opt)
                         best[name] = min(best[name], (time.perf_counter() - start) / k)
                     for t, key in ((1, "floor1"), (n, "floorN")):
                         set_numpy_blas_threads(t)
+                        time.sleep(args.settle)
                         best[key] = min(best[key], floors[t]())
                 rate = {key: m / v for key, v in best.items()}
                 print(f"{rule:<5}{m:>5}{rate['serial']:>10,.0f}{rate['blas']:>10,.0f}{rate['threads']:>10,.0f}"

@@ -85,5 +85,8 @@ def use_numpy_blas(engine):
     if found is None:
         return "Julia's BLAS (no ILP64 OpenBLAS found in NumPy)"
     sgemm, dgemm, path = found
-    engine.call("fa_set_blas", sgemm, dgemm)
+    # Its thread count tells the engine whether it may split products over Julia's threads (only
+    # while this BLAS is serial: two pools of threads on the same cores slow each other down).
+    threads = _numpy_openblas_function(_GET_THREADS)
+    engine.call("fa_set_blas", sgemm, dgemm, None if threads is None else ctypes.cast(threads, ctypes.c_void_p).value)
     return f"NumPy's OpenBLAS ({os.path.basename(path)})"

@@ -68,7 +68,7 @@ _SIGNATURES = {
                             POINTER(c_int64)]),
     "fa_error_message": (c_void_p, []),
     "fa_describe": (c_void_p, [c_char_p]),
-    "fa_set_blas": (c_int, [c_void_p, c_void_p]),
+    "fa_set_blas": (c_int, [c_void_p, c_void_p, c_void_p]),
     "fa_set_threads": (c_int, [c_int]),
     "fa_watch_interrupts": (c_int, [c_int]),
     # alignment diagnostics and experiments (cabi_diagnostics.jl)
@@ -361,12 +361,14 @@ def _describe_runtime(e):
 
 
 def set_threads(n):
-    """Compute with ``n`` threads from now on: ``n`` of Julia's threads for the element-wise work (activations,
-    bias, loss, optimiser updates) and ``n`` BLAS threads for the matrix products (NumPy's OpenBLAS, which pyjlfa
-    uses when Python hosts Julia, and Julia's own). ``n`` may not exceed the thread count Julia started with
-    (:func:`start_julia`'s ``threads``, ``PYJLFA_THREADS``). Trained parameters do not depend on ``n`` beyond the
-    BLAS's rounding; the same ``n`` and seed give identical training. NumPy's OpenBLAS count is process-wide: it
-    also applies to NumPy's own matrix products.
+    """Compute with ``n`` of Julia's threads from now on: the matrix products, cut into blocks, and the
+    element-wise work (activations, bias, loss, optimiser updates) alike. The BLAS under them (NumPy's OpenBLAS,
+    which pyjlfa uses when Python hosts Julia, and Julia's own) is made serial, so that one pool of threads runs at
+    a time (two pools on the same cores slowed a step 4-14x). ``n`` may not exceed the thread count Julia started
+    with (:func:`start_julia`'s ``threads``, ``PYJLFA_THREADS``). Trained parameters do not depend on ``n`` beyond
+    the BLAS's rounding; the same ``n`` and seed give identical training. NumPy's OpenBLAS count is process-wide:
+    NumPy's own matrix products in this process become serial too. While that BLAS has more threads (set by
+    ``threadpoolctl``, say), pyjlfa keeps to one thread and lets the BLAS thread the products.
     """
     from ._blas import set_numpy_blas_threads
     n = _threads_wanted(n, required=True)
@@ -378,7 +380,7 @@ def set_threads(n):
                          "process")
     e.call("fa_set_threads", n)
     if e.details.get("gemm_blas", "").startswith("NumPy"):
-        set_numpy_blas_threads(n)
+        set_numpy_blas_threads(1)
     e.runtime = _describe_runtime(e)   # what runtime_info reports (from any thread)
 
 

@@ -6,20 +6,41 @@
 # default, keeps Julia's own BLAS. One choice per process, like `BLAS.set_num_threads`.
 const EXTERNAL_SGEMM = Ref{Ptr{Cvoid}}(C_NULL)
 const EXTERNAL_DGEMM = Ref{Ptr{Cvoid}}(C_NULL)
+const EXTERNAL_THREADS = Ref{Ptr{Cvoid}}(C_NULL)   # its `int get_num_threads(void)`, if it has one
 external_gemm(::Type{Float32}) = EXTERNAL_SGEMM[]
 external_gemm(::Type{Float64}) = EXTERNAL_DGEMM[]
 external_gemm(::Type) = C_NULL
 
 """
-    use_external_blas!(sgemm, dgemm)
+    use_external_blas!(sgemm, dgemm, get_num_threads = C_NULL)
 
 Route the package's matrix products through these ILP64 Fortran `sgemm`/`dgemm` functions
-(addresses); `C_NULL` for both goes back to Julia's BLAS.
+(addresses); `C_NULL` for both goes back to Julia's BLAS. `get_num_threads`, the address of that
+BLAS's thread count, lets the package split products over its own threads while the BLAS is serial
+(without it the package never does, see `blas_threads`).
 """
-function use_external_blas!(sgemm::Ptr{Cvoid}, dgemm::Ptr{Cvoid})
+function use_external_blas!(sgemm::Ptr{Cvoid}, dgemm::Ptr{Cvoid}, get_num_threads::Ptr{Cvoid}=C_NULL)
     (sgemm == C_NULL) == (dgemm == C_NULL) || throw(ArgumentError("give both sgemm and dgemm, or neither"))
     EXTERNAL_SGEMM[], EXTERNAL_DGEMM[] = sgemm, dgemm
+    EXTERNAL_THREADS[] = sgemm == C_NULL ? C_NULL : get_num_threads
     return nothing
+end
+
+"""
+    blas_threads() -> Int
+
+The threads of the BLAS behind `gemm!`: Julia's OpenBLAS, or the external one (0 when it cannot
+say). Only while it is 1 do the package's kernels and products use Julia's threads (threads.jl).
+"""
+function blas_threads()
+    EXTERNAL_SGEMM[] == C_NULL && return own_blas_threads()
+    f = EXTERNAL_THREADS[]
+    return f == C_NULL ? 0 : Int(ccall(f, Cint, ()))
+end
+@static if isdefined(BLAS, :get_num_threads)
+    own_blas_threads() = BLAS.get_num_threads()
+else
+    own_blas_threads() = Int(ccall((:openblas_get_num_threads64_, Base.libblas_name), Cint, ()))
 end
 
 """
@@ -38,9 +59,39 @@ function gemm!(C::StridedMatrix{T}, tA::Char, A::StridedMatrix{T}, tB::Char, B::
     kB, n = tB == 'N' ? size(B) : reverse(size(B))
     k == kB && size(C) == (m, n) ||
         throw(DimensionMismatch("gemm!: C is $(size(C)), op(A) is ($m, $k), op(B) is ($kB, $n)"))
-    GC.@preserve A B C gemm_ptr!(tA, tB, m, n, k, T(alpha), pointer(A), max(1, stride(A, 2)),
-                                 pointer(B), max(1, stride(B, 2)), T(beta), pointer(C), max(1, stride(C, 2)))
+    lda, ldb, ldc = max(1, stride(A, 2)), max(1, stride(B, 2)), max(1, stride(C, 2))
+    p = nparts(NS_MULADD * sizeof(T) / 4 * m * n * k)
+    GC.@preserve A B C if p == 1
+        gemm_ptr!(tA, tB, m, n, k, T(alpha), pointer(A), lda, pointer(B), ldb, T(beta), pointer(C), ldc)
+    else
+        split_gemm!(tA, tB, m, n, k, T(alpha), pointer(A), lda, pointer(B), ldb, T(beta), pointer(C), ldc, p)
+    end
     return C
+end
+
+# A product on several threads: C cut along its longer side into `p` blocks, one serial BLAS call
+# each. Block edges fall on multiples of 16, so each block keeps the BLAS's full-width
+# micro-kernels. An element of C is computed the same way whatever the block, but the BLAS may pick
+# other kernels for other block sizes, so 1 and p threads may differ by rounding.
+@noinline function split_gemm!(tA, tB, m, n, k, alpha::T, A::Ptr{T}, lda, B::Ptr{T}, ldb, beta::T, C::Ptr{T}, ldc,
+                               p) where {T}
+    s = sizeof(T)
+    if n >= m      # columns of C and of op(B)
+        threaded_parts(1:cld(n, 16), p) do blocks
+            isempty(blocks) && return
+            lo, hi = 16 * (first(blocks) - 1), min(n, 16 * last(blocks))
+            gemm_ptr!(tA, tB, m, hi - lo, k, alpha, A, lda, B + s * lo * (tB == 'N' ? ldb : 1), ldb,
+                      beta, C + s * lo * ldc, ldc)
+        end
+    else           # rows of C and of op(A)
+        threaded_parts(1:cld(m, 16), p) do blocks
+            isempty(blocks) && return
+            lo, hi = 16 * (first(blocks) - 1), min(m, 16 * last(blocks))
+            gemm_ptr!(tA, tB, hi - lo, n, k, alpha, A + s * lo * (tA == 'N' ? 1 : lda), lda, B, ldb,
+                      beta, C + s * lo, ldc)
+        end
+    end
+    return nothing
 end
 gemm!(C, tA::Char, A, tB::Char, B, alpha=true, beta=false) = generic_gemm!(C, tA, A, tB, B, alpha, beta)
 generic_gemm!(C, tA, A, tB, B, alpha, beta) =

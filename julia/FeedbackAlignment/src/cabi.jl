@@ -267,12 +267,13 @@ end
 
 fa_error_message()::Ptr{UInt8} = pointer(ERROR_MESSAGE[])
 
-# Matrix products through the host's BLAS: ILP64 Fortran sgemm and dgemm (both NULL: Julia's own).
-fa_set_blas(sgemm::Ptr{Cvoid}, dgemm::Ptr{Cvoid})::Cint =
-    guarded(() -> FeedbackAlignment.use_external_blas!(sgemm, dgemm))
+# Matrix products through the host's BLAS: ILP64 Fortran sgemm and dgemm (both NULL: Julia's own),
+# and its `int get_num_threads(void)` (NULL if it has none).
+fa_set_blas(sgemm::Ptr{Cvoid}, dgemm::Ptr{Cvoid}, threads::Ptr{Cvoid})::Cint =
+    guarded(() -> FeedbackAlignment.use_external_blas!(sgemm, dgemm, threads))
 
-# Threads from now on: n of Julia's threads for the element-wise kernels, n for Julia's own BLAS
-# (the host sets the threads of a BLAS it handed over with fa_set_blas itself).
+# Threads from now on: n of Julia's threads for products and kernels, Julia's own BLAS serial (the
+# host makes a BLAS it handed over with fa_set_blas serial itself).
 fa_set_threads(n::Cint)::Cint = guarded(() -> FeedbackAlignment.set_threads!(n))
 
 # "runtime": key=value lines about Julia and its BLAS; "activation", "loss", "rule", "initialiser",
@@ -336,7 +337,7 @@ const SIGNATURES = [
     (:fa_state_set, Cint, (Int64, Int64, UInt64, Int64)),
     (:fa_optstate, Cint, (Int64, Cstring, Cint, Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
     (:fa_error_message, Ptr{UInt8}, ()),
-    (:fa_set_blas, Cint, (Ptr{Cvoid}, Ptr{Cvoid})),
+    (:fa_set_blas, Cint, (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid})),
     (:fa_set_threads, Cint, (Cint,)),
     (:fa_describe, Ptr{UInt8}, (Cstring,)),
     (:fa_lookup, Ptr{Cvoid}, (Cstring,)),
