@@ -1,6 +1,7 @@
 """The Python face of a Julia-side network: validation at the edge, zero-copy arrays across it."""
 
 import ctypes
+import math
 import os
 import sys
 import time
@@ -331,7 +332,7 @@ class Network:
     @property
     def n_features(self):
         """Values per sample: the product of input_shape."""
-        return int(np.prod(self.input_shape))
+        return math.prod(self.input_shape)   # not np.prod: 3.5 µs of each step call (math.prod: 0.05)
 
     @property
     def n_outputs(self):
