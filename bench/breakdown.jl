@@ -1,54 +1,43 @@
-# Where a training step's time goes, inside Julia (no Python, no boundary):
+# Where a training step's time goes, inside Julia (no Python, no boundary), at 1 and at all of
+# Julia's threads:
 #
-#     julia --startup-file=no bench/breakdown.jl [batch ...]
+#     julia --startup-file=no -t 2 bench/breakdown.jl [batch ...]
 #
-# For 784-256-256-10 tanh, float32, each rule: the whole `step!`, the same matrix products alone
-# through the package's `gemm!` on the same buffers (Julia's OpenBLAS), and the rest. With
-# NUMPY_OPENBLAS naming NumPy's bundled OpenBLAS (scipy-openblas, ILP64, `scipy_` prefix and `64_`
-# suffix), the same products also through it, in this process. Rounds are interleaved and the
-# best of each counts, so the shares hold on a noisy machine.
+# For 784-256-256-10 tanh, Float32, BP/FA/DFA: the whole `step!`, its forward-loss-backward
+# (`loss_and_grads!`) and its update (`update!`), and the same matrix products alone through the
+# package's `gemm!` on the step's own buffers. The step cycles through 32 batches (the products
+# alone see one), as training does. With NUMPY_OPENBLAS naming NumPy's bundled OpenBLAS
+# (scipy-openblas, ILP64: numpy.libs/libscipy_openblas64_*.so) the products go through it, as they
+# do when Python hosts the engine; otherwise through Julia's own (set OPENBLAS_CORETYPE=SkylakeX on
+# CPUs Julia 1.5's OpenBLAS does not know). Rounds are interleaved and the best of each counts.
 push!(LOAD_PATH, joinpath(@__DIR__, "..", "julia"))
-using FeedbackAlignment, LinearAlgebra, Libdl
-const FA_ = FeedbackAlignment
+using FeedbackAlignment, LinearAlgebra, Libdl, Random
+const FAL = FeedbackAlignment
 
-# Every matrix product of one step, with the buffers the step uses.
-function products(net, Xb)
-    ws, m, L = net.ws, size(Xb, 2), length(net.layers)
-    ops = Any[]
-    h = Xb
-    for l in 1:L
-        push!(ops, (FA_.preact(ws, l, m), 'N', net.layers[l].W, 'N', h))
-        l < L && (h = FA_.hidden(ws, l, m))
-    end
+const NUMPY_BLAS = get(ENV, "NUMPY_OPENBLAS", "")
+if !isempty(NUMPY_BLAS)
+    lib = Libdl.dlopen(NUMPY_BLAS)
+    FAL.use_external_blas!(Libdl.dlsym(lib, :scipy_sgemm_64_), Libdl.dlsym(lib, :scipy_dgemm_64_),
+                           Libdl.dlsym(lib, :scipy_openblas_get_num_threads64_))
+    ccall(Libdl.dlsym(lib, :scipy_openblas_set_num_threads64_), Cvoid, (Cint,), 1)   # as set_threads does
+end
+
+# Every matrix product of one step, on the step's buffers, for a dense chain.
+function products(net, X, m)
+    L = length(net.layers)
+    b(l) = FAL.buffers(net.layers[l], m)
+    input(l) = l == 1 ? X : b(l - 1).H
+    ops = Any[(b(l).A, 'N', net.layers[l].W, 'N', input(l)) for l in 1:L]
     for l in L-1:-1:1
-        D = FA_.delta(ws, l, m)
-        net.rule isa BP && push!(ops, (D, 'T', net.layers[l+1].W, 'N', FA_.delta(ws, l + 1, m)))
-        net.rule isa FA && push!(ops, (D, 'N', net.layers[l+1].B, 'N', FA_.delta(ws, l + 1, m)))
-        net.rule isa DFA && push!(ops, (D, 'N', net.layers[l].B, 'N', FA_.delta(ws, L, m)))
+        net.rule isa BP && push!(ops, (b(l).D, 'T', net.layers[l+1].W, 'N', b(l + 1).D))
+        net.rule isa FA && push!(ops, (b(l).D, 'N', net.layers[l+1].B, 'N', b(l + 1).D))
+        net.rule isa DFA && push!(ops, (b(l).D, 'N', net.layers[l].B, 'N', b(L).D))
     end
-    for l in 1:L
-        push!(ops, (net.grads[l][1], 'N', FA_.delta(ws, l, m), 'T', l == 1 ? Xb : FA_.hidden(ws, l - 1, m)))
-    end
+    append!(ops, [(net.layers[l].dW, 'N', b(l).D, 'T', input(l)) for l in 1:L])
     return ops
 end
 
-gemms!(ops) = foreach(op -> FA_.gemm!(op...), ops)
-
-const NUMPY_BLAS = get(ENV, "NUMPY_OPENBLAS", "")
-const SGEMM = isempty(NUMPY_BLAS) ? C_NULL : Libdl.dlsym(Libdl.dlopen(NUMPY_BLAS), :scipy_sgemm_64_)
-isempty(NUMPY_BLAS) || ccall(Libdl.dlsym(Libdl.dlopen(NUMPY_BLAS), :scipy_openblas_set_num_threads64_), Cvoid, (Cint,),
-                             ccall((:openblas_get_num_threads64_, Base.libblas_name), Cint, ()))
-
-# C = op(A) * op(B) through NumPy's sgemm (Fortran interface, 64-bit integers).
-function numpy_sgemm!(C::Matrix{Float32}, tA::Char, A::Matrix{Float32}, tB::Char, B::Matrix{Float32})
-    k = tA == 'N' ? size(A, 2) : size(A, 1)
-    ccall(SGEMM, Cvoid, (Ref{UInt8}, Ref{UInt8}, Ref{Int64}, Ref{Int64}, Ref{Int64}, Ref{Float32}, Ptr{Float32}, Ref{Int64},
-                         Ptr{Float32}, Ref{Int64}, Ref{Float32}, Ptr{Float32}, Ref{Int64}, Clong, Clong),
-          tA, tB, size(C, 1), size(C, 2), k, 1f0, A, max(1, stride(A, 2)), B, max(1, stride(B, 2)), 0f0, C, max(1, stride(C, 2)), 1, 1)
-end
-numpy_gemms!(ops) = foreach(op -> numpy_sgemm!(op...), ops)
-
-function best(f, reps, rounds)
+function best(f, reps, rounds=1)
     t = Inf
     for _ in 1:rounds
         t = min(t, @elapsed(for _ in 1:reps; f(); end) / reps)
@@ -56,27 +45,39 @@ function best(f, reps, rounds)
     return t
 end
 
+us(t) = lpad(round(t * 1e6, digits=1), 9)
 batches = isempty(ARGS) ? [32, 128, 512] : parse.(Int, ARGS)
-println("Julia $(VERSION), $(BLAS.openblas_get_config()), BLAS threads $(ccall((:openblas_get_num_threads64_, Base.libblas_name), Cint, ()))")
-println(rpad("rule", 5), lpad("batch", 6), lpad("step! us", 10), lpad("GEMMs us", 10), lpad("rest us", 9), lpad("step/GEMMs", 11),
-        isempty(NUMPY_BLAS) ? "" : lpad("NumPy's BLAS: GEMMs us", 24) * lpad("Julia's/NumPy's", 16))
+nt = Threads.nthreads()
+println("Julia $(VERSION), $nt thread(s); products through ", isempty(NUMPY_BLAS) ? "Julia's OpenBLAS" : "NumPy's OpenBLAS ($(basename(NUMPY_BLAS)))",
+        "; µs per call, best of 7 interleaved rounds")
+println(rpad("rule", 5), lpad("batch", 6), lpad("threads", 8), lpad("step!", 9), lpad("fwd+bwd", 9), lpad("update", 9),
+        lpad("products", 9), lpad("rest", 9), lpad("step/products", 14))
+rng = MersenneTwister(1)
 for m in batches, rule in (BP(), FA(), DFA())
-    net = Network([784, 256, 256, 10]; rule=rule, T=Float32)
-    X = rand(Float32, 784, m)
-    y = FA_.ZeroBasedLabels(rand(0:9, m))
-    opt = SGD(0.001)
-    step!(net, X, y, opt)
-    ops = products(net, X)
-    gemms!(ops)
+    net = Network([784, 256, 256, 10]; rule=rule, T=Float32, seed=0)
+    Xs, ys = [rand(rng, Float32, 784, m) for _ in 1:32], [rand(rng, 1:10, m) for _ in 1:32]
+    opt = SGD(0.01)
+    k = Ref(0)
+    next() = (k[] = mod1(k[] + 1, 32))
+    step!(net, Xs[1], ys[1], opt)
+    ops = products(net, Xs[1], m)
     reps = max(3, 4096 ÷ m)
-    ts, tg, tn = Inf, Inf, Inf
-    isempty(NUMPY_BLAS) || numpy_gemms!(ops)
-    for _ in 1:5   # interleaved
-        ts = min(ts, best(() -> step!(net, X, y, opt), reps, 1))
-        tg = min(tg, best(() -> gemms!(ops), reps, 1))
-        isempty(NUMPY_BLAS) || (tn = min(tn, best(() -> numpy_gemms!(ops), reps, 1)))
+    counts = unique([1, nt])
+    t = Dict{Tuple{Symbol,Int},Float64}()
+    for _ in 1:7, threads in counts
+        set_threads!(threads)
+        for (name, f) in ((:step, () -> (i = next(); step!(net, Xs[i], ys[i], opt))),
+                          (:grads, () -> (i = next(); FAL.loss_and_grads!(net, Xs[i], ys[i], true))),
+                          (:update, () -> FAL.update!(net, opt)),
+                          (:products, () -> foreach(op -> FAL.gemm!(op...), ops)))
+            f()
+            t[(name, threads)] = min(get(t, (name, threads), Inf), best(f, reps))
+        end
     end
-    println(rpad(typeof(rule).name.name, 5), lpad(m, 6), lpad(round(ts * 1e6, digits=1), 10),
-            lpad(round(tg * 1e6, digits=1), 10), lpad(round((ts - tg) * 1e6, digits=1), 9), lpad(round(ts / tg, digits=2), 11),
-            isempty(NUMPY_BLAS) ? "" : lpad(round(tn * 1e6, digits=1), 24) * lpad(round(tg / tn, digits=2), 16))
+    for threads in counts
+        s, p = t[(:step, threads)], t[(:products, threads)]
+        println(rpad(nameof(typeof(rule)), 5), lpad(m, 6), lpad(threads, 8), us(s), us(t[(:grads, threads)]),
+                us(t[(:update, threads)]), us(p), us(s - p), lpad(round(s / p, digits=2), 14))
+    end
 end
+set_threads!(1)

@@ -309,8 +309,8 @@ def start_julia(method=None, julia=None, threads=None):
     else "embed".
 
     threads: how many threads pyjlfa computes with: Julia starts with that many (its count is fixed
-    for the life of the process), and the element-wise kernels and the BLAS use that many (see
-    :func:`set_threads`). Default: the ``PYJLFA_THREADS`` environment variable, else Julia's own
+    for the life of the process), and pyjlfa's products and element-wise kernels run on them, over a
+    serial BLAS (see :func:`set_threads`). Default: the ``PYJLFA_THREADS`` environment variable, else Julia's own
     default (``JULIA_NUM_THREADS``, else 1) and the BLAS's. Returns :func:`runtime_info`.
     """
     global _engine
