@@ -4,14 +4,16 @@
 #
 # 1. Where splitting pays (MIN_WORK and the per-element costs in src/threads.jl): each threaded kernel
 #    at sizes from 1k to 256k elements, serial and split in two, trials interleaved, best of `rounds`.
-# 2. A training step of 784-256-256-10 (Float32, tanh, SGD) per rule and batch size with the
-#    kernels on 1 and on all threads, Julia's BLAS on all threads for both: the kernels' gain.
+# 2. A training step of 784-256-256-10 (Float32, tanh, SGD) per rule and batch size on 1 and on all
+#    threads (products split into blocks and kernels alike; Julia's BLAS serial, as set_threads!
+#    leaves it). Set OPENBLAS_CORETYPE=SkylakeX where Julia 1.5's OpenBLAS does not know the CPU.
 # Times are best-of-N per-call seconds; the machine is shared, so compare within a row.
 push!(LOAD_PATH, joinpath(@__DIR__, "..", "julia"))
 using FeedbackAlignment, LinearAlgebra, Random
 const FAL = FeedbackAlignment
 
 rounds = isempty(ARGS) ? 20 : parse(Int, ARGS[1])
+BLAS.set_num_threads(1)   # one pool: nothing is split while the BLAS has threads of its own
 Threads.nthreads() >= 2 || error("run with julia -t 2 (or more)")
 nt = Threads.nthreads()
 
@@ -69,10 +71,9 @@ step_bytes(net, X, y, opt) = @allocated step!(net, X, y, opt)
 
 function steps_table(rounds, nt)
     rng = MersenneTwister(2)
-    println("\n2. training step, 784-256-256-10 Float32 tanh SGD, Julia's BLAS on $nt threads; ms per step, best of $rounds")
-    println(rpad("rule", 6), lpad("batch", 6), lpad("kernels 1T", 12), lpad("kernels $(nt)T", 12), lpad("speed-up", 10),
+    println("\n2. training step, 784-256-256-10 Float32 tanh SGD, serial BLAS; ms per step, best of $rounds")
+    println(rpad("rule", 6), lpad("batch", 6), lpad("1 thread", 12), lpad("$nt threads", 12), lpad("speed-up", 10),
             lpad("bytes/step $(nt)T", 18))
-    BLAS.set_num_threads(nt)
     for rule in (BP(), FA(), DFA()), m in (32, 128, 512)
         net = Network([784, 256, 256, 10]; rule=rule, T=Float32, seed=0)
         X, y = rand(rng, Float32, 784, m), rand(rng, 1:10, m)
