@@ -3,23 +3,23 @@
 # One pool of threads at a time. Two pools on the same cores (Julia's threads for the element-wise
 # work and the BLAS's own for the products) made a 2-thread step 4-14x slower than a 1-thread one
 # here: each pool's idle threads spin for milliseconds after their work, so three busy threads shared
-# two cores (bench/results_threads.txt). So with `set_threads!(n)` the BLAS is serial and the package
+# two cores (bench/results_threads.txt at 3196b88). So with `set_threads!(n)` the BLAS is serial and the package
 # splits its products over Julia's threads itself (`split_gemm!`, blas.jl); whenever the BLAS has
 # more than one thread (a host or user set it so) everything here stays serial and the BLAS's
 # threads alone speed up the products.
 #
-# The rest of a step (bias and activation, the
-# activation's derivative, softmax and loss, optimiser updates) is split into a fixed number of
-# contiguous parts, one per thread, when there is enough of it to pay for the threads: Julia 1.5's
-# `@threads` cost 2-4.5 µs and 1.6 KB per call while the other threads were awake (~50 µs when one
-# must be woken, and a scheduler tick, 4 ms, on a machine whose cores are busy). Each part computes
-# its elements exactly as the serial loop does, so the parameters do not depend on the thread
-# count; only a reported loss, added part by part, may differ in its last bits. (Bias gradients stay
-# serial: split over rows so that each sum keeps its order, they ran 2x slower, bench/threads.jl.)
+# The rest of a step (bias and activation, the activation's derivative, softmax and loss, optimiser
+# updates) is split into a fixed number of contiguous parts, one per thread, when there is enough of
+# it to pay for the threads: Julia 1.5's `@threads` cost 2-6.5 µs and 1.6 KB per call while the
+# other threads were awake (~50 µs when one must be woken, and a scheduler tick, 4 ms, on a machine
+# whose cores are busy). Each part computes its elements exactly as the serial loop does, so the
+# kernels never change a result; only a reported loss, added part by part, may differ in its last
+# bits (and a split product by the BLAS's rounding, blas.jl). (Bias gradients stay serial: split
+# over rows so that each sum keeps its order, they ran 2x slower, bench/threads.jl.)
 
 const KERNEL_THREADS = Ref(typemax(Int))   # the kernels use at most this many of Julia's threads
 # Work is counted in nanoseconds of one thread's time, estimated per element from serial timings
-# (bench/threads.jl, Float32, AMD EPYC): a part must hold at least MIN_WORK of it. With the 2-4.5 µs
+# (bench/threads.jl, Float32, AMD EPYC): a part must hold at least MIN_WORK of it. With the 2-6.5 µs
 # a call costs, two parts start to win from about 8 µs of serial work and clearly (1.4-2x) from 15.
 const MIN_WORK = Ref(8000.0)
 const NS_ACTIVATE = 0.4    # bias add and tanh_fast, per element
@@ -46,7 +46,7 @@ function set_threads!(n::Integer)
     return Int(n)
 end
 
-"How many of Julia's threads the element-wise kernels use."
+"How many of Julia's threads the kernels and products use (while the BLAS is serial, `nparts`)."
 kernel_threads() = min(KERNEL_THREADS[], Threads.nthreads())
 
 """
