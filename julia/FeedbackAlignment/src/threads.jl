@@ -2,11 +2,11 @@
 #
 # One pool of threads at a time. Two pools on the same cores (Julia's threads for the element-wise
 # work and the BLAS's own for the products) made a 2-thread step 4-14x slower than a 1-thread one
-# here: each pool's idle threads spin for milliseconds after their work, so three busy threads shared
-# two cores (bench/results_threads.txt at 3196b88). So with `set_threads!(n)` the BLAS is serial and the package
-# splits its products over Julia's threads itself (`split_gemm!`, blas.jl); whenever the BLAS has
-# more than one thread (a host or user set it so) everything here stays serial and the BLAS's
-# threads alone speed up the products.
+# here: each pool's idle threads spin for milliseconds after their work, so three busy threads
+# shared two cores (bench/results_threads.txt at 3196b88). So with `set_threads!(n)` the BLAS is
+# serial and the package splits its products over Julia's threads itself (`split_gemm!`, blas.jl);
+# whenever the BLAS has more than one thread (a host or user set it so) everything here stays
+# serial and the BLAS's threads alone speed up the products.
 #
 # The rest of a step (bias and activation, the activation's derivative, softmax and loss, optimiser
 # updates) is split into a fixed number of contiguous parts, one per thread, when there is enough of
