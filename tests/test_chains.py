@@ -359,7 +359,7 @@ def julias_blas():
     """Multiply with Julia's own OpenBLAS in this process, as the julia process does: NumPy's
     OpenBLAS rounds float sums differently in the last bits."""
     eng = engine()
-    eng.call("fa_set_blas", None, None)
+    eng.call("fa_set_blas", None, None, None)
     try:
         yield
     finally:
