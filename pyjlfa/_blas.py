@@ -49,11 +49,14 @@ _SET_THREADS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64
 _GET_THREADS = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 
-def _numpy_openblas_function(names):
-    found = numpy_gemm()
-    if found is None:
-        return None
-    lib = ctypes.CDLL(found[2])
+def _numpy_openblas_function(names, path=None):
+    """The first of these functions NumPy's OpenBLAS (at `path`, else found anew) exports, or None."""
+    if path is None:
+        found = numpy_gemm()
+        if found is None:
+            return None
+        path = found[2]
+    lib = ctypes.CDLL(path)
     name = next((n for n in names if hasattr(lib, n)), None)
     return None if name is None else getattr(lib, name)
 
@@ -87,6 +90,6 @@ def use_numpy_blas(engine):
     sgemm, dgemm, path = found
     # Its thread count tells the engine whether it may split products over Julia's threads (only
     # while this BLAS is serial: two pools of threads on the same cores slow each other down).
-    threads = _numpy_openblas_function(_GET_THREADS)
+    threads = _numpy_openblas_function(_GET_THREADS, path)
     engine.call("fa_set_blas", sgemm, dgemm, None if threads is None else ctypes.cast(threads, ctypes.c_void_p).value)
     return f"NumPy's OpenBLAS ({os.path.basename(path)})"

@@ -37,7 +37,13 @@ for k, threads in enumerate(settings):
                        for name in ("W", "b")})
         params[f"{rule}_loss"] = np.array(losses + [net.evaluate(X, y)["loss"]])
     np.savez(f"{out}-{k}.npz", **params)
-    report["runs"].append({key: info.get(key) for key in ("kernel_threads", "blas_threads", "gemm_blas_threads")})
+    report["runs"].append({key: info.get(key) for key in ("kernel_threads", "blas_threads", "gemm_blas_threads",
+                                                          "gemm_threads_seen")})
+# The engine reads the thread count of the BLAS it multiplies with: a BLAS given threads again makes it
+# keep to one thread (the guard against two pools).
+from pyjlfa._blas import set_numpy_blas_threads
+from pyjlfa._runtime import _describe_runtime, engine
+report["seen_after_raising"] = _describe_runtime(engine())["gemm_threads_seen"] if set_numpy_blas_threads(2) else None
 print(json.dumps(report))
 """
 
@@ -58,6 +64,8 @@ def test_two_threads_train_as_one_and_repeat_bit_for_bit(tmp_path):
     assert [r["kernel_threads"] for r in report["runs"]] == ["1", "2", "2"]
     if report["runs"][0]["gemm_blas_threads"] is not None:     # NumPy's OpenBLAS does the GEMMs, serial: one pool
         assert [r["gemm_blas_threads"] for r in report["runs"]] == ["1", "1", "1"]
+    assert [r["gemm_threads_seen"] for r in report["runs"]] == ["1", "1", "1"]   # so the engine may split products
+    assert report["seen_after_raising"] in ("2", None)
     assert one.keys() == two.keys() and len(one) == 3 * (6 + 1)
     for key in one:
         np.testing.assert_array_equal(two[key], two_again[key], err_msg=f"{key}: same threads, same seed")

@@ -291,6 +291,7 @@ function runtime_description()
              "kernel_threads=$(FeedbackAlignment.kernel_threads())",
              "kernel_min_work=$(FeedbackAlignment.MIN_WORK[])",
              "blas=$(blas_config())", "blas_threads=$(openblas_threads())",
+             "gemm_threads_seen=$(FeedbackAlignment.blas_threads())",   # of the BLAS the products use, as the engine reads it
              "gemm=$(FeedbackAlignment.EXTERNAL_SGEMM[] == C_NULL ? "julia" : "external")",
              "package_path=$(dirname(dirname(pathof(FeedbackAlignment))))"]
     return join(lines, "\n")
