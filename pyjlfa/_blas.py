@@ -7,6 +7,7 @@ was 1.1-1.9x faster on the GEMMs of a 784-1000-1000-1000-10 network and level on
 """
 
 import ctypes
+import functools
 import glob
 import os
 
@@ -30,6 +31,7 @@ def _candidates():
     return list(dict.fromkeys(os.path.realpath(p) for p in paths))
 
 
+@functools.lru_cache(maxsize=None)   # NumPy's library stays as loaded; a search costs ~0.5 ms
 def numpy_gemm():
     """(sgemm address, dgemm address, library path) of NumPy's ILP64 OpenBLAS, or None."""
     for path in _candidates():
@@ -49,14 +51,13 @@ _SET_THREADS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64
 _GET_THREADS = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 
-def _numpy_openblas_function(names, path=None):
-    """The first of these functions NumPy's OpenBLAS (at `path`, else found anew) exports, or None."""
-    if path is None:
-        found = numpy_gemm()
-        if found is None:
-            return None
-        path = found[2]
-    lib = ctypes.CDLL(path)
+@functools.lru_cache(maxsize=None)
+def _numpy_openblas_function(names):
+    """The first of these functions NumPy's OpenBLAS exports, or None."""
+    found = numpy_gemm()
+    if found is None:
+        return None
+    lib = ctypes.CDLL(found[2])
     name = next((n for n in names if hasattr(lib, n)), None)
     return None if name is None else getattr(lib, name)
 
@@ -90,6 +91,6 @@ def use_numpy_blas(engine):
     sgemm, dgemm, path = found
     # Its thread count tells the engine whether it may split products over Julia's threads (only
     # while this BLAS is serial: two pools of threads on the same cores slow each other down).
-    threads = _numpy_openblas_function(_GET_THREADS, path)
+    threads = _numpy_openblas_function(_GET_THREADS)
     engine.call("fa_set_blas", sgemm, dgemm, None if threads is None else ctypes.cast(threads, ctypes.c_void_p).value)
     return f"NumPy's OpenBLAS ({os.path.basename(path)})"
