@@ -373,7 +373,7 @@ def set_threads(n):
     from ._blas import set_numpy_blas_threads
     n = _threads_wanted(n, required=True)
     e = engine()
-    started = int(_describe_runtime(e)["julia_threads"])
+    started = int(e.runtime["julia_threads"])   # fixed when Julia started
     if n > started:
         raise ValueError(f"threads={n}, but Julia started with {started} thread(s) in this process; its thread count "
                          f"is fixed at start: use PYJLFA_THREADS={n} (or pyjlfa.start_julia(threads={n})) in a new "
@@ -405,7 +405,7 @@ def _check_julia_threads(threads):
     """A clear error when Julia is running with another thread count than the one asked for."""
     if threads is None:
         return
-    running = int(_describe_runtime(_engine)["julia_threads"])
+    running = int(_engine.runtime["julia_threads"])
     if running != threads:
         raise RuntimeError(f"Julia is already running in this process with {running} thread(s), not the {threads} "
                            "asked for (threads= or PYJLFA_THREADS); Julia's thread count is fixed when it starts. Set "
