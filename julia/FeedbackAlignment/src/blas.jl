@@ -75,18 +75,15 @@ end
 # other kernels for other block sizes, so 1 and p threads may differ by rounding.
 @noinline function split_gemm!(tA, tB, m, n, k, alpha::T, A::Ptr{T}, lda, B::Ptr{T}, ldb, beta::T, C::Ptr{T}, ldc,
                                p) where {T}
-    s = sizeof(T)
-    if n >= m      # columns of C and of op(B)
-        threaded_parts(1:cld(n, 16), p) do blocks
-            isempty(blocks) && return
-            lo, hi = 16 * (first(blocks) - 1), min(n, 16 * last(blocks))
+    s, columns = sizeof(T), n >= m   # columns of C and op(B), else rows of C and op(A)
+    len = columns ? n : m
+    threaded_parts(1:cld(len, 16), p) do blocks
+        isempty(blocks) && return
+        lo, hi = 16 * (first(blocks) - 1), min(len, 16 * last(blocks))
+        if columns
             gemm_ptr!(tA, tB, m, hi - lo, k, alpha, A, lda, B + s * lo * (tB == 'N' ? ldb : 1), ldb,
                       beta, C + s * lo * ldc, ldc)
-        end
-    else           # rows of C and of op(A)
-        threaded_parts(1:cld(m, 16), p) do blocks
-            isempty(blocks) && return
-            lo, hi = 16 * (first(blocks) - 1), min(m, 16 * last(blocks))
+        else
             gemm_ptr!(tA, tB, hi - lo, n, k, alpha, A + s * lo * (tA == 'N' ? 1 : lda), lda, B, ldb,
                       beta, C + s * lo, ldc)
         end
