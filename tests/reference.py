@@ -1,6 +1,7 @@
 """Plain NumPy reference implementation of pyjlfa's training math.
 
-This module exists for two reasons only:
+This module (tests/reference.py; it is not part of the pyjlfa package and needs nothing but
+NumPy) exists for two reasons only:
 
 * as a **test oracle**: the Julia engine's forward pass, losses, gradients
   and SGD updates are checked against it, and
@@ -93,6 +94,108 @@ and ``y`` the layer's output without bias: dense ``B += lr * (y.T @ x / mb - dec
 ``B += lr * (dWlike(x, y) / (mb * oh * ow) - decay * B)``, ``dWlike`` being the conv weight
 gradient formula with ``(x, y)`` in place of ``(h_in, delta)``. A chain of dense layers gives
 exactly what :class:`ReferenceNetwork` gives.
+
+Nested networks (:class:`ReferenceNet`)
+---------------------------------------
+A network is a list of items ``(kind, options)`` whose residual items hold lists in turn. PyTorch's
+conventions and layouts throughout: images ``(m, C, H, W)``, conv ``W`` ``(Cout, Cin, kh, kw)``,
+dense ``W`` ``(n_in, n_out)`` with ``y = x @ W + b``.
+
+Layers. ``conv`` (cin, cout, k, stride=1, pad=0, bias=True, act="identity"), ``dense`` (n_in,
+n_out, bias=True, act="identity"), ``maxpool``/``meanpool`` (k, stride=k) and ``flatten`` are
+the chain's; ``bias=False`` means no b at all; a fused ``act`` is the same as the activation layer
+following the weight layer (and the point of its DFA run sits after it). Activation layers:
+``relu``, ``tanh``, ``sigmoid``, ``leaky_relu`` (slope 0.01), ``identity``. ``gap`` is PyTorch's
+AdaptiveAvgPool2d(1): (C, H, W) -> (C, 1, 1), backward ``g / (H*W)`` to every pixel.
+
+``batchnorm`` (c) normalises (C, H, W) inputs per channel (statistics over m, H, W) and (F,)
+inputs per feature (over m); n is the number of values per channel. gamma starts at 1, beta at 0,
+running_mean at 0, running_var at 1; momentum 0.1, eps 1e-5 (PyTorch's). Training mode: with the
+batch mean and the BIASED batch variance, ``xhat = (x - mean) / sqrt(var + eps)``,
+``y = gamma * xhat + beta``; backward ``dgamma = sum(g * xhat)``, ``dbeta = sum(g)``,
+``dx = gamma / sqrt(var + eps) * (g - mean(g) - xhat * mean(g * xhat))`` (means over the n values).
+n = 1 is an error (PyTorch refuses it too). Evaluation mode: the running statistics in place of the
+batch's, nothing updated, and ``dx = gamma / sqrt(running_var + eps) * g``. A training step then
+sets ``running_mean = 0.9 * running_mean + 0.1 * mean`` and
+``running_var = 0.9 * running_var + 0.1 * var * n / (n - 1)`` (the unbiased variance), from the
+statistics of the step's own forward pass.
+
+``dropout`` (p, 0 <= p < 1): in training mode the output is the input times a mask the caller
+supplies, ``masks[path]`` of shape (m, *shape) holding only 0 and 1/(1-p) (optional for p = 0,
+where it is all ones); the backward pass multiplies by the same mask. Evaluation mode: the identity
+(masks are then ignored).
+
+``residual`` (main=[...], shortcut=None | "pad" | [...]): ``out = main(x) + shortcut(x)``. None is
+the identity; a list is a projection path; ``"pad"`` is He et al.'s option A as biotorch writes
+it: ``x[:, :, ::s, ::s]`` with s = 2 when main's output has another (H, W) than x (else 1), then
+(Cout - Cin) / 2 zero channels before and after (Cout - Cin must be even and >= 0). Both paths
+must give the same shape (a ValueError names the block's path and both shapes). Backward: the
+error at the output goes down both paths, and the error at the block's input is the SUM of what
+they carry back (the "pad" path: the kept channels' error back at every s-th row and column, 0
+elsewhere). Residual items nest.
+
+The last top-level item must be dense with identity activation; losses are the ones above.
+
+Paths and modes. A layer is named by its position in the nested lists, as PyTorch's named_modules
+names it: ``"3"`` at the top level, ``"3.main.0"`` and ``"3.shortcut.1"`` inside item 3.
+``named_layers()`` walks them depth-first, a residual before its main path, its main path before
+its shortcut. Each layer object holds ``W``, ``b``, ``B``, ``gamma``, ``beta``, ``running_mean``,
+``running_var`` (None where it has none). The network starts in training mode; ``train()`` and
+``eval()`` switch it. ``forward``, ``outputs``, ``loss``, ``gradients``, ``output_errors`` and
+``input_error`` use the current mode and change nothing (running statistics included); ``step``
+always runs a training-mode forward pass (whatever the mode, which it leaves as it was).
+
+The rules on a nested network. Weight layers (conv, dense) are where a rule's feedback acts;
+every other layer (batchnorm, activations, pools, flatten, gap, dropout, the residual addition and
+the "pad" shortcut) carries errors back exactly under every rule. A weight layer's delta is the
+error at its output times ``f'(a)`` of its fused activation; its gradients are the chain's.
+
+* ``"bp"``: exact gradients everywhere.
+* FA style (``"fa"``, ``"usf"``, ``"frsf"``, ``"brsf"``, ``"kp"``, ``"wm"``): a weight layer carries
+  its delta back to its input through its B in W's place (dense: B is (n_out, n_in) and the input
+  error ``delta @ B``; conv: B has W's shape and the input error is the transposed convolution
+  with B); sign-symmetric rules use ``|B| * sign(W)`` (``sign(W.T)`` for dense), signs by
+  ``np.copysign`` (+0 counts as +). A weight layer has a B iff some trainable layer (a weight layer
+  or a batchnorm) lies between the network input and it, on any path: the stem conv of a ResNet
+  has none, a 1x1 shortcut conv inside a block has one. A weight layer without B carries nothing
+  back (nothing before it learns, so nothing is lost).
+* DFA style (``"dfa"``, ``"drtp"``, ``"sdfa"``) with ``feedback_points`` ``"layer"`` (default) or
+  ``"block"``. The output signal is ``s = e`` (dfa), ``sign(e) / m`` (sdfa) or ``-onehot(y) / m``
+  (drtp). A point's B is ``(n_outputs, size of the point per sample)``; the point receives
+  ``(s @ B).reshape(m, *point shape)`` (C order) as the error there, which is carried back
+  exactly, with the true W, through the layers of its RUN and no further. A run is its owner
+  followed by the longest sequence of directly following items of the same list that are
+  batchnorm, activation or dropout layers; the point sits at the run's output, and the B is held
+  by the owner.
+
+  - ``"layer"``: every weight layer but the network's last owns a run. (For Dense + activation this
+    is Nøkland's ``delta = (s @ B) * f'(a)``; for a chain, exactly ReferenceChain.) The run's
+    batchnorm layers learn from the error carried back to them.
+  - ``"block"``: every top-level residual item (one not inside another) owns a run (the block and
+    the batchnorm/activation/dropout items right after it); its error goes back exactly through
+    everything inside the block, convs included (with W), down to the block's input, where it
+    stops. Weight layers outside every residual item keep their ``"layer"`` runs. Weight layers
+    inside a block have no B; the block has one.
+
+  The network's last layer learns from e itself (delta = e) under every DFA-style rule, as in
+  ReferenceChain.
+* ``"shallow"``: only the network's last layer learns.
+
+Layers no error reaches get zero gradients: every layer but the last under shallow, and under the
+DFA-style rules any trainable layer in no run (e.g. a batchnorm right after a pool). The input error
+(``input_error``) is dL/dX under bp and what the weight layers' B carry back under FA style (None
+when the first weight layers have no B); the DFA-style rules and shallow carry nothing to the input.
+
+``gradients`` answers ``{path: grads}`` in ``named_layers()`` order: ``(dW, db)`` for weight layers
+(db None without bias), ``(dgamma, dbeta)`` for batchnorm, ``(None, None)`` for every other layer.
+
+Updates (``step``): PyTorch's SGD with momentum per array, ``v = mu * v + (grad + wd * p);
+p -= lr * v``, velocities starting at 0, with weight decay ``wd`` on conv and dense W only (not on
+b, gamma or beta). ``"kp"``: each B gets W's update (grad dW.T for dense, dW for conv) with
+``wd * B``. Sign-symmetric rules then set B = |B| with W's new signs; brsf's redraw is the
+caller's (assign B). ``"wm"``: then ReferenceChain's mirror steps, noise given per path. Under
+``"shallow"`` only the last layer's arrays change (and the running statistics, which any training
+forward pass updates). DFA-style B never change.
 """
 
 import numpy as np
@@ -104,6 +207,8 @@ __all__ = [
     "feedback_shapes",
     "ReferenceNetwork",
     "ReferenceChain",
+    "ReferenceNet",
+    "NetLayer",
     "conv2d",
     "conv2d_transpose",
     "conv2d_weight_gradient",
@@ -111,6 +216,13 @@ __all__ = [
     "max_pool2d_backward",
     "mean_pool2d",
     "mean_pool2d_backward",
+    "batch_norm",
+    "batch_statistics",
+    "batch_norm_backward",
+    "global_avg_pool",
+    "global_avg_pool_backward",
+    "option_a_shortcut",
+    "option_a_shortcut_backward",
     "SplitMix64",
     "initial_parameters",
 ]
@@ -1507,20 +1619,18 @@ class ReferenceNet:
                 run.append(item)
             return run
 
-        # A residual's main and shortcut are separate lists: visit each on its own.
-        def visit_lists(items, inside_residual):
+        def visit(items):  # each list on its own: a residual's main and shortcut are separate lists
             for i, layer in enumerate(items):
-                if layer.kind == "residual":
-                    if self.feedback_points == "block" and not inside_residual:
-                        points.append((layer, run_of(items, i)))
-                    else:
-                        visit_lists(layer.main, True)
-                        if isinstance(layer.shortcut, list):
-                            visit_lists(layer.shortcut, True)
+                if layer.kind == "residual" and self.feedback_points == "block":
+                    points.append((layer, run_of(items, i)))  # only top-level blocks: we never go inside one
+                elif layer.kind == "residual":
+                    visit(layer.main)
+                    if isinstance(layer.shortcut, list):
+                        visit(layer.shortcut)
                 elif layer.is_weight and layer is not self.last:
                     points.append((layer, run_of(items, i)))
 
-        visit_lists(self.layers, False)
+        visit(self.layers)
         return points
 
     def named_layers(self):
