@@ -1703,8 +1703,9 @@ class ReferenceNet:
 
     # -- checks -------------------------------------------------------------------
 
-    def _expected_arrays(self, layer):
-        """{name: shape or None} for the seven array attributes of a layer."""
+    def _expected_arrays(self, layer, B_shapes):
+        """{name: shape or None} for the seven array attributes of a layer (``B_shapes``: the
+        network's feedback_shapes())."""
         shapes = dict.fromkeys(ARRAY_NAMES)
         if layer.is_weight:
             shapes["W"] = layer.W_shape
@@ -1712,12 +1713,14 @@ class ReferenceNet:
         if layer.kind == "batchnorm":
             for name in ("gamma", "beta", "running_mean", "running_var"):
                 shapes[name] = (layer.c,)
-        shapes["B"] = self.feedback_shapes().get(layer.path)
+        shapes["B"] = B_shapes.get(layer.path)
         return shapes
 
     def _check_parameters(self):
+        """Every array must still have the shape and dtype the network was built with."""
+        B_shapes = self.feedback_shapes()
         for path, layer in self.named_layers():
-            for name, shape in self._expected_arrays(layer).items():
+            for name, shape in self._expected_arrays(layer, B_shapes).items():
                 arr = getattr(layer, name)
                 if shape is None:
                     if arr is not None:
