@@ -7,7 +7,7 @@
     python bench/run.py --conv     # LeNet-5 and LeNet-CIFAR against PyTorch, one thread (bench/conv.py)
 
 For each case (network, dtype, batch size, rule) it prints samples per second for a training step
-and for a whole epoch, for pyjlfa, the NumPy reference (pyjlfa.reference) and PyTorch (FA and DFA as
+and for a whole epoch, for pyjlfa, the NumPy reference (tests/reference.py) and PyTorch (FA and DFA as
 custom autograd.Functions, in its own process, on the same data and initial weights), each peer's
 time over pyjlfa's (above 1: pyjlfa is faster), and the GEMM floor: the same matrix products
 alone, in NumPy's OpenBLAS (the newest BLAS in the process), with pyjlfa's step time over it.
@@ -59,6 +59,7 @@ if ARGS is not None:  # thread counts must be set before NumPy's (and Julia's) O
         os.environ[var] = str(max(ARGS.threads))   # the pools' size; each case then limits them
 
 import ctypes  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
@@ -71,8 +72,19 @@ from threadpoolctl import threadpool_limits  # noqa: E402  (scikit-learn's depen
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure the pyjlfa this file belongs to
 import pyjlfa  # noqa: E402
-from pyjlfa.reference import ReferenceNetwork  # noqa: E402
 from pyjlfa._blas import set_numpy_blas_threads  # noqa: E402  (the OpenBLAS pyjlfa and NumPy share)
+
+
+def _load_reference():
+    """The NumPy speed peer: the test oracle, loaded from its file (tests/reference.py is no package module)."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "reference.py"
+    spec = importlib.util.spec_from_file_location("pyjlfa_tests_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ReferenceNetwork = _load_reference().ReferenceNetwork
 
 HERE = Path(__file__).resolve().parent
 SMALL, LARGE = (784, 256, 256, 10), (784, 1000, 1000, 1000, 10)

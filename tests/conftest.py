@@ -8,7 +8,7 @@ import pytest
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import pyjlfa
-from pyjlfa.reference import ReferenceNetwork
+from reference import ReferenceNetwork
 
 ACTIVATIONS = ("tanh", "sigmoid", "relu", "leaky_relu", "identity")
 RULES = ("bp", "fa", "dfa")

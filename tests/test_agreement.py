@@ -1,10 +1,10 @@
-"""Cross-language agreement: the Julia engine against the plain NumPy reference (pyjlfa.reference)."""
+"""Cross-language agreement: the Julia engine against the plain NumPy reference (tests/reference.py)."""
 
 import numpy as np
 import pytest
 
 import pyjlfa
-from pyjlfa.reference import SplitMix64
+from reference import SplitMix64
 
 from conftest import ACTIVATIONS, LOSSES, RULES, TOLERANCE, batch, reference_of
 

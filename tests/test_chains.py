@@ -1,7 +1,7 @@
 """Layer chains (convolution, pooling, flatten, dense) against the NumPy oracle and across languages.
 
 Every rule's per-layer gradients and its training steps are compared with ``ReferenceChain``
-(pyjlfa/reference.py, plain NumPy with no code shared with the engine), BP's conv gradients with
+(tests/reference.py, plain NumPy with no code shared with the engine), BP's conv gradients with
 central finite differences of the engine's own loss; then zero copy of image inputs and conv
 parameters, model files and seeds across Python and Julia, bad input, alignment diagnostics on conv
 layers, and Fashion-MNIST as padded images.
@@ -25,7 +25,7 @@ from test_zero_copy import Spy   # records the input address each entry point wa
 from pyjlfa._blas import use_numpy_blas
 from pyjlfa._runtime import engine
 from pyjlfa.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
-from pyjlfa.reference import ReferenceChain, SplitMix64
+from reference import ReferenceChain, SplitMix64
 
 ROOT = Path(__file__).resolve().parent.parent
 INPUT = (2, 8, 8)

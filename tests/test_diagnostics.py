@@ -1,4 +1,4 @@
-"""Alignment diagnostics against a NumPy oracle built on pyjlfa.reference, and their tracking in fit."""
+"""Alignment diagnostics against a NumPy oracle built on the reference (tests/reference.py), and their tracking in fit."""
 
 import functools
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import pyjlfa
-from pyjlfa.reference import ReferenceNetwork, _activate, _derivative
+from reference import ReferenceNetwork, _activate, _derivative
 
 from conftest import batch, reference_of
 

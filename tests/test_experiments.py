@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pyjlfa import experiments
-from pyjlfa.reference import ReferenceNetwork, SplitMix64
+from reference import ReferenceNetwork, SplitMix64
 
 # experiments.jl's stream tags ("teach", "train", "test")
 TEACHER, TRAIN, TEST = 0x7465616368, 0x747261696E, 0x74657374

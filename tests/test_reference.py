@@ -1,21 +1,16 @@
-"""Tests of the plain NumPy reference implementation (pyjlfa/reference.py).
+"""Tests of the plain NumPy reference implementation (tests/reference.py).
 
-These tests need nothing but NumPy and pytest. The module is loaded straight
-from its file so that importing the ``pyjlfa`` package (which may start a
-Julia runtime) is never needed here.
+These tests need nothing but NumPy and pytest: the oracle is a plain module in
+the tests folder (pytest puts that folder on sys.path), so the ``pyjlfa``
+package is never imported for it.
 """
 
-import importlib.util
 import math
-import pathlib
 
 import numpy as np
 import pytest
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "pyjlfa" / "reference.py"
-_spec = importlib.util.spec_from_file_location("_pyjlfa_reference_under_test", _PATH)
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+import reference as ref
 
 ReferenceNetwork = ref.ReferenceNetwork
 

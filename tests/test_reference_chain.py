@@ -1,18 +1,14 @@
-"""Tests of the NumPy reference for layer chains (pyjlfa/reference.py: ReferenceChain and its conv and
+"""Tests of the NumPy reference for layer chains (tests/reference.py: ReferenceChain and its conv and
 pooling functions), against finite differences, explicit loops, hand calculations and the dense
-ReferenceNetwork. Like tests/test_reference.py, the module is loaded straight from its file."""
+ReferenceNetwork. Like tests/test_reference.py, the oracle is imported as a plain module from the
+tests folder."""
 
-import importlib.util
 import math
-import pathlib
 
 import numpy as np
 import pytest
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "pyjlfa" / "reference.py"
-_spec = importlib.util.spec_from_file_location("_pyjlfa_reference_chain_under_test", _PATH)
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+import reference as ref
 
 ReferenceChain = ref.ReferenceChain
 ReferenceNetwork = ref.ReferenceNetwork

@@ -6,7 +6,7 @@ import pytest
 
 import pyjlfa
 from pyjlfa import init
-from pyjlfa.reference import ReferenceNetwork
+from reference import ReferenceNetwork
 
 from conftest import TOLERANCE, batch, reference_of
 

@@ -1,11 +1,11 @@
 """Identical models from one seed: the engine's initial parameters and shuffled epochs equal those the
-NumPy reference computes from the seeds alone (pyjlfa.reference.initial_parameters, SplitMix64)."""
+NumPy reference computes from the seeds alone (tests/reference.py: initial_parameters, SplitMix64)."""
 
 import numpy as np
 import pytest
 
 import pyjlfa
-from pyjlfa.reference import ReferenceNetwork, SplitMix64, initial_parameters
+from reference import ReferenceNetwork, SplitMix64, initial_parameters
 
 from conftest import RULES, batch
 

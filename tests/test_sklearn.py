@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler, scale
 from sklearn.utils.estimator_checks import _regression_dataset, parametrize_with_checks
 
 import pyjlfa
-from pyjlfa.reference import ReferenceNetwork, SplitMix64
+from reference import ReferenceNetwork, SplitMix64
 from pyjlfa.sklearn import FeedbackAlignmentClassifier, FeedbackAlignmentRegressor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -328,7 +328,7 @@ def test_verbose_prints_the_loss(capsys):
 def test_alpha_nesterov_and_adam_map_to_pyjlfa_optimisers():
     """alpha is scikit-learn's L2 term (alpha * W / batch_size added to the gradient, biases spared):
     one epoch of one full batch equals a hand-computed step; adam and Nesterov SGD train."""
-    from pyjlfa.reference import ReferenceNetwork
+    from reference import ReferenceNetwork
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(20, 3)), rng.normal(size=20)
     reg = FeedbackAlignmentRegressor(hidden_layer_sizes=(4,), rule="fa", alpha=0.5, batch_size=20,

@@ -1,6 +1,7 @@
 """Plain NumPy reference implementation of pyjlfa's training math.
 
-This module exists for two reasons only:
+This module (tests/reference.py; it is not part of the pyjlfa package and needs nothing but
+NumPy) exists for two reasons only:
 
 * as a **test oracle**: the Julia engine's forward pass, losses, gradients
   and SGD updates are checked against it, and
@@ -93,6 +94,108 @@ and ``y`` the layer's output without bias: dense ``B += lr * (y.T @ x / mb - dec
 ``B += lr * (dWlike(x, y) / (mb * oh * ow) - decay * B)``, ``dWlike`` being the conv weight
 gradient formula with ``(x, y)`` in place of ``(h_in, delta)``. A chain of dense layers gives
 exactly what :class:`ReferenceNetwork` gives.
+
+Nested networks (:class:`ReferenceNet`)
+---------------------------------------
+A network is a list of items ``(kind, options)`` whose residual items hold lists in turn. PyTorch's
+conventions and layouts throughout: images ``(m, C, H, W)``, conv ``W`` ``(Cout, Cin, kh, kw)``,
+dense ``W`` ``(n_in, n_out)`` with ``y = x @ W + b``.
+
+Layers. ``conv`` (cin, cout, k, stride=1, pad=0, bias=True, act="identity"), ``dense`` (n_in,
+n_out, bias=True, act="identity"), ``maxpool``/``meanpool`` (k, stride=k) and ``flatten`` are
+the chain's; ``bias=False`` means no b at all; a fused ``act`` is the same as the activation layer
+following the weight layer (and the point of its DFA run sits after it). Activation layers:
+``relu``, ``tanh``, ``sigmoid``, ``leaky_relu`` (slope 0.01), ``identity``. ``gap`` is PyTorch's
+AdaptiveAvgPool2d(1): (C, H, W) -> (C, 1, 1), backward ``g / (H*W)`` to every pixel.
+
+``batchnorm`` (c) normalises (C, H, W) inputs per channel (statistics over m, H, W) and (F,)
+inputs per feature (over m); n is the number of values per channel. gamma starts at 1, beta at 0,
+running_mean at 0, running_var at 1; momentum 0.1, eps 1e-5 (PyTorch's). Training mode: with the
+batch mean and the BIASED batch variance, ``xhat = (x - mean) / sqrt(var + eps)``,
+``y = gamma * xhat + beta``; backward ``dgamma = sum(g * xhat)``, ``dbeta = sum(g)``,
+``dx = gamma / sqrt(var + eps) * (g - mean(g) - xhat * mean(g * xhat))`` (means over the n values).
+n = 1 is an error (PyTorch refuses it too). Evaluation mode: the running statistics in place of the
+batch's, nothing updated, and ``dx = gamma / sqrt(running_var + eps) * g``. A training step then
+sets ``running_mean = 0.9 * running_mean + 0.1 * mean`` and
+``running_var = 0.9 * running_var + 0.1 * var * n / (n - 1)`` (the unbiased variance), from the
+statistics of the step's own forward pass.
+
+``dropout`` (p, 0 <= p < 1): in training mode the output is the input times a mask the caller
+supplies, ``masks[path]`` of shape (m, *shape) holding only 0 and 1/(1-p) (optional for p = 0,
+where it is all ones); the backward pass multiplies by the same mask. Evaluation mode: the identity
+(masks are then ignored).
+
+``residual`` (main=[...], shortcut=None | "pad" | [...]): ``out = main(x) + shortcut(x)``. None is
+the identity; a list is a projection path; ``"pad"`` is He et al.'s option A as biotorch writes
+it: ``x[:, :, ::s, ::s]`` with s = 2 when main's output has another (H, W) than x (else 1), then
+(Cout - Cin) / 2 zero channels before and after (Cout - Cin must be even and >= 0). Both paths
+must give the same shape (a ValueError names the block's path and both shapes). Backward: the
+error at the output goes down both paths, and the error at the block's input is the SUM of what
+they carry back (the "pad" path: the kept channels' error back at every s-th row and column, 0
+elsewhere). Residual items nest.
+
+The last top-level item must be dense with identity activation; losses are the ones above.
+
+Paths and modes. A layer is named by its position in the nested lists, as PyTorch's named_modules
+names it: ``"3"`` at the top level, ``"3.main.0"`` and ``"3.shortcut.1"`` inside item 3.
+``named_layers()`` walks them depth-first, a residual before its main path, its main path before
+its shortcut. Each layer object holds ``W``, ``b``, ``B``, ``gamma``, ``beta``, ``running_mean``,
+``running_var`` (None where it has none). The network starts in training mode; ``train()`` and
+``eval()`` switch it. ``forward``, ``outputs``, ``loss``, ``gradients``, ``output_errors`` and
+``input_error`` use the current mode and change nothing (running statistics included); ``step``
+always runs a training-mode forward pass (whatever the mode, which it leaves as it was).
+
+The rules on a nested network. Weight layers (conv, dense) are where a rule's feedback acts;
+every other layer (batchnorm, activations, pools, flatten, gap, dropout, the residual addition and
+the "pad" shortcut) carries errors back exactly under every rule. A weight layer's delta is the
+error at its output times ``f'(a)`` of its fused activation; its gradients are the chain's.
+
+* ``"bp"``: exact gradients everywhere.
+* FA style (``"fa"``, ``"usf"``, ``"frsf"``, ``"brsf"``, ``"kp"``, ``"wm"``): a weight layer carries
+  its delta back to its input through its B in W's place (dense: B is (n_out, n_in) and the input
+  error ``delta @ B``; conv: B has W's shape and the input error is the transposed convolution
+  with B); sign-symmetric rules use ``|B| * sign(W)`` (``sign(W.T)`` for dense), signs by
+  ``np.copysign`` (+0 counts as +). A weight layer has a B iff some trainable layer (a weight layer
+  or a batchnorm) lies between the network input and it, on any path: the stem conv of a ResNet
+  has none, a 1x1 shortcut conv inside a block has one. A weight layer without B carries nothing
+  back (nothing before it learns, so nothing is lost).
+* DFA style (``"dfa"``, ``"drtp"``, ``"sdfa"``) with ``feedback_points`` ``"layer"`` (default) or
+  ``"block"``. The output signal is ``s = e`` (dfa), ``sign(e) / m`` (sdfa) or ``-onehot(y) / m``
+  (drtp). A point's B is ``(n_outputs, size of the point per sample)``; the point receives
+  ``(s @ B).reshape(m, *point shape)`` (C order) as the error there, which is carried back
+  exactly, with the true W, through the layers of its RUN and no further. A run is its owner
+  followed by the longest sequence of directly following items of the same list that are
+  batchnorm, activation or dropout layers; the point sits at the run's output, and the B is held
+  by the owner.
+
+  - ``"layer"``: every weight layer but the network's last owns a run. (For Dense + activation this
+    is Nøkland's ``delta = (s @ B) * f'(a)``; for a chain, exactly ReferenceChain.) The run's
+    batchnorm layers learn from the error carried back to them.
+  - ``"block"``: every top-level residual item (one not inside another) owns a run (the block and
+    the batchnorm/activation/dropout items right after it); its error goes back exactly through
+    everything inside the block, convs included (with W), down to the block's input, where it
+    stops. Weight layers outside every residual item keep their ``"layer"`` runs. Weight layers
+    inside a block have no B; the block has one.
+
+  The network's last layer learns from e itself (delta = e) under every DFA-style rule, as in
+  ReferenceChain.
+* ``"shallow"``: only the network's last layer learns.
+
+Layers no error reaches get zero gradients: every layer but the last under shallow, and under the
+DFA-style rules any trainable layer in no run (e.g. a batchnorm right after a pool). The input error
+(``input_error``) is dL/dX under bp and what the weight layers' B carry back under FA style (None
+when the first weight layers have no B); the DFA-style rules and shallow carry nothing to the input.
+
+``gradients`` answers ``{path: grads}`` in ``named_layers()`` order: ``(dW, db)`` for weight layers
+(db None without bias), ``(dgamma, dbeta)`` for batchnorm, ``(None, None)`` for every other layer.
+
+Updates (``step``): PyTorch's SGD with momentum per array, ``v = mu * v + (grad + wd * p);
+p -= lr * v``, velocities starting at 0, with weight decay ``wd`` on conv and dense W only (not on
+b, gamma or beta). ``"kp"``: each B gets W's update (grad dW.T for dense, dW for conv) with
+``wd * B``. Sign-symmetric rules then set B = |B| with W's new signs; brsf's redraw is the
+caller's (assign B). ``"wm"``: then ReferenceChain's mirror steps, noise given per path. Under
+``"shallow"`` only the last layer's arrays change (and the running statistics, which any training
+forward pass updates). DFA-style B never change.
 """
 
 import numpy as np
@@ -104,6 +207,8 @@ __all__ = [
     "feedback_shapes",
     "ReferenceNetwork",
     "ReferenceChain",
+    "ReferenceNet",
+    "NetLayer",
     "conv2d",
     "conv2d_transpose",
     "conv2d_weight_gradient",
@@ -111,6 +216,13 @@ __all__ = [
     "max_pool2d_backward",
     "mean_pool2d",
     "mean_pool2d_backward",
+    "batch_norm",
+    "batch_statistics",
+    "batch_norm_backward",
+    "global_avg_pool",
+    "global_avg_pool_backward",
+    "option_a_shortcut",
+    "option_a_shortcut_backward",
     "SplitMix64",
     "initial_parameters",
 ]
@@ -1129,4 +1241,842 @@ class ReferenceChain:
         if self.rule == "wm":
             for s in range(steps.pop() if steps else 0):
                 self.mirror([None if x is None else x[s] for x in mirror_noise], mirror_lr, mirror_decay)
+        return loss
+
+
+# ---------------------------------------------------------------------------
+# Nested networks: batch norm, activation and dropout layers, global average pooling and residual
+# blocks (see "Nested networks" in the module docstring)
+# ---------------------------------------------------------------------------
+
+WEIGHT_LAYERS = ("conv", "dense")
+POOL_LAYERS = ("maxpool", "meanpool")
+# Layers that may follow a weight layer (or a block) in its run: the point sits after the last.
+RUN_LAYERS = ("batchnorm", "dropout") + ACTIVATIONS
+NET_LAYERS = WEIGHT_LAYERS + POOL_LAYERS + ("flatten", "gap", "batchnorm", "dropout", "residual") + ACTIVATIONS
+FEEDBACK_POINTS = ("layer", "block")
+# PyTorch's BatchNorm defaults.
+BN_MOMENTUM = 0.1
+BN_EPS = 1e-5
+# The arrays a layer may hold, in the order init_random draws and named_arrays lists them.
+ARRAY_NAMES = ("W", "b", "B", "gamma", "beta", "running_mean", "running_var")
+
+
+def batch_norm(x, gamma, beta, mean, var, eps=BN_EPS):
+    """``y = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel (axis 1 of ``x``, which is
+    (m, C, H, W) or (m, F)). Returns ``(y, xhat, std)`` with ``xhat = (x - mean) / std``,
+    ``std = sqrt(var + eps)`` (shape (C,))."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)  # a per-channel vector broadcast over (m, C, H, W) or (m, F)
+    std = np.sqrt(var + eps)
+    xhat = (x - mean.reshape(shape)) / std.reshape(shape)
+    return gamma.reshape(shape) * xhat + beta.reshape(shape), xhat, std
+
+
+def batch_statistics(x):
+    """Per channel: the batch mean, the BIASED batch variance and n, the values per channel
+    (m for (m, F); m*H*W for (m, C, H, W))."""
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    n = x.size // x.shape[1]
+    mean = x.mean(axis=axes)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    var = ((x - mean.reshape(shape)) ** 2).mean(axis=axes)
+    return mean, var, n
+
+
+def batch_norm_backward(g, xhat, gamma, std, training):
+    """``(dx, dgamma, dbeta)`` for ``g = dL/dy``. Training mode (batch statistics, which depend on x):
+    ``dx = gamma/std * (g - mean(g) - xhat * mean(g * xhat))``, means over each channel's n values;
+    evaluation mode (running statistics, constants): ``dx = gamma/std * g``. Both:
+    ``dgamma = sum(g * xhat)``, ``dbeta = sum(g)`` per channel."""
+    axes = (0,) if g.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) + (1,) * (g.ndim - 2)
+    scale = (gamma / std).reshape(shape)
+    if training:
+        g_mean = g.mean(axis=axes).reshape(shape)
+        gx_mean = (g * xhat).mean(axis=axes).reshape(shape)
+        dx = scale * (g - g_mean - xhat * gx_mean)
+    else:
+        dx = scale * g
+    return dx, (g * xhat).sum(axis=axes), g.sum(axis=axes)
+
+
+def global_avg_pool(x):
+    """PyTorch's AdaptiveAvgPool2d(1): (m, C, H, W) -> (m, C, 1, 1), the mean of each channel."""
+    return x.mean(axis=(2, 3), keepdims=True)
+
+
+def global_avg_pool_backward(g, input_size):
+    """Each channel's gradient spread equally over its H*W pixels: (m, C, 1, 1) -> (m, C, H, W)."""
+    H, Wd = input_size
+    return np.broadcast_to(g / (H * Wd), g.shape[:2] + (H, Wd)).copy()
+
+
+def option_a_shortcut(x, cout, stride):
+    """He et al.'s parameter-free shortcut (option A) as biotorch writes it:
+    ``x[:, :, ::s, ::s]`` with ``(cout - Cin) // 2`` zero channels added before and after."""
+    m, cin = x.shape[:2]
+    lo = (cout - cin) // 2
+    kept = x[:, :, ::stride, ::stride]
+    out = np.zeros((m, cout) + kept.shape[2:], dtype=x.dtype)
+    out[:, lo:lo + cin] = kept
+    return out
+
+
+def option_a_shortcut_backward(g, cin, stride, input_size):
+    """The adjoint of :func:`option_a_shortcut`: the kept channels' gradient goes back to the pixels
+    they were read from (every s-th row and column); the other pixels get 0."""
+    m, cout = g.shape[:2]
+    lo = (cout - cin) // 2
+    grad = np.zeros((m, cin) + tuple(input_size), dtype=g.dtype)
+    grad[:, :, ::stride, ::stride] = g[:, lo:lo + cin]
+    return grad
+
+
+class NetLayer:
+    """One layer of a :class:`ReferenceNet`, named by its ``path``.
+
+    ``kind``, ``in_shape`` and ``out_shape`` (one sample's shapes) describe it; its arrays are the
+    attributes ``W``, ``b``, ``B``, ``gamma``, ``beta``, ``running_mean`` and ``running_var``, each
+    None where the layer has none (``b`` also for ``bias=False``). A residual layer holds ``main``
+    (a list of layers) and ``shortcut`` (None, ``"pad"`` or a list of layers).
+    """
+
+    def __init__(self, path, entry, in_shape):
+        if isinstance(entry, str):
+            entry = (entry, {})
+        if not (isinstance(entry, (tuple, list)) and len(entry) in (1, 2) and isinstance(entry[0], str)):
+            raise ValueError(f"layer {path} must be a tuple (kind, options), got {entry!r}")
+        kind, opts = entry[0], dict(entry[1]) if len(entry) == 2 else {}
+        _check_name(f"layer kind of layer {path}", kind, NET_LAYERS)
+        self.path, self.kind, self.in_shape = path, kind, tuple(in_shape)
+        self.where = f"layer {path} ({kind})"
+        allowed = {"conv": ("cin", "cout", "k", "stride", "pad", "bias", "act"),
+                   "dense": ("n_in", "n_out", "bias", "act"), "maxpool": ("k", "stride"),
+                   "meanpool": ("k", "stride"), "batchnorm": ("c",), "dropout": ("p",),
+                   "residual": ("main", "shortcut")}.get(kind, ())
+        unknown = sorted(set(opts) - set(allowed))
+        if unknown:
+            raise ValueError(f"{self.where}: unknown options {unknown}; expected some of {allowed}")
+        for name in ARRAY_NAMES:
+            setattr(self, name, None)
+        self.act = opts.get("act", "identity")
+        self.has_bias = bool(opts.get("bias", True))
+        self.main, self.shortcut = None, None
+        self.opts = opts
+
+        if kind in WEIGHT_LAYERS:
+            _check_name(f"activation of {self.where}", self.act, ACTIVATIONS)
+        if kind == "dense":
+            self._missing(opts, ("n_in", "n_out"))
+            self.n_in, self.n_out = int(opts["n_in"]), int(opts["n_out"])
+            if self.in_shape != (self.n_in,):
+                raise ValueError(f"{self.where}: n_in={self.n_in} but its input has shape {self.in_shape}"
+                                 + (" (add ('flatten', {}) before it)" if len(self.in_shape) != 1 else ""))
+            if self.n_out < 1:
+                raise ValueError(f"{self.where}: n_out must be positive, got {self.n_out}")
+            self.W_shape, self.out_shape = (self.n_in, self.n_out), (self.n_out,)
+        elif kind in ("conv",) + POOL_LAYERS:
+            self._need_image()
+            if "k" not in opts:
+                raise ValueError(f"{self.where}: missing option 'k' (window size)")
+            self.k = _pair(f"{self.where}: k", opts["k"])
+            self.stride = _pair(f"{self.where}: stride", opts.get("stride", (1, 1) if kind == "conv" else self.k))
+            self.pad = _pair(f"{self.where}: pad", opts.get("pad", (0, 0)) if kind == "conv" else (0, 0))
+            if min(self.k) < 1 or min(self.stride) < 1 or min(self.pad) < 0:
+                raise ValueError(f"{self.where}: k and stride must be positive and pad non-negative")
+            C, H, Wd = self.in_shape
+            if H + 2 * self.pad[0] < self.k[0] or Wd + 2 * self.pad[1] < self.k[1]:
+                raise ValueError(f"{self.where}: window {self.k} does not fit its (padded) input {self.in_shape}")
+            oh = (H + 2 * self.pad[0] - self.k[0]) // self.stride[0] + 1
+            ow = (Wd + 2 * self.pad[1] - self.k[1]) // self.stride[1] + 1
+            if kind == "conv":
+                self._missing(opts, ("cin", "cout"))
+                self.cin, self.cout = int(opts["cin"]), int(opts["cout"])
+                if self.cin != C:
+                    raise ValueError(f"{self.where}: cin={self.cin} but its input has {C} channels "
+                                     f"(input shape {self.in_shape})")
+                if self.cout < 1:
+                    raise ValueError(f"{self.where}: cout must be positive, got {self.cout}")
+                self.W_shape, self.out_shape = (self.cout, self.cin) + self.k, (self.cout, oh, ow)
+            else:
+                self.out_shape = (C, oh, ow)
+        elif kind == "flatten":
+            self.out_shape = (int(np.prod(self.in_shape)),)
+        elif kind == "gap":
+            self._need_image()
+            self.out_shape = (self.in_shape[0], 1, 1)
+        elif kind == "batchnorm":
+            self._missing(opts, ("c",))
+            self.c = int(opts["c"])
+            if len(self.in_shape) not in (1, 3) or self.in_shape[0] != self.c:
+                raise ValueError(f"{self.where}: c={self.c} but its input has shape {self.in_shape} "
+                                 f"(expected ({self.c},) or ({self.c}, H, W))")
+            self.out_shape = self.in_shape
+        elif kind == "dropout":
+            self._missing(opts, ("p",))
+            self.p = float(opts["p"])
+            if not 0 <= self.p < 1:
+                raise ValueError(f"{self.where}: p must lie in [0, 1), got {opts['p']!r}")
+            self.out_shape = self.in_shape
+        elif kind == "residual":
+            self._missing(opts, ("main",))
+            main = opts["main"]
+            shortcut = opts.get("shortcut")
+            if not isinstance(main, (list, tuple)) or not main:
+                raise ValueError(f"{self.where}: main must be a non-empty list of layers, got {main!r}")
+            self.main = _build_layers(main, self.in_shape, f"{path}.main")
+            main_shape = self.main[-1].out_shape
+            if shortcut is None:
+                self.shortcut, short_shape, what = None, self.in_shape, "the identity shortcut"
+            elif isinstance(shortcut, str) and shortcut == "pad":
+                self._need_image()
+                self.shortcut = "pad"
+                # Option A keeps every second row and column when main changes the spatial size.
+                self.pad_stride = 2 if main_shape[1:] != self.in_shape[1:] else 1
+                C, H, Wd = self.in_shape
+                s = self.pad_stride
+                cout = main_shape[0] if len(main_shape) == 3 else C
+                short_shape = (cout, -(-H // s), -(-Wd // s))
+                what = f"the 'pad' shortcut (stride {s}, {C} -> {cout} channels)"
+                if len(main_shape) != 3 or cout < C or (cout - C) % 2:
+                    raise ValueError(f"{self.where}: the 'pad' shortcut needs main to give (Cout, H, W) with "
+                                     f"Cout - Cin even and >= 0; main gives {main_shape}, the input is "
+                                     f"{self.in_shape}")
+            elif isinstance(shortcut, (list, tuple)) and shortcut:
+                self.shortcut = _build_layers(shortcut, self.in_shape, f"{path}.shortcut")
+                short_shape, what = self.shortcut[-1].out_shape, "the shortcut"
+            else:
+                raise ValueError(f"{self.where}: shortcut must be None, 'pad' or a non-empty list of layers, "
+                                 f"got {shortcut!r}")
+            if tuple(short_shape) != tuple(main_shape):
+                raise ValueError(f"{self.where}: main gives shape {main_shape} but {what} gives {tuple(short_shape)}")
+            self.out_shape = main_shape
+        else:  # activation layers
+            self.out_shape = self.in_shape
+
+    def _missing(self, opts, keys):
+        missing = [key for key in keys if key not in opts]
+        if missing:
+            raise ValueError(f"{self.where}: missing options {missing}")
+
+    def _need_image(self):
+        if len(self.in_shape) != 3:
+            raise ValueError(f"{self.where}: needs an image input (C, H, W), got shape {self.in_shape}")
+
+    @property
+    def is_weight(self):
+        return self.kind in WEIGHT_LAYERS
+
+    @property
+    def trainable(self):
+        """Whether the layer has parameters a rule trains (weight layers and batch norm)."""
+        return self.kind in WEIGHT_LAYERS or self.kind == "batchnorm"
+
+    def children(self):
+        """The layers directly inside a residual layer, main path first."""
+        if self.kind != "residual":
+            return []
+        return list(self.main) + (list(self.shortcut) if isinstance(self.shortcut, list) else [])
+
+    def describe(self):
+        extra = ""
+        if self.kind == "residual":
+            extra = f", shortcut {self.shortcut!r}" if not isinstance(self.shortcut, list) else ", projection shortcut"
+        return f"{self.path}: {self.kind} {self.in_shape} -> {self.out_shape}{extra}"
+
+    def __repr__(self):
+        return f"NetLayer({self.describe()})"
+
+
+def _build_layers(items, in_shape, prefix):
+    """The layers of one list, paths ``prefix.i`` (``i`` alone at the top level)."""
+    layers, shape = [], tuple(in_shape)
+    for i, entry in enumerate(items):
+        layer = NetLayer(f"{prefix}.{i}" if prefix else str(i), entry, shape)
+        layers.append(layer)
+        shape = layer.out_shape
+    return layers
+
+
+def _walk(layers):
+    """Every layer depth-first, a residual before its main path, its main path before its shortcut."""
+    for layer in layers:
+        yield layer
+        yield from _walk(layer.children())
+
+
+class _Pass:
+    """What one forward pass saves for the backward pass, per layer path."""
+
+    def __init__(self, training, masks):
+        self.training, self.masks = training, masks
+        self.saved = {}      # path -> dict of the arrays the layer's backward needs
+        self.batch = {}      # batchnorm path -> (batch mean, biased batch variance, n)
+        self.grads = {}      # path -> the layer's parameter gradients, once a signal reached it
+        self.errors = {}     # path -> the error that arrived at the layer's output
+
+
+class ReferenceNet:
+    """A network of nested layer lists (residual blocks, batch norm, activation and dropout layers)
+    trained by any rule in :data:`RULES`, in plain NumPy. The layers and the rules on them are
+    written out under "Nested networks" in the module docstring.
+
+    Parameters
+    ----------
+    layers : list of ``(kind, options)`` (a bare string is a layer without options), kinds
+        ``conv``, ``dense``, ``maxpool``, ``meanpool``, ``flatten``, ``gap``, ``batchnorm``,
+        ``dropout``, ``residual`` and the activations in :data:`ACTIVATIONS`. The last top-level
+        item must be dense with identity activation (its output is the logits).
+    input_shape : ``(C, H, W)`` or ``(n,)``, one sample.
+    rule, loss : one of :data:`RULES` and :data:`LOSSES` (``"drtp"`` needs ``"cross_entropy"``).
+    dtype : float32 or float64, of every array and computation.
+    feedback_points : ``"layer"`` (the default) or ``"block"``, DFA-style rules only.
+
+    Layers are reached by path (``net.layer("3.main.0")``, :meth:`named_layers`); their arrays are
+    attributes (``W``, ``b``, ``B``, ``gamma``, ``beta``, ``running_mean``, ``running_var``), all
+    zero at first except ``gamma`` (1) and ``running_var`` (1): assign arrays of the right shape
+    and dtype, fill them in place, or call :meth:`init_random`. The network starts in training
+    mode; :meth:`train` and :meth:`eval` switch it.
+    """
+
+    def __init__(self, layers, input_shape, rule, loss="cross_entropy", dtype="float64", feedback_points=None):
+        _check_name("rule", rule, RULES)
+        _check_name("loss", loss, LOSSES)
+        if rule == "drtp" and loss != "cross_entropy":
+            raise ValueError("rule 'drtp' projects one-hot class targets; it needs loss='cross_entropy'")
+        if rule in DFA_STYLE:
+            feedback_points = "layer" if feedback_points is None else feedback_points
+            _check_name("feedback_points", feedback_points, FEEDBACK_POINTS)
+        elif feedback_points is not None:
+            raise ValueError(f"feedback_points is a setting of the direct rules {DFA_STYLE}; rule {rule!r} "
+                             f"does not use it (got {feedback_points!r})")
+        self.rule, self.loss_name, self.feedback_points = rule, loss, feedback_points
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        input_shape = tuple(int(n) for n in np.atleast_1d(input_shape))
+        if len(input_shape) not in (1, 3) or min(input_shape) < 1:
+            raise ValueError(f"input_shape must be (C, H, W) or (n,) with positive sizes, got {input_shape}")
+        self.input_shape = input_shape
+
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError("layers must be a non-empty list; a network ends with a dense layer")
+        self.layers = _build_layers(layers, input_shape, "")
+        self.last = self.layers[-1]
+        if self.last.kind != "dense" or self.last.act != "identity":
+            raise ValueError(f"the last layer must be dense with act='identity' (its output is the logits), "
+                             f"got {self.last.where} with act={self.last.act!r}")
+        self.n_outputs = self.last.n_out
+        self.training = True
+
+        # Where each rule's feedback acts.
+        self._fa_feedback = {}   # weight layer path -> whether it has an FA-style B
+        self._mark_upstream(self.layers, False)
+        self.points = self._feedback_points() if rule in DFA_STYLE else []   # [(owner, run), ...]
+
+        dt = self.dtype
+        B_shapes = self.feedback_shapes()
+        for layer in _walk(self.layers):
+            if layer.is_weight:
+                layer.W = np.zeros(layer.W_shape, dt)
+                layer.b = np.zeros(layer.out_shape[:1], dt) if layer.has_bias else None
+            if layer.kind == "batchnorm":
+                layer.gamma, layer.beta = np.ones(layer.c, dt), np.zeros(layer.c, dt)
+                layer.running_mean, layer.running_var = np.zeros(layer.c, dt), np.ones(layer.c, dt)
+            if layer.path in B_shapes:
+                layer.B = np.zeros(B_shapes[layer.path], dt)
+        self._velocity = {}   # (path, array name) -> SGD-with-momentum velocity, created at the first step
+
+    # -- structure ----------------------------------------------------------------
+
+    def _mark_upstream(self, layers, upstream):
+        """Walk a list in forward order knowing whether a trainable layer lies between the network
+        input and the list's input; a weight layer gets an FA-style B iff one does. Returns the same
+        for the list's output."""
+        for layer in layers:
+            if layer.is_weight:
+                self._fa_feedback[layer.path] = upstream
+            if layer.kind == "residual":
+                out_main = self._mark_upstream(layer.main, upstream)
+                out_short = self._mark_upstream(layer.shortcut, upstream) if isinstance(layer.shortcut, list) \
+                    else upstream
+                upstream = out_main or out_short
+            elif layer.trainable:
+                upstream = True
+        return upstream
+
+    def _feedback_points(self):
+        """The DFA feedback points as ``(owner, run)``: ``run`` is the owner (a weight layer, or a
+        top-level residual under "block") and the batchnorm/activation/dropout items directly
+        following it in its list; the point is at the run's output."""
+        points = []
+
+        def run_of(items, i):
+            run = [items[i]]
+            for item in items[i + 1:]:
+                if item.kind not in RUN_LAYERS:
+                    break
+                run.append(item)
+            return run
+
+        def visit(items):  # each list on its own: a residual's main and shortcut are separate lists
+            for i, layer in enumerate(items):
+                if layer.kind == "residual" and self.feedback_points == "block":
+                    points.append((layer, run_of(items, i)))  # only top-level blocks: we never go inside one
+                elif layer.kind == "residual":
+                    visit(layer.main)
+                    if isinstance(layer.shortcut, list):
+                        visit(layer.shortcut)
+                elif layer.is_weight and layer is not self.last:
+                    points.append((layer, run_of(items, i)))
+
+        visit(self.layers)
+        return points
+
+    def named_layers(self):
+        """``(path, layer)`` for every layer, depth-first, a residual before its main path and its
+        main path before its shortcut (PyTorch's named_modules order)."""
+        return [(layer.path, layer) for layer in _walk(self.layers)]
+
+    def layer(self, path):
+        """The layer at ``path`` (e.g. ``"3.main.0"``)."""
+        for p, layer in self.named_layers():
+            if p == path:
+                return layer
+        raise KeyError(f"no layer {path!r}; the paths are {[p for p, _ in self.named_layers()]}")
+
+    def named_arrays(self):
+        """``(path, name, array)`` for every array a layer holds (W, b, B, gamma, beta,
+        running_mean, running_var, in that order per layer), in :meth:`named_layers` order."""
+        return [(path, name, getattr(layer, name)) for path, layer in self.named_layers()
+                for name in ARRAY_NAMES if getattr(layer, name) is not None]
+
+    def feedback_shapes(self):
+        """``{path: shape}`` of every B the rule needs (layers without one are left out)."""
+        shapes = {}
+        if self.rule in FA_STYLE:
+            for layer in _walk(self.layers):
+                if layer.is_weight and self._fa_feedback[layer.path]:
+                    shapes[layer.path] = (layer.n_out, layer.n_in) if layer.kind == "dense" else layer.W_shape
+        elif self.rule in DFA_STYLE:
+            for owner, run in self.points:
+                shapes[owner.path] = (self.n_outputs, int(np.prod(run[-1].out_shape)))
+        return shapes
+
+    def __repr__(self):
+        body = "\n".join(f"  {layer.describe()}" for layer in _walk(self.layers))
+        points = f", feedback_points={self.feedback_points!r}" if self.feedback_points else ""
+        return (f"ReferenceNet(rule={self.rule!r}, loss={self.loss_name!r}{points}, input {self.input_shape}, "
+                f"{'train' if self.training else 'eval'} mode)\n{body}")
+
+    def train(self):
+        """Training mode: batch statistics, dropout masks. Returns self."""
+        self.training = True
+        return self
+
+    def eval(self):
+        """Evaluation mode: running statistics, no dropout. Returns self."""
+        self.training = False
+        return self
+
+    def init_random(self, rng, bias_std=0.1, affine_std=0.0):
+        """Per layer in :meth:`named_layers` order: W ~ N(0, 1/fan_in), b ~ N(0, bias_std^2), B ~
+        N(0, 1/fan) (fan: the size it multiplies, as in ReferenceChain.init_random), and for
+        batchnorm gamma = 1 + N(0, affine_std^2), beta ~ N(0, affine_std^2) (affine_std=0 keeps
+        PyTorch's 1 and 0), drawn from the NumPy Generator ``rng``. Running statistics are left
+        alone. Returns self."""
+        dt = self.dtype
+        for layer in _walk(self.layers):
+            if layer.is_weight:
+                fan_in = int(np.prod(layer.W_shape[1:])) if layer.kind == "conv" else layer.n_in
+                layer.W = rng.normal(0, fan_in ** -0.5, layer.W_shape).astype(dt)
+                if layer.has_bias:
+                    layer.b = rng.normal(0, bias_std, layer.b.shape).astype(dt)
+            if layer.B is not None:
+                shape = layer.B.shape
+                fan = shape[0] if len(shape) == 2 else int(np.prod(shape)) // shape[1]
+                layer.B = rng.normal(0, fan ** -0.5, shape).astype(dt)
+            if layer.kind == "batchnorm" and affine_std > 0:
+                layer.gamma = (1 + rng.normal(0, affine_std, layer.c)).astype(dt)
+                layer.beta = rng.normal(0, affine_std, layer.c).astype(dt)
+        return self
+
+    # -- checks -------------------------------------------------------------------
+
+    def _expected_arrays(self, layer, B_shapes):
+        """{name: shape or None} for the seven array attributes of a layer (``B_shapes``: the
+        network's feedback_shapes())."""
+        shapes = dict.fromkeys(ARRAY_NAMES)
+        if layer.is_weight:
+            shapes["W"] = layer.W_shape
+            shapes["b"] = layer.out_shape[:1] if layer.has_bias else None
+        if layer.kind == "batchnorm":
+            for name in ("gamma", "beta", "running_mean", "running_var"):
+                shapes[name] = (layer.c,)
+        shapes["B"] = B_shapes.get(layer.path)
+        return shapes
+
+    def _check_parameters(self):
+        """Every array must still have the shape and dtype the network was built with."""
+        B_shapes = self.feedback_shapes()
+        for path, layer in self.named_layers():
+            for name, shape in self._expected_arrays(layer, B_shapes).items():
+                arr = getattr(layer, name)
+                if shape is None:
+                    if arr is not None:
+                        raise ValueError(f"{layer.where}: {name} must be None (the layer has no {name} under "
+                                         f"rule {self.rule!r})")
+                elif not isinstance(arr, np.ndarray) or arr.shape != tuple(shape) or arr.dtype != self.dtype:
+                    got = (arr.shape, arr.dtype) if isinstance(arr, np.ndarray) else type(arr).__name__
+                    raise ValueError(f"{layer.where}: {name} must be a {self.dtype} array of shape {tuple(shape)}, "
+                                     f"got {got}")
+
+    def _as_input(self, X):
+        X = np.asarray(X, dtype=self.dtype)
+        if X.shape[1:] != self.input_shape or X.shape[0] == 0:
+            raise ValueError(f"X must have shape (m, {', '.join(map(str, self.input_shape))}) with m >= 1, "
+                             f"got {X.shape}")
+        return X
+
+    def _check_batch(self, m, masks, training):
+        """Before any work: batch norm needs n > 1 values per channel in training mode, and every
+        dropout layer with p > 0 its mask (m, *shape) of 0 and 1/(1-p). Returns the masks by path."""
+        masks = {} if masks is None else dict(masks)
+        dropouts = {path: layer for path, layer in self.named_layers() if layer.kind == "dropout"}
+        unknown = sorted(set(masks) - set(dropouts))
+        if unknown:
+            raise ValueError(f"masks for {unknown}, which are not dropout layers (those are {sorted(dropouts)})")
+        if not training:
+            return {}
+        for path, layer in self.named_layers():
+            if layer.kind == "batchnorm":
+                n = m * int(np.prod(layer.in_shape[1:]))
+                if n < 2:
+                    raise ValueError(f"{layer.where}: expected more than 1 value per channel in training mode, "
+                                     f"got input shape {(m,) + layer.in_shape} (PyTorch refuses it too)")
+        checked = {}
+        for path, layer in dropouts.items():
+            if path not in masks:
+                if layer.p > 0:
+                    raise ValueError(f"{layer.where}: training mode needs masks[{path!r}], an array of shape "
+                                     f"{(m,) + layer.in_shape} of 0 and 1/(1-p) = {1 / (1 - layer.p):g}")
+                checked[path] = np.ones((m,) + layer.in_shape, self.dtype)
+                continue
+            mask = np.asarray(masks[path], dtype=np.float64)
+            if mask.shape != (m,) + layer.in_shape:
+                raise ValueError(f"{layer.where}: masks[{path!r}] must have shape {(m,) + layer.in_shape}, "
+                                 f"got {mask.shape}")
+            keep = 1 / (1 - layer.p)
+            if not np.all((mask == 0) | np.isclose(mask, keep, rtol=1e-6, atol=0)):
+                raise ValueError(f"{layer.where}: masks[{path!r}] may hold only 0 and 1/(1-p) = {keep:g}")
+            checked[path] = mask.astype(self.dtype)
+        return checked
+
+    def _prepare(self, X, y, masks, training):
+        self._check_parameters()
+        X = self._as_input(X)
+        y = None if y is None else _as_target(self.loss_name, y, X.shape[0], self.n_outputs, self.dtype)
+        return X, y, self._check_batch(X.shape[0], masks, training)
+
+    # -- forward ------------------------------------------------------------------
+
+    def _forward_list(self, layers, h, run):
+        for layer in layers:
+            h = self._forward_layer(layer, h, run)
+        return h
+
+    def _forward_layer(self, layer, x, run):
+        kind, saved = layer.kind, {"x": x}
+        run.saved[layer.path] = saved
+        if kind == "conv":
+            a = conv2d(x, layer.W, layer.b, layer.stride, layer.pad)
+            out = _activate(layer.act, a)
+            saved["a"] = a
+        elif kind == "dense":
+            a = x @ layer.W
+            if layer.b is not None:
+                a = a + layer.b
+            out = _activate(layer.act, a)
+            saved["a"] = a
+        elif kind in ACTIVATIONS:
+            out = _activate(kind, x)
+        elif kind == "maxpool":
+            out, saved["first"] = max_pool2d(x, layer.k, layer.stride)
+        elif kind == "meanpool":
+            out = mean_pool2d(x, layer.k, layer.stride)
+        elif kind == "flatten":
+            out = x.reshape(x.shape[0], -1)
+        elif kind == "gap":
+            out = global_avg_pool(x)
+        elif kind == "batchnorm":
+            if run.training:
+                mean, var, n = batch_statistics(x)
+                run.batch[layer.path] = (mean, var, n)
+            else:
+                mean, var = layer.running_mean, layer.running_var
+            out, saved["xhat"], saved["std"] = batch_norm(x, layer.gamma, layer.beta, mean, var)
+        elif kind == "dropout":
+            out = x * run.masks[layer.path] if run.training else x
+        else:  # residual
+            main = self._forward_list(layer.main, x, run)
+            if layer.shortcut is None:
+                short = x
+            elif layer.shortcut == "pad":
+                short = option_a_shortcut(x, layer.out_shape[0], layer.pad_stride)
+            else:
+                short = self._forward_list(layer.shortcut, x, run)
+            out = main + short
+        saved["out"] = out
+        return out
+
+    def _run_forward(self, X, masks, training):
+        run = _Pass(training, masks)
+        z = self._forward_list(self.layers, X, run)
+        return run, z
+
+    def forward(self, X, masks=None):
+        """The logits z (m, n_outputs) in the current mode (training mode needs the dropout masks)."""
+        X, _, masks = self._prepare(X, None, masks, self.training)
+        return self._run_forward(X, masks, self.training)[1]
+
+    def outputs(self, X, masks=None):
+        """``{path: output}`` of every layer on the batch X, in the current mode."""
+        X, _, masks = self._prepare(X, None, masks, self.training)
+        run = self._run_forward(X, masks, self.training)[0]
+        return {path: run.saved[path]["out"] for path, _ in self.named_layers()}
+
+    def loss(self, X, y, masks=None):
+        """The mean loss over the batch (X, y) in the current mode, as a Python float."""
+        X, y, masks = self._prepare(X, y, masks, self.training)
+        z = self._run_forward(X, masks, self.training)[1]
+        return _loss_and_error(self.loss_name, z, y, self.dtype)[0]
+
+    # -- backward -----------------------------------------------------------------
+
+    def _feedback(self, layer):
+        """What an FA-style weight layer carries its delta back through: B, or for the
+        sign-symmetric rules |B| with the current signs of W (dense: W.T). None without a B."""
+        if layer.B is None:
+            return None
+        if self.rule in SIGN_SYMMETRIC:
+            W = layer.W.T if layer.kind == "dense" else layer.W
+            return np.copysign(np.abs(layer.B), W)
+        return layer.B
+
+    def _backward_list(self, layers, g, run, exact):
+        """Carry the error ``g`` at a list's output back to its input, layer by layer; None once a
+        weight layer without B (FA style) stops it (no trainable layer lies further back)."""
+        for layer in reversed(layers):
+            g = self._backward_layer(layer, g, run, exact)
+            if g is None:
+                return None
+        return g
+
+    def _backward_layer(self, layer, g, run, exact):
+        """The error at the layer's input given the error ``g`` at its output, recording the layer's
+        parameter gradients. ``exact``: weight layers carry back with W (bp, DFA runs); otherwise
+        with their feedback (FA style)."""
+        run.errors[layer.path] = g
+        kind, saved = layer.kind, run.saved[layer.path]
+        x = saved["x"]
+        if kind in WEIGHT_LAYERS:
+            delta = g * _derivative(layer.act, saved["a"], saved["out"])
+            if kind == "dense":
+                dW, db = x.T @ delta, delta.sum(axis=0)
+            else:
+                dW = conv2d_weight_gradient(x, delta, layer.k, layer.stride, layer.pad)
+                db = delta.sum(axis=(0, 2, 3))
+            run.grads[layer.path] = (dW, db if layer.has_bias else None)
+            F = layer.W if exact else self._feedback(layer)
+            if F is None:
+                return None
+            if kind == "dense":
+                return delta @ (F.T if exact else F)
+            return conv2d_transpose(delta, F, layer.stride, layer.pad, layer.in_shape[1:])
+        if kind in ACTIVATIONS:
+            return g * _derivative(kind, x, saved["out"])
+        if kind == "maxpool":
+            return max_pool2d_backward(g, saved["first"], layer.k, layer.stride, layer.in_shape[1:])
+        if kind == "meanpool":
+            return mean_pool2d_backward(g, layer.k, layer.stride, layer.in_shape[1:])
+        if kind == "flatten":
+            return g.reshape((g.shape[0],) + layer.in_shape)
+        if kind == "gap":
+            return global_avg_pool_backward(g, layer.in_shape[1:])
+        if kind == "batchnorm":
+            dx, dgamma, dbeta = batch_norm_backward(g, saved["xhat"], layer.gamma, saved["std"], run.training)
+            run.grads[layer.path] = (dgamma, dbeta)
+            return dx
+        if kind == "dropout":
+            return g * run.masks[layer.path] if run.training else g
+        # residual: the output's error goes down both paths; the input's error is their sum.
+        g_main = self._backward_list(layer.main, g, run, exact)
+        if layer.shortcut is None:
+            g_short = g
+        elif layer.shortcut == "pad":
+            g_short = option_a_shortcut_backward(g, layer.in_shape[0], layer.pad_stride, layer.in_shape[1:])
+        else:
+            g_short = self._backward_list(layer.shortcut, g, run, exact)
+        return None if g_main is None or g_short is None else g_main + g_short
+
+    def _output_signal(self, e, y):
+        """What a DFA-style rule projects to its feedback points: e (dfa), sign(e)/m (sdfa),
+        -onehot(y)/m (drtp)."""
+        m = e.shape[0]
+        if self.rule == "dfa":
+            return e
+        if self.rule == "sdfa":
+            return np.sign(e) / m
+        return -np.eye(self.n_outputs, dtype=self.dtype)[y] / m
+
+    def _backward(self, X, y, masks, training):
+        """Forward and backward on one batch: ``(loss, run, input_error)``."""
+        run, z = self._run_forward(X, masks, training)
+        loss, e = _loss_and_error(self.loss_name, z, y, self.dtype)
+        input_error = None
+        if self.rule == "bp":
+            input_error = self._backward_list(self.layers, e, run, exact=True)
+        elif self.rule in FA_STYLE:
+            input_error = self._backward_list(self.layers, e, run, exact=False)
+        elif self.rule == "shallow":
+            self._backward_layer(self.last, e, run, exact=True)
+        else:  # DFA style: the last layer learns from e, each point from the projected signal
+            self._backward_layer(self.last, e, run, exact=True)
+            s = self._output_signal(e, y)
+            for owner, layers in self.points:
+                g = (s @ owner.B).reshape((X.shape[0],) + layers[-1].out_shape)
+                self._backward_list(layers, g, run, exact=True)   # what reaches the owner's input stops there
+        return loss, run, input_error
+
+    def _gradient_dict(self, run):
+        grads = {}
+        for path, layer in self.named_layers():
+            if path in run.grads:
+                grads[path] = run.grads[path]
+            elif layer.is_weight:  # no signal reached it: zero gradients
+                grads[path] = (np.zeros_like(layer.W), None if layer.b is None else np.zeros_like(layer.b))
+            elif layer.kind == "batchnorm":
+                grads[path] = (np.zeros_like(layer.gamma), np.zeros_like(layer.beta))
+            else:
+                grads[path] = (None, None)
+        return grads
+
+    def gradients(self, X, y, masks=None):
+        """``{path: grads}`` for every layer in :meth:`named_layers` order, in the current mode:
+        weight layers ``(dW, db)`` (db None without bias), batchnorm ``(dgamma, dbeta)``, every
+        other layer ``(None, None)``. Nothing changes (running statistics included)."""
+        X, y, masks = self._prepare(X, y, masks, self.training)
+        return self._gradient_dict(self._backward(X, y, masks, self.training)[1])
+
+    def output_errors(self, X, y, masks=None):
+        """``{path: error}``: the error that reached each layer's output under the rule (None where
+        none did), in the current mode."""
+        X, y, masks = self._prepare(X, y, masks, self.training)
+        run = self._backward(X, y, masks, self.training)[1]
+        return {path: run.errors.get(path) for path, _ in self.named_layers()}
+
+    def input_error(self, X, y, masks=None):
+        """The error the rule carries back to the network input (bp: dL/dX exactly; FA style: with
+        each B in its W's place, None when the first weight layers have no B; None for the DFA-style
+        rules and shallow), in the current mode."""
+        X, y, masks = self._prepare(X, y, masks, self.training)
+        return self._backward(X, y, masks, self.training)[2]
+
+    # -- training -----------------------------------------------------------------
+
+    def _check_mirror_noise(self, noise, lead):
+        """``noise`` as ``{path: array}`` for exactly the weight layers with a B, each of shape
+        ``lead + (batchsize,) + input shape``."""
+        noise = dict(noise)
+        wanted = [p for p, l in self.named_layers() if l.is_weight and l.B is not None]
+        if sorted(noise) != sorted(wanted):
+            raise ValueError(f"mirror noise needs one entry per layer with a B, {wanted}; got {sorted(noise)}")
+        checked = {}
+        for path in wanted:
+            layer = self.layer(path)
+            x = np.asarray(noise[path], dtype=self.dtype)
+            if x.ndim != len(lead) + 1 + len(layer.in_shape) or x.shape[len(lead) + 1:] != layer.in_shape \
+                    or min(x.shape[:len(lead) + 1]) < 1:
+                want = ("steps",) * len(lead) + ("batchsize",) + layer.in_shape
+                raise ValueError(f"{layer.where}: mirror noise must have shape {want}, got {x.shape}")
+            checked[path] = x
+        return checked
+
+    def mirror(self, noise, lr=0.01, decay=1.0):
+        """One weight-mirror step on every weight layer with a B (``noise``: ``{path: x}``, x a
+        batch of the layer's input shape), as ReferenceChain.mirror: y = (layer without bias)(x),
+        dense ``B += lr * (y.T @ x / mb - decay * B)``, conv
+        ``B += lr * (conv2d_weight_gradient(x, y) / (mb * oh * ow) - decay * B)``."""
+        noise = self._check_mirror_noise(noise, ())
+        lr, decay = float(lr), float(decay)
+        for path, x in noise.items():
+            layer, mb = self.layer(path), x.shape[0]
+            if layer.kind == "dense":
+                y = x @ layer.W
+                layer.B += lr * (y.T @ x / mb - decay * layer.B)
+            else:
+                y = conv2d(x, layer.W, None, layer.stride, layer.pad)
+                oh, ow = layer.out_shape[1:]
+                layer.B += lr * (conv2d_weight_gradient(x, y, layer.k, layer.stride, layer.pad) / (mb * oh * ow)
+                                 - decay * layer.B)
+
+    def _sgd(self, layer, name, grad, lr, momentum, weight_decay):
+        """PyTorch's SGD on one array: ``v = momentum * v + (grad + weight_decay * p); p -= lr * v``."""
+        p = getattr(layer, name)
+        key = (layer.path, name)
+        self._velocity[key] = momentum * self._velocity.get(key, 0) + (grad + weight_decay * p)
+        p -= lr * self._velocity[key]
+
+    def step(self, X, y, lr, momentum=0.0, weight_decay=0.0, masks=None, mirror_noise=None, mirror_lr=0.01,
+             mirror_decay=1.0):
+        """One SGD(-with-momentum) update on the batch (X, y) with a training-mode forward pass
+        (whatever the mode; the mode is left as it was); returns the loss before it.
+
+        Per array (every weight layer and batchnorm; only the last layer under ``"shallow"``):
+        ``v = momentum * v + (grad + wd * p); p -= lr * v`` with ``wd = weight_decay`` for conv and
+        dense W and 0 for b, gamma and beta. ``"kp"``: each B likewise with grad dW.T (dense) or dW
+        (conv) and ``wd * B``. Then each batchnorm's running statistics take the batch's:
+        ``running_mean = 0.9 * running_mean + 0.1 * mean``, ``running_var = 0.9 * running_var +
+        0.1 * var * n / (n - 1)``. Sign-symmetric rules set B = |B| with W's new signs (W.T for
+        dense); ``"wm"`` then makes ``steps`` mirror steps with ``mirror_noise`` (``{path: array
+        (steps, batchsize, *input shape)}`` for every weight layer with a B).
+        """
+        X, y, masks = self._prepare(X, y, masks, True)
+        lr, momentum, weight_decay = float(lr), float(momentum), float(weight_decay)
+        steps = 0
+        if self.rule == "wm":  # checked before anything changes
+            if mirror_noise is None:
+                raise ValueError("rule 'wm' needs mirror_noise: {path: (steps, batchsize, *input shape)} for every "
+                                 "weight layer with a B")
+            mirror_noise = self._check_mirror_noise(mirror_noise, (1,))
+            counts = {len(x) for x in mirror_noise.values()}
+            if len(counts) > 1:
+                raise ValueError(f"every mirror_noise entry needs the same number of steps, got {sorted(counts)}")
+            steps = counts.pop() if counts else 0
+        loss, run, _ = self._backward(X, y, masks, training=True)
+        grads = self._gradient_dict(run)
+        for path, layer in self.named_layers():
+            if self.rule == "shallow" and layer is not self.last:
+                continue
+            if layer.is_weight:
+                dW, db = grads[path]
+                self._sgd(layer, "W", dW, lr, momentum, weight_decay)
+                if layer.b is not None:
+                    self._sgd(layer, "b", db, lr, momentum, 0.0)
+                if self.rule == "kp" and layer.B is not None:  # Kolen-Pollack: B gets W's update
+                    self._sgd(layer, "B", dW.T if layer.kind == "dense" else dW, lr, momentum, weight_decay)
+            elif layer.kind == "batchnorm":
+                dgamma, dbeta = grads[path]
+                self._sgd(layer, "gamma", dgamma, lr, momentum, 0.0)
+                self._sgd(layer, "beta", dbeta, lr, momentum, 0.0)
+        for path, (mean, var, n) in run.batch.items():
+            layer = self.layer(path)
+            layer.running_mean[...] = (1 - BN_MOMENTUM) * layer.running_mean + BN_MOMENTUM * mean
+            layer.running_var[...] = (1 - BN_MOMENTUM) * layer.running_var + BN_MOMENTUM * var * (n / (n - 1))
+        if self.rule in SIGN_SYMMETRIC:  # B follows W's new signs
+            for _, layer in self.named_layers():
+                if layer.is_weight and layer.B is not None:
+                    layer.B = self._feedback(layer).astype(self.dtype, copy=False)
+        for s in range(steps):
+            self.mirror({path: x[s] for path, x in mirror_noise.items()}, mirror_lr, mirror_decay)
         return loss
