@@ -276,12 +276,6 @@ param_value(x::AbstractVector) = Any[param_value(v) for v in x]
 param_value(x::Initialiser) = Pair{String,Any}["name" => registry_name(FILE_INITIALISERS, x), "params" => params(x)]
 param_value(x) = Pair{String,Any}["name" => snake_case(nameof(typeof(x))), "params" => params(x)]
 
-function name_in(table, value, what)
-    name = findfirst(v -> v === value, table)
-    name === nothing && throw(ArgumentError("cannot save a network whose $what is $value: files hold only the named ones ($(join(sort!(collect(keys(table))), ", ")))"))
-    return name
-end
-
 # The initialisers that built the network (the tensors, not these, decide a loaded network's
 # parameters). Files record one feedback initialiser: the first layer's; an array the user gave
 # (`Given`) is recorded as the default, its values being in the tensors.
