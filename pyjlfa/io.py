@@ -1,12 +1,8 @@
 """Model files: one safetensors file that Python and Julia both read and write.
 
-Layout (https://github.com/huggingface/safetensors)::
-
-    8 bytes   n, the header length (unsigned, little-endian)
-    n bytes   a JSON object, padded with spaces so that the data starts at a multiple of 8:
-              {"__metadata__": {string: string, ...},
-               "layers.0.W": {"dtype": "F32", "shape": [784, 256], "data_offsets": [0, 802816]}, ...}
-    the rest  the tensors' raw little-endian bytes, back to back (offsets count from here)
+The container (header length, JSON header with each tensor's dtype, shape and data offsets, raw
+little-endian data) is pyjlfa._safetensors; its JSON rules are pyjlfa._json. This module says what a
+pyjlfa file means.
 
 Tensors are stored in the shape Python sees: for each layer k with parameters, ``layers.k.W``
 ((n_in, n_out) dense, (out, in, kh, kw) conv), ``layers.k.b``, ``layers.k.B`` the feedback array
@@ -21,45 +17,32 @@ optimizer state), library_version. Version 1 had sizes and activation instead of
 
 docs/model-format.md is the contract, which both readers enforce. This module implements the
 format with the standard library and NumPy only, independently of the Julia package's
-``save``/``load`` (julia/FeedbackAlignment/src/io.jl); the tests cross-read the two.
+``save``/``load`` (julia/FeedbackAlignment/src/modelfile.jl); the tests cross-read the two.
 Parameters move without intermediate copies: tensors are written from, and read straight into,
 the Julia-owned parameter buffers.
 """
 
 import ctypes
-import json
-import math
 import os
-import secrets
 import sys
 import unicodedata
-from ctypes import c_int64, c_uint64, c_void_p
+from ctypes import c_int64, c_void_p
 
 import numpy as np
+
+from ._json import _json, _parse_json
+from ._safetensors import MAX_HEADER_BYTES, ModelFileError, _is_count, _read_header, _write_safetensors
 
 __all__ = ["ModelFileError", "save", "load", "read_metadata", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "pyjlfa-safetensors"
 FORMAT_VERSION = "2"
 _READABLE_VERSIONS = ("1", "2")
-MAX_HEADER_BYTES = 100_000_000  # the safetensors package's own limit
 # dtype name in the metadata -> (safetensors dtype, little-endian NumPy dtype)
 _DTYPES = {"float32": ("F32", np.dtype("<f4")), "float64": ("F64", np.dtype("<f8"))}
-_ITEMSIZE = {"F32": 4, "F64": 8}
 # Optimizers whose state files store, and the names of their state slots (one array per W, b, B).
 _OPTIMIZER_SLOTS = {"sgd": ("velocity",), "adam": ("first_moment", "second_moment")}
 _DEFAULT_INIT = ("glorot_uniform", {"gain": 1.0})  # what the engine builds every network with today
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be read; the message names the file and says what is wrong."""
-
-    def __init__(self, path, message):
-        super().__init__(f"cannot load model file {os.fspath(path)}: {message}")
-
-
-def _json(value):
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 def _path(path):
@@ -159,21 +142,7 @@ def save(net, path, include_optimizer=False):
         meta["optimizer_steps"] = str(steps)
         tensors.update(state)
 
-    header, offset = {"__metadata__": meta}, 0
-    for name, array in tensors.items():
-        header[name] = {"dtype": _DTYPES[net.dtype.name][0], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-    text = _json(header).encode()
-    text += b" " * (-len(text) % 8)  # the data starts at a multiple of 8
-
-    def write(f):
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
-        for array in tensors.values():
-            f.write(memoryview(array).cast("B"))  # straight from Julia's memory
-
-    _atomic_write(path, write)
+    _write_safetensors(path, meta, tensors, _DTYPES[net.dtype.name][0])
 
 
 def _fields(value):
@@ -243,148 +212,8 @@ def _first_feedback(feedback):
     return named[0] if named else _DEFAULT_INIT[0]
 
 
-def _atomic_write(path, write):
-    """Write a new temporary file next to ``path`` and rename it over ``path``; on failure remove it."""
-    folder, name = os.path.split(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot write {path}: it is a folder")
-    while True:
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 # ------------------------------------------------------------------------------------------------
 # Reading
-
-def _no_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"key {key!r} appears twice")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name):
-    raise ValueError(f"{name} is not JSON")
-
-
-_INT64 = (-2 ** 63, 2 ** 63)
-
-
-def _parse_int(text):
-    # Integers must fit in 64 signed bits (docs/model-format.md); bound the text before int() sees it.
-    if len(text) > 20 or not _INT64[0] <= int(text) < _INT64[1]:
-        raise ValueError(f"integer {text[:40]} does not fit in 64 bits")
-    return int(text)
-
-
-def _parse_float(text):
-    # Refused: a number that overflows float64, or that underflows to zero from a non-zero text.
-    value = float(text)
-    mantissa = text.lower().split("e")[0]
-    if math.isinf(value) or (value == 0 and mantissa.strip("-0.") != ""):
-        raise ValueError(f"number {text[:40]} is outside float64's range")
-    return value
-
-
-def _check_parsed(value, depth=1):
-    """Refuse what Python's json accepts but the contract does not: nesting deeper than 64
-    levels, and strings holding an unpaired surrogate (a \\uD800 escape alone)."""
-    if isinstance(value, (dict, list)):
-        if depth > 64:
-            raise ValueError("nested deeper than 64 levels")
-        for v in (value.values() if isinstance(value, dict) else value):
-            _check_parsed(v, depth + 1)
-        if isinstance(value, dict):
-            for k in value:
-                _check_parsed(k, depth)
-    elif isinstance(value, str):
-        value.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a surrogate
-
-
-def _parse_json(text):
-    value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
-                       parse_int=_parse_int, parse_float=_parse_float)
-    _check_parsed(value)
-    return value
-
-
-def _is_count(x):
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
-def _read_header(f, path):
-    """The checked header of the open file ``f``: (header dict, offset of the data section)."""
-    total = os.fstat(f.fileno()).st_size
-    if total < 8:
-        raise ModelFileError(path, f"truncated file: {total} bytes, but a model file starts with an 8-byte header length")
-    f.seek(0)
-    n = int.from_bytes(f.read(8), "little")
-    if n > MAX_HEADER_BYTES:
-        raise ModelFileError(path, f"the header length field says {n} bytes, more than the {MAX_HEADER_BYTES} a header "
-                                   "may have (corrupt file, or not a safetensors file)")
-    if n > total - 8:
-        raise ModelFileError(path, f"truncated file: the header length field says {n} bytes, but only {total - 8} "
-                                   "bytes follow it")
-    try:
-        header = _parse_json(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ModelFileError(path, f"corrupt header: {e} (not valid JSON)") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(path, "corrupt header: it is not a JSON object")
-    spans = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-            raise ModelFileError(path, f"corrupt header: tensor \"{name}\" needs dtype, shape and data_offsets")
-        shape, offsets = entry["shape"], entry["data_offsets"]
-        if not isinstance(shape, list) or not all(map(_is_count, shape)):
-            raise ModelFileError(path, f"corrupt header: tensor \"{name}\" has shape {_json(shape)}, "
-                                       "not a list of non-negative integers")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets))
-                or offsets[0] > offsets[1]):
-            raise ModelFileError(path, f"corrupt header: tensor \"{name}\" has data_offsets {_json(offsets)}, "
-                                       "not [begin, end] with begin <= end")
-        if not isinstance(entry["dtype"], str) or entry["dtype"] not in _ITEMSIZE:
-            raise ModelFileError(path, f"tensor \"{name}\" has dtype {_json(entry['dtype'])}; model files hold F32 or F64")
-        nbytes = _ITEMSIZE[entry["dtype"]] * int(np.prod(shape, dtype=object))
-        if offsets[1] - offsets[0] != nbytes:
-            raise ModelFileError(path, f"tensor \"{name}\" of shape {_json(shape)} needs {nbytes} bytes, but its "
-                                       f"data_offsets {_json(offsets)} span {offsets[1] - offsets[0]}")
-        spans.append((offsets[0], offsets[1], name))
-    at, data_length = 0, total - 8 - n
-    for first, last, name in sorted(spans):
-        if first != at:
-            raise ModelFileError(path, f"tensor \"{name}\" starts at data byte {first}, but the previous tensor ends "
-                                       f"at {at} (overlap or gap)")
-        at = last
-    if at > data_length:
-        raise ModelFileError(path, f"truncated file: the tensors need {at} bytes of data, but only {data_length} "
-                                   "follow the header")
-    if at < data_length:
-        raise ModelFileError(path, f"{data_length - at} bytes follow the last tensor (corrupt file)")
-    return header, 8 + n
-
 
 def _metadata_of(header, path):
     meta = header.get("__metadata__")
@@ -489,7 +318,7 @@ def _description(meta, path):
 
 
 # The parameters a file may give each rule, initialiser, optimizer and schedule, and the kind of
-# value each takes: docs/model-format.md's table (julia/.../io.jl has the same PARAM_SCHEMAS).
+# value each takes: docs/model-format.md's table (julia/.../modelfile.jl has the same PARAM_SCHEMAS).
 _GAIN = (("gain", "positive"),)
 _PARAM_SCHEMAS = {
     "initialiser": {
