@@ -25,7 +25,7 @@ const FILE_DTYPES = Dict(Float32 => ("float32", "F32"), Float64 => ("float64", "
 const FILE_INITIALISERS = INITIALISERS
 # Optimisers whose state files store, and the names of their state slots (one array per W, b and,
 # under Kolen-Pollack, B).
-const STATE_SLOTS_BY_NAME = Dict("sgd" => ["velocity"], "adam" => ["first_moment", "second_moment"])
+const STATE_SLOTS_BY_NAME = Dict(string(kind) => names for (kind, names) in STATE_SLOT_NAMES)
 
 snake_case(s) = lowercase(replace(string(s), r"(?<=[a-z0-9])(?=[A-Z])" => "_"))
 
@@ -74,7 +74,7 @@ function file_metadata(net::Network{T}) where {T}
 end
 
 # ---------------------------------------------------------------------------------------------
-# Optimiser state: per layer with parameters, `STATE_SLOTS[kind]` arrays for W, for b and (Kolen-Pollack) for B.
+# Optimiser state: per layer with parameters, `STATE_SLOT_NAMES[kind]` arrays for W, for b and (Kolen-Pollack) for B.
 
 state_name(net::Network) = net.optkind === :none ? nothing : string(net.optkind)
 
@@ -84,7 +84,7 @@ function state_array(net::Network, slot::Integer, l::Integer, which::Integer)
 end
 
 function new_state!(net::Network, kind::AbstractString)
-    haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimiser state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
+    haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimizer state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
     return new_state!(net, Symbol(kind))
 end
 
@@ -96,8 +96,8 @@ when the network holds a state of optimiser `kind` ("sgd", "adam"); `nothing` if
 `create`, a network without such a state first gets a zero one (replacing a state of another optimiser).
 """
 function optimiser_buffer(net::Network, kind::AbstractString, create::Bool, slot::Integer, l::Integer, which::Integer)
-    haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimiser state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
-    1 <= slot <= length(STATE_SLOTS_BY_NAME[kind]) || throw(ArgumentError("optimiser $kind has no state slot $slot"))
+    haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimizer state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
+    1 <= slot <= length(STATE_SLOTS_BY_NAME[kind]) || throw(ArgumentError("optimizer $kind has no state slot $slot"))
     1 <= l <= length(net.layers) || throw(ArgumentError("no layer $l"))
     which in (1, 2, 3) || throw(ArgumentError("which must be 1 (W), 2 (b) or 3 (B)"))
     create && state_name(net) != kind && new_state!(net, kind)
@@ -217,41 +217,18 @@ is_object(x) = x isa Dict{String,Any}
 
 # The parameters a file may give each rule, initialiser, optimizer and schedule: the field names in
 # the order of the engine's positional constructors (optimizers: its keyword constructors), and the
-# kind of value each takes. docs/model-format.md is this table in words; pyjlfa/io.py has the same.
-const GAIN = [("gain", :positive)]
+# kind of value each takes, from the engine's schema (schema.jl), which docs/model-format.md's table
+# and pyjlfa/io.py's checks also come from. Files name an optimizer by its state (AdamW is "adam").
+const FILE_OPTIMISERS = sort!(unique(optimiser_state_kind(name) for name in keys(OPTIMISERS)))
 const PARAM_SCHEMAS = Dict{String,Dict{String,Vector{Tuple{String,Symbol}}}}(
-    "initialiser" => Dict(
-        "glorot_uniform" => GAIN, "glorot_normal" => GAIN, "he_uniform" => GAIN, "he_normal" => GAIN,
-        "lecun_uniform" => GAIN, "lecun_normal" => GAIN, "orthogonal" => GAIN,
-        "uniform" => [("scale", :positive)], "normal" => [("std", :positive)], "zeros" => [],
-        "sparse" => [("density", :fraction), ("init", :initialiser)], "sign_concordant" => [("init", :initialiser)]),
-    "rule" => Dict(
-        "bp" => [], "fa" => [], "dfa" => [], "frsf" => [], "brsf" => [], "kp" => [], "drtp" => [], "sdfa" => [],
-        "shallow" => [], "usf" => [("scale", :positive_or_null)],
-        "wm" => [("noise_std", :positive), ("lr", :positive), ("steps", :count), ("batchsize", :count), ("decay", :nonnegative)]),
-    "optimizer" => Dict(
-        "sgd" => [("lr", :positive), ("momentum", :unit_open), ("nesterov", :bool), ("weight_decay", :nonnegative),
-                  ("decoupled_weight_decay", :nonnegative), ("layer_lr", :rates_or_null), ("schedule", :schedule_or_null)],
-        "adam" => [("lr", :positive), ("beta1", :unit_open), ("beta2", :unit_open), ("eps", :positive),
-                   ("weight_decay", :nonnegative), ("decoupled_weight_decay", :nonnegative),
-                   ("layer_lr", :rates_or_null), ("schedule", :schedule_or_null)]),
-    "schedule" => Dict("constant" => [], "step_decay" => [("every", :count), ("gamma", :positive)],
-                       "cosine" => [("epochs", :count), ("min_factor", :unit_closed)]))
-# File names whose registry name differs (schedules are written by type name).
-const FILE_SCHEDULES = Dict{String,Any}("constant" => Constant, "step_decay" => StepDecay, "cosine" => Cosine)
+    "initialiser" => file_param_schemas("initialiser", keys(INITIALISERS)),
+    "rule" => file_param_schemas("rule", keys(RULES)),
+    "optimizer" => file_param_schemas("optimizer", FILE_OPTIMISERS),
+    "schedule" => file_param_schemas("schedule", keys(SCHEDULES)))
+const FILE_SCHEDULES = SCHEDULES
 
-is_number(x) = x isa Real && !(x isa Bool)   # JSON numbers: Int64 or finite Float64
 const VALUE_KINDS = Dict{Symbol,Tuple{Function,String}}(
-    :positive => (x -> is_number(x) && x > 0, "a number > 0"),
-    :nonnegative => (x -> is_number(x) && x >= 0, "a number >= 0"),
-    :fraction => (x -> is_number(x) && 0 < x <= 1, "a number in (0, 1]"),
-    :unit_open => (x -> is_number(x) && 0 <= x < 1, "a number in [0, 1)"),
-    :unit_closed => (x -> is_number(x) && 0 <= x <= 1, "a number in [0, 1]"),
-    :count => (x -> x isa Int64 && x >= 1, "an integer >= 1"),
-    :bool => (x -> x isa Bool, "true or false"),
-    :positive_or_null => (x -> x === nothing || is_number(x) && x > 0, "null or a number > 0"),
-    :rates_or_null => (x -> x === nothing || x isa Vector{Any} && all(v -> is_number(v) && v >= 0, x),
-                       "null or a list of numbers >= 0"))
+    kind => (x -> check_value(k, x), expected_text(k)) for (kind, k) in PARAM_KINDS if k.type in ("number", "integer", "bool", "numbers"))
 
 """
     from_record(kind, name, ps, path)
