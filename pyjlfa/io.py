@@ -30,6 +30,7 @@ from ctypes import c_int64, c_void_p
 
 import numpy as np
 
+from . import _schema
 from ._json import _json, _parse_json
 from ._safetensors import MAX_HEADER_BYTES, ModelFileError, _is_count, _read_header, _write_safetensors
 
@@ -40,9 +41,13 @@ FORMAT_VERSION = "2"
 _READABLE_VERSIONS = ("1", "2")
 # dtype name in the metadata -> (safetensors dtype, little-endian NumPy dtype)
 _DTYPES = {"float32": ("F32", np.dtype("<f4")), "float64": ("F64", np.dtype("<f8"))}
-# Optimizers whose state files store, and the names of their state slots (one array per W, b, B).
-_OPTIMIZER_SLOTS = {"sgd": ("velocity",), "adam": ("first_moment", "second_moment")}
 _DEFAULT_INIT = ("glorot_uniform", {"gain": 1.0})  # what the engine builds every network with today
+
+
+def _optimizer_slots():
+    """{state kind: its slot names} of the optimizers whose state files store (one array per W, b,
+    B), from the engine's schema: "sgd" and "adam" (AdamW's state is Adam's)."""
+    return {o["state"]: tuple(o["state_slots"]) for o in _schema.live()["optimizers"]}
 
 
 def _path(path):
@@ -71,7 +76,7 @@ def _optimizer_view(net, kind, create, slot, layer, which):
 def _state_views(net, kind, create):
     """{tensor name: view} of the optimizer state of every layer with parameters."""
     views = {}
-    for s, slot in enumerate(_OPTIMIZER_SLOTS[kind]):
+    for s, slot in enumerate(_optimizer_slots()[kind]):
         for k, layer in enumerate(net.layers):
             if layer.W is None:
                 continue
@@ -85,7 +90,7 @@ def _state_views(net, kind, create):
 def _optimizer_state(net):
     """(kind, {tensor name: view}) of the optimizer state the network holds, or (None, {})."""
     first = next(k for k, layer in enumerate(net.layers) if layer.W is not None)
-    for kind in _OPTIMIZER_SLOTS:
+    for kind in _optimizer_slots():
         if _optimizer_view(net, kind, False, 0, first, 0) is not None:
             return kind, _state_views(net, kind, False)
     return None, {}
@@ -138,7 +143,7 @@ def save(net, path, include_optimizer=False):
                 kind = name
                 meta["optimizer_params"] = _json(_fields(optimizer))
         meta["optimizer"] = kind or "none"
-        meta["optimizer_slots"] = _json(list(_OPTIMIZER_SLOTS[kind]) if state else [])
+        meta["optimizer_slots"] = _json(list(_optimizer_slots()[kind]) if state else [])
         meta["optimizer_steps"] = str(steps)
         tensors.update(state)
 
@@ -152,19 +157,15 @@ def _fields(value):
 
     def plain(v):
         if dataclasses.is_dataclass(v):
-            return {"name": _OPTION_NAMES.get(type(v).__name__, getattr(v, "_name", type(v).__name__.lower())),
+            return {"name": getattr(v, "_name", type(v).__name__.lower()),   # the engine's name
                     "params": _fields(v)}
         return list(v) if isinstance(v, tuple) else v
     return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
 
 
-# Python option classes whose file names differ from their Python class names.
-_OPTION_NAMES = {"StepDecay": "step_decay", "Cosine": "cosine"}
-
-
 def _optimizer_kind(optimizer):
-    from .optimizers import SGD, Adam
-    return "sgd" if isinstance(optimizer, SGD) else "adam" if isinstance(optimizer, Adam) else None
+    """The name files record an optimizer by: its state's (AdamW is "adam")."""
+    return _schema.entry("optimizers", optimizer._name, _schema.live())["state"]
 
 
 def _rule_params(rule):
@@ -305,8 +306,8 @@ def _description(meta, path):
     d["epochs"], d["rng_state"] = m.integer("epochs", 63), m.integer("rng_state", 64)
     d["optimizer"], d["optimizer_params"], d["slots"], d["steps"] = None, None, (), 0
     if meta.get("optimizer", "none") != "none":
-        kind = d["optimizer"] = m.choice("optimizer", _OPTIMIZER_SLOTS)
-        slots = list(_OPTIMIZER_SLOTS[kind])
+        kind = d["optimizer"] = m.choice("optimizer", _optimizer_slots())
+        slots = list(_optimizer_slots()[kind])
         d["slots"] = tuple(m.json("optimizer_slots", lambda v: v in ([], slots), f"[] or {_json(slots)} for {kind}"))
         if "optimizer_steps" in meta:
             d["steps"] = m.integer("optimizer_steps", 63)
@@ -317,91 +318,76 @@ def _description(meta, path):
     return d
 
 
-# The parameters a file may give each rule, initialiser, optimizer and schedule, and the kind of
-# value each takes: docs/model-format.md's table (julia/.../modelfile.jl has the same PARAM_SCHEMAS).
-_GAIN = (("gain", "positive"),)
-_PARAM_SCHEMAS = {
-    "initialiser": {
-        **{name: _GAIN for name in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform",
-                                    "lecun_normal", "orthogonal")},
-        "uniform": (("scale", "positive"),), "normal": (("std", "positive"),), "zeros": (),
-        "sparse": (("density", "fraction"), ("init", "initialiser")), "sign_concordant": (("init", "initialiser"),)},
-    "rule": {
-        **{name: () for name in ("bp", "fa", "dfa", "frsf", "brsf", "kp", "drtp", "sdfa", "shallow")},
-        "usf": (("scale", "positive_or_null"),),
-        "wm": (("noise_std", "positive"), ("lr", "positive"), ("steps", "count"), ("batchsize", "count"),
-               ("decay", "nonnegative"))},
-    "optimizer": {
-        "sgd": (("lr", "positive"), ("momentum", "unit_open"), ("nesterov", "bool"), ("weight_decay", "nonnegative"),
-                ("decoupled_weight_decay", "nonnegative"), ("layer_lr", "rates_or_null"),
-                ("schedule", "schedule_or_null")),
-        "adam": (("lr", "positive"), ("beta1", "unit_open"), ("beta2", "unit_open"), ("eps", "positive"),
-                 ("weight_decay", "nonnegative"), ("decoupled_weight_decay", "nonnegative"),
-                 ("layer_lr", "rates_or_null"), ("schedule", "schedule_or_null"))},
-    "schedule": {"constant": (), "step_decay": (("every", "count"), ("gamma", "positive")),
-                 "cosine": (("epochs", "count"), ("min_factor", "unit_closed"))},
-}
+# The parameters a file may give each rule, initialiser, optimizer and schedule, with the kind of
+# value each takes, come from the engine's schema (julia/.../schema.jl), which Julia's reader and
+# docs/model-format.md's table also come from. Files name an optimizer by its state (AdamW is "adam").
+_SECTIONS = {"initialiser": "initialisers", "rule": "rules", "optimizer": "optimizers", "schedule": "schedules"}
+
+
+def _file_params(kind):
+    """{name: its parameters (schema entries)} of the rules, initialisers, optimizers or schedules
+    (``kind``) a file may name."""
+    entries = _schema.live()[_SECTIONS[kind]]
+    return {e["name"]: e["params"] for e in entries if kind != "optimizer" or e["state"] == e["name"]}
 
 
 def _is_number(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-_VALUE_KINDS = {
-    "positive": (lambda x: _is_number(x) and x > 0, "a number > 0"),
-    "nonnegative": (lambda x: _is_number(x) and x >= 0, "a number >= 0"),
-    "fraction": (lambda x: _is_number(x) and 0 < x <= 1, "a number in (0, 1]"),
-    "unit_open": (lambda x: _is_number(x) and 0 <= x < 1, "a number in [0, 1)"),
-    "unit_closed": (lambda x: _is_number(x) and 0 <= x <= 1, "a number in [0, 1]"),
-    "count": (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1, "an integer >= 1"),
-    "bool": (lambda x: isinstance(x, bool), "true or false"),
-    "positive_or_null": (lambda x: x is None or (_is_number(x) and x > 0), "null or a number > 0"),
-    "rates_or_null": (lambda x: x is None or (isinstance(x, list) and all(_is_number(v) and v >= 0 for v in x)),
-                      "null or a list of numbers >= 0"),
-}
+def _allowed(p, x):
+    """Whether the JSON value x is one that parameter p (a schema entry) allows."""
+    if p["nullable"] and x is None:
+        return True
+    if p["type"] == "number":
+        return _is_number(x) and _schema.within(p, x)
+    if p["type"] == "integer":
+        return isinstance(x, int) and not isinstance(x, bool) and _schema.within(p, x)
+    if p["type"] == "bool":
+        return isinstance(x, bool)
+    if p["type"] == "numbers":
+        return isinstance(x, list) and all(_is_number(v) and _schema.within(p, v) for v in x)
+    raise ValueError(f"parameters of type {p['type']} are not checked here")
 
 
 def _check_record(kind, name, params, path):
     """Check a rule, initialiser, optimizer or schedule record (its name and its JSON parameters)
-    against _PARAM_SCHEMAS: exactly the listed parameters, each of its kind of value."""
-    schemas = _PARAM_SCHEMAS[kind]
+    against the engine's schema: exactly the listed parameters, each of its kind of value."""
+    schemas = _file_params(kind)
     if name not in schemas:
         raise ModelFileError(path, f'unknown {kind} "{name}"; this pyjlfa knows {", ".join(sorted(schemas))}')
-    fields = [f for f, _ in schemas[name]]
+    fields = [p["name"] for p in schemas[name]]
     if not isinstance(params, dict) or set(params) != set(fields):
         given = "(" + ", ".join(sorted(params)) + ")" if isinstance(params, dict) else _json(params)
         raise ModelFileError(path, f'{kind} "{name}" takes the parameters ({", ".join(fields)}), but the file gives {given}')
-    for field, what in schemas[name]:
-        x = params[field]
-        if what in ("initialiser", "schedule_or_null"):
-            if what == "schedule_or_null" and x is None:
+    for p in schemas[name]:
+        field, x = p["name"], params[p["name"]]
+        if p["type"] in ("initialiser", "schedule"):
+            if p["nullable"] and x is None:
                 continue
-            sub = "initialiser" if what == "initialiser" else "schedule"
             if not (isinstance(x, dict) and set(x) == {"name", "params"} and isinstance(x["name"], str)):
                 raise ModelFileError(path, f'{kind} "{name}" parameter {field} must be '
-                                           f'{"null or " if sub == "schedule" else ""}{{"name": ..., "params": {{...}}}}, '
+                                           f'{"null or " if p["nullable"] else ""}{{"name": ..., "params": {{...}}}}, '
                                            f"got {_json(x)}")
-            _check_record(sub, x["name"], x["params"], path)
+            _check_record(p["type"], x["name"], x["params"], path)
             continue
-        check, expected = _VALUE_KINDS[what]
-        if not check(x):
-            raise ModelFileError(path, f'{kind} "{name}" parameter {field} must be {expected}, got {_json(x)}')
+        if not _allowed(p, x):
+            raise ModelFileError(path, f'{kind} "{name}" parameter {field} must be {p["expected"]}, got {_json(x)}')
     if kind == "optimizer" and name == "sgd" and params["nesterov"] and params["momentum"] == 0:
         raise ModelFileError(path, 'optimizer "sgd" has nesterov true, which needs a momentum > 0')
 
 
 def _optimizer_from(kind, params, path):
-    from .optimizers import SGD
+    from .optimizers import SGD, Adam, Cosine, StepDecay
 
-    from .optimizers import Adam, Cosine, StepDecay
-
+    classes = {cls._name: cls for cls in (SGD, Adam, StepDecay, Cosine)}   # by the engine's names
     try:
         params = dict(params)
         schedule = params.get("schedule")
         if isinstance(schedule, dict):
             params["schedule"] = None if schedule.get("name") == "constant" else \
-                {"step_decay": StepDecay, "cosine": Cosine}[schedule["name"]](**schedule["params"])
-        return {"sgd": SGD, "adam": Adam}[kind](**params)
+                classes[schedule["name"]](**schedule["params"])
+        return classes[kind](**params)
     except (TypeError, ValueError, KeyError) as e:
         raise ModelFileError(path, f'cannot rebuild optimizer "{kind}" from {_json(params)}: {e}') from None
 
