@@ -71,7 +71,7 @@ ts, tf = seconds(stepf, floor)
 "--profile" in ARGS || exit()
 const KERNELS = ("im2col!", "col2im!", "stacked_im2col!", "stacked_col2im!", "unstack_bias_activate!", "stack_chunk!", "channel_sums!",
                  "maxpool_forward!", "maxpool_backward!", "tiled_maxpool_backward!", "meanpool_forward!",
-                 "meanpool_backward!", "times_deriv!", "activate!", "bias_activate!", "rowsums!", "loss_and_error!",
+                 "meanpool_backward!", "times_deriv!", "bias_activate!", "rowsums!", "loss_and_error!",
                  "update!", "descend!", "momentum_descend!", "copyto!", "fill!", "unsafe_copyto!", "project!")
 Profile.init(n=10^7, delay=0.0002)
 @profile for _ in 1:max(1, round(Int, 2 / ts)); stepf(); end

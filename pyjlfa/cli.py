@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 
-from .rules import FEEDBACK_STYLE
+from . import _schema
 
 __all__ = ["main"]
 
-# Every rule the engine has, for --help (Julia is not started for help; names are checked against it later).
-_RULES = ", ".join(["bp", "fa", "dfa"] + sorted(set(FEEDBACK_STYLE) - {"bp", "fa", "dfa"}))
+# Every rule the engine has, for --help, from its schema (Julia is not started for help).
+_RULES = ", ".join(["bp", "fa", "dfa"] + sorted(set(_schema.names("rules")) - {"bp", "fa", "dfa"}))
 
 _EPILOG = ("Julia starts at the first command that needs it (~1-5 s, plus compiling on first use). "
            "Data: Fashion-MNIST from Debian's dataset-fashion-mnist package, the folder in "
@@ -489,6 +489,10 @@ def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
+    if getattr(args, "rule", None):   # rule names are case-insensitive: --rule uSF is usf
+        args.rule = _schema.rule_name(args.rule)
+    if getattr(args, "rules", None):
+        args.rules = [_schema.rule_name(r) for r in args.rules]
     try:
         {"train": _train, "compare": _compare, "reproduce": _reproduce, "sweep": _sweep}[args.command](args, sub)
     except KeyboardInterrupt as e:   # Ctrl-C: stopped between two batches

@@ -49,7 +49,7 @@ def _check_rules(rules, extra=()):
     allowed = tuple(available_rules()) + tuple(extra)
     if isinstance(rules, str):
         rules = [rules]
-    rules = list(rules)
+    rules = [r.lower() if isinstance(r, str) else r for r in rules]   # rule names are case-insensitive
     if not rules:
         raise ValueError(f"rules is empty; choose some of {', '.join(allowed)}")
     for r in rules:

@@ -8,7 +8,8 @@ library's SplitMix64 streams: forward weights from ``seed``, feedback from ``fee
 
 from dataclasses import dataclass
 
-from ._spec import call, number
+from . import _schema
+from ._spec import call
 
 __all__ = ["GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal", "LeCunUniform", "LeCunNormal",
            "Uniform", "Normal", "Orthogonal", "Sparse", "SignConcordant", "Zeros", "Initialiser"]
@@ -23,7 +24,7 @@ class Initialiser:
 
 def _gained(name, jl_name, doc):
     def __post_init__(self):
-        number(name, "gain", self.gain, low=0, low_open=True)
+        _schema.check(name, "initialisers", jl_name, "gain", self.gain)
     cls = dataclass(frozen=True)(type(name, (Initialiser,), {
         "__doc__": doc, "__annotations__": {"gain": float}, "gain": 1.0, "_name": jl_name,
         "__post_init__": __post_init__, "__module__": __name__, "__qualname__": name}))
@@ -47,7 +48,7 @@ class Uniform(Initialiser):
     _name = "uniform"
 
     def __post_init__(self):
-        number("Uniform", "scale", self.scale, low=0, low_open=True)
+        _schema.check("Uniform", "initialisers", self._name, "scale", self.scale)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Normal(Initialiser):
     _name = "normal"
 
     def __post_init__(self):
-        number("Normal", "std", self.std, low=0, low_open=True)
+        _schema.check("Normal", "initialisers", self._name, "std", self.std)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Sparse(Initialiser):
     _name = "sparse"
 
     def __post_init__(self):
-        number("Sparse", "density (fraction of non-zeros)", self.density, low=0, low_open=True, high=1)
+        _schema.check("Sparse", "initialisers", self._name, "density", self.density, shown="density (fraction of non-zeros)")
         if not isinstance(self.init, Initialiser) or isinstance(self.init, (Sparse, SignConcordant)):
             raise TypeError(f"Sparse: init must be a plain initialiser such as Normal(0.1), got {self.init!r}")
 

@@ -1,12 +1,8 @@
 """Model files: one safetensors file that Python and Julia both read and write.
 
-Layout (https://github.com/huggingface/safetensors)::
-
-    8 bytes   n, the header length (unsigned, little-endian)
-    n bytes   a JSON object, padded with spaces so that the data starts at a multiple of 8:
-              {"__metadata__": {string: string, ...},
-               "layers.0.W": {"dtype": "F32", "shape": [784, 256], "data_offsets": [0, 802816]}, ...}
-    the rest  the tensors' raw little-endian bytes, back to back (offsets count from here)
+The container (header length, JSON header with each tensor's dtype, shape and data offsets, raw
+little-endian data) is pyjlfa._safetensors; its JSON rules are pyjlfa._json. This module says what a
+pyjlfa file means.
 
 Tensors are stored in the shape Python sees: for each layer k with parameters, ``layers.k.W``
 ((n_in, n_out) dense, (out, in, kh, kw) conv), ``layers.k.b``, ``layers.k.B`` the feedback array
@@ -21,45 +17,37 @@ optimizer state), library_version. Version 1 had sizes and activation instead of
 
 docs/model-format.md is the contract, which both readers enforce. This module implements the
 format with the standard library and NumPy only, independently of the Julia package's
-``save``/``load`` (julia/FeedbackAlignment/src/io.jl); the tests cross-read the two.
+``save``/``load`` (julia/FeedbackAlignment/src/modelfile.jl); the tests cross-read the two.
 Parameters move without intermediate copies: tensors are written from, and read straight into,
 the Julia-owned parameter buffers.
 """
 
 import ctypes
-import json
-import math
 import os
-import secrets
 import sys
 import unicodedata
-from ctypes import c_int64, c_uint64, c_void_p
+from ctypes import c_int64, c_void_p
 
 import numpy as np
+
+from . import _schema
+from ._json import _json, _parse_json
+from ._safetensors import MAX_HEADER_BYTES, ModelFileError, _is_count, _read_header, _write_safetensors
 
 __all__ = ["ModelFileError", "save", "load", "read_metadata", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "pyjlfa-safetensors"
 FORMAT_VERSION = "2"
 _READABLE_VERSIONS = ("1", "2")
-MAX_HEADER_BYTES = 100_000_000  # the safetensors package's own limit
 # dtype name in the metadata -> (safetensors dtype, little-endian NumPy dtype)
 _DTYPES = {"float32": ("F32", np.dtype("<f4")), "float64": ("F64", np.dtype("<f8"))}
-_ITEMSIZE = {"F32": 4, "F64": 8}
-# Optimizers whose state files store, and the names of their state slots (one array per W, b, B).
-_OPTIMIZER_SLOTS = {"sgd": ("velocity",), "adam": ("first_moment", "second_moment")}
 _DEFAULT_INIT = ("glorot_uniform", {"gain": 1.0})  # what the engine builds every network with today
 
 
-class ModelFileError(ValueError):
-    """A model file that cannot be read; the message names the file and says what is wrong."""
-
-    def __init__(self, path, message):
-        super().__init__(f"cannot load model file {os.fspath(path)}: {message}")
-
-
-def _json(value):
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+def _optimizer_slots():
+    """{state kind: its slot names} of the optimizers whose state files store (one array per W, b,
+    B), from the engine's schema: "sgd" and "adam" (AdamW's state is Adam's)."""
+    return {o["state"]: tuple(o["state_slots"]) for o in _schema.live()["optimizers"]}
 
 
 def _path(path):
@@ -88,7 +76,7 @@ def _optimizer_view(net, kind, create, slot, layer, which):
 def _state_views(net, kind, create):
     """{tensor name: view} of the optimizer state of every layer with parameters."""
     views = {}
-    for s, slot in enumerate(_OPTIMIZER_SLOTS[kind]):
+    for s, slot in enumerate(_optimizer_slots()[kind]):
         for k, layer in enumerate(net.layers):
             if layer.W is None:
                 continue
@@ -102,7 +90,7 @@ def _state_views(net, kind, create):
 def _optimizer_state(net):
     """(kind, {tensor name: view}) of the optimizer state the network holds, or (None, {})."""
     first = next(k for k, layer in enumerate(net.layers) if layer.W is not None)
-    for kind in _OPTIMIZER_SLOTS:
+    for kind in _optimizer_slots():
         if _optimizer_view(net, kind, False, 0, first, 0) is not None:
             return kind, _state_views(net, kind, False)
     return None, {}
@@ -155,25 +143,11 @@ def save(net, path, include_optimizer=False):
                 kind = name
                 meta["optimizer_params"] = _json(_fields(optimizer))
         meta["optimizer"] = kind or "none"
-        meta["optimizer_slots"] = _json(list(_OPTIMIZER_SLOTS[kind]) if state else [])
+        meta["optimizer_slots"] = _json(list(_optimizer_slots()[kind]) if state else [])
         meta["optimizer_steps"] = str(steps)
         tensors.update(state)
 
-    header, offset = {"__metadata__": meta}, 0
-    for name, array in tensors.items():
-        header[name] = {"dtype": _DTYPES[net.dtype.name][0], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-    text = _json(header).encode()
-    text += b" " * (-len(text) % 8)  # the data starts at a multiple of 8
-
-    def write(f):
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
-        for array in tensors.values():
-            f.write(memoryview(array).cast("B"))  # straight from Julia's memory
-
-    _atomic_write(path, write)
+    _write_safetensors(path, meta, tensors, _DTYPES[net.dtype.name][0])
 
 
 def _fields(value):
@@ -183,19 +157,15 @@ def _fields(value):
 
     def plain(v):
         if dataclasses.is_dataclass(v):
-            return {"name": _OPTION_NAMES.get(type(v).__name__, getattr(v, "_name", type(v).__name__.lower())),
+            return {"name": getattr(v, "_name", type(v).__name__.lower()),   # the engine's name
                     "params": _fields(v)}
         return list(v) if isinstance(v, tuple) else v
     return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
 
 
-# Python option classes whose file names differ from their Python class names.
-_OPTION_NAMES = {"StepDecay": "step_decay", "Cosine": "cosine"}
-
-
 def _optimizer_kind(optimizer):
-    from .optimizers import SGD, Adam
-    return "sgd" if isinstance(optimizer, SGD) else "adam" if isinstance(optimizer, Adam) else None
+    """The name files record an optimizer by: its state's (AdamW is "adam")."""
+    return _schema.entry("optimizers", optimizer._name, _schema.live())["state"]
 
 
 def _rule_params(rule):
@@ -243,148 +213,8 @@ def _first_feedback(feedback):
     return named[0] if named else _DEFAULT_INIT[0]
 
 
-def _atomic_write(path, write):
-    """Write a new temporary file next to ``path`` and rename it over ``path``; on failure remove it."""
-    folder, name = os.path.split(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot write {path}: it is a folder")
-    while True:
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 # ------------------------------------------------------------------------------------------------
 # Reading
-
-def _no_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"key {key!r} appears twice")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name):
-    raise ValueError(f"{name} is not JSON")
-
-
-_INT64 = (-2 ** 63, 2 ** 63)
-
-
-def _parse_int(text):
-    # Integers must fit in 64 signed bits (docs/model-format.md); bound the text before int() sees it.
-    if len(text) > 20 or not _INT64[0] <= int(text) < _INT64[1]:
-        raise ValueError(f"integer {text[:40]} does not fit in 64 bits")
-    return int(text)
-
-
-def _parse_float(text):
-    # Refused: a number that overflows float64, or that underflows to zero from a non-zero text.
-    value = float(text)
-    mantissa = text.lower().split("e")[0]
-    if math.isinf(value) or (value == 0 and mantissa.strip("-0.") != ""):
-        raise ValueError(f"number {text[:40]} is outside float64's range")
-    return value
-
-
-def _check_parsed(value, depth=1):
-    """Refuse what Python's json accepts but the contract does not: nesting deeper than 64
-    levels, and strings holding an unpaired surrogate (a \\uD800 escape alone)."""
-    if isinstance(value, (dict, list)):
-        if depth > 64:
-            raise ValueError("nested deeper than 64 levels")
-        for v in (value.values() if isinstance(value, dict) else value):
-            _check_parsed(v, depth + 1)
-        if isinstance(value, dict):
-            for k in value:
-                _check_parsed(k, depth)
-    elif isinstance(value, str):
-        value.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a surrogate
-
-
-def _parse_json(text):
-    value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
-                       parse_int=_parse_int, parse_float=_parse_float)
-    _check_parsed(value)
-    return value
-
-
-def _is_count(x):
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
-def _read_header(f, path):
-    """The checked header of the open file ``f``: (header dict, offset of the data section)."""
-    total = os.fstat(f.fileno()).st_size
-    if total < 8:
-        raise ModelFileError(path, f"truncated file: {total} bytes, but a model file starts with an 8-byte header length")
-    f.seek(0)
-    n = int.from_bytes(f.read(8), "little")
-    if n > MAX_HEADER_BYTES:
-        raise ModelFileError(path, f"the header length field says {n} bytes, more than the {MAX_HEADER_BYTES} a header "
-                                   "may have (corrupt file, or not a safetensors file)")
-    if n > total - 8:
-        raise ModelFileError(path, f"truncated file: the header length field says {n} bytes, but only {total - 8} "
-                                   "bytes follow it")
-    try:
-        header = _parse_json(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ModelFileError(path, f"corrupt header: {e} (not valid JSON)") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(path, "corrupt header: it is not a JSON object")
-    spans = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-            raise ModelFileError(path, f"corrupt header: tensor \"{name}\" needs dtype, shape and data_offsets")
-        shape, offsets = entry["shape"], entry["data_offsets"]
-        if not isinstance(shape, list) or not all(map(_is_count, shape)):
-            raise ModelFileError(path, f"corrupt header: tensor \"{name}\" has shape {_json(shape)}, "
-                                       "not a list of non-negative integers")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets))
-                or offsets[0] > offsets[1]):
-            raise ModelFileError(path, f"corrupt header: tensor \"{name}\" has data_offsets {_json(offsets)}, "
-                                       "not [begin, end] with begin <= end")
-        if not isinstance(entry["dtype"], str) or entry["dtype"] not in _ITEMSIZE:
-            raise ModelFileError(path, f"tensor \"{name}\" has dtype {_json(entry['dtype'])}; model files hold F32 or F64")
-        nbytes = _ITEMSIZE[entry["dtype"]] * int(np.prod(shape, dtype=object))
-        if offsets[1] - offsets[0] != nbytes:
-            raise ModelFileError(path, f"tensor \"{name}\" of shape {_json(shape)} needs {nbytes} bytes, but its "
-                                       f"data_offsets {_json(offsets)} span {offsets[1] - offsets[0]}")
-        spans.append((offsets[0], offsets[1], name))
-    at, data_length = 0, total - 8 - n
-    for first, last, name in sorted(spans):
-        if first != at:
-            raise ModelFileError(path, f"tensor \"{name}\" starts at data byte {first}, but the previous tensor ends "
-                                       f"at {at} (overlap or gap)")
-        at = last
-    if at > data_length:
-        raise ModelFileError(path, f"truncated file: the tensors need {at} bytes of data, but only {data_length} "
-                                   "follow the header")
-    if at < data_length:
-        raise ModelFileError(path, f"{data_length - at} bytes follow the last tensor (corrupt file)")
-    return header, 8 + n
-
 
 def _metadata_of(header, path):
     meta = header.get("__metadata__")
@@ -476,8 +306,8 @@ def _description(meta, path):
     d["epochs"], d["rng_state"] = m.integer("epochs", 63), m.integer("rng_state", 64)
     d["optimizer"], d["optimizer_params"], d["slots"], d["steps"] = None, None, (), 0
     if meta.get("optimizer", "none") != "none":
-        kind = d["optimizer"] = m.choice("optimizer", _OPTIMIZER_SLOTS)
-        slots = list(_OPTIMIZER_SLOTS[kind])
+        kind = d["optimizer"] = m.choice("optimizer", _optimizer_slots())
+        slots = list(_optimizer_slots()[kind])
         d["slots"] = tuple(m.json("optimizer_slots", lambda v: v in ([], slots), f"[] or {_json(slots)} for {kind}"))
         if "optimizer_steps" in meta:
             d["steps"] = m.integer("optimizer_steps", 63)
@@ -488,91 +318,76 @@ def _description(meta, path):
     return d
 
 
-# The parameters a file may give each rule, initialiser, optimizer and schedule, and the kind of
-# value each takes: docs/model-format.md's table (julia/.../io.jl has the same PARAM_SCHEMAS).
-_GAIN = (("gain", "positive"),)
-_PARAM_SCHEMAS = {
-    "initialiser": {
-        **{name: _GAIN for name in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform",
-                                    "lecun_normal", "orthogonal")},
-        "uniform": (("scale", "positive"),), "normal": (("std", "positive"),), "zeros": (),
-        "sparse": (("density", "fraction"), ("init", "initialiser")), "sign_concordant": (("init", "initialiser"),)},
-    "rule": {
-        **{name: () for name in ("bp", "fa", "dfa", "frsf", "brsf", "kp", "drtp", "sdfa", "shallow")},
-        "usf": (("scale", "positive_or_null"),),
-        "wm": (("noise_std", "positive"), ("lr", "positive"), ("steps", "count"), ("batchsize", "count"),
-               ("decay", "nonnegative"))},
-    "optimizer": {
-        "sgd": (("lr", "positive"), ("momentum", "unit_open"), ("nesterov", "bool"), ("weight_decay", "nonnegative"),
-                ("decoupled_weight_decay", "nonnegative"), ("layer_lr", "rates_or_null"),
-                ("schedule", "schedule_or_null")),
-        "adam": (("lr", "positive"), ("beta1", "unit_open"), ("beta2", "unit_open"), ("eps", "positive"),
-                 ("weight_decay", "nonnegative"), ("decoupled_weight_decay", "nonnegative"),
-                 ("layer_lr", "rates_or_null"), ("schedule", "schedule_or_null"))},
-    "schedule": {"constant": (), "step_decay": (("every", "count"), ("gamma", "positive")),
-                 "cosine": (("epochs", "count"), ("min_factor", "unit_closed"))},
-}
+# The parameters a file may give each rule, initialiser, optimizer and schedule, with the kind of
+# value each takes, come from the engine's schema (julia/.../schema.jl), which Julia's reader and
+# docs/model-format.md's table also come from. Files name an optimizer by its state (AdamW is "adam").
+_SECTIONS = {"initialiser": "initialisers", "rule": "rules", "optimizer": "optimizers", "schedule": "schedules"}
+
+
+def _file_params(kind):
+    """{name: its parameters (schema entries)} of the rules, initialisers, optimizers or schedules
+    (``kind``) a file may name."""
+    entries = _schema.live()[_SECTIONS[kind]]
+    return {e["name"]: e["params"] for e in entries if kind != "optimizer" or e["state"] == e["name"]}
 
 
 def _is_number(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-_VALUE_KINDS = {
-    "positive": (lambda x: _is_number(x) and x > 0, "a number > 0"),
-    "nonnegative": (lambda x: _is_number(x) and x >= 0, "a number >= 0"),
-    "fraction": (lambda x: _is_number(x) and 0 < x <= 1, "a number in (0, 1]"),
-    "unit_open": (lambda x: _is_number(x) and 0 <= x < 1, "a number in [0, 1)"),
-    "unit_closed": (lambda x: _is_number(x) and 0 <= x <= 1, "a number in [0, 1]"),
-    "count": (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1, "an integer >= 1"),
-    "bool": (lambda x: isinstance(x, bool), "true or false"),
-    "positive_or_null": (lambda x: x is None or (_is_number(x) and x > 0), "null or a number > 0"),
-    "rates_or_null": (lambda x: x is None or (isinstance(x, list) and all(_is_number(v) and v >= 0 for v in x)),
-                      "null or a list of numbers >= 0"),
-}
+def _allowed(p, x):
+    """Whether the JSON value x is one that parameter p (a schema entry) allows."""
+    if p["nullable"] and x is None:
+        return True
+    if p["type"] == "number":
+        return _is_number(x) and _schema.within(p, x)
+    if p["type"] == "integer":
+        return isinstance(x, int) and not isinstance(x, bool) and _schema.within(p, x)
+    if p["type"] == "bool":
+        return isinstance(x, bool)
+    if p["type"] == "numbers":
+        return isinstance(x, list) and all(_is_number(v) and _schema.within(p, v) for v in x)
+    raise ValueError(f"parameters of type {p['type']} are not checked here")
 
 
 def _check_record(kind, name, params, path):
     """Check a rule, initialiser, optimizer or schedule record (its name and its JSON parameters)
-    against _PARAM_SCHEMAS: exactly the listed parameters, each of its kind of value."""
-    schemas = _PARAM_SCHEMAS[kind]
+    against the engine's schema: exactly the listed parameters, each of its kind of value."""
+    schemas = _file_params(kind)
     if name not in schemas:
         raise ModelFileError(path, f'unknown {kind} "{name}"; this pyjlfa knows {", ".join(sorted(schemas))}')
-    fields = [f for f, _ in schemas[name]]
+    fields = [p["name"] for p in schemas[name]]
     if not isinstance(params, dict) or set(params) != set(fields):
         given = "(" + ", ".join(sorted(params)) + ")" if isinstance(params, dict) else _json(params)
         raise ModelFileError(path, f'{kind} "{name}" takes the parameters ({", ".join(fields)}), but the file gives {given}')
-    for field, what in schemas[name]:
-        x = params[field]
-        if what in ("initialiser", "schedule_or_null"):
-            if what == "schedule_or_null" and x is None:
+    for p in schemas[name]:
+        field, x = p["name"], params[p["name"]]
+        if p["type"] in ("initialiser", "schedule"):
+            if p["nullable"] and x is None:
                 continue
-            sub = "initialiser" if what == "initialiser" else "schedule"
             if not (isinstance(x, dict) and set(x) == {"name", "params"} and isinstance(x["name"], str)):
                 raise ModelFileError(path, f'{kind} "{name}" parameter {field} must be '
-                                           f'{"null or " if sub == "schedule" else ""}{{"name": ..., "params": {{...}}}}, '
+                                           f'{"null or " if p["nullable"] else ""}{{"name": ..., "params": {{...}}}}, '
                                            f"got {_json(x)}")
-            _check_record(sub, x["name"], x["params"], path)
+            _check_record(p["type"], x["name"], x["params"], path)
             continue
-        check, expected = _VALUE_KINDS[what]
-        if not check(x):
-            raise ModelFileError(path, f'{kind} "{name}" parameter {field} must be {expected}, got {_json(x)}')
+        if not _allowed(p, x):
+            raise ModelFileError(path, f'{kind} "{name}" parameter {field} must be {p["expected"]}, got {_json(x)}')
     if kind == "optimizer" and name == "sgd" and params["nesterov"] and params["momentum"] == 0:
         raise ModelFileError(path, 'optimizer "sgd" has nesterov true, which needs a momentum > 0')
 
 
 def _optimizer_from(kind, params, path):
-    from .optimizers import SGD
+    from .optimizers import SGD, Adam, Cosine, StepDecay
 
-    from .optimizers import Adam, Cosine, StepDecay
-
+    classes = {cls._name: cls for cls in (SGD, Adam, StepDecay, Cosine)}   # by the engine's names
     try:
         params = dict(params)
         schedule = params.get("schedule")
         if isinstance(schedule, dict):
             params["schedule"] = None if schedule.get("name") == "constant" else \
-                {"step_decay": StepDecay, "cosine": Cosine}[schedule["name"]](**schedule["params"])
-        return {"sgd": SGD, "adam": Adam}[kind](**params)
+                classes[schedule["name"]](**schedule["params"])
+        return classes[kind](**params)
     except (TypeError, ValueError, KeyError) as e:
         raise ModelFileError(path, f'cannot rebuild optimizer "{kind}" from {_json(params)}: {e}') from None
 

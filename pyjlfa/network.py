@@ -13,6 +13,7 @@ import numpy as np
 
 from . import init as _init
 from . import diagnostics as _diagnostics
+from . import _schema
 from ._runtime import engine
 from .layers import _Layer, julia_chain
 from .optimizers import SGD, _Optimizer
@@ -20,13 +21,12 @@ from .optimizers import SGD, _Optimizer
 __all__ = ["Network", "Layer"]
 
 _DTYPES = {"float32": (np.float32, 0), "float64": (np.float64, 1)}
-# The names the engine accepts, checked here so that a typo is refused before Julia starts (a
-# test keeps them equal to the engine's own lists).
-_ACTIVATIONS = ("identity", "leaky_relu", "leakyrelu", "relu", "sigmoid", "tanh")
-_LOSSES = ("cross_entropy", "mse")
-_RULES = ("bp", "brsf", "dfa", "drtp", "fa", "frsf", "kp", "sdfa", "shallow", "usf", "wm")
-_INITIALISERS = ("glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform",
-                 "normal", "orthogonal", "sign_concordant", "sparse", "uniform", "zeros")
+# The names the engine accepts, from its schema (pyjlfa/_schema.py), so that a typo is refused
+# before Julia starts.
+_ACTIVATIONS = _schema.names("activations")
+_LOSSES = _schema.names("losses")
+_RULES = _schema.names("rules")
+_INITIALISERS = _schema.names("initialisers")
 _OUTPUTS, _PROBABILITIES, _LABELS = 0, 1, 2  # fa_forward's output kinds
 
 
@@ -93,12 +93,13 @@ def _positive_int(value, name):
     return int(value)
 
 
-def _choice(value, name, allowed):
+def _choice(value, name, allowed, fold=None):
+    """``value`` if it is one of ``allowed`` (after ``fold``, e.g. rule names' lower-casing)."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, one of {', '.join(map(repr, allowed))}; got {value!r}")
-    if value not in allowed:
+    if (fold(value) if fold else value) not in allowed:
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, allowed))}")
-    return value
+    return fold(value) if fold else value
 
 
 class Network:
@@ -113,8 +114,8 @@ class Network:
     activation : the dense shorthand's hidden activation: "tanh", "sigmoid", "relu", "leaky_relu"
         or "identity" (a layer list gives each layer's activation as a layer instead).
     rule : how layers get their error signal: "bp", "fa", "dfa", "usf", "frsf", "brsf", "kp",
-        "wm", "drtp", "sdfa" or "shallow" (see the README's table), or a rule value with
-        parameters such as ``pyjlfa.rules.WeightMirror(steps=2)``.
+        "wm", "drtp", "sdfa" or "shallow" (see the README's table; any case: "uSF" is "usf"), or a
+        rule value with parameters such as ``pyjlfa.rules.WeightMirror(steps=2)``.
     loss : "cross_entropy" (softmax, integer labels 0..k-1) or "mse" (half squared error, real targets).
     seed : seed of the forward weights, the shuffling, dropout and brSF's redraws.
     feedback_seed : seed of the feedback arrays (default: ``seed``), so one network can be
@@ -186,16 +187,17 @@ class Network:
         if hasattr(rule, "_spec") and hasattr(rule, "name"):
             self.rule, rule_spec = rule.name, rule._spec()
         else:
-            self.rule = rule_spec = _choice(rule, "rule", _RULES)
-        if self.rule == "drtp" and self.loss != "cross_entropy":
-            raise ValueError("rule 'drtp' projects one-hot class targets: it needs loss='cross_entropy'")
+            self.rule = rule_spec = self.rule_value = _choice(rule, "rule", _RULES, fold=_schema.rule_name)
+        if _schema.entry("rules", self.rule)["needs_classes"] and not _schema.entry("losses", self.loss)["classes"]:
+            raise ValueError(f"rule {self.rule!r} projects one-hot class targets: it needs loss='cross_entropy'")
         self.seed, self.feedback_seed = seed, feedback_seed
         self.init, self.feedback = init, feedback  # recorded as given (arrays are the model's B)
         init_spec = self._initialiser(init, "init")
         feedback_specs, given = self._feedback(feedback, len(chain))
-        if self.rule in ("bp", "shallow") and any(g is not None for g in given):
+        has_feedback = _schema.family(self.rule) in ("fa-style", "dfa-style")
+        if not has_feedback and any(g is not None for g in given):
             raise ValueError(f"feedback arrays were given, but rule {self.rule!r} has no feedback arrays")
-        if self.rule in ("bp", "shallow") and not (isinstance(feedback, str) and feedback == "glorot_uniform"):
+        if not has_feedback and not (isinstance(feedback, str) and feedback == "glorot_uniform"):
             import warnings
             warnings.warn(f"rule {self.rule!r} has no feedback arrays: feedback={feedback!r} is ignored",
                           UserWarning, stacklevel=3)

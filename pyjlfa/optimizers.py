@@ -9,6 +9,7 @@ but not biases; ``layer_lr`` (a learning-rate multiplier per layer); ``schedule`
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from . import _schema
 from ._spec import call, number
 
 __all__ = ["SGD", "Adam", "AdamW", "StepDecay", "Cosine"]
@@ -20,13 +21,14 @@ class StepDecay:
 
     every: int
     gamma: float = 0.1
+    _name = "step_decay"   # the engine's name (spec texts and model files)
 
     def __post_init__(self):
-        number("StepDecay", "every", self.every, low=1, integer=True)
-        number("StepDecay", "gamma", self.gamma, low=0, low_open=True)
+        for field in ("every", "gamma"):
+            _schema.check("StepDecay", "schedules", self._name, field, getattr(self, field))
 
     def _spec(self):
-        return call("step", self)
+        return call(self._name, self)
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,14 @@ class Cosine:
 
     epochs: int
     min_factor: float = 0.0
+    _name = "cosine"
 
     def __post_init__(self):
-        number("Cosine", "epochs", self.epochs, low=1, integer=True)
-        number("Cosine", "min_factor", self.min_factor, low=0, high=1)
+        for field in ("epochs", "min_factor"):
+            _schema.check("Cosine", "schedules", self._name, field, getattr(self, field))
 
     def _spec(self):
-        return call("cosine", self)
+        return call(self._name, self)
 
 
 class _Optimizer:
@@ -55,15 +58,19 @@ class _Optimizer:
                 object.__setattr__(self, "_encoded", spec)
         return spec
 
+    def _check(self, *fields):
+        for field in fields:
+            _schema.check(type(self).__name__, "optimizers", self._name, field, getattr(self, field))
+
     def _check_common(self):
         owner = type(self).__name__
-        number(owner, "lr", self.lr, low=0, low_open=True)
-        number(owner, "weight_decay", self.weight_decay, low=0)
-        number(owner, "decoupled_weight_decay", self.decoupled_weight_decay, low=0)
+        self._check("lr", "weight_decay", "decoupled_weight_decay")
         if self.layer_lr is not None:
             if isinstance(self.layer_lr, (str, bytes)) or not hasattr(self.layer_lr, "__len__"):
                 raise ValueError(f"{owner}: layer_lr must be a list of per-layer multipliers, got {self.layer_lr!r}")
-            object.__setattr__(self, "layer_lr", tuple(number(owner, "each layer_lr", x, low=0) for x in self.layer_lr))
+            p = _schema.param("optimizers", self._name, "layer_lr")   # the bounds hold for each multiplier
+            object.__setattr__(self, "layer_lr", tuple(
+                number(owner, "each layer_lr", x, low=p["low"], low_open=p["low_open"]) for x in self.layer_lr))
         if self.schedule is not None and not isinstance(self.schedule, (StepDecay, Cosine)):
             raise TypeError(f"{owner}: schedule must be pyjlfa.StepDecay or pyjlfa.Cosine, got {self.schedule!r}")
 
@@ -83,17 +90,18 @@ class SGD(_Optimizer):
     decoupled_weight_decay: float = 0.0
     layer_lr: Optional[Sequence[float]] = None
     schedule: Optional[object] = None
+    _name = "sgd"   # the engine's name
 
     def __post_init__(self):
         self._check_common()
-        number("SGD", "momentum", self.momentum, low=0, high=1, high_open=True)
+        self._check("momentum")
         if not isinstance(self.nesterov, bool):
             raise ValueError(f"SGD: nesterov must be True or False, got {self.nesterov!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov needs a momentum > 0")
 
     def _spec(self):
-        return call("sgd", self)
+        return call(self._name, self)
 
 
 @dataclass(frozen=True)
@@ -109,14 +117,14 @@ class Adam(_Optimizer):
     layer_lr: Optional[Sequence[float]] = None
     schedule: Optional[object] = None
 
+    _name = "adam"
+
     def __post_init__(self):
         self._check_common()
-        number(type(self).__name__, "beta1", self.beta1, low=0, high=1, high_open=True)
-        number(type(self).__name__, "beta2", self.beta2, low=0, high=1, high_open=True)
-        number(type(self).__name__, "eps", self.eps, low=0, low_open=True)
+        self._check("beta1", "beta2", "eps")
 
     def _spec(self):
-        return call("adam", self)
+        return call("adam", self)   # AdamW too: its decoupled_weight_decay is in the call
 
 
 @dataclass(frozen=True)
@@ -124,3 +132,4 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019), 0.01 by default."""
 
     decoupled_weight_decay: float = 0.01
+    _name = "adamw"

@@ -6,15 +6,17 @@ See the README's table for every rule, its paper and its update.
 from dataclasses import dataclass
 from typing import Optional
 
-from ._spec import call, number
+from . import _schema
+from ._spec import call
 
 __all__ = ["USF", "WeightMirror", "FEEDBACK_STYLE"]
 
-# Which layers have a feedback matrix B, and its shape (Python view):
+# Which layers have a feedback matrix B, and its shape (Python view), from the rule's family in the
+# engine's schema:
 #   "fa":  every layer but the first, shaped like W.T: (n_out, n_in), carrying the error back;
 #   "dfa": every hidden layer, (n_outputs, n_out): the output-sized signal straight to the layer.
-FEEDBACK_STYLE = {"bp": None, "shallow": None, "fa": "fa", "usf": "fa", "frsf": "fa", "brsf": "fa",
-                  "kp": "fa", "wm": "fa", "dfa": "dfa", "drtp": "dfa", "sdfa": "dfa"}
+FEEDBACK_STYLE = {name: {"fa-style": "fa", "dfa-style": "dfa"}.get(_schema.family(name))
+                  for name in _schema.names("rules")}
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class USF:
 
     def __post_init__(self):
         if self.scale is not None:
-            number("USF", "scale", self.scale, low=0, low_open=True)
+            _schema.check("USF", "rules", "usf", "scale", self.scale)
 
     def _spec(self):
         return call("usf", self)
@@ -46,12 +48,11 @@ class WeightMirror:
     name = "wm"
 
     def __post_init__(self):
-        number("WeightMirror", "noise_std", self.noise_std, low=0, low_open=True)
-        number("WeightMirror", "lr", self.lr, low=0, low_open=True)
-        number("WeightMirror", "steps", self.steps, low=1, integer=True)
-        number("WeightMirror", "batch_size", self.batch_size, low=1, integer=True)
+        for field in ("noise_std", "lr", "steps"):
+            _schema.check("WeightMirror", "rules", "wm", field, getattr(self, field))
+        _schema.check("WeightMirror", "rules", "wm", "batchsize", self.batch_size, shown="batch_size")
         if self.decay is not None:
-            number("WeightMirror", "decay", self.decay, low=0)
+            _schema.check("WeightMirror", "rules", "wm", "decay", self.decay)
 
     def _spec(self):
         decay = self.noise_std ** 2 if self.decay is None else self.decay

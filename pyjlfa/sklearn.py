@@ -29,7 +29,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import _runtime
+from . import _runtime, _schema
 from .network import Network
 from .optimizers import SGD, Adam
 
@@ -140,17 +140,21 @@ class _BaseFeedbackAlignment(BaseEstimator):
         if self.solver not in _SOLVERS:
             raise ValueError(f"solver={self.solver!r} is not available in pyjlfa; available solvers: "
                              f"{', '.join(map(repr, _SOLVERS))}")
-        if not (_is_real(self.alpha) and self.alpha >= 0):
-            raise ValueError(f"alpha must be a non-negative number, got {self.alpha!r}")
-        if not (_is_real(self.learning_rate_init) and self.learning_rate_init > 0):
-            raise ValueError(f"learning_rate_init must be a positive number, got {self.learning_rate_init!r}")
-        if not (_is_real(self.momentum) and 0 <= self.momentum < 1):
-            raise ValueError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
-        if self.solver == "adam" and not (_is_real(self.beta_1) and 0 <= self.beta_1 < 1
-                                          and _is_real(self.beta_2) and 0 <= self.beta_2 < 1):
-            raise ValueError(f"beta_1 and beta_2 must be numbers in [0, 1), got {self.beta_1!r}, {self.beta_2!r}")
-        if self.solver == "adam" and not (_is_real(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"epsilon must be a positive number, got {self.epsilon!r}")
+        # the bounds of the optimizer parameters these become (alpha is weight_decay), from the engine's schema
+        bound = {f: _schema.param("optimizers", "adam" if f.startswith("beta") or f == "eps" else "sgd", f)
+                 for f in ("weight_decay", "lr", "momentum", "beta1", "beta2", "eps")}
+        ok = {f: (lambda x, p=p: _is_real(x) and _schema.within(p, x)) for f, p in bound.items()}
+        if not ok["weight_decay"](self.alpha):
+            raise ValueError(f"alpha must be {bound['weight_decay']['expected']}, got {self.alpha!r}")
+        if not ok["lr"](self.learning_rate_init):
+            raise ValueError(f"learning_rate_init must be {bound['lr']['expected']}, got {self.learning_rate_init!r}")
+        if not ok["momentum"](self.momentum):
+            raise ValueError(f"momentum must be {bound['momentum']['expected']}, got {self.momentum!r}")
+        if self.solver == "adam" and not (ok["beta1"](self.beta_1) and ok["beta2"](self.beta_2)):
+            raise ValueError(f"beta_1 and beta_2 must be numbers in {_schema.interval(bound['beta1'])}, "
+                             f"got {self.beta_1!r}, {self.beta_2!r}")
+        if self.solver == "adam" and not ok["eps"](self.epsilon):
+            raise ValueError(f"epsilon must be {bound['eps']['expected']}, got {self.epsilon!r}")
         if not (self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size > 0)):
             raise ValueError(f"batch_size must be 'auto' or a positive integer, got {self.batch_size!r}")
         if not (_is_int(self.max_iter) and self.max_iter > 0):

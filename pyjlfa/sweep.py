@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import _schema
 from . import init as _init
 from . import rules as _rules
 from .experiments import _finite_or_none
@@ -110,12 +111,13 @@ _INITIALISERS = {cls._name: cls for cls in (
     _init.GlorotUniform, _init.GlorotNormal, _init.HeUniform, _init.HeNormal, _init.LeCunUniform,
     _init.LeCunNormal, _init.Orthogonal, _init.Uniform, _init.Normal, _init.Sparse, _init.SignConcordant,
     _init.Zeros)}
-_RULES = {"usf": _rules.USF, "wm": _rules.WeightMirror}
+# The Python classes of the rules with parameters, by the engine's (case-insensitive) names.
+_RULES = {cls.name: cls for cls in (_rules.USF, _rules.WeightMirror)}
 
 
-def _call_text(text, names, where, kind):
+def _call_text(text, names, where, kind, fold=lambda name: name):
     """``name`` or ``name(args...)`` (Python call syntax, literals and nested calls only) as a value
-    built from ``names``; never evaluated."""
+    built from ``names`` (looked up after ``fold``); never evaluated."""
     try:
         tree = ast.parse(text, mode="eval").body
     except SyntaxError:
@@ -126,10 +128,10 @@ def _call_text(text, names, where, kind):
             return node.value
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
             return -node.operand.value
-        if isinstance(node, ast.Name) and node.id in names:
-            return names[node.id]()
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names:
-            return names[node.func.id](*map(build, node.args), **{k.arg: build(k.value) for k in node.keywords})
+        if isinstance(node, ast.Name) and fold(node.id) in names:
+            return names[fold(node.id)]()
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and fold(node.func.id) in names:
+            return names[fold(node.func.id)](*map(build, node.args), **{k.arg: build(k.value) for k in node.keywords})
         raise SpecError(f"{where}: {text!r} is not a known {kind}; known: {', '.join(sorted(names))}")
 
     if isinstance(tree, ast.Name):
@@ -149,10 +151,10 @@ def _initialiser(value, where):
 
 
 def _rule(value, where):
-    return _call_text(_text(value, where), _RULES, where, "rule")
+    return _call_text(_text(value, where), _RULES, where, "rule", fold=_schema.rule_name)
 
 
-_OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+_OPTIMIZERS = {cls._name: cls for cls in (SGD, Adam, AdamW)}   # by the engine's names
 
 
 def _optimizer_name(value, where):

@@ -1,7 +1,7 @@
 """Model files: Python and Julia write and read the same safetensors file, bit for bit.
 
 Julia's side runs in a separate `julia` process (its own implementation of the format,
-julia/FeedbackAlignment/src/io.jl); files are also opened with a small reader written here and,
+julia/FeedbackAlignment/src/modelfile.jl); files are also opened with a small reader written here and,
 when installed, with the `safetensors` package.
 """
 
@@ -118,7 +118,7 @@ end
 
 @pytest.fixture(scope="module")
 def julia_session(tmp_path_factory):
-    """Python writes every input file; one julia process (Julia's own io.jl) does Julia's part."""
+    """Python writes every input file; one julia process (Julia's own modelfile.jl) does Julia's part."""
     tmp = tmp_path_factory.mktemp("julia_session")
     session = {"round_trips": {}}
     (tmp / "round_trip").mkdir()

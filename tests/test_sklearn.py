@@ -303,7 +303,7 @@ def test_pipeline_grid_search_and_cross_val_score():
 # -- what pyjlfa cannot do is refused clearly ----------------------------------------------------------
 @pytest.mark.parametrize("params,message", [
     (dict(solver="lbfgs"), r"solver='lbfgs' is not available in pyjlfa; available solvers: 'sgd', 'adam'"),
-    (dict(alpha=-1.0), r"alpha must be a non-negative number"),
+    (dict(alpha=-1.0), r"alpha must be a number >= 0, got -1.0"),
     (dict(solver="adam", beta_1=1.0), r"beta_1 and beta_2 must be numbers in \[0, 1\)"),
     (dict(rule="nope"), r"unknown rule 'nope'"),
     (dict(activation="nope"), r"unknown activation 'nope'"),

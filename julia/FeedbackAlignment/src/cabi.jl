@@ -276,14 +276,27 @@ fa_set_blas(sgemm::Ptr{Cvoid}, dgemm::Ptr{Cvoid}, threads::Ptr{Cvoid})::Cint =
 # host makes a BLAS it handed over with fa_set_blas serial itself).
 fa_set_threads(n::Cint)::Cint = guarded(() -> FeedbackAlignment.set_threads!(n))
 
-# "runtime": key=value lines about Julia and its BLAS; "activation", "loss", "rule", "initialiser",
-# "optimizer", "schedule": the names the engine accepts, comma-separated.
+# "runtime": key=value lines about Julia and its BLAS; "schema": the engine's schema as JSON (rules,
+# optimizers, schedules, initialisers, activations, losses, layers: names, parameters, defaults, bounds;
+# see schema.jl); "activation", "loss", "rule", "initialiser", "optimizer", "schedule", "layer": the
+# names the engine accepts, comma-separated.
 function fa_describe(what::Cstring)::Ptr{UInt8}
     w = unsafe_string(what)
     table = w == "activation" ? ACTIVATIONS : w == "loss" ? LOSSES : get(REGISTRIES, w, nothing)
     ANSWER[] = w == "runtime" ? runtime_description() : w == "signatures" ? signature_text() :
+               w == "schema" ? schema_answer() :
                table === nothing ? "" : join(sort!(collect(keys(table))), ",")
     return pointer(ANSWER[])
+end
+
+# No exception may cross the ABI: a failure answers "" and leaves the message for fa_error_message.
+function schema_answer()
+    try
+        return FeedbackAlignment.schema_text()
+    catch e
+        ERROR_MESSAGE[] = sprint(showerror, e)
+        return ""
+    end
 end
 
 function runtime_description()

@@ -24,6 +24,7 @@ for (name, doc, fan_scale, unit_draw) in (
     @eval begin
         @doc $doc struct $name <: Initialiser
             gain::Float64
+            $name(gain::Real) = gain > 0 ? new(gain) : throw(ArgumentError(string($(string(name)), " gain must be positive, got ", gain)))
         end
         $name(; gain::Real=1.0) = $name(Float64(gain))
         scale(i::$name, fi, fo) = $fan_scale
@@ -64,6 +65,7 @@ init!(M::AbstractArray, ::Zeros, r::SplitMix64, fan_in, fan_out, W=nothing) = fi
 "A (semi-)orthogonal matrix times `gain`: Q of the QR factorisation of a Gaussian matrix (Saxe et al. 2014)."
 struct Orthogonal <: Initialiser
     gain::Float64
+    Orthogonal(gain::Real) = gain > 0 ? new(gain) : throw(ArgumentError("Orthogonal gain must be positive, got $gain"))
 end
 Orthogonal(; gain::Real=1.0) = Orthogonal(Float64(gain))
 function init!(M::AbstractArray{T}, i::Orthogonal, r::SplitMix64, fan_in, fan_out, W=nothing) where {T}

@@ -359,8 +359,6 @@ end
 capacity(net::Network) = net.inputs.full.m
 batch(net::Network, m) = at(net.inputs, m)
 buffers(st::LayerState, m) = at(st.buffers, m)
-"What the next layer reads from `st`: its outputs, after dropout when the last forward pass applied it."
-layer_output(st::LayerState, b::Buffers, dropping) = dropping && st.dropout > 0 ? b.dropped : b.H
 "The network's outputs (logits for classification) from the last forward pass."
 network_output(net::Network, m) = buffers(last(net.layers), m).H
 "The output error dL/dZ buffer."
@@ -439,12 +437,6 @@ function bias_activate_part!(cols, H::Matrix{T}, A::Matrix{T}, b::Vector{T}, f::
             A[i, j] = a
             H[i, j] = activate(f, a)
         end
-    end
-end
-
-function activate!(H::Array{T}, A::Array{T}, f::F) where {T,F}
-    @inbounds @simd for k in eachindex(H, A)
-        H[k] = activate(f, A[k])
     end
 end
 

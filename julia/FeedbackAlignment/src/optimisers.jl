@@ -111,7 +111,7 @@ AdamW(lr::Real; decoupled_weight_decay::Real=0.01, kw...) = Adam(lr; decoupled_w
 AdamW(; lr::Real=0.001, kw...) = AdamW(lr; kw...)
 
 const OPTIMISERS = Dict{String,Any}("sgd" => SGD, "adam" => Adam, "adamw" => AdamW)
-const SCHEDULES = Dict{String,Any}("constant" => Constant, "step" => StepDecay, "cosine" => Cosine)
+const SCHEDULES = Dict{String,Any}("constant" => Constant, "step_decay" => StepDecay, "cosine" => Cosine)   # files' names too
 
 "The learning rate for layer `l` in the epoch after `epochs` completed ones."
 function layer_rate(opt::Optimiser, l, epochs)
@@ -124,7 +124,7 @@ end
 # Kolen-Pollack): the velocity for SGD, the two moments for Adam, each shaped like its array.
 state_kind(::SGD) = :sgd
 state_kind(::Adam) = :adam
-const STATE_SLOTS = Dict(:sgd => 1, :adam => 2)   # arrays per parameter array
+const STATE_SLOT_NAMES = Dict(:sgd => ["velocity"], :adam => ["first_moment", "second_moment"])   # as files name them
 
 "The layers' state for `opt`: kept while the optimiser's kind stays the same, else new zeros."
 function optimiser_state!(net::Network, opt::Optimiser)
@@ -135,7 +135,7 @@ function optimiser_state!(net::Network, opt::Optimiser)
 end
 
 function new_state!(net::Network, kind::Symbol)
-    n = kind === :none ? 0 : STATE_SLOTS[kind]
+    n = kind === :none ? 0 : length(STATE_SLOT_NAMES[kind])
     foreach_layer(st -> st.W === nothing || fresh_slots!(st, n, learns_feedback(net.rule) && st.B !== nothing), net.layers)
     net.optkind, net.optsteps = kind, 0
     return net
@@ -196,7 +196,7 @@ end
 # made the check 10x slower than the update it guarded (164 µs against 17 µs, 784 x 256, Float32).
 function kernel!(opt::Optimiser, P::Array{T}, G::Array{T}, slots, lr::T, decays::Bool, t, write::Bool) where {T}
     length(G) == length(P) && all(S -> length(S) == length(P), slots) ||
-        throw(DimensionMismatch("optimiser arrays do not match the parameters"))
+        throw(DimensionMismatch("optimizer arrays do not match the parameters"))
     p, ks = nparts(NS_UPDATE * length(P)), 1:length(P)
     return p == 1 ? kernel_part!(ks, opt, P, G, slots, lr, decays, t, write) :
                     threaded_reduce(k -> kernel_part!(k, opt, P, G, slots, lr, decays, t, write), &, true, ks, p)

@@ -22,6 +22,11 @@ signs as it learns. `scale` defaults to the std of the layer's forward initialis
 """
 struct uSF <: LearningRule
     scale::Union{Float64,Nothing}
+    function uSF(scale)
+        scale === nothing || scale > 0 ||
+            throw(ArgumentError("uSF scale must be positive (or nothing: the std of the layer's initialiser), got $scale"))
+        return new(scale)
+    end
 end
 uSF(; scale=nothing) = uSF(scale === nothing ? nothing : Float64(scale))
 

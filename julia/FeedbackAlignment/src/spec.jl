@@ -32,6 +32,7 @@ function build(expr, kind, text)
     registry = REGISTRIES[kind]
     name = expr isa Symbol ? string(expr) :
            expr isa Expr && expr.head == :call && expr.args[1] isa Symbol ? string(expr.args[1]) : nothing
+    kind == "rule" && name !== nothing && (name = lowercase(name))   # rule names are case-insensitive: uSF, USF, usf
     name === nothing || haskey(registry, name) || throw(ArgumentError(
         "unknown $kind \"$name\"; expected one of $(join(sort!(collect(keys(registry))), ", "))"))
     if expr isa Symbol

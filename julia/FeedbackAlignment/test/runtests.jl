@@ -509,6 +509,7 @@ end
 end
 
 include("rules.jl")
+include("schema.jl")
 include("io.jl")
 include("diagnostics.jl")
 include("interrupt.jl")

@@ -1,10 +1,6 @@
-# Model files in the safetensors layout (https://github.com/huggingface/safetensors):
-#
-#     8 bytes   n, the header length (unsigned, little-endian)
-#     n bytes   a JSON object, padded with spaces so that the data starts at a multiple of 8:
-#               {"__metadata__": {string: string, ...},
-#                "layers.0.W": {"dtype": "F32", "shape": [784, 256], "data_offsets": [0, 802816]}, ...}
-#     the rest  the tensors' raw little-endian bytes, back to back (offsets count from here)
+# What a pyjlfa model file means: the metadata keys, the architecture, rule, initialisers and
+# optimizer state it records (docs/model-format.md is the contract both readers enforce), on top of
+# the safetensors container (safetensors.jl) and its JSON (json.jl).
 #
 # Tensors are stored in the shape Python sees (row-major): Julia's column-major W (n_out, n_in) is
 # the (n_in, n_out) tensor with the same bytes, so nothing is transposed. The metadata says how to
@@ -14,236 +10,10 @@
 
 const FILE_FORMAT = "pyjlfa-safetensors"
 const FILE_FORMAT_VERSION = "2"   # 2: layer chains (1: dense sizes + one activation, still read)
-const MAX_HEADER_BYTES = 100_000_000   # the safetensors package's own limit
 
 include_dependency(joinpath(@__DIR__, "..", "Project.toml"))
 const LIBRARY_VERSION = match(r"^version\s*=\s*\"([^\"]+)\""m,
                               read(joinpath(@__DIR__, "..", "Project.toml"), String))[1]
-
-"A model file that cannot be read, and why."
-struct ModelFileError <: Exception
-    path::String
-    msg::String
-end
-Base.showerror(io::IO, e::ModelFileError) = print(io, "cannot load model file ", e.path, ": ", e.msg)
-
-# ---------------------------------------------------------------------------------------------
-# JSON: a writer for the values model files hold, and a parser for the same subset (objects,
-# arrays, strings, numbers, true/false/null), strict and bounded in depth.
-
-json(x) = sprint(json, x)
-json(io::IO, x::Bool) = print(io, x ? "true" : "false")
-json(io::IO, x::Integer) = print(io, x)
-json(io::IO, ::Nothing) = print(io, "null")
-function json(io::IO, x::AbstractFloat)
-    isfinite(x) || throw(ArgumentError("$x cannot be written as JSON"))
-    print(io, repr(Float64(x)))   # the shortest text that reads back to the same Float64
-end
-function json(io::IO, s::AbstractString)
-    print(io, '"')
-    for c in s
-        c == '"' ? print(io, "\\\"") : c == '\\' ? print(io, "\\\\") :
-        c < ' ' ? print(io, "\\u", string(UInt32(c), base=16, pad=4)) : print(io, c)
-    end
-    print(io, '"')
-end
-function json(io::IO, v::Union{AbstractVector,Tuple})
-    print(io, '[')
-    for (i, x) in enumerate(v)
-        i > 1 && print(io, ',')
-        json(io, x)
-    end
-    print(io, ']')
-end
-function json(io::IO, d::AbstractVector{<:Pair})   # an object, keys in the given order
-    print(io, '{')
-    for (i, (k, v)) in enumerate(d)
-        i > 1 && print(io, ',')
-        json(io, string(k))
-        print(io, ':')
-        json(io, v)
-    end
-    print(io, '}')
-end
-json(io::IO, d::AbstractDict) = json(io, sort!([string(k) => v for (k, v) in d]; by=first))
-
-mutable struct JSONReader
-    s::Vector{UInt8}
-    i::Int
-    depth::Int
-end
-
-struct JSONSyntaxError <: Exception
-    msg::String
-end
-Base.showerror(io::IO, e::JSONSyntaxError) = print(io, e.msg)
-
-"""
-    parse_json(text)
-
-The value of a JSON text: objects as `Dict{String,Any}` (a repeated key is an error), arrays as
-`Vector{Any}`, integers as `Int64`, other numbers as `Float64`, and `true`, `false`, `nothing`.
-"""
-function parse_json(text::Union{AbstractString,AbstractVector{UInt8}})
-    bytes = Vector{UInt8}(codeunits(text isa AbstractString ? String(text) : String(copy(text))))
-    isvalid(String, bytes) || throw(JSONSyntaxError("not valid UTF-8"))
-    r = JSONReader(bytes, 1, 0)
-    value = read_value(r)
-    skip_space(r)
-    r.i <= length(r.s) && json_fail(r, "unexpected text after the JSON value")
-    return value
-end
-
-json_fail(r::JSONReader, msg) = throw(JSONSyntaxError("$msg at byte $(r.i)"))
-peek_byte(r::JSONReader) = r.i <= length(r.s) ? r.s[r.i] : json_fail(r, "unexpected end of text")
-function skip_space(r::JSONReader)
-    while r.i <= length(r.s) && r.s[r.i] in (UInt8(' '), UInt8('\t'), UInt8('\n'), UInt8('\r'))
-        r.i += 1
-    end
-end
-function expect(r::JSONReader, c::Char)
-    skip_space(r)
-    peek_byte(r) == UInt8(c) || json_fail(r, "expected '$c'")
-    r.i += 1
-end
-
-function read_value(r::JSONReader)
-    skip_space(r)
-    c = Char(peek_byte(r))
-    c == '{' && return read_object(r)
-    c == '[' && return read_array(r)
-    c == '"' && return read_string(r)
-    (c == '-' || isdigit(c)) && return read_number(r)
-    for (word, value) in (("true", true), ("false", false), ("null", nothing))
-        if r.i + length(word) - 1 <= length(r.s) && String(r.s[r.i:r.i+length(word)-1]) == word
-            r.i += length(word)
-            return value
-        end
-    end
-    json_fail(r, "unexpected character '$c'")
-end
-
-function nest(f, r::JSONReader)
-    (r.depth += 1) > 64 && json_fail(r, "nested deeper than 64 levels")
-    value = f()
-    r.depth -= 1
-    return value
-end
-
-function read_object(r::JSONReader)
-    nest(r) do
-        d = Dict{String,Any}()
-        r.i += 1
-        skip_space(r)
-        peek_byte(r) == UInt8('}') && (r.i += 1; return d)
-        while true
-            skip_space(r)
-            peek_byte(r) == UInt8('"') || json_fail(r, "expected a string key")
-            at = r.i
-            key = read_string(r)
-            haskey(d, key) && throw(JSONSyntaxError("key \"$key\" appears twice (at byte $at)"))
-            expect(r, ':')
-            d[key] = read_value(r)
-            skip_space(r)
-            peek_byte(r) == UInt8('}') && (r.i += 1; return d)
-            expect(r, ',')
-        end
-    end
-end
-
-function read_array(r::JSONReader)
-    nest(r) do
-        v = Any[]
-        r.i += 1
-        skip_space(r)
-        peek_byte(r) == UInt8(']') && (r.i += 1; return v)
-        while true
-            push!(v, read_value(r))
-            skip_space(r)
-            peek_byte(r) == UInt8(']') && (r.i += 1; return v)
-            expect(r, ',')
-        end
-    end
-end
-
-function read_hex4(r::JSONReader)
-    r.i + 3 <= length(r.s) || json_fail(r, "unfinished \\u escape")
-    code = tryparse(UInt16, String(r.s[r.i:r.i+3]); base=16)
-    code === nothing && json_fail(r, "bad \\u escape")
-    r.i += 4
-    return code
-end
-
-function read_string(r::JSONReader)
-    r.i += 1   # the opening quote
-    out = IOBuffer()
-    while true
-        b = peek_byte(r)
-        if b == UInt8('"')
-            r.i += 1
-            return String(take!(out))
-        elseif b == UInt8('\\')
-            r.i += 1
-            e = Char(peek_byte(r))
-            r.i += 1
-            if e == 'u'
-                code = UInt32(read_hex4(r))
-                if 0xd800 <= code <= 0xdbff   # a surrogate pair
-                    r.i + 1 <= length(r.s) && r.s[r.i] == UInt8('\\') && r.s[r.i+1] == UInt8('u') ||
-                        json_fail(r, "unpaired surrogate in \\u escape")
-                    r.i += 2
-                    low = UInt32(read_hex4(r))
-                    0xdc00 <= low <= 0xdfff || json_fail(r, "unpaired surrogate in \\u escape")
-                    code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00)
-                elseif 0xdc00 <= code <= 0xdfff
-                    json_fail(r, "unpaired surrogate in \\u escape")
-                end
-                print(out, Char(code))
-            else
-                i = findfirst(==(e), "\"\\/bfnrt")
-                i === nothing && json_fail(r, "unknown escape \\$e")
-                print(out, "\"\\/\b\f\n\r\t"[i])
-            end
-        elseif b < 0x20
-            json_fail(r, "control character in a string")
-        else
-            write(out, b)
-            r.i += 1
-        end
-    end
-end
-
-function read_number(r::JSONReader)
-    start = r.i
-    digits() = (n = r.i; while r.i <= length(r.s) && UInt8('0') <= r.s[r.i] <= UInt8('9'); r.i += 1; end; r.i > n)
-    r.i <= length(r.s) && r.s[r.i] == UInt8('-') && (r.i += 1)
-    leading_zero = r.i <= length(r.s) && r.s[r.i] == UInt8('0')
-    digits() || json_fail(r, "bad number")
-    leading_zero && r.i - start > 1 + (r.s[start] == UInt8('-')) && json_fail(r, "number with a leading zero")
-    integer = true
-    if r.i <= length(r.s) && r.s[r.i] == UInt8('.')
-        r.i += 1
-        integer = false
-        digits() || json_fail(r, "bad number")
-    end
-    if r.i <= length(r.s) && r.s[r.i] in (UInt8('e'), UInt8('E'))
-        r.i += 1
-        r.i <= length(r.s) && r.s[r.i] in (UInt8('+'), UInt8('-')) && (r.i += 1)
-        integer = false
-        digits() || json_fail(r, "bad number")
-    end
-    text = String(r.s[start:r.i-1])
-    if integer
-        n = tryparse(Int64, text)
-        n === nothing && (r.i = start; json_fail(r, "integer $text does not fit in 64 bits"))
-        return n
-    end
-    # A number that overflows Float64, or underflows to zero from a non-zero text, is refused
-    # (tryparse gives nothing for both), as docs/model-format.md says.
-    x = tryparse(Float64, text)
-    x === nothing && (r.i = start; json_fail(r, "number $text is outside Float64's range"))
-    return x
-end
 
 # ---------------------------------------------------------------------------------------------
 # How a network is described in the metadata. A rule, initialiser or optimiser is a name from its
@@ -255,7 +25,7 @@ const FILE_DTYPES = Dict(Float32 => ("float32", "F32"), Float64 => ("float64", "
 const FILE_INITIALISERS = INITIALISERS
 # Optimisers whose state files store, and the names of their state slots (one array per W, b and,
 # under Kolen-Pollack, B).
-const STATE_SLOTS_BY_NAME = Dict("sgd" => ["velocity"], "adam" => ["first_moment", "second_moment"])
+const STATE_SLOTS_BY_NAME = Dict(string(kind) => names for (kind, names) in STATE_SLOT_NAMES)
 
 snake_case(s) = lowercase(replace(string(s), r"(?<=[a-z0-9])(?=[A-Z])" => "_"))
 
@@ -275,12 +45,6 @@ param_value(x::Union{Real,AbstractString,Nothing}) = x
 param_value(x::AbstractVector) = Any[param_value(v) for v in x]
 param_value(x::Initialiser) = Pair{String,Any}["name" => registry_name(FILE_INITIALISERS, x), "params" => params(x)]
 param_value(x) = Pair{String,Any}["name" => snake_case(nameof(typeof(x))), "params" => params(x)]
-
-function name_in(table, value, what)
-    name = findfirst(v -> v === value, table)
-    name === nothing && throw(ArgumentError("cannot save a network whose $what is $value: files hold only the named ones ($(join(sort!(collect(keys(table))), ", ")))"))
-    return name
-end
 
 # The initialisers that built the network (the tensors, not these, decide a loaded network's
 # parameters). Files record one feedback initialiser: the first layer's; an array the user gave
@@ -310,7 +74,7 @@ function file_metadata(net::Network{T}) where {T}
 end
 
 # ---------------------------------------------------------------------------------------------
-# Optimiser state: per layer with parameters, `STATE_SLOTS[kind]` arrays for W, for b and (Kolen-Pollack) for B.
+# Optimiser state: per layer with parameters, `STATE_SLOT_NAMES[kind]` arrays for W, for b and (Kolen-Pollack) for B.
 
 state_name(net::Network) = net.optkind === :none ? nothing : string(net.optkind)
 
@@ -320,7 +84,7 @@ function state_array(net::Network, slot::Integer, l::Integer, which::Integer)
 end
 
 function new_state!(net::Network, kind::AbstractString)
-    haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimiser state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
+    haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimizer state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
     return new_state!(net, Symbol(kind))
 end
 
@@ -332,8 +96,8 @@ when the network holds a state of optimiser `kind` ("sgd", "adam"); `nothing` if
 `create`, a network without such a state first gets a zero one (replacing a state of another optimiser).
 """
 function optimiser_buffer(net::Network, kind::AbstractString, create::Bool, slot::Integer, l::Integer, which::Integer)
-    haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimiser state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
-    1 <= slot <= length(STATE_SLOTS_BY_NAME[kind]) || throw(ArgumentError("optimiser $kind has no state slot $slot"))
+    haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimizer state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
+    1 <= slot <= length(STATE_SLOTS_BY_NAME[kind]) || throw(ArgumentError("optimizer $kind has no state slot $slot"))
     1 <= l <= length(net.layers) || throw(ArgumentError("no layer $l"))
     which in (1, 2, 3) || throw(ArgumentError("which must be 1 (W), 2 (b) or 3 (B)"))
     create && state_name(net) != kind && new_state!(net, kind)
@@ -393,119 +157,11 @@ function save(path::AbstractString, net::Network{T}; include_optimizer::Bool=fal
               "optimizer_steps" => string(net.optsteps))
         append!(tensors, state_tensors(net, slots))
     end
-    header = Pair{String,Any}["__metadata__" => meta]
-    offset = 0
-    for (name, A) in tensors
-        push!(header, name => Pair{String,Any}["dtype" => FILE_DTYPES[T][2], "shape" => reverse(collect(size(A))),
-                                               "data_offsets" => [offset, offset + sizeof(A)]])
-        offset += sizeof(A)
-    end
-    text = json(header)
-    text *= " "^(mod(-ncodeunits(text), 8))   # the data starts at a multiple of 8
-    atomic_write(path) do io
-        write(io, htol(UInt64(ncodeunits(text))))
-        write(io, text)
-        foreach(t -> write(io, t[2]), tensors)
-    end
-    return path
-end
-
-"Run `f(io)` on a new temporary file next to `path`, then rename it to `path`; on failure remove it."
-function atomic_write(f, path::AbstractString)
-    path = abspath(path)
-    isdir(dirname(path)) || throw(ArgumentError("cannot write $path: the folder $(dirname(path)) does not exist"))
-    isdir(path) && throw(ArgumentError("cannot write $path: it is a folder"))
-    flags = Base.Filesystem.JL_O_CREAT | Base.Filesystem.JL_O_EXCL | Base.Filesystem.JL_O_WRONLY
-    tmp, io = "", nothing
-    for attempt in 1:100   # O_EXCL: never reuse a file someone else made
-        tmp = joinpath(dirname(path), ".$(basename(path)).$(getpid()).$(string(time_ns() % 0xfffff, base=16)).tmp")
-        try
-            io = Base.Filesystem.open(tmp, flags, 0o666)
-            break
-        catch e
-            (e isa Base.IOError && ispath(tmp) && attempt < 100) || rethrow()
-        end
-    end
-    done = false
-    try
-        try
-            f(io)
-            Sys.isunix() && ccall(:fsync, Cint, (Cint,), reinterpret(Cint, io.handle))
-        finally
-            close(io)
-        end
-        Base.Filesystem.rename(tmp, path)   # atomic; `mv(; force=true)` would delete `path` first
-        done = true
-    finally
-        done || rm(tmp; force=true)
-    end
-    return path
+    return write_safetensors(path, meta, tensors, FILE_DTYPES[T][2])
 end
 
 # ---------------------------------------------------------------------------------------------
 # Reading
-
-fail(path, msg) = throw(ModelFileError(path, msg))
-
-# Run f(io) on the model file at `path`, opened for reading.
-function open_model(f, path::AbstractString)
-    isdir(path) && fail(path, "it is a folder, not a file")
-    return open(f, path, "r")
-end
-
-"""
-    read_header(io, path) -> (header, data_start)
-
-The parsed JSON header of the safetensors file open in `io`, with every tensor's entry checked
-(dtype, shape, data_offsets) and the offsets checked to tile the data section exactly.
-"""
-function read_header(io::IO, path)
-    total = filesize(io)
-    total >= 8 || fail(path, "truncated file: $total bytes, but a model file starts with an 8-byte header length")
-    seekstart(io)
-    n = ltoh(read(io, UInt64))
-    n <= MAX_HEADER_BYTES || fail(path, "the header length field says $n bytes, more than the $MAX_HEADER_BYTES a header may have (corrupt file, or not a safetensors file)")
-    n <= total - 8 || fail(path, "truncated file: the header length field says $n bytes, but only $(total - 8) bytes follow it")
-    header = try
-        parse_json(read(io, Int(n)))
-    catch e
-        e isa JSONSyntaxError || rethrow()
-        fail(path, "corrupt header: $(e.msg) (not valid JSON)")
-    end
-    header isa Dict{String,Any} || fail(path, "corrupt header: it is not a JSON object")
-    data_start, data_length = 8 + Int(n), total - 8 - Int(n)
-    spans = Tuple{Int,Int,String}[]
-    for (name, entry) in header
-        name == "__metadata__" && continue
-        entry isa Dict{String,Any} && haskey(entry, "dtype") && haskey(entry, "shape") && haskey(entry, "data_offsets") ||
-            fail(path, "corrupt header: tensor \"$name\" needs dtype, shape and data_offsets")
-        shape, offsets = entry["shape"], entry["data_offsets"]
-        shape isa Vector{Any} && all(x -> x isa Int64 && x >= 0, shape) ||
-            fail(path, "corrupt header: tensor \"$name\" has shape $(json(shape)), not a list of non-negative integers")
-        offsets isa Vector{Any} && length(offsets) == 2 && all(x -> x isa Int64 && x >= 0, offsets) && offsets[1] <= offsets[2] ||
-            fail(path, "corrupt header: tensor \"$name\" has data_offsets $(json(offsets)), not [begin, end] with begin <= end")
-        itemsize = get(Dict("F32" => 4, "F64" => 8), entry["dtype"], 0)
-        itemsize > 0 || fail(path, "tensor \"$name\" has dtype $(json(entry["dtype"])); model files hold F32 or F64")
-        nbytes = try
-            foldl(Base.checked_mul, shape; init=itemsize)
-        catch e
-            e isa OverflowError || rethrow()
-            fail(path, "tensor \"$name\" has an impossibly large shape $(json(shape))")
-        end
-        offsets[2] - offsets[1] == nbytes ||
-            fail(path, "tensor \"$name\" of shape $(json(shape)) needs $nbytes bytes, but its data_offsets $(json(offsets)) span $(offsets[2] - offsets[1])")
-        push!(spans, (offsets[1], offsets[2], name))
-    end
-    at = 0
-    for (first, last, name) in sort!(spans)
-        first == at || fail(path, "tensor \"$name\" starts at data byte $first, but the previous tensor ends at $at (overlap or gap)")
-        at = last
-    end
-    at == data_length || fail(path, at > data_length ?
-        "truncated file: the tensors need $at bytes of data, but only $data_length follow the header" :
-        "$(data_length - at) bytes follow the last tensor (corrupt file)")
-    return header, data_start
-end
 
 """
     read_metadata(path) -> Dict{String,String}
@@ -561,41 +217,18 @@ is_object(x) = x isa Dict{String,Any}
 
 # The parameters a file may give each rule, initialiser, optimizer and schedule: the field names in
 # the order of the engine's positional constructors (optimizers: its keyword constructors), and the
-# kind of value each takes. docs/model-format.md is this table in words; pyjlfa/io.py has the same.
-const GAIN = [("gain", :positive)]
+# kind of value each takes, from the engine's schema (schema.jl), which docs/model-format.md's table
+# and pyjlfa/io.py's checks also come from. Files name an optimizer by its state (AdamW is "adam").
+const FILE_OPTIMISERS = sort!(unique(optimiser_state_kind(name) for name in keys(OPTIMISERS)))
 const PARAM_SCHEMAS = Dict{String,Dict{String,Vector{Tuple{String,Symbol}}}}(
-    "initialiser" => Dict(
-        "glorot_uniform" => GAIN, "glorot_normal" => GAIN, "he_uniform" => GAIN, "he_normal" => GAIN,
-        "lecun_uniform" => GAIN, "lecun_normal" => GAIN, "orthogonal" => GAIN,
-        "uniform" => [("scale", :positive)], "normal" => [("std", :positive)], "zeros" => [],
-        "sparse" => [("density", :fraction), ("init", :initialiser)], "sign_concordant" => [("init", :initialiser)]),
-    "rule" => Dict(
-        "bp" => [], "fa" => [], "dfa" => [], "frsf" => [], "brsf" => [], "kp" => [], "drtp" => [], "sdfa" => [],
-        "shallow" => [], "usf" => [("scale", :positive_or_null)],
-        "wm" => [("noise_std", :positive), ("lr", :positive), ("steps", :count), ("batchsize", :count), ("decay", :nonnegative)]),
-    "optimizer" => Dict(
-        "sgd" => [("lr", :positive), ("momentum", :unit_open), ("nesterov", :bool), ("weight_decay", :nonnegative),
-                  ("decoupled_weight_decay", :nonnegative), ("layer_lr", :rates_or_null), ("schedule", :schedule_or_null)],
-        "adam" => [("lr", :positive), ("beta1", :unit_open), ("beta2", :unit_open), ("eps", :positive),
-                   ("weight_decay", :nonnegative), ("decoupled_weight_decay", :nonnegative),
-                   ("layer_lr", :rates_or_null), ("schedule", :schedule_or_null)]),
-    "schedule" => Dict("constant" => [], "step_decay" => [("every", :count), ("gamma", :positive)],
-                       "cosine" => [("epochs", :count), ("min_factor", :unit_closed)]))
-# File names whose registry name differs (schedules are written by type name).
-const FILE_SCHEDULES = Dict{String,Any}("constant" => Constant, "step_decay" => StepDecay, "cosine" => Cosine)
+    "initialiser" => file_param_schemas("initialiser", keys(INITIALISERS)),
+    "rule" => file_param_schemas("rule", keys(RULES)),
+    "optimizer" => file_param_schemas("optimizer", FILE_OPTIMISERS),
+    "schedule" => file_param_schemas("schedule", keys(SCHEDULES)))
+const FILE_SCHEDULES = SCHEDULES
 
-is_number(x) = x isa Real && !(x isa Bool)   # JSON numbers: Int64 or finite Float64
 const VALUE_KINDS = Dict{Symbol,Tuple{Function,String}}(
-    :positive => (x -> is_number(x) && x > 0, "a number > 0"),
-    :nonnegative => (x -> is_number(x) && x >= 0, "a number >= 0"),
-    :fraction => (x -> is_number(x) && 0 < x <= 1, "a number in (0, 1]"),
-    :unit_open => (x -> is_number(x) && 0 <= x < 1, "a number in [0, 1)"),
-    :unit_closed => (x -> is_number(x) && 0 <= x <= 1, "a number in [0, 1]"),
-    :count => (x -> x isa Int64 && x >= 1, "an integer >= 1"),
-    :bool => (x -> x isa Bool, "true or false"),
-    :positive_or_null => (x -> x === nothing || is_number(x) && x > 0, "null or a number > 0"),
-    :rates_or_null => (x -> x === nothing || x isa Vector{Any} && all(v -> is_number(v) && v >= 0, x),
-                       "null or a list of numbers >= 0"))
+    kind => (x -> check_value(k, x), expected_text(k)) for (kind, k) in PARAM_KINDS if k.type in ("number", "integer", "bool", "numbers"))
 
 """
     from_record(kind, name, ps, path)
@@ -763,3 +396,4 @@ let dir = mktempdir()
         rm(dir; recursive=true, force=true)
     end
 end
+
