@@ -378,6 +378,17 @@ def runtime_info():
     return info
 
 
+def julia_command():
+    """The command line (a list) of a julia process that runs the package as this process does: the same
+    executable and, when this process uses a prebuilt system image, that image (the package is then loaded
+    and compiled in 0.3 s instead of 5-30 s)."""
+    info = runtime_info()
+    command = [info.get("julia_executable") or _find_julia(None), "--startup-file=no"]
+    if info.get("sysimage_kind") in ("prebuilt", "given"):
+        command += ["-J", info["sysimage"]]
+    return command
+
+
 def _describe_runtime(e):
     return dict(line.split("=", 1) for line in e.describe("runtime").splitlines())
 

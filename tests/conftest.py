@@ -48,6 +48,12 @@ def assert_unchanged(net, before):
             np.testing.assert_array_equal(layer.B, B)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that need the system image run last: a build started by scripts/setup.sh then has the whole
+    run to finish in the background before they wait for it."""
+    items.sort(key=lambda item: item.get_closest_marker("image") is not None)   # stable: order kept otherwise
+
+
 @pytest.fixture
 def small_net():
     with pyjlfa.Network([6, 5, 4, 3], activation="tanh", rule="fa", seed=3, dtype="float64") as net:

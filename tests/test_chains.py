@@ -23,7 +23,7 @@ import pytest
 import pyjlfa
 from test_zero_copy import Spy   # records the input address each entry point was handed
 from pyjlfa._blas import use_numpy_blas
-from pyjlfa._runtime import engine
+from pyjlfa._runtime import engine, julia_command
 from pyjlfa.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
 from pyjlfa.reference import ReferenceChain, SplitMix64
 
@@ -390,7 +390,7 @@ def julia_process(tmp_path_factory):
                                    julia_input=", ".join(map(str, reversed(INPUT)))))
     pyjlfa.start_julia()  # puts the OPENBLAS_CORETYPE it chose into os.environ: the same kernels there
     env = {**os.environ, "PYJLFA_BLAS": "julia"}
-    process = subprocess.Popen([pyjlfa.runtime_info()["julia_executable"], "--startup-file=no", str(script), str(tmp)],
+    process = subprocess.Popen([*julia_command(), str(script), str(tmp)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     session["process"] = process
     yield session

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import pyjlfa
-from pyjlfa._runtime import engine
+from pyjlfa._runtime import engine, julia_command
 
 from conftest import RULES, assert_unchanged, batch, snapshot
 
@@ -53,7 +53,7 @@ def write_raw(path, meta, tensors, header_text=None):
 def run_julia(tmp_path, code, *args):
     script = tmp_path / "script.jl"
     script.write_text(f'push!(LOAD_PATH, raw"{ROOT / "julia"}")\nusing FeedbackAlignment\n' + code)
-    result = subprocess.run([pyjlfa.runtime_info()["julia_executable"], "--startup-file=no", str(script),
+    result = subprocess.run([*julia_command(), str(script),
                              *map(str, args)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return result.stdout

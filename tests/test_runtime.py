@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import pyjlfa
-from pyjlfa._runtime import julia_package_path
+from pyjlfa._runtime import julia_package_path, julia_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,12 +76,15 @@ def test_juliacall_route_gives_the_same_engine():
     assert result.stdout.split() == ["juliacall", "1.0"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_julia_packages_own_test_suite_passes():
-    """runtests.jl run directly with julia (Pkg.test needs the network)."""
-    info = pyjlfa.runtime_info()
+    """runtests.jl run directly with julia (Pkg.test needs the network), on this session's image. Without the
+    parts other tests run: threads.jl (test_threads.py, under `julia -t 2`) and the model-file contract
+    (test_model_contract.py: the corpus's verdicts in Julia, and resuming across the two languages)."""
     pkg = julia_package_path()
-    result = subprocess.run([info["julia_executable"], "--startup-file=no", f"--project={pkg}",
-                             str(pkg / "test" / "runtests.jl")], capture_output=True, text=True, timeout=900)
+    result = subprocess.run([*julia_command(), f"--project={pkg}", str(pkg / "test" / "runtests.jl")],
+                            capture_output=True, text=True, timeout=900, env={**os.environ, "FA_TEST_SKIP": "threads,contract"})
     print(result.stdout[-3000:], result.stderr[-3000:])
     assert result.returncode == 0
     assert "Test Summary" in result.stdout

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import pyjlfa
-from pyjlfa._runtime import julia_package_path
+from pyjlfa._runtime import julia_package_path, julia_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,10 +100,9 @@ def test_pyjlfa_threads_variable_is_checked():
 
 def test_the_julia_thread_tests_pass_with_two_threads():
     pkg = julia_package_path()
-    info = pyjlfa.runtime_info()
     code = ("using FeedbackAlignment, Test, Random, LinearAlgebra; const FAL = FeedbackAlignment; "
             f"@testset \"threads\" begin include(raw\"{pkg / 'test' / 'threads.jl'}\") end")
-    result = subprocess.run([info["julia_executable"], "--startup-file=no", "-t", "2", f"--project={pkg}", "-e", code],
+    result = subprocess.run([*julia_command(), "-t", "2", f"--project={pkg}", "-e", code],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "784-256-256-10 FA step, batch 512, 2 threads:" in result.stderr + result.stdout   # the threaded paths ran
