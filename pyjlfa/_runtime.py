@@ -114,6 +114,11 @@ class _InterruptWatch:
         status = watch(self.julia_end.fileno())
         if status != 0:
             raise JuliaError("fa_watch_interrupts failed")
+        atexit.register(self.close)   # open for the process's life; closed, not left to the GC (ResourceWarning)
+
+    def close(self):
+        self.julia_end.close()
+        self.signal_end.close()
 
     def arm(self):
         """Route signal bytes to Julia for one call; returns what disarm needs (None: not armed)."""

@@ -145,6 +145,7 @@ def test_weight_decay_reaches_the_optimizer(npz, tmp_path, cli_here):
     assert result.returncode == 2 and "argument --weight-decay: expected a finite number >= 0, got -1" in result.stderr
 
 
+@pytest.mark.slow
 def test_compare_prints_a_table_and_writes_figures(npz, tmp_path, cli_here):
     pytest.importorskip("matplotlib", reason="the figures need matplotlib (pip install pyjlfa[plot])")
     out = tmp_path / "cmp"

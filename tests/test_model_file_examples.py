@@ -15,6 +15,7 @@ import pytest
 import pyjlfa
 from pyjlfa._runtime import julia_command
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 QUICK = ["--epochs", "1", "--train-samples", "5000"]

@@ -237,6 +237,7 @@ def test_random_state_makes_fits_reproducible():
 
 
 # -- state in NumPy arrays: pickle, deepcopy, clone, assignment ---------------------------------------
+@pytest.mark.subprocess
 def test_pickled_estimator_predicts_identically_in_a_fresh_process(tmp_path):
     X, y = make_blobs(80, random_state=0)
     labels = np.array(["b", "a", "c"])[y]
@@ -409,6 +410,7 @@ print("main thread fits:", clf.fit(X, y).n_iter_)
 """
 
 
+@pytest.mark.subprocess
 def test_a_threaded_search_fails_loudly_and_leaves_julia_usable():
     """Before: the first joblib worker started Julia, its folds scored, the others came back NaN with a warning,
     and Julia stayed bound to a discarded thread. Now every fold refuses and the search raises."""
@@ -435,6 +437,7 @@ def test_a_search_on_threads_refuses_while_julia_runs_on_the_main_thread():
     assert "not 'threading'" in str(failed.value)
 
 
+@pytest.mark.subprocess
 def test_julia_bound_to_a_finished_thread_says_so():
     pyjlfa.start_julia()
     if pyjlfa._runtime.engine().julia_version >= (1, 9):

@@ -58,6 +58,8 @@ def train_in_process(tmp_path, name, julia_threads, settings):
     return report, runs
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_threads_train_as_one_and_repeat_bit_for_bit(tmp_path):
     report, (one, two, two_again) = train_in_process(tmp_path, "two", 2, [1, 2, 2])
     assert report["julia_threads"] == "2"
@@ -91,6 +93,7 @@ def test_thread_settings_are_checked():
     assert pyjlfa.start_julia(threads=running)["julia_threads"] == str(running)   # the same count is fine
 
 
+@pytest.mark.subprocess
 def test_pyjlfa_threads_variable_is_checked():
     code = "import pyjlfa; pyjlfa.start_julia()"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -98,6 +101,8 @@ def test_pyjlfa_threads_variable_is_checked():
     assert result.returncode != 0 and "PYJLFA_THREADS must be a positive integer, got 'two'" in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_julia_thread_tests_pass_with_two_threads():
     pkg = julia_package_path()
     code = ("using FeedbackAlignment, Test, Random, LinearAlgebra; const FAL = FeedbackAlignment; "
