@@ -118,6 +118,7 @@ def test_a_missing_data_path_is_reported_in_the_commands_words(cli_here):
     assert "pass --data-path <folder>" in result.stderr and "path=" not in result.stderr
 
 
+@pytest.mark.slow
 def test_train_saves_the_history(npz, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--data", str(npz), "--hidden", "8", "--epochs", "3", "--batch-size", "10",

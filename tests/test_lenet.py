@@ -50,6 +50,7 @@ def test_schedule_divides_by_ten_at_half_and_three_quarters():
     assert [experiments.lenet_lr(1.0, c, 4) for c in range(4)] == pytest.approx([1, 1, 0.1, 0.01])
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     data = images(tmp_path / "d.npz", 300, 100, 12)
     run = dict(epochs=3, lr=0.05, data_path=data, layers=tiny_chain(), input_shape=(1, 12, 12))

@@ -252,6 +252,7 @@ def test_fuzz_arbitrary_bytes_are_refused(blob):
     assert load_bytes(blob) == "REFUSED"
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.sampled_from(sorted(json.loads(split(BASE)[0])["__metadata__"])), JSON, st.booleans())
 def test_fuzz_metadata_values_load_or_raise_model_file_error(key, value, as_json):
@@ -267,6 +268,7 @@ def test_fuzz_spliced_bytes_load_or_raise_model_file_error(at, cut, insert):
     assert load_bytes(BASE[:at] + insert + BASE[at + cut:]) in ("LOADED", "REFUSED")
 
 
+@pytest.mark.slow
 @FUZZ
 @given(JSON)
 def test_fuzz_whole_header_is_refused_unless_it_is_a_model(value):
@@ -304,6 +306,7 @@ def state(net):
     return arrays, kind, {k: v.tobytes() for k, v in views.items()}, net._state()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt,kind", RESUME_CASES)
 def test_python_resume_is_exact(tmp_path, opt, kind):
     rule, optimizer = OPTIMIZERS[opt]

@@ -50,6 +50,7 @@ def test_the_cli_records_the_optimizer_in_its_model(tmp_path):
 
 
 # 3. pickle and deepcopy go through the model file's bytes.
+@pytest.mark.slow
 def test_pickle_and_deepcopy_give_the_same_network():
     X = np.random.default_rng(2).random((10, 1, 8, 8))
     y = np.arange(10) % 3

@@ -291,6 +291,7 @@ def test_assigned_arrays_rebuild_the_network():
 
 
 # -- scikit-learn's tools -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_pipeline_grid_search_and_cross_val_score():
     X, y = make_blobs(120, centers=3, n_features=4, random_state=1)
     X = X * [1, 10, 100, 1000]  # needs the scaler
