@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from ctypes import POINTER, c_char_p, c_double, c_int, c_int64, c_uint64, c_void_p
 from pathlib import Path
 
@@ -113,6 +114,11 @@ class _InterruptWatch:
         status = watch(self.julia_end.fileno())
         if status != 0:
             raise JuliaError("fa_watch_interrupts failed")
+        atexit.register(self.close)   # open for the process's life; closed, not left to the GC (ResourceWarning)
+
+    def close(self):
+        self.julia_end.close()
+        self.signal_end.close()
 
     def arm(self):
         """Route signal bytes to Julia for one call; returns what disarm needs (None: not armed)."""
@@ -282,6 +288,21 @@ _engine = None
 _start_lock = threading.Lock()
 
 
+class _Laps:
+    """Seconds spent in each step of the start, for runtime_info()["start_seconds"] (where a slow start goes)."""
+
+    def __init__(self):
+        self.last, self.steps = time.perf_counter(), {}
+
+    def __call__(self, step):
+        now = time.perf_counter()
+        self.steps[step] = self.steps.get(step, 0.0) + now - self.last
+        self.last = now
+
+    def text(self):
+        return " ".join(f"{k}={v:.3f}" for k, v in self.steps.items())
+
+
 def engine():
     """The running engine, starting Julia on first use."""
     if _engine is None:
@@ -325,20 +346,26 @@ def start_julia(method=None, julia=None, threads=None):
                                    "it can only be started once")
             _check_julia_threads(threads)
             return runtime_info()
+        lap = _Laps()
         openblas = _choose_openblas_coretype()
         # Julia's start blocks SIGINT, SIGTERM, SIGQUIT, SIGABRT and SIGUSR1 in the calling thread (it expects its
         # own listener thread to take them): put back the mask Python had, so Ctrl-C reaches Python again.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
         try:
-            address, details = _start_juliacall(threads) if method == "juliacall" else _start_embedded(julia, threads)
+            address, details = (_start_juliacall(threads) if method == "juliacall" else
+                                _start_embedded(julia, threads, lap))
         finally:
             if mask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         details["openblas_coretype"] = openblas
+        lap("julia")
         _engine = Engine(address, method, details)
+        lap("entry_points")
         from ._blas import use_numpy_blas  # matrix products through NumPy's newer OpenBLAS, if it has one
         details["gemm_blas"] = use_numpy_blas(_engine)
         _engine.runtime = _describe_runtime(_engine)
+        lap("blas")
+        details["start_seconds"] = lap.text()
         if threads is not None:
             _check_julia_threads(threads)
             set_threads(threads)
@@ -354,6 +381,17 @@ def runtime_info():
     if info.get("gemm") == "external":
         info["gemm_blas_threads"] = str(numpy_blas_threads())
     return info
+
+
+def julia_command():
+    """The command line (a list) of a julia process that runs the package as this process does: the same
+    executable and, when this process uses a prebuilt system image, that image (the package is then loaded
+    and compiled in 0.3 s instead of 5-30 s)."""
+    info = runtime_info()
+    command = [info.get("julia_executable") or _find_julia(None), "--startup-file=no"]
+    if info.get("sysimage_kind") in ("prebuilt", "given"):
+        command += ["-J", info["sysimage"]]
+    return command
 
 
 def _describe_runtime(e):
@@ -532,8 +570,35 @@ def _choose_image(version, cpu, base_image):
     others = sorted(p.name for p in _cache_dir().glob(f"FeedbackAlignment-julia{version}-{cpu}-*.so"))
     why = (f"the cached images ({', '.join(others)}) were built from other sources, another checkout or CPU (stale)"
            if others else f"no prebuilt image in {_cache_dir()}")
+    if _image_build_running():
+        return base_image, "default", f"{why}; one is being built now (log: {_cache_dir() / 'build.log'})"
     return base_image, "default", (f"{why}; build one with `julia --startup-file=no "
-                                   f"{package / 'precompile' / 'build_image.jl'}` or scripts/setup.sh")
+                                   f"{package / 'precompile' / 'build_image.jl'}` (4-9 minutes)")
+
+
+def _image_build_running():
+    """Whether scripts/build_image.sh holds its lock (a build of some image is under way)."""
+    try:
+        import fcntl
+        with open(_cache_dir() / "build.lock", "rb") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    except (OSError, ImportError):
+        pass
+    return False
+
+
+def _say_no_image(reason):
+    """Once per process tree (children inherit the variable): starting without the image is slow, and why."""
+    if os.environ.get("PYJLFA_IMAGE_NOTICE") == "shown":
+        return
+    os.environ["PYJLFA_IMAGE_NOTICE"] = "shown"
+    print(f"pyjlfa: starting Julia without a prebuilt system image, so the package loads and each new kind of "
+          f"network compiles before it trains (5-40 s more; PYJLFA_SYSIMAGE=off silences this): {reason}",
+          file=sys.stderr, flush=True)
 
 
 def _julia_paths(exe):
@@ -571,12 +636,17 @@ def _julia_paths(exe):
     return answer
 
 
-def _start_embedded(julia, threads=None):
+def _start_embedded(julia, threads=None, lap=lambda step: None):
     exe = _find_julia(julia)
     bindir, base_image, libpath, version, cpu = _julia_paths(exe)
+    lap("find_julia")
     sysimage, image_kind, image_reason = _choose_image(version, cpu, base_image)
+    if image_kind == "default" and not image_reason.startswith("PYJLFA_SYSIMAGE="):
+        _say_no_image(image_reason)
+    lap("choose_image")
     _unwind_with_libgcc()
     lib = ctypes.CDLL(libpath, mode=ctypes.RTLD_GLOBAL)
+    lap("dlopen")
 
     # Options as on a julia command line, program name first (jl_parse_opts skips argv[0]: without it
     # --handle-signals=no was dropped and Julia replaced Python's SIGINT handler); signals stay with Python.
@@ -600,6 +670,7 @@ def _start_embedded(julia, threads=None):
         raise JuliaError(f"{libpath} has no jl_init_with_image entry point")
     init.argtypes = [c_char_p, c_char_p]
     init(bindir.encode(), sysimage.encode())
+    lap("jl_init")
     if several and python_sigint is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, python_sigint)   # Ctrl-C stays with Python (and interrupt.jl's watch)
     atexit.register(_julia_atexit, lib.jl_atexit_hook, os.getpid())
@@ -611,7 +682,9 @@ def _start_embedded(julia, threads=None):
     # Whether the package came with the image (rather than being loaded from its source files).
     value = lib.jl_eval_string(b'string(any(k -> k.name == "FeedbackAlignment", keys(Base.loaded_modules)))')
     in_image = bool(value) and lib.jl_string_ptr(value) == b"true"
+    lap("jl_init")
     value = lib.jl_eval_string(_JULIA_LOAD.format(path=str(julia_package_path())).encode())
+    lap("load_package")
     answer = lib.jl_string_ptr(value).decode() if value else "ERROR: Julia returned nothing"
     if answer.startswith("ERROR: "):
         raise JuliaError(f"loading the Julia package FeedbackAlignment failed: {answer[7:]}")

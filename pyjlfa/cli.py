@@ -22,7 +22,8 @@ __all__ = ["main"]
 # Every rule the engine has, for --help, from its schema (Julia is not started for help).
 _RULES = ", ".join(["bp", "fa", "dfa"] + sorted(set(_schema.names("rules")) - {"bp", "fa", "dfa"}))
 
-_EPILOG = ("Julia starts at the first command that needs it (~1-5 s, plus compiling on first use). "
+_EPILOG = ("Julia starts at the first command that needs it (0.4 s with pyjlfa's system image; without it "
+           "3-10 s and compiling on first use, 20-40 s the first time, while Julia precompiles the package). "
            "Data: Fashion-MNIST from Debian's dataset-fashion-mnist package, the folder in "
            "PYJLFA_FASHION_MNIST, or --data-path; or your own .npz file.")
 

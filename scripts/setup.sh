@@ -4,6 +4,7 @@
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
 PY=${PYTHON:-python3}
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -61,26 +62,25 @@ fi
 
 # 3. Python side: the package itself (editable, so the bundled Julia package is the source tree's)
 #    and the test tools (the `test` extra: pytest, scikit-learn, dask, matplotlib, pandas, hypothesis, ...).
-# (-I keeps the current folder off sys.path, so this asks whether *this* tree is installed.)
-if ! "$PY" -I -c "import pathlib, sys, pytest, sklearn, safetensors, dask, distributed, matplotlib, pandas, hypothesis, pyjlfa; sys.exit(pathlib.Path(pyjlfa.__file__).parent.resolve() != pathlib.Path(sys.argv[1]).resolve())" "$PWD/pyjlfa" >/dev/null 2>&1; then
+# (run from / so that the current folder is not on sys.path: this asks whether *this* tree is installed,
+# or put on PYTHONPATH, as a second checkout of the repository may be.)
+if ! (cd / && "$PY" -c "import pathlib, sys, pytest, sklearn, safetensors, dask, distributed, matplotlib, pandas, hypothesis, pyjlfa; sys.exit(pathlib.Path(pyjlfa.__file__).parent.resolve() != pathlib.Path(sys.argv[1]).resolve())" "$root/pyjlfa") >/dev/null 2>&1; then
   echo "setup: pip install -e .[test]"
   "$PY" -m pip install -q -e ".[test]"
 fi
+# Bytecode for the package's modules once, here: where PYTHONDONTWRITEBYTECODE is set (as on this
+# project's machines) every process would otherwise compile them again (0.2 s of each start).
+"$PY" -m compileall -q pyjlfa >/dev/null || true
 
 # 4. A prebuilt Julia system image with the package's common paths compiled in, so a new process
 #    trains at once (julia/FeedbackAlignment/precompile/build_image.jl; kept in ~/.cache/pyjlfa,
-#    rebuilt when the sources change). Several minutes the first time; without it pyjlfa loads the
-#    package normally, so a failed build is reported but does not stop the set-up.
-#    PYJLFA_BUILD_IMAGE=0 skips it.
-if [ "${PYJLFA_BUILD_IMAGE:-1}" != "0" ]; then
-  image_log=$(mktemp)
-  start=$(date +%s)
-  if "$julia_exe" --startup-file=no julia/FeedbackAlignment/precompile/build_image.jl >"$image_log" 2>&1; then
-    echo "setup: $(tail -n1 "$image_log") (step took $(( $(date +%s) - start )) s)"
-  else
-    echo "setup: building the Julia system image FAILED after $(( $(date +%s) - start )) s; pyjlfa will load" \
-         "the package without it (slower start). Last lines of the build's output:" >&2
-    tail -n 15 "$image_log" >&2
-  fi
-  rm -f "$image_log"
-fi
+#    rebuilt when the sources change). It takes 4-9 minutes, so nothing waits for it: by default it
+#    is built in the background (scripts/build_image.sh --background) while pyjlfa starts without it.
+#    PYJLFA_BUILD_IMAGE=0 skips it, =1 builds it now and waits, =later leaves it to the caller (main.sh).
+case "${PYJLFA_BUILD_IMAGE:-background}" in
+  0) echo "setup: Julia system image skipped (PYJLFA_BUILD_IMAGE=0): pyjlfa starts Julia without it (slower" \
+          "first steps); \`bash scripts/build_image.sh\` builds it (4-9 min)" ;;
+  later) ;;
+  1|foreground) bash scripts/build_image.sh || true ;;   # a failed build is reported; the set-up goes on
+  *) bash scripts/build_image.sh --background ;;
+esac

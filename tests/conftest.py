@@ -48,6 +48,19 @@ def assert_unchanged(net, before):
             np.testing.assert_array_equal(layer.B, B)
 
 
+# Module fixtures that start a julia process (shared by their module's tests).
+SPAWNING_FIXTURES = {"julia_session", "round_trips", "mutation_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use a process-starting fixture are marked `subprocess`. Tests that need the system image run
+    last: a build started by scripts/setup.sh then has the whole run to finish in the background first."""
+    for item in items:
+        if SPAWNING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.subprocess)
+    items.sort(key=lambda item: item.get_closest_marker("image") is not None)   # stable: order kept otherwise
+
+
 @pytest.fixture
 def small_net():
     with pyjlfa.Network([6, 5, 4, 3], activation="tanh", rule="fa", seed=3, dtype="float64") as net:

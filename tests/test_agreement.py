@@ -21,6 +21,7 @@ def make(dtype, act, rule, loss, sizes=(6, 5, 4, 3), seed=7):
     return net
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,act,rule,loss", CASES)
 def test_forward_loss_and_gradients_agree(dtype, act, rule, loss):
     net = make(dtype, act, rule, loss)
@@ -57,6 +58,7 @@ def test_sgd_momentum_steps_agree(dtype, rule):
     assert_same_parameters(net, ref, tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("rule", RULES)
 def test_epoch_in_order_agrees(rule, loss):

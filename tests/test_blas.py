@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import pyjlfa
 from pyjlfa._blas import numpy_gemm
@@ -37,6 +38,7 @@ def _gradients(blas):
     return json.loads(out.stdout.splitlines()[-1])
 
 
+@pytest.mark.subprocess
 def test_numpy_blas_and_julia_blas_give_the_same_gradients():
     julia = _gradients("julia")
     assert julia["gemm"] == "julia"

@@ -23,7 +23,7 @@ import pytest
 import pyjlfa
 from test_zero_copy import Spy   # records the input address each entry point was handed
 from pyjlfa._blas import use_numpy_blas
-from pyjlfa._runtime import engine
+from pyjlfa._runtime import engine, julia_command
 from pyjlfa.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
 from reference import ReferenceChain, SplitMix64
 
@@ -137,6 +137,7 @@ GRADIENT_CASES = ([("conv", r, l, "float64") for r, l in RULE_LOSS]
                   + [("flat", r, l, "float64") for r, l in RULE_LOSS])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chain,rule,loss,dtype", GRADIENT_CASES)
 def test_gradients_match_the_reference(nets, chain, rule, loss, dtype):
     net = nets(chain, rule, loss, dtype)
@@ -166,6 +167,7 @@ def step_batches(net):
     return [batch(net, m, seed) for m, seed in ((6, 2), (4, 3), (6, 4))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chain,rule,loss", [("conv", r, l) for r, l in RULE_LOSS if r in DETERMINISTIC]
                          + [("flat", r, "cross_entropy") for r in DETERMINISTIC])
 def test_sgd_steps_match_the_reference(chain, rule, loss):
@@ -390,7 +392,7 @@ def julia_process(tmp_path_factory):
                                    julia_input=", ".join(map(str, reversed(INPUT)))))
     pyjlfa.start_julia()  # puts the OPENBLAS_CORETYPE it chose into os.environ: the same kernels there
     env = {**os.environ, "PYJLFA_BLAS": "julia"}
-    process = subprocess.Popen([pyjlfa.runtime_info()["julia_executable"], "--startup-file=no", str(script), str(tmp)],
+    process = subprocess.Popen([*julia_command(), str(script), str(tmp)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     session["process"] = process
     yield session
@@ -504,6 +506,7 @@ BAD_NETWORKS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what,make,match", BAD_NETWORKS, ids=[case[0] for case in BAD_NETWORKS])
 def test_bad_chains_are_refused_with_a_clear_error(what, make, match):
     eng = engine()
@@ -554,6 +557,7 @@ def alignment_and_reference(nets):
     return net, net.alignment(X, y), (fa.gradients(X, y), bp.gradients(X, y)), (fa.signals(X, y), bp.signals(X, y))
 
 
+@pytest.mark.slow
 def test_alignment_reports_every_layer_with_conv_angles_as_the_reference_gives_them(nets):
     net, report, (g_fa, g_bp), (d_fa, d_bp) = alignment_and_reference(nets)
     assert report["role"] == ["feedback", "no_params", "feedback", "no_params", "no_params", "feedback", "output"]
@@ -592,6 +596,7 @@ def test_fit_tracks_alignment_of_conv_layers_without_changing_training():
 # 8. Fashion-MNIST as padded images
 # ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_fashion_mnist_images_padded_to_32():
     try:
         flat = pyjlfa.datasets.fashion_mnist()

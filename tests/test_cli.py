@@ -15,9 +15,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args, timeout=600):
+    """The command in a fresh process, as a user types it (`python -m pyjlfa ...`)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "pyjlfa", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+def cli_here(capsys):
+    """The command in this process (one Julia for all tests; argparse's exits included): returns an
+    object with returncode, stdout and stderr, as `run` does."""
+    def call(*args):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as stop:
+            code = stop.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code or 0, out, err)
+    return call
 
 
 @pytest.fixture
@@ -32,8 +47,8 @@ def npz(tmp_path):
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["compare"], ["reproduce"]])
-def test_help_explains_every_option(command):
-    result = run(*command, "--help")
+def test_help_explains_every_option(command, cli_here):
+    result = cli_here(*command, "--help")
     assert result.returncode == 0, result.stderr
     text = result.stdout
     options = [a for a in cli._parser()._subparsers._group_actions[0].choices[command[0]]._actions
@@ -45,11 +60,11 @@ def test_help_explains_every_option(command):
         assert "(default: 0.05)" in text and "--track-alignment" in text
 
 
-def test_bad_arguments_say_what_to_fix(npz):
-    result = run("train", "--epochs", "0")
+def test_bad_arguments_say_what_to_fix(npz, cli_here):
+    result = cli_here("train", "--epochs", "0")
     assert result.returncode == 2
     assert "argument --epochs: expected a positive integer, got 0" in result.stderr
-    result = run("compare", "--data", "missing.npz")
+    result = cli_here("compare", "--data", "missing.npz")
     assert result.returncode == 2 and "--data missing.npz: no such file" in result.stderr
     with pytest.raises(SystemExit) as stop:
         cli.main(["train", "--data", str(npz), "--rule", "no_such_rule"])
@@ -77,31 +92,33 @@ def test_npz_labels_that_are_not_class_numbers_are_refused_naming_them(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
-def test_help_lists_the_rules_and_shows_no_markup():
+@pytest.mark.subprocess
+def test_help_lists_the_rules_and_shows_no_markup(cli_here):
     from pyjlfa.rules import FEEDBACK_STYLE
-    top = run("--help")
+    top = run("--help")    # the entry point itself, once, in a fresh process
     assert top.returncode == 0 and "``" not in top.stdout and "The pyjlfa command:" in top.stdout
     for command in ("train", "compare", "reproduce"):
-        text = " ".join(run(command, "--help").stdout.split())   # argparse wraps lines
+        text = " ".join(cli_here(command, "--help").stdout.split())   # argparse wraps lines
         assert "``" not in text
         listed = text[text.index("of: bp"):].split("(")[0][4:]   # the help of --rule or --rules
         assert set(listed.replace(",", " ").split()) == set(FEEDBACK_STYLE), (command, listed)
 
 
-def test_the_readme_and_help_say_what_train_saves():
+def test_the_readme_and_help_say_what_train_saves(cli_here):
     readme = (ROOT / "README.md").read_text()
     assert "writes the history only" not in readme and "until the engine has a" not in readme
-    text = " ".join(run("train", "--help").stdout.split())
+    text = " ".join(cli_here("train", "--help").stdout.split())
     assert "the model as model.safetensors" in text and "where this pyjlfa can save" not in text
 
 
-def test_a_missing_data_path_is_reported_in_the_commands_words():
-    result = run("train", "--data-path", "/nonexistent/fashion")
+def test_a_missing_data_path_is_reported_in_the_commands_words(cli_here):
+    result = cli_here("train", "--data-path", "/nonexistent/fashion")
     assert result.returncode == 2
     assert "Searched: /nonexistent/fashion (from --data-path)" in result.stderr
     assert "pass --data-path <folder>" in result.stderr and "path=" not in result.stderr
 
 
+@pytest.mark.slow
 def test_train_saves_the_history(npz, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--data", str(npz), "--hidden", "8", "--epochs", "3", "--batch-size", "10",
@@ -114,7 +131,7 @@ def test_train_saves_the_history(npz, tmp_path, capsys):
     assert rows[0] == "rule,epoch,loss,accuracy,val_loss,val_accuracy,seconds" and len(rows) == 4
 
 
-def test_weight_decay_reaches_the_optimizer(npz, tmp_path):
+def test_weight_decay_reaches_the_optimizer(npz, tmp_path, cli_here):
     import pyjlfa
     norms = {}
     for wd in ("0", "0.5"):
@@ -125,14 +142,15 @@ def test_weight_decay_reaches_the_optimizer(npz, tmp_path):
             norms[wd] = sum(float(np.linalg.norm(layer.W)) for layer in net.layers)
     # 90 steps of W -= 0.1 (dW + 0.5 W) shrink W by about 0.95^90 ~ 1%: far below the undecayed norm
     assert norms["0.5"] < 0.3 * norms["0"]
-    result = run("compare", "--weight-decay", "-1")
+    result = cli_here("compare", "--weight-decay", "-1")
     assert result.returncode == 2 and "argument --weight-decay: expected a finite number >= 0, got -1" in result.stderr
 
 
-def test_compare_prints_a_table_and_writes_figures(npz, tmp_path):
+@pytest.mark.slow
+def test_compare_prints_a_table_and_writes_figures(npz, tmp_path, cli_here):
     pytest.importorskip("matplotlib", reason="the figures need matplotlib (pip install pyjlfa[plot])")
     out = tmp_path / "cmp"
-    result = run("compare", "--data", str(npz), "--hidden", "16", "16", "--epochs", "2", "--batch-size", "10",
+    result = cli_here("compare", "--data", str(npz), "--hidden", "16", "16", "--epochs", "2", "--batch-size", "10",
                  "--lr", "0.1", "--track-alignment", "4", "--out", str(out))
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.split()[:1] in
@@ -152,6 +170,7 @@ def test_a_missing_matplotlib_is_explained(monkeypatch):
         plots.require_matplotlib()
 
 
+@pytest.mark.subprocess
 def test_cpp_extensions_can_throw_after_julia_started():
     """libjulia's libunwind must not catch C++ exceptions of modules loaded later (matplotlib aborted)."""
     pytest.importorskip("matplotlib", reason="needs a C++ extension that throws: matplotlib's ft2font")

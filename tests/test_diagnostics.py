@@ -69,6 +69,7 @@ def assert_matches(got, expected, rtol=1e-9):
         np.testing.assert_allclose(got[field], want, rtol=rtol, atol=1e-9, equal_nan=True, err_msg=field)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["fa", "dfa"])
 @pytest.mark.parametrize("loss,act", [("cross_entropy", "tanh"), ("mse", "sigmoid")])
 def test_diagnostics_match_the_numpy_oracle(rule, loss, act):

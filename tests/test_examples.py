@@ -1,6 +1,7 @@
 """The examples run, and a model trained by Julia alone matches the same model trained from Python."""
 
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -8,13 +9,15 @@ from pathlib import Path
 import pytest
 
 import pyjlfa
+from pyjlfa._runtime import julia_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_julia_only_script_trains_the_same_model_as_python():
-    info = pyjlfa.runtime_info()
-    result = subprocess.run([info["julia_executable"], "--startup-file=no", str(ROOT / "examples" / "fashion_mnist.jl"), "1"],
+    result = subprocess.run([*julia_command(), str(ROOT / "examples" / "fashion_mnist.jl"), "1"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     match = re.search(r"epoch 1: train loss ([\d.]+), test accuracy ([\d.]+)", result.stdout)
@@ -29,12 +32,14 @@ def test_julia_only_script_trains_the_same_model_as_python():
     assert hist["val_accuracy"][0] == pytest.approx(julia_acc, abs=5e-5)
 
 
-def test_main_job_prints_its_table():
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "compare_rules.py"), "--epochs", "1",
-                             "--rules", "fa", "dfa"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["fa"], ["dfa"])}
+@pytest.mark.slow
+def test_main_job_prints_its_table(monkeypatch, capsys):
+    # in this process (its Julia is already running): the script as `python examples/compare_rules.py` runs it
+    monkeypatch.setattr(sys, "argv", ["compare_rules.py", "--epochs", "1", "--rules", "fa", "dfa"])
+    runpy.run_path(str(ROOT / "examples" / "compare_rules.py"), run_name="__main__")
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["fa"], ["dfa"])}
     assert set(rows) == {"fa", "dfa"}
     for rule, row in rows.items():
         assert 0.7 < float(row[1]) < 1.0, row  # one epoch of FA/DFA is well above chance
-    assert "epoch 1/1" in result.stderr
+    assert "epoch 1/1" in err

@@ -29,6 +29,7 @@ def gaussian(rng, shape):
     return np.array(out[:n]).reshape(shape)
 
 
+@pytest.mark.slow
 def test_linear_task_matches_a_numpy_replay():
     """Same draws (SplitMix64), same FA training, same normalised error and W-vs-B angle."""
     seed, steps, every, lr, test_size = 3, 30, 10, 0.01, 200
@@ -61,6 +62,7 @@ def test_linear_task_matches_a_numpy_replay():
     assert run["lr"] == lr
 
 
+@pytest.mark.slow
 def test_linear_task_fa_angle_falls_well_below_90_degrees_and_shallow_plateaus():
     result = experiments.linear_task(steps=1500, record_every=100)
     fa, bp, shallow = (result["runs"][r] for r in ("fa", "bp", "shallow"))
@@ -76,6 +78,7 @@ def test_linear_task_fa_angle_falls_well_below_90_degrees_and_shallow_plateaus()
     assert math.isnan(bp["alignment"]["delta_angle"][-1][0])
 
 
+@pytest.mark.slow
 def test_nonlinear_task_dfa_is_fa_with_one_hidden_layer_but_not_with_two():
     short = dict(steps=300, record_every=100)
     one = experiments.nonlinear_task(rules=["fa", "dfa"], **short)["runs"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="fork exists on POSIX systems only")
+pytestmark = [pytest.mark.subprocess,
+              pytest.mark.skipif(not hasattr(os, "fork"), reason="fork exists on POSIX systems only")]
 
 SCRIPT = r'''
 import json, multiprocessing, os, sys

@@ -121,11 +121,13 @@ def test_julia_leaves_sigint_to_python():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.subprocess
 def test_a_sleep_loop_is_interruptible_after_a_network_exists(tmp_path):
     result = run_child("sleep", tmp_path, delay=0.5)
     assert result["latency"] < 1.0
 
 
+@pytest.mark.subprocess
 def test_fit_stops_between_whole_batches_and_stays_usable(tmp_path):
     r = run_child("fit", tmp_path)
     assert r["latency"] < 1.0
@@ -140,6 +142,7 @@ def test_fit_stops_between_whole_batches_and_stays_usable(tmp_path):
     assert np.isfinite(r["loss_after"]) and r["epochs_after"] == r["epochs"] + 1 and r["predicts"] == 5
 
 
+@pytest.mark.subprocess
 def test_predict_stops_between_chunks(tmp_path):
     r = run_child("predict", tmp_path)
     assert r["latency"] < 1.0
@@ -147,6 +150,7 @@ def test_predict_stops_between_chunks(tmp_path):
     assert len(r["labels"]) == 7
 
 
+@pytest.mark.subprocess
 def test_cli_train_exits_130_and_keeps_the_completed_epochs(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30000, 20)).astype(np.float32)
@@ -162,6 +166,7 @@ def test_cli_train_exits_130_and_keeps_the_completed_epochs(tmp_path):
     assert len(history["loss"]) >= 1 and (out / "model.safetensors").is_file()
 
 
+@pytest.mark.subprocess
 def test_a_teacher_task_stops_at_once(tmp_path):
     """Lillicrap's tasks run in one Julia call; Ctrl-C stops it between two steps, not at its end."""
     args = [sys.executable, "-u", "-c", "import pyjlfa.experiments as e; e.linear_task(rules=['fa'], steps=10**6, "

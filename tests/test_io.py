@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import pyjlfa
-from pyjlfa._runtime import engine
+from pyjlfa._runtime import engine, julia_command
 
 from conftest import RULES, assert_unchanged, batch, snapshot
 
@@ -53,7 +53,7 @@ def write_raw(path, meta, tensors, header_text=None):
 def run_julia(tmp_path, code, *args):
     script = tmp_path / "script.jl"
     script.write_text(f'push!(LOAD_PATH, raw"{ROOT / "julia"}")\nusing FeedbackAlignment\n' + code)
-    result = subprocess.run([pyjlfa.runtime_info()["julia_executable"], "--startup-file=no", str(script),
+    result = subprocess.run([*julia_command(), str(script),
                              *map(str, args)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -227,6 +227,7 @@ def test_include_optimizer_resumes_training_exactly(tmp_path, dtype, rule):
     assert not same_parameters(straight, fresh)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["usf", "frsf", "brsf", "kp", "wm", "drtp", "sdfa", "shallow"])
 def test_every_rule_given_by_name_resumes_exactly(tmp_path, rule):
     # A rule named by a string has its default parameters; uSF's and weight mirror's files once lacked them
@@ -250,6 +251,7 @@ def test_plain_sgd_saves_zero_velocities_and_its_hyperparameters(tmp_path):
     assert pyjlfa.load(tmp_path / "m.safetensors").optimizer == pyjlfa.SGD(lr=0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["fa", "kp"])
 def test_adam_and_kolen_pollack_state_resume_exactly(tmp_path, rule):
     # Format 2 holds Adam's moments and step count, and Kolen-Pollack's B state (format 1 refused them).

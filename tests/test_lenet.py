@@ -50,6 +50,7 @@ def test_schedule_divides_by_ten_at_half_and_three_quarters():
     assert [experiments.lenet_lr(1.0, c, 4) for c in range(4)] == pytest.approx([1, 1, 0.1, 0.01])
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     data = images(tmp_path / "d.npz", 300, 100, 12)
     run = dict(epochs=3, lr=0.05, data_path=data, layers=tiny_chain(), input_shape=(1, 12, 12))
@@ -85,6 +86,8 @@ def test_resume_refuses_other_settings(tmp_path):
         experiments.train_lenet_rule("bp", tmp_path / "r", lr=0.1, **run)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_command_runs_rules_in_processes_and_reports(tmp_path):
     data = images(tmp_path / "d.npz", 128, 64, 32)
     out = tmp_path / "out"
@@ -119,6 +122,8 @@ def test_fashion_mnist_is_normalised_then_zero_padded():
     assert np.all(out[0, 0][~inner] == 0)          # the padding is the mean pixel
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_search_never_chooses_a_run_that_blew_up(tmp_path):
     data = images(tmp_path / "d.npz", 192, 32, 32)
     out = tmp_path / "search"
@@ -156,6 +161,7 @@ def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path):
     assert h["status"] == "done"                          # the lock went with its holder
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_end_when_the_command_dies(tmp_path):
     """A worker that outlived a killed `pyjlfa reproduce` would go on writing checkpoints."""
@@ -173,6 +179,7 @@ def test_workers_end_when_the_command_dies(tmp_path):
     worker = int(parent.stdout.readline())
     parent.send_signal(signal.SIGKILL)
     parent.wait()
+    parent.stdout.close()
     deadline = time.time() + 10
     while time.time() < deadline:
         try:

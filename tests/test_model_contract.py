@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import pyjlfa
+from pyjlfa._runtime import engine, julia_command
 from pyjlfa.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +62,7 @@ def julia_verdicts(paths, folder):
     """Julia's verdict for each file, from one julia process."""
     listing = Path(folder) / "files.txt"
     listing.write_text("".join(f"{p}\n" for p in paths))
-    result = subprocess.run([pyjlfa.runtime_info()["julia_executable"], "--startup-file=no", "-e", JULIA_VERDICTS,
+    result = subprocess.run([*julia_command(), "-e", JULIA_VERDICTS,
                              str(ROOT / "julia"), str(listing)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
@@ -251,6 +252,7 @@ def test_fuzz_arbitrary_bytes_are_refused(blob):
     assert load_bytes(blob) == "REFUSED"
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.sampled_from(sorted(json.loads(split(BASE)[0])["__metadata__"])), JSON, st.booleans())
 def test_fuzz_metadata_values_load_or_raise_model_file_error(key, value, as_json):
@@ -266,6 +268,7 @@ def test_fuzz_spliced_bytes_load_or_raise_model_file_error(at, cut, insert):
     assert load_bytes(BASE[:at] + insert + BASE[at + cut:]) in ("LOADED", "REFUSED")
 
 
+@pytest.mark.slow
 @FUZZ
 @given(JSON)
 def test_fuzz_whole_header_is_refused_unless_it_is_a_model(value):
@@ -303,6 +306,7 @@ def state(net):
     return arrays, kind, {k: v.tobytes() for k, v in views.items()}, net._state()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt,kind", RESUME_CASES)
 def test_python_resume_is_exact(tmp_path, opt, kind):
     rule, optimizer = OPTIMIZERS[opt]
@@ -325,45 +329,10 @@ def test_python_resume_is_exact(tmp_path, opt, kind):
         assert state(bare)[0] != state(straight)[0]
 
 
-# Across languages, in a Python process multiplying with Julia's BLAS (PYJLFA_BLAS=julia, as the
-# model-file examples test does) so that both sides round alike: Python trains 1 epoch and saves,
-# Julia continues 2 epochs; Julia trains the untrained file 1 epoch and saves, Python continues 2;
-# both must equal Python's uninterrupted 3 epochs, bit for bit.
-CROSS_PYTHON = r"""
-import json, subprocess, sys
-from pathlib import Path
-import numpy as np
-import pyjlfa
-sys.path.insert(0, sys.argv[2])
-from test_model_contract import OPTIMIZERS, CROSS_CASES, make, data, state
-folder, julia = Path(sys.argv[1]), sys.argv[3]
-assert pyjlfa.runtime_info()["gemm"] == "julia"
-jobs = []
-for opt, kind in CROSS_CASES:
-    rule, optimizer = OPTIMIZERS[opt]
-    X, y = data(kind)
-    X.tofile(folder / f"{kind}_X"); y.astype(np.int64).tofile(folder / f"{kind}_y")
-    net = make(rule, kind)
-    net.save(folder / f"{opt}_{kind}_0.safetensors")
-    net.fit(X, y, epochs=1, batch_size=7, optimizer=optimizer)
-    net.save(folder / f"{opt}_{kind}_py1.safetensors", include_optimizer=True)
-    jobs.append(f"{opt}_{kind}\t{kind}\t{X.shape[0]}\t{optimizer._spec()}")
-(folder / "jobs.txt").write_text("\n".join(jobs) + "\n")
-r = subprocess.run(julia, shell=True, capture_output=True, text=True)
-assert r.returncode == 0, r.stderr[-3000:]
-results = {}
-for opt, kind in CROSS_CASES:
-    rule, optimizer = OPTIMIZERS[opt]
-    X, y = data(kind)
-    straight = make(rule, kind)
-    straight.fit(X, y, epochs=3, batch_size=7, optimizer=optimizer)
-    py_then_jl = pyjlfa.load(folder / f"{opt}_{kind}_py1_jl2.safetensors")
-    jl_then_py = pyjlfa.load(folder / f"{opt}_{kind}_jl1.safetensors")
-    jl_then_py.fit(X, y, epochs=2, batch_size=7, optimizer=optimizer)
-    results[f"{opt}_{kind}"] = [state(py_then_jl) == state(straight), state(jl_then_py) == state(straight)]
-print(json.dumps(results))
-"""
-
+# Across languages, multiplying with Julia's BLAS in this process (as the julia process does) so that
+# both sides round alike: Python trains 1 epoch and saves, Julia continues 2 epochs; Julia trains the
+# untrained file 1 epoch and saves, Python continues 2; both must equal Python's uninterrupted 3
+# epochs, bit for bit.
 CROSS_JULIA = r"""
 push!(LOAD_PATH, ARGS[1])
 using FeedbackAlignment
@@ -384,14 +353,40 @@ end
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_resume_across_languages_is_exact(tmp_path):
-    pyjlfa.start_julia()  # puts pyjlfa's OPENBLAS_CORETYPE in os.environ, for both child processes
+    from pyjlfa._blas import use_numpy_blas
+    eng = engine()   # starts Julia: its OPENBLAS_CORETYPE goes to the julia process too
     (tmp_path / "cross.jl").write_text(CROSS_JULIA)
-    julia = f'"{pyjlfa.runtime_info()["julia_executable"]}" --startup-file=no "{tmp_path / "cross.jl"}" "{ROOT / "julia"}" "{tmp_path}"'
-    env = {**os.environ, "PYJLFA_BLAS": "julia", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    r = subprocess.run([sys.executable, "-c", CROSS_PYTHON, str(tmp_path), str(ROOT / "tests"), julia],
-                       capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    results = json.loads(r.stdout.splitlines()[-1])
+    eng.call("fa_set_blas", None, None, None)     # Julia's own BLAS (as PYJLFA_BLAS=julia gives)
+    try:
+        assert "gemm=julia" in eng.describe("runtime").splitlines()
+        jobs = []
+        for opt, kind in CROSS_CASES:
+            rule, optimizer = OPTIMIZERS[opt]
+            X, y = data(kind)
+            X.tofile(tmp_path / f"{kind}_X"); y.astype(np.int64).tofile(tmp_path / f"{kind}_y")
+            net = make(rule, kind)
+            net.save(tmp_path / f"{opt}_{kind}_0.safetensors")
+            net.fit(X, y, epochs=1, batch_size=7, optimizer=optimizer)
+            net.save(tmp_path / f"{opt}_{kind}_py1.safetensors", include_optimizer=True)
+            jobs.append(f"{opt}_{kind}\t{kind}\t{X.shape[0]}\t{optimizer._spec()}")
+        (tmp_path / "jobs.txt").write_text("\n".join(jobs) + "\n")
+        r = subprocess.run([*julia_command(), str(tmp_path / "cross.jl"), str(ROOT / "julia"), str(tmp_path)],
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        results = {}
+        for opt, kind in CROSS_CASES:
+            rule, optimizer = OPTIMIZERS[opt]
+            X, y = data(kind)
+            straight = make(rule, kind)
+            straight.fit(X, y, epochs=3, batch_size=7, optimizer=optimizer)
+            py_then_jl = pyjlfa.load(tmp_path / f"{opt}_{kind}_py1_jl2.safetensors")
+            jl_then_py = pyjlfa.load(tmp_path / f"{opt}_{kind}_jl1.safetensors")
+            jl_then_py.fit(X, y, epochs=2, batch_size=7, optimizer=optimizer)
+            results[f"{opt}_{kind}"] = [state(py_then_jl) == state(straight), state(jl_then_py) == state(straight)]
+    finally:
+        use_numpy_blas(eng)
     assert set(results) == {f"{opt}_{kind}" for opt, kind in CROSS_CASES}
     assert {k: v for k, v in results.items() if v != [True, True]} == {}

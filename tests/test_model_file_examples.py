@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 import pyjlfa
+from pyjlfa._runtime import julia_command
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 QUICK = ["--epochs", "1", "--train-samples", "5000"]
@@ -40,7 +42,7 @@ def metrics(stdout, prefix):
 @pytest.fixture(scope="module")
 def julia():
     pyjlfa.start_julia()  # sets OPENBLAS_CORETYPE in os.environ, as in a user's process
-    return [pyjlfa.runtime_info()["julia_executable"], "--startup-file=no"]
+    return julia_command()
 
 
 def test_python_trains_and_saves_then_julia_loads_and_finetunes(tmp_path, julia):

@@ -42,14 +42,15 @@ def test_the_cli_records_the_optimizer_in_its_model(tmp_path):
     X, y = data(n=60, d=6)
     np.savez(tmp_path / "d.npz", X_train=X, y_train=y, X_test=X[:12], y_test=y[:12])
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "pyjlfa", "train", "--data", str(tmp_path / "d.npz"), "--hidden", "5",
-                    "--epochs", "1", "--momentum", "0.9", "--lr", "0.07", "--out", str(out)], check=True,
-                   capture_output=True)
+    from pyjlfa import cli
+    assert cli.main(["train", "--data", str(tmp_path / "d.npz"), "--hidden", "5", "--epochs", "1", "--momentum", "0.9",
+                     "--lr", "0.07", "--quiet", "--out", str(out)]) == 0
     meta = pyjlfa.io.read_metadata(out / "model.safetensors")
     assert meta["optimizer"] == "sgd" and '"momentum":0.9' in meta["optimizer_params"] and '"lr":0.07' in meta["optimizer_params"]
 
 
 # 3. pickle and deepcopy go through the model file's bytes.
+@pytest.mark.slow
 def test_pickle_and_deepcopy_give_the_same_network():
     X = np.random.default_rng(2).random((10, 1, 8, 8))
     y = np.arange(10) % 3
@@ -63,6 +64,7 @@ def test_pickle_and_deepcopy_give_the_same_network():
         assert twin.fit(X, y, epochs=1, batch_size=4)["loss"] == copy.deepcopy(net).fit(X, y, epochs=1, batch_size=4)["loss"]
 
 
+@pytest.mark.subprocess
 def test_a_pickled_network_predicts_identically_in_a_fresh_process(tmp_path):
     X, y = data()
     net = pyjlfa.Network([6, 8, 3], rule="dfa", seed=4, dtype="float64")
@@ -92,12 +94,16 @@ def test_a_closed_network_says_it_is_closed():
                                            (dict(activation="tanhh"), "unknown activation 'tanhh'"),
                                            (dict(loss="hinge"), "unknown loss 'hinge'"),
                                            (dict(init="glorot"), "unknown init 'glorot'")])
-def test_a_typo_is_refused_before_julia_starts(kwargs, match):
-    code = (f"import pyjlfa, pyjlfa._runtime as r\n"
-            f"try:\n    pyjlfa.Network([3, 2], **{kwargs!r})\nexcept ValueError as e:\n    print(e)\n"
-            f"print('julia started:', r._engine is not None)")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    assert match in out and "julia started: False" in out
+def test_a_typo_is_refused_before_julia_starts(kwargs, match, monkeypatch):
+    # In this process, as if Julia had not started: any use of the engine would try to start it.
+    from pyjlfa import _runtime
+
+    def start_julia(*args, **kwargs):
+        raise AssertionError("Julia was asked to start before the typo was refused")
+    monkeypatch.setattr(_runtime, "_engine", None)
+    monkeypatch.setattr(_runtime, "start_julia", start_julia)
+    with pytest.raises(ValueError, match=match):
+        pyjlfa.Network([3, 2], **kwargs)
 
 
 def test_the_names_python_checks_are_the_engines():

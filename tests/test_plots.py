@@ -57,6 +57,7 @@ def drawn(monkeypatch, tmp_path):
         plt.close(fig)
 
 
+@pytest.mark.slow
 def test_legends_cover_no_panel_and_stay_in_the_figure(drawn):
     for name, fig in drawn.items():
         assert fig.legends, name
@@ -79,6 +80,7 @@ def test_legends_cover_no_panel_and_stay_in_the_figure(drawn):
         assert panel.y0 <= box.y0 and box.y1 <= panel.y1, t.get_text()
 
 
+@pytest.mark.slow
 def test_b_line_styles_mean_the_same_in_every_figure(drawn):
     def styles(ax):
         return {line.get_gid(): line.get_linestyle() for line in ax.get_lines() if line.get_gid()}
@@ -92,6 +94,7 @@ def test_b_line_styles_mean_the_same_in_every_figure(drawn):
     assert keys["last layer with a B"] == "-" and keys["the one before"] == "--"
 
 
+@pytest.mark.slow
 def test_rule_names_are_cased_as_their_papers_write_them(drawn):
     names = {"bp": "BP", "fa": "FA", "dfa": "DFA", "usf": "uSF", "frsf": "frSF", "brsf": "brSF", "kp": "KP",
              "wm": "WM", "drtp": "DRTP", "sdfa": "sDFA", "shallow": "shallow"}

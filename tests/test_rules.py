@@ -30,6 +30,7 @@ CASES = [(r, d, l) for r in ALL_RULES for d in ("float64", "float32") for l in (
          if not (r == "drtp" and l == "mse")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule,dtype,loss", CASES)
 def test_gradients_agree_with_the_reference(rule, dtype, loss):
     net = make(rule, dtype, loss)
@@ -95,6 +96,7 @@ def test_frsf_keeps_magnitudes_and_brsf_redraws_them():
     ("kp", pyjlfa.SGD(0.05, momentum=0.9, weight_decay=0.01)),
     ("wm", pyjlfa.SGD(0.05, momentum=0.9)),
 ])
+@pytest.mark.slow
 def test_kolen_pollack_and_weight_mirror_drive_b_to_w_transpose(rule, optimizer):
     Xtr, ytr, _, _ = pyjlfa.datasets.fashion_mnist()
     net = pyjlfa.Network([784, 64, 10], rule=rule, seed=0)
@@ -179,6 +181,7 @@ def test_given_feedback_matrix_is_used_in_place():
         np.testing.assert_allclose(a, c, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_feedback_initialisers():
     sizes = (200, 300, 100, 10)
     net = lambda fb, **kw: pyjlfa.Network(list(sizes), rule="fa", feedback=fb, seed=1, dtype="float64", **kw)
@@ -247,6 +250,7 @@ def test_optimisers_match_their_formulas(opt):
     (pyjlfa.StepDecay(2, 0.5), [1, 1, 0.5, 0.5, 0.25]),
     (pyjlfa.Cosine(4, 0.1), [0.1 + 0.9 * (1 + np.cos(np.pi * min(e, 4) / 4)) / 2 for e in range(5)]),
 ])
+@pytest.mark.slow
 def test_schedules_set_the_rate_per_epoch(schedule, factors):
     net, X, Y = one_step_problem()
     ref, _, _ = one_step_problem()

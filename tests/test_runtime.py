@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import pyjlfa
-from pyjlfa._runtime import julia_package_path
+from pyjlfa._runtime import julia_package_path, julia_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +36,7 @@ def test_julia_starts_only_once():
         pyjlfa.start_julia(method="pycall")
 
 
+@pytest.mark.subprocess
 def test_import_starts_nothing_and_a_process_exits_cleanly():
     code = ("import sys, pyjlfa, pyjlfa._runtime as r; assert r._engine is None; "
             "assert 'juliacall' not in sys.modules; import numpy as np; "
@@ -45,6 +46,7 @@ def test_import_starts_nothing_and_a_process_exits_cleanly():
     assert result.stdout.strip() == "trained"
 
 
+@pytest.mark.subprocess
 def test_openblas_core_type_is_chosen_but_a_user_choice_wins():
     code = "import pyjlfa; i = pyjlfa.start_julia(); print(i['openblas_coretype']); print(i['blas'])"
     user = run_python(code, OPENBLAS_CORETYPE="Haswell")
@@ -59,6 +61,7 @@ def test_openblas_core_type_is_chosen_but_a_user_choice_wins():
         assert core in chosen.stdout.splitlines()[1]  # OpenBLAS reports the kernel it took
 
 
+@pytest.mark.subprocess
 def test_a_missing_julia_is_explained():
     result = run_python("import pyjlfa; pyjlfa.start_julia(julia='/nonexistent/julia')")
     assert result.returncode != 0
@@ -68,6 +71,7 @@ def test_a_missing_julia_is_explained():
 @pytest.mark.skipif(os.environ.get("PYJLFA_TEST_JULIACALL") != "1",
                     reason="juliacall needs Julia >= 1.10.3 and PythonCall from the Julia registry, neither "
                            "reachable offline here; set PYJLFA_TEST_JULIACALL=1 on a machine with internet")
+@pytest.mark.subprocess
 def test_juliacall_route_gives_the_same_engine():
     code = ("import juliacall, pyjlfa, numpy as np; net = pyjlfa.Network([3, 2], dtype='float64'); "
             "print(pyjlfa.runtime_info()['started_by']); print(net.predict_proba(np.ones((1, 3)))[0].sum())")
@@ -76,12 +80,15 @@ def test_juliacall_route_gives_the_same_engine():
     assert result.stdout.split() == ["juliacall", "1.0"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_julia_packages_own_test_suite_passes():
-    """runtests.jl run directly with julia (Pkg.test needs the network)."""
-    info = pyjlfa.runtime_info()
+    """runtests.jl run directly with julia (Pkg.test needs the network), on this session's image. Without the
+    parts other tests run: threads.jl (test_threads.py, under `julia -t 2`) and the model-file contract
+    (test_model_contract.py: the corpus's verdicts in Julia, and resuming across the two languages)."""
     pkg = julia_package_path()
-    result = subprocess.run([info["julia_executable"], "--startup-file=no", f"--project={pkg}",
-                             str(pkg / "test" / "runtests.jl")], capture_output=True, text=True, timeout=900)
+    result = subprocess.run([*julia_command(), f"--project={pkg}", str(pkg / "test" / "runtests.jl")],
+                            capture_output=True, text=True, timeout=900, env={**os.environ, "FA_TEST_SKIP": "threads,contract"})
     print(result.stdout[-3000:], result.stderr[-3000:])
     assert result.returncode == 0
     assert "Test Summary" in result.stdout

@@ -46,6 +46,8 @@ def direct_history(config, data):
     return {k: v for k, v in h.items() if k != "seconds"}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_local_cluster_runs_equal_direct_runs_and_summary(tmp_path):
     from distributed import Client
     out = tmp_path / "out"
@@ -134,6 +136,7 @@ def test_bad_specs_fail_before_any_run_naming_the_entry(tmp_path, change, messag
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.subprocess
 def test_cli_bad_spec_file(tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text('[data]\nname = "synthetic"\n[grid]\nrule = ["fa"]\nlr = [0.1, "x"]\n')
@@ -191,6 +194,8 @@ def _wait_files(folder, count, proc, timeout):
     raise AssertionError(f"fewer than {count} results in {folder} after {timeout} s")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_scheduler_interrupt_resume_and_lost_worker(tmp_path):
     """Real `dask scheduler` + two `dask worker` processes; `pyjlfa sweep --scheduler` is interrupted
     with SIGINT, rerun (resuming), and one worker is killed mid-sweep."""
@@ -281,6 +286,8 @@ seed = [0, 1]
             _stop(proc)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=3 on purpose
 def test_sklearn_grid_search_on_dask_equals_sequential():
     sklearn = pytest.importorskip("sklearn")  # noqa: F841

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import pyjlfa
-from pyjlfa._runtime import julia_package_path
+from pyjlfa._runtime import julia_package_path, julia_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +58,8 @@ def train_in_process(tmp_path, name, julia_threads, settings):
     return report, runs
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_threads_train_as_one_and_repeat_bit_for_bit(tmp_path):
     report, (one, two, two_again) = train_in_process(tmp_path, "two", 2, [1, 2, 2])
     assert report["julia_threads"] == "2"
@@ -91,6 +93,7 @@ def test_thread_settings_are_checked():
     assert pyjlfa.start_julia(threads=running)["julia_threads"] == str(running)   # the same count is fine
 
 
+@pytest.mark.subprocess
 def test_pyjlfa_threads_variable_is_checked():
     code = "import pyjlfa; pyjlfa.start_julia()"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -98,12 +101,13 @@ def test_pyjlfa_threads_variable_is_checked():
     assert result.returncode != 0 and "PYJLFA_THREADS must be a positive integer, got 'two'" in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_julia_thread_tests_pass_with_two_threads():
     pkg = julia_package_path()
-    info = pyjlfa.runtime_info()
     code = ("using FeedbackAlignment, Test, Random, LinearAlgebra; const FAL = FeedbackAlignment; "
             f"@testset \"threads\" begin include(raw\"{pkg / 'test' / 'threads.jl'}\") end")
-    result = subprocess.run([info["julia_executable"], "--startup-file=no", "-t", "2", f"--project={pkg}", "-e", code],
+    result = subprocess.run([*julia_command(), "-t", "2", f"--project={pkg}", "-e", code],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "784-256-256-10 FA step, batch 512, 2 threads:" in result.stderr + result.stdout   # the threaded paths ran

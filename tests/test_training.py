@@ -14,6 +14,7 @@ def fashion():
     return Xtr[:12000], ytr[:12000], Xte[:2000], yte[:2000]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["bp", "fa", "dfa"])
 def test_each_rule_learns_fashion_mnist(fashion, rule):
     Xtr, ytr, Xte, yte = fashion
@@ -54,6 +55,7 @@ def test_predictions_are_consistent(small_net):
     assert small_net.predict(X).dtype == np.int64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["bp", "fa", "dfa"])
 def test_regression_learns_a_linear_map(rule):
     rng = np.random.default_rng(0)

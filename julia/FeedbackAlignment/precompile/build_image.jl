@@ -3,6 +3,7 @@
 # runs the workload on top of Julia's default image, and gcc links the object into a shared library.
 #
 #     julia --startup-file=no julia/FeedbackAlignment/precompile/build_image.jl [--force] [OUTPUT.so]
+#     julia --startup-file=no julia/FeedbackAlignment/precompile/build_image.jl --check   # exit 1 if none is up to date
 #
 # Without OUTPUT, the image goes to pyjlfa's cache (`$PYJLFA_CACHE`, else `$XDG_CACHE_HOME/pyjlfa`,
 # else `~/.cache/pyjlfa`), named by a key of the Julia version, the CPU, the package's folder and a
@@ -92,16 +93,27 @@ function build(output)
     return output
 end
 
-# Images are ~200 MB: keep this one and the two newest others (other checkouts share the cache).
+# Images are ~200 MB: keep this one and the two newest others (other checkouts share the cache),
+# and drop what builds that were killed left behind (temporary objects a day old).
 function prune(keep)
     dir = dirname(keep)
     others = [joinpath(dir, f) for f in readdir(dir)
               if startswith(f, "FeedbackAlignment-julia") && endswith(f, ".so") && joinpath(dir, f) != keep]
     sort!(others; by=mtime, rev=true)
     foreach(f -> rm(f; force=true), others[3:end])
+    for f in readdir(dir)
+        path = joinpath(dir, f)
+        startswith(f, "jl_") && time() - mtime(path) > 86400 && rm(path; force=true)
+    end
 end
 
 function main(args)
+    if args == ["--check"]
+        output = default_output()
+        isfile(output) || (println("no Julia system image for these sources: $output"); exit(1))
+        println("Julia system image up to date: $output")
+        return
+    end
     force = "--force" in args
     rest = filter(a -> a != "--force", args)
     length(rest) <= 1 || error("usage: build_image.jl [--force] [OUTPUT.so]")

@@ -132,7 +132,10 @@ function run()
         foreach(rule -> through_cabi(T, rule, dense_chain("tanh"), [6], "mse"), COMMON_RULES)
     end
     foreach(rule -> through_cabi(Float32, rule, LENET, [32, 32, 1], "cross_entropy"), LENET_RULES)
-    ccall(entry("fa_describe"), Ptr{UInt8}, (Cstring,), "runtime")
+    # what pyjlfa asks at every start (the signature check: 1 s to compile on first use) and later
+    for what in ("signatures", "runtime", "activation", "loss", keys(FeedbackAlignment.REGISTRIES)...)
+        ccall(entry("fa_describe"), Ptr{UInt8}, (Cstring,), what)
+    end
     mktempdir() do dir
         for T in (Float32, Float64), rule in JULIA_RULES
             through_julia(T, rule, tanh, dir)

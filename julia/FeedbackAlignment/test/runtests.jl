@@ -8,6 +8,9 @@ using Random   # test data only; the package has its own generator
 using Test
 
 const FAL = FeedbackAlignment
+# FA_TEST_SKIP=threads,contract leaves out parts a caller runs elsewhere (pyjlfa's pytest runs
+# threads.jl under `julia -t 2` and checks the model-file contract from both languages).
+const SKIP = split(get(ENV, "FA_TEST_SKIP", ""), ',')
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -513,10 +516,10 @@ include("schema.jl")
 include("io.jl")
 include("diagnostics.jl")
 include("interrupt.jl")
-include("speed.jl")
-include("threads.jl")
+"speed" in SKIP || include("speed.jl")
+"threads" in SKIP || include("threads.jl")
 include("conv.jl")
 include("chains.jl")
 
 end # FeedbackAlignment
-include("contract.jl")
+"contract" in SKIP || include("contract.jl")
