@@ -34,35 +34,38 @@ function check(status)
     error("C ABI call failed: ", unsafe_string(ccall(entry("fa_error_message"), Ptr{UInt8}, ())))
 end
 
-# The layer calls pyjlfa sends: the dense shorthand, and LeNet-5 (pyjlfa.layers writes every
-# stride and pad).
+# The layer calls pyjlfa sends: the dense shorthand, LeNet-5 (pyjlfa.layers writes every stride
+# and pad, and each activation as a layer of its own) and a small residual network.
 dense_chain(activation) = ["Dense(6 => 5, $activation)", "Dense(5 => 4, $activation)", "Dense(4 => 3)"]
-const LENET = ["Conv((5, 5), 1 => 6, relu; stride=(1, 1), pad=(0, 0))", "MaxPool((2, 2); stride=(2, 2))",
-               "Conv((5, 5), 6 => 16, relu; stride=(1, 1), pad=(0, 0))", "MaxPool((2, 2); stride=(2, 2))",
-               "Conv((5, 5), 16 => 120, relu; stride=(1, 1), pad=(0, 0))", "Flatten()", "Dense(120 => 84, relu)",
+const LENET = ["Conv((5, 5), 1 => 6; stride=(1, 1), pad=(0, 0))", "relu", "MaxPool((2, 2); stride=(2, 2))",
+               "Conv((5, 5), 6 => 16; stride=(1, 1), pad=(0, 0))", "relu", "MaxPool((2, 2); stride=(2, 2))",
+               "Conv((5, 5), 16 => 120; stride=(1, 1), pad=(0, 0))", "relu", "Flatten()", "Dense(120 => 84)", "relu",
                "Dense(84 => 10)"]
+const RESNET = ["Conv((3, 3), 1 => 4; stride=(1, 1), pad=(1, 1), bias=false)", "BatchNorm(4; momentum=0.1, eps=1.0e-5)", "relu",
+                "SkipConnection(Chain(Conv((3, 3), 4 => 4; stride=(1, 1), pad=(1, 1), bias=false), BatchNorm(4; momentum=0.1, eps=1.0e-5), relu, " *
+                "Conv((3, 3), 4 => 4; stride=(1, 1), pad=(1, 1), bias=false), BatchNorm(4; momentum=0.1, eps=1.0e-5)), +)", "relu",
+                "Parallel(+, Chain(Conv((3, 3), 4 => 8; stride=(2, 2), pad=(1, 1), bias=false), BatchNorm(8; momentum=0.1, eps=1.0e-5)), PadShortcut())",
+                "relu", "GlobalMeanPool()", "Flatten()", "Dense(8 => 10)"]
 
 # One network driven through the C ABI as pyjlfa.Network drives it: create, describe and view its
 # layers, step with each optimiser, train an epoch, evaluate, forward (outputs, probabilities,
 # labels), gradients, state and optimiser-state access, free.
 function through_cabi(::Type{T}, rule::String, chain::Vector{String}, input::Vector{Int64}, loss::String) where {T}
-    L, n, d, k = length(chain), 7, prod(input), parse(Int, match(r"=> (\d+)", chain[end])[1])
+    n, d, k = 7, prod(input), parse(Int, match(r"=> (\d+)", chain[end])[1])
     dtype = Cint(T === Float32 ? 0 : 1)
     spec = join(["loss=$loss", "rule=$rule", "seed=0", "feedback_seed=0", "init=glorot_uniform",
-                 "feedback=[" * join(fill("glorot_uniform", L), ", ") * "]", "dropout=0.0"], "\n")
+                 "feedback=glorot_uniform", "dropout=0.0"], "\n")
     X = samples(T, d, n)                                # Python's (n, d...) C-ordered batch
     Y = loss == "cross_entropy" ? Int64[i % k for i in 1:n] : samples(T, k, n)
     handle = Ref{Int64}(0)
     check(ccall(entry("fa_new"), Cint, (Ptr{Int64}, Cint, Int64, Ptr{Int64}, Cstring, Cstring, Ptr{Ptr{Cvoid}}, Ptr{Int64}),
-                handle, dtype, length(input), input, join(chain, "\n"), spec, fill(C_NULL, L), zeros(Int64, 5L)))
+                handle, dtype, length(input), input, join(chain, "\n"), spec, C_NULL, C_NULL))
     h = handle[]
-    ccall(entry("fa_layers"), Ptr{UInt8}, (Int64,), h)
+    nodes = split(unsafe_string(ccall(entry("fa_nodes"), Ptr{UInt8}, (Int64,), h)), '\n')
+    arrays = [[String(first(split(a, ':'))) for a in split(last(split(line, '\t')), ';') if !isempty(a)] for line in nodes]
     ptr, dims, lossval = Ref{Ptr{Cvoid}}(C_NULL), zeros(Int64, 5), Ref{Float64}(0.0)
-    shapes = Any[]
-    for layer in 1:L, which in 0:2
-        check(ccall(entry("fa_param"), Cint, (Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64}),
-                    h, layer, which, ptr, dims))
-        which == 0 && push!(shapes, ptr[] == C_NULL ? nothing : Tuple(dims[2:dims[1]+1]))
+    for (node, names) in enumerate(arrays), name in names
+        check(ccall(entry("fa_array"), Cint, (Int64, Int64, Cstring, Ptr{Ptr{Cvoid}}, Ptr{Int64}), h, node, name, ptr, dims))
     end
     for opt in OPTIMISER_SPECS
         check(ccall(entry("fa_step"), Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cstring, Ptr{Float64}),
@@ -73,10 +76,10 @@ function through_cabi(::Type{T}, rule::String, chain::Vector{String}, input::Vec
                     h, X, n, d, Y, 3, 1, opt, out))
         # model files carry the optimiser state: pyjlfa reads it (create=0) and writes it (create=1)
         kind = startswith(opt, "sgd") ? "sgd" : "adam"
-        for create in 0:1, layer in 1:L, which in 0:2
+        for create in 0:1, (node, names) in enumerate(arrays), name in names
             check(ccall(entry("fa_optstate"), Cint,
-                        (Int64, Cstring, Cint, Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64}),
-                        h, kind, create, 0, layer, which, ptr, dims))
+                        (Int64, Cstring, Cint, Int64, Int64, Cstring, Ptr{Ptr{Cvoid}}, Ptr{Int64}),
+                        h, kind, create, 0, node, name, ptr, dims))
         end
     end
     check(ccall(entry("fa_evaluate"), Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64}),
@@ -87,13 +90,13 @@ function through_cabi(::Type{T}, rule::String, chain::Vector{String}, input::Vec
         check(ccall(entry("fa_forward"), Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cint),
                     h, X, n, d, buffer, kind))
     end
-    dW = [s === nothing ? T[] : zeros(T, s) for s in shapes]
-    db = [s === nothing ? T[] : zeros(T, s[end]) for s in shapes]
-    GC.@preserve dW db begin
-        address(a) = isempty(a) ? C_NULL : Ptr{Cvoid}(pointer(a))
-        check(ccall(entry("fa_gradients"), Cint,
-                    (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Ptr{Cvoid}}, Ptr{Ptr{Cvoid}}, Ptr{Float64}),
-                    h, X, n, d, Y, map(address, dW), map(address, db), lossval))
+    for training in (Cint(0), Cint(1))
+        check(ccall(entry("fa_set_mode"), Cint, (Int64, Cint), h, training))
+        check(ccall(entry("fa_gradients"), Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64}),
+                    h, X, n, d, Y, lossval))
+    end
+    for (node, names) in enumerate(arrays), name in names   # the gradients, as pyjlfa reads them
+        check(ccall(entry("fa_array"), Cint, (Int64, Int64, Cstring, Ptr{Ptr{Cvoid}}, Ptr{Int64}), h, node, "d" * name, ptr, dims))
     end
     epochs, rng, steps = Ref{Int64}(0), Ref{UInt64}(0), Ref{Int64}(0)
     check(ccall(entry("fa_state_get"), Cint, (Int64, Ptr{Int64}, Ptr{UInt64}, Ptr{Int64}), h, epochs, rng, steps))
@@ -132,8 +135,9 @@ function run()
         foreach(rule -> through_cabi(T, rule, dense_chain("tanh"), [6], "mse"), COMMON_RULES)
     end
     foreach(rule -> through_cabi(Float32, rule, LENET, [32, 32, 1], "cross_entropy"), LENET_RULES)
+    foreach(rule -> through_cabi(Float32, rule, RESNET, [8, 8, 1], "cross_entropy"), ("bp", "fa", "dfa", "kp"))
     # what pyjlfa asks at every start (the signature check: 1 s to compile on first use) and later
-    for what in ("signatures", "runtime", "activation", "loss", keys(FeedbackAlignment.REGISTRIES)...)
+    for what in ("signatures", "runtime", "activation", "loss", "schema", keys(FeedbackAlignment.REGISTRIES)...)
         ccall(entry("fa_describe"), Ptr{UInt8}, (Cstring,), what)
     end
     mktempdir() do dir

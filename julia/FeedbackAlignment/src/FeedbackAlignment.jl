@@ -1,7 +1,7 @@
 """
     FeedbackAlignment
 
-Neural networks (chains of dense, convolution and pooling layers) trained without (or with) backpropagation: backprop (`BP`), feedback alignment
+Neural networks (chains of dense, convolution, pooling and batch norm layers, with skip connections) trained without (or with) backpropagation: backprop (`BP`), feedback alignment
 (`FA`, Lillicrap et al. 2016), direct feedback alignment (`DFA`, Nøkland 2016), sign symmetry
 (`uSF`, `frSF`, `brSF`), Kolen-Pollack and weight mirrors (Akrout et al. 2019), `DRTP`, `sDFA`
 and `Shallow`. Observations are columns; functions ending in `!` fill preallocated buffers.
@@ -20,7 +20,8 @@ module FeedbackAlignment
 
 using LinearAlgebra
 
-export Network, Chain, Layer, Dense, Conv, MaxPool, MeanPool, Flatten, LayerState, LearningRule, BP, FA, DFA, uSF, frSF, brSF, KolenPollack, WeightMirror,
+export Network, Chain, Layer, Dense, Conv, MaxPool, MeanPool, GlobalMeanPool, Flatten, Activation, BatchNorm,
+    SkipConnection, Parallel, PadShortcut, trainmode!, testmode!, named_nodes, LearningRule, BP, FA, DFA, uSF, frSF, brSF, KolenPollack, WeightMirror,
     DRTP, sDFA, Shallow, Loss, CrossEntropy, MSE, Optimiser, SGD, Adam, AdamW, Schedule, Constant,
     StepDecay, Cosine, Initialiser, GlorotUniform, GlorotNormal, HeUniform, HeNormal, LeCunUniform,
     LeCunNormal, Uniform, Normal, Orthogonal, Sparse, SignConcordant, Zeros, Given, SplitMix64,

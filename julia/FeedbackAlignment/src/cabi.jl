@@ -9,9 +9,10 @@ module CABI
 
 using LinearAlgebra
 using ..FeedbackAlignment
-using ..FeedbackAlignment: ACTIVATIONS, LOSSES, REGISTRIES, DivergenceError, Interrupted, ZeroBasedLabels,
+using ..FeedbackAlignment: listed_nodes, node_arrays, ACTIVATIONS, LOSSES, REGISTRIES, DivergenceError, Interrupted, ZeroBasedLabels,
     CrossEntropy, Given, GivenPointer, outsize, nfeatures, outputs!, predict_proba!, predict_labels!, gradients!,
-    train_epoch!, step!, evaluate, interpret, build, layer_text, has_params, Layer, activation, activation_name
+    train_epoch!, step!, evaluate, interpret, build, layer_text, has_params, Layer, activation, activation_name,
+    layer_activation
 
 const HANDLES = Dict{Int64,Network}()
 const LAST_HANDLE = Ref{Int64}(0)
@@ -83,7 +84,7 @@ end
 Julia call (`Conv((5, 5), 1 => 6, relu)`, read by `interpret`, never evaluated). `spec` holds
 `key=value` lines: loss (a name), rule, init (see `interpret`), feedback (one initialiser, or a vector
 with one per layer), dropout (a number or a vector, one per layer but the last), seed, feedback_seed.
-`given[l]`, when not NULL, is a host array used as layer l's B itself, whose dimensions (Julia's
+`given` is NULL, or has one entry per layer (leaves, depth first): `given[l]`, when not NULL, is a host array used as layer l's B itself, whose dimensions (Julia's
 order) are `given_dims[5l-4]` (how many) and `given_dims[5l-3:5l]`; it must have the shape the rule
 gives that B.
 """
@@ -98,7 +99,7 @@ function fa_new(out::Ptr{Int64}, dtype::Cint, ninput::Int64, input::Ptr{Int64}, 
                 interpret(line, "layer")
             catch e
                 e isa Union{ArgumentError,MethodError} || rethrow()
-                throw(ArgumentError("layer $l, \"$line\": " * (e isa ArgumentError ? e.msg : "wrong arguments for $(e.f)")))
+                throw(ArgumentError("layer $(l - 1), \"$line\": " * (e isa ArgumentError ? e.msg : "wrong arguments for $(e.f)")))
             end
             push!(layers, layer)
         end
@@ -107,10 +108,11 @@ function fa_new(out::Ptr{Int64}, dtype::Cint, ninput::Int64, input::Ptr{Int64}, 
             key, value = split(line, '='; limit=2)
             opts[strip(key)] = strip(value)
         end
-        L = length(layers)
+        L = length(FeedbackAlignment.leaf_layers(Chain(Tuple(layers))))   # per-layer settings: one per leaf
         rule = interpret(get(opts, "rule", "fa"), "rule")
         feedback = Any[f for f in initialisers(get(opts, "feedback", "glorot_uniform"), L)]
         for l in 1:L
+            given == C_NULL && break   # no host arrays as B
             p = unsafe_load(given, l)
             p == C_NULL && continue
             n = unsafe_load(given_dims, 5l - 4)
@@ -130,21 +132,27 @@ function fa_new(out::Ptr{Int64}, dtype::Cint, ninput::Int64, input::Ptr{Int64}, 
     end
 end
 
-"""
-    fa_layers(h) -> text
+node_activation(n) = n isa FeedbackAlignment.Node ? activation_name(layer_activation(n.layer)) : "identity"
 
-One line per layer, fields separated by tabs: the layer's call, its kind, its activation's name,
-the input shape, the output shape, W's shape and B's shape (Julia's order, comma-separated; empty
-when absent). Hosts
-take every shape from here and compute none themselves. Valid until the next call.
 """
-function fa_layers(h::Int64)::Ptr{UInt8}
+    fa_nodes(h) -> text
+
+One line per node (every layer and container but the network's own chain, containers before their
+children), tab-separated: its path (`3.main.0`), its layer's kind (the type's name), the call that
+builds it, its activation's name, its input and output shapes, and its arrays as `name:dims` joined
+by `;` (parameters, state, then B). Shapes are Julia's order, comma-separated. Hosts take every
+shape and name from here. Valid until the next call.
+"""
+function fa_nodes(h::Int64)::Ptr{UInt8}
     text = try
-        net = network(h)
-        dims(A) = A === nothing ? "" : join(size(A), ",")
-        join([join((layer_text(st.spec), nameof(typeof(st.spec)), activation_name(activation(st.spec)),
-                    join(st.insize, ","), join(st.outsize, ","),
-                    dims(st.W), dims(st.B)), '\t') for st in net.layers], '\n')
+        lines = String[]
+        for n in listed_nodes(network(h))
+            arrays = join(["$name:$(join(size(A), ","))" for (name, A) in node_arrays(n)], ";")
+            kind = string(nameof(typeof(n.layer)))
+            push!(lines, join((n.path, kind, layer_text(n.layer), node_activation(n), join(n.insize, ","),
+                               join(n.outsize, ","), arrays), '\t'))
+        end
+        join(lines, '\n')
     catch e
         ERROR_MESSAGE[] = sprint(showerror, e)
         ""
@@ -153,21 +161,32 @@ function fa_layers(h::Int64)::Ptr{UInt8}
     return pointer(ANSWER[])
 end
 
-fa_free(h::Int64)::Cint = guarded(() -> (network(h); delete!(HANDLES, h)))
+"""
+    fa_array(h, node, name, ptr, dims)
 
-fa_live_handles()::Int64 = length(HANDLES)
-
-# Address and Julia dimensions of layer `layer`'s W (which = 0), b (1) or B (2; NULL if none):
-# dims[1] = the number of dimensions, dims[2:end] the sizes (room for 4).
-function fa_param(h::Int64, layer::Int64, which::Cint, ptr::Ptr{Ptr{Cvoid}}, dims::Ptr{Int64})::Cint
+Address and Julia dimensions (`dims[1]` = how many, then the sizes; room for 4) of node `node`'s array `name` (1-based, in `fa_nodes`
+order): a parameter (`W`, `gamma`, ...), state (`running_mean`, ...), `B`, or a parameter's gradient
+from the last `fa_gradients` (`dW`, `dgamma`, ...); NULL if the node has none of that name.
+"""
+function fa_array(h::Int64, node::Int64, name::Cstring, ptr::Ptr{Ptr{Cvoid}}, dims::Ptr{Int64})::Cint
     guarded() do
-        net = network(h)
-        1 <= layer <= length(net.layers) || throw(ArgumentError("no layer $layer; the network has $(length(net.layers))"))
-        st = net.layers[layer]
-        A = which == 0 ? st.W : which == 1 ? st.b : which == 2 ? st.B : throw(ArgumentError("which must be 0, 1 or 2"))
+        nodes = listed_nodes(network(h))
+        1 <= node <= length(nodes) || throw(ArgumentError("no node $node; the network has $(length(nodes))"))
+        n, key = nodes[node], unsafe_string(name)
+        A = nothing
+        for (k, v) in node_arrays(n)
+            k == key && (A = v)
+        end
+        if A === nothing && n isa FeedbackAlignment.Node && startswith(key, "d")
+            A = get(n.grads, Symbol(key[2:end]), nothing)
+        end
         store_array!(ptr, dims, A)
     end
 end
+
+fa_free(h::Int64)::Cint = guarded(() -> (network(h); delete!(HANDLES, h)))
+
+fa_live_handles()::Int64 = length(HANDLES)
 
 function store_array!(ptr, dims, A)
     unsafe_store!(ptr, A === nothing ? C_NULL : Ptr{Cvoid}(pointer(A)))
@@ -198,19 +217,17 @@ function fa_evaluate(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid},
     end
 end
 
-# Writes each layer's (dW, db) into the caller's buffers (addresses in dW[l], db[l]).
-function fa_gradients(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid},
-                      dW::Ptr{Ptr{Cvoid}}, db::Ptr{Ptr{Cvoid}}, loss::Ptr{Float64})::Cint
+# The gradients the rule gives every layer for the batch, left in the network: the host reads each
+# through `fa_array` (`dW`, `db`, `dgamma`, ...).
+function fa_gradients(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}, loss::Ptr{Float64})::Cint
     guarded() do
         net = network(h)
-        T = eltype(net)
-        grads = [st.W === nothing ? nothing :
-                 (unsafe_wrap(Array, Ptr{T}(unsafe_load(dW, l)), size(st.W)),
-                  unsafe_wrap(Array, Ptr{T}(unsafe_load(db, l)), length(st.b)))
-                 for (l, st) in enumerate(net.layers)]
-        unsafe_store!(loss, gradients!(grads, net, inputs(net, X, n, d), targets(net, Y, n)))
+        unsafe_store!(loss, FeedbackAlignment.compute_gradients!(net, inputs(net, X, n, d), targets(net, Y, n)))
     end
 end
+
+# The mode `fa_gradients` uses: 1 training (batch statistics), 0 evaluation (running statistics).
+fa_set_mode(h::Int64, training::Cint)::Cint = guarded(() -> (network(h).training = training != 0))
 
 function fa_step(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}, opt::Cstring,
                  loss::Ptr{Float64})::Cint
@@ -254,13 +271,14 @@ function fa_state_set(h::Int64, epochs::Int64, rng::UInt64, steps::Int64)::Cint
     end
 end
 
-# Address and dimensions (as fa_param) of optimiser `optimizer`'s state array `slot` (0-based) for
-# layer `layer`'s W (which = 0), b (1) or B (2, Kolen-Pollack); NULL if the network holds no such state. With create != 0 the
-# network without such a state first gets a zero one (replacing any other), for a host to fill in place.
-function fa_optstate(h::Int64, optimizer::Cstring, create::Cint, slot::Int64, layer::Int64, which::Cint,
+# Address and dimensions (as fa_array) of optimiser `optimizer`'s state array `slot` (0-based) for
+# array `name` (W, b, gamma, ..., or B under Kolen-Pollack) of node `node` (fa_nodes order, from 1);
+# NULL if the network holds no such state. With create != 0 the network without such a state first
+# gets a zero one (replacing any other), for a host to fill in place.
+function fa_optstate(h::Int64, optimizer::Cstring, create::Cint, slot::Int64, node::Int64, name::Cstring,
                      ptr::Ptr{Ptr{Cvoid}}, dims::Ptr{Int64})::Cint
     guarded() do
-        A = FeedbackAlignment.optimiser_buffer(network(h), unsafe_string(optimizer), create != 0, slot + 1, layer, which + 1)
+        A = FeedbackAlignment.optimiser_buffer(network(h), unsafe_string(optimizer), create != 0, slot + 1, node, unsafe_string(name))
         store_array!(ptr, dims, A)
     end
 end
@@ -340,16 +358,17 @@ const SIGNATURES = [
     (:fa_new, Cint, (Ptr{Int64}, Cint, Int64, Ptr{Int64}, Cstring, Cstring, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
     (:fa_free, Cint, (Int64,)),
     (:fa_live_handles, Int64, ()),
-    (:fa_layers, Ptr{UInt8}, (Int64,)),
-    (:fa_param, Cint, (Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
+    (:fa_nodes, Ptr{UInt8}, (Int64,)),
+    (:fa_array, Cint, (Int64, Int64, Cstring, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
     (:fa_forward, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cint)),
     (:fa_evaluate, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64})),
-    (:fa_gradients, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Ptr{Cvoid}}, Ptr{Ptr{Cvoid}}, Ptr{Float64})),
+    (:fa_gradients, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64})),
+    (:fa_set_mode, Cint, (Int64, Cint)),
     (:fa_step, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cstring, Ptr{Float64})),
     (:fa_train_epoch, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Int64, Cint, Cstring, Ptr{Float64})),
     (:fa_state_get, Cint, (Int64, Ptr{Int64}, Ptr{UInt64}, Ptr{Int64})),
     (:fa_state_set, Cint, (Int64, Int64, UInt64, Int64)),
-    (:fa_optstate, Cint, (Int64, Cstring, Cint, Int64, Int64, Cint, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
+    (:fa_optstate, Cint, (Int64, Cstring, Cint, Int64, Int64, Cstring, Ptr{Ptr{Cvoid}}, Ptr{Int64})),
     (:fa_error_message, Ptr{UInt8}, ()),
     (:fa_set_blas, Cint, (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid})),
     (:fa_set_threads, Cint, (Cint,)),

@@ -430,23 +430,23 @@ function channel_sums!(db::Vector{T}, dA::Array{T,4}) where {T}
 end
 
 """
-    conv_data_grad!(dX, dA, K, cols, win[, chunk])
+    conv_data_grad!(dX, dA, K, cols, win[, chunk, acc])
 
 dX = the adjoint of X ↦ conv(X, K) applied to dA (the transposed convolution), for any kernel K of
 the forward kernel's shape (W for backprop, a feedback kernel B for feedback alignment).
-Overwrites dX; `cols` is scratch. `chunk`: samples per GEMM, as in `conv_forward!`.
+Overwrites dX, or adds to it with `acc`; `cols` is scratch. `chunk`: samples per GEMM, as in `conv_forward!`.
 """
 function conv_data_grad!(dX::Array{T,4}, dA::Array{T,4}, K::Array{T,4}, cols::Vector{T},
-                         win::Window, chunk::Int=0) where {T<:Union{Float32,Float64}}
+                         win::Window, chunk::Int=0, acc::Bool=false) where {T<:Union{Float32,Float64}}
     w, h, cin, m, cout, ow, oh = conv_geometry(dX, K, dA, win)
     check_cols(cols, conv_scratch_length(win, (w, h), cin, cout, m, chunk))
     P, Q = ow * oh, win.k[1] * win.k[2] * cin
     if whole_input(win, w, h)           # dX (Q x m) = Kmat * dA: the columns are the input
-        GC.@preserve dX dA K gemm_ptr!('N', 'N', Q, m, cout, one(T), pointer(K), Q, pointer(dA), cout, zero(T),
+        GC.@preserve dX dA K gemm_ptr!('N', 'N', Q, m, cout, one(T), pointer(K), Q, pointer(dA), cout, T(acc),
                                        pointer(dX), Q)
         return dX
     end
-    fill!(dX, zero(T))
+    acc || fill!(dX, zero(T))
     GC.@preserve dA K cols if P == 1    # all samples at once: dcols (Q x m) = Kmat * dA
         gemm_ptr!('N', 'N', Q, m, cout, one(T), pointer(K), Q, pointer(dA), cout, zero(T), pointer(cols), Q)
         for n in 1:m
@@ -562,17 +562,17 @@ maxpool_kernel!(Y, idx, X, ::Val{kw}, ::Val{kh}, sw, sh) where {kw,kh} = maxpool
 end
 
 """
-    maxpool_backward!(dX, dY, idx, win)
+    maxpool_backward!(dX, dY, idx, win[, acc])
 
 dX = 0 except each dY routed to its window's arg-max recorded in `idx` by `maxpool_forward!`
-(summed where overlapping windows share one).
+(summed where overlapping windows share one); with `acc`, added to dX instead.
 """
-function maxpool_backward!(dX::Array{T,4}, dY::Array{T,4}, idx::Array{Int32,4}, win::Window) where {T<:Union{Float32,Float64}}
+function maxpool_backward!(dX::Array{T,4}, dY::Array{T,4}, idx::Array{Int32,4}, win::Window, acc::Bool=false) where {T<:Union{Float32,Float64}}
     w, h, c, m, ow, oh = pool_geometry(dY, dX, win)
     size(idx) == size(dY) || throw(DimensionMismatch("idx is $(size(idx)), expected $(size(dY))"))
     # A zero fill (memset) then a scatter of dY: 3x faster here than writing each element of dX once
     # by comparing it with its window's arg-max.
-    fill!(dX, zero(T))
+    acc || fill!(dX, zero(T))
     P = ow * oh * c
     @inbounds for n in 1:m
         sample, off = (n - 1) * (w * h * c), (n - 1) * P
@@ -606,15 +606,16 @@ function meanpool_forward!(Y::Array{T,4}, X::Array{T,4}, win::Window) where {T<:
 end
 
 """
-    meanpool_backward!(dX, dY, win)
+    meanpool_backward!(dX, dY, win[, acc])
 
-dX = each window's dY / (kw*kh) spread over the window (summed where windows overlap).
+dX = each window's dY / (kw*kh) spread over the window (summed where windows overlap); with `acc`,
+added to dX instead.
 """
-function meanpool_backward!(dX::Array{T,4}, dY::Array{T,4}, win::Window) where {T<:Union{Float32,Float64}}
+function meanpool_backward!(dX::Array{T,4}, dY::Array{T,4}, win::Window, acc::Bool=false) where {T<:Union{Float32,Float64}}
     w, h, c, m, ow, oh = pool_geometry(dY, dX, win)
     (kw, kh), (sw, sh) = win.k, win.stride
     area = T(kw * kh)
-    fill!(dX, zero(T))
+    acc || fill!(dX, zero(T))
     @inbounds for n in 1:m, ch in 1:c, oy in 1:oh, ox in 1:ow
         corner = ((n - 1) * c + ch - 1) * (w * h) + ((oy - 1) * sh) * w + (ox - 1) * sw
         g = dY[ox, oy, ch, n] / area

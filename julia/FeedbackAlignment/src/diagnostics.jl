@@ -48,7 +48,7 @@ What layer `l` learns from under `rule`: `:output` (the output error e), `:backp
 error), `:feedback` (an error signal of the rule's making, to be compared with backprop's), or
 `:no_params` (pooling, flatten). A rule whose hidden layers learn something else can add a method.
 """
-layer_role(rule::LearningRule, net, l) = !has_params(net.layers[l].spec) ? :no_params :
+layer_role(rule::LearningRule, net, l) = !weight_layer(net.layers[l].layer) ? :no_params :
     l == length(net.layers) ? :output : rule isa BP ? :backprop : :feedback
 
 """
@@ -62,11 +62,11 @@ feedback_target(rule::LearningRule, net::Network, l) = nothing
 function feedback_target(::FAStyle, net::Network, l)
     st = net.layers[l]
     st.B === nothing && return nothing
-    return st.spec isa Dense ? transpose(st.W) : st.W   # a dense B stands for Wᵀ, a kernel-shaped B for W
+    return like_feedback(st.layer, st.W)   # a dense B stands for Wᵀ, a kernel-shaped B for W
 end
 function feedback_target(::DFAStyle, net::Network, l)
     net.layers[l].B === nothing && return nothing
-    all(k -> net.layers[k].spec isa Dense, l+1:length(net.layers)) || return nothing
+    all(k -> linear_map(net.layers[k].layer), l+1:length(net.layers)) || return nothing
     return transpose(downstream(net, l))
 end
 
@@ -140,7 +140,7 @@ end
 
 function AlignmentProbe(net::Network{T}) where {T}
     params = [st for st in net.layers if st.W !== nothing]
-    return AlignmentProbe{T}([similar(st.W) for st in params], [similar(st.b) for st in params],
+    return AlignmentProbe{T}([similar(st.W) for st in params], [st.b === nothing ? T[] : similar(st.b) for st in params],
                              [st.dB === nothing ? T[] : similar(st.dB) for st in params], Array{T}[], 0)
 end
 
@@ -170,13 +170,12 @@ function alignment_matrix!(out::AbstractMatrix{Float64}, probe::AlignmentProbe{T
     for (p, l) in enumerate(params)
         st = net.layers[l]
         copyto!(rule_delta(p), buffers(st, m).D)
-        copyto!(probe.dW[p], st.dW); copyto!(probe.db[p], st.db)
+        copyto!(probe.dW[p], st.dW); st.db === nothing || copyto!(probe.db[p], st.db)
         st.dB === nothing || st.dB === st.dW || copyto!(probe.dB[p], st.dB)
     end
     # The rule's backward pass used conv layers' im2col columns as scratch: make them again (the
     # same pre-activations) for backprop's kernel gradients.
-    foreach_layer(st -> st.spec isa Conv && conv_forward!(buffers(st, m).A, net.seen[st.index]::Array{T,4}, st.W, st.b,
-                                                          st.scratch, window(st)), net.layers)
+    foreach_layer(st -> weight_layer(st.layer) && refresh!(st, net), net.layers)
     backward!(net, BP())
     for l in 1:L
         st = net.layers[l]
@@ -205,10 +204,17 @@ function alignment_matrix!(out::AbstractMatrix{Float64}, probe::AlignmentProbe{T
     end
     for (p, l) in enumerate(params)    # the rule's gradients back, for the update that follows
         st = net.layers[l]
-        copyto!(st.dW, probe.dW[p]); copyto!(st.db, probe.db[p])
+        copyto!(st.dW, probe.dW[p]); st.db === nothing || copyto!(st.db, probe.db[p])
         st.dB === nothing || st.dB === st.dW || copyto!(st.dB, probe.dB[p])
     end
     return out
+end
+
+# A weight layer's forward pass again, on the input it read (the same outputs, and its scratch as the
+# forward pass leaves it).
+function refresh!(st::Node{T,L,NI}, net) where {T,L,NI}
+    forward!(st.layer, st, buffers(st, net.m), net.seen[st.index]::Array{T,NI}, BATCH)
+    return true
 end
 
 """

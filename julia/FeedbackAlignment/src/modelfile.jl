@@ -9,7 +9,7 @@
 # `safetensors` package reads these files too.
 
 const FILE_FORMAT = "pyjlfa-safetensors"
-const FILE_FORMAT_VERSION = "2"   # 2: layer chains (1: dense sizes + one activation, still read)
+const FILE_FORMAT_VERSION = "3"   # 3: nested chains, batch norm, state; 2: layer chains; 1: dense sizes + one activation (all read)
 
 include_dependency(joinpath(@__DIR__, "..", "Project.toml"))
 const LIBRARY_VERSION = match(r"^version\s*=\s*\"([^\"]+)\""m,
@@ -41,6 +41,9 @@ function params(x)
     T = typeof(x)
     return Pair{String,Any}[string(f) => param_value(getfield(x, f)) for f in fieldnames(T)]
 end
+# Direct rules record where their feedback enters only when it is not the default, so that files
+# of the default stay readable by readers that predate the setting.
+params(r::DFAStyle) = r.feedback_points == "layer" ? Pair{String,Any}[] : Pair{String,Any}["feedback_points" => r.feedback_points]
 param_value(x::Union{Real,AbstractString,Nothing}) = x
 param_value(x::AbstractVector) = Any[param_value(v) for v in x]
 param_value(x::Initialiser) = Pair{String,Any}["name" => registry_name(FILE_INITIALISERS, x), "params" => params(x)]
@@ -62,7 +65,7 @@ function file_metadata(net::Network{T}) where {T}
     return Pair{String,String}[
         "format" => FILE_FORMAT, "format_version" => FILE_FORMAT_VERSION,
         "library_version" => LIBRARY_VERSION, "created_by" => "FeedbackAlignment.jl (Julia $VERSION)",
-        "input" => json(collect(net.insize)), "chain" => json(map(st -> layer_text(st.spec), net.layers)),
+        "input" => json(collect(net.insize)), "chain" => json(map(layer_text, collect(net.chain.layers))),
         "dtype" => FILE_DTYPES[T][1],
         "loss" => registry_name(LOSSES, net.loss),
         "rule" => registry_name(RULES, net.rule), "rule_params" => json(params(net.rule)),
@@ -78,46 +81,47 @@ end
 
 state_name(net::Network) = net.optkind === :none ? nothing : string(net.optkind)
 
-function state_array(net::Network, slot::Integer, l::Integer, which::Integer)
-    st = net.layers[l]
-    return which == 1 ? st.sW[slot] : which == 2 ? st.sb[slot] : st.sB[slot]
-end
-
 function new_state!(net::Network, kind::AbstractString)
     haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimizer state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
     return new_state!(net, Symbol(kind))
 end
 
 """
-    optimiser_buffer(net, kind, create, slot, l, which)
+    optimiser_buffer(net, kind, create, slot, node, name)
 
-The optimiser state array of slot `slot` (1-based) for layer `l`'s W (`which` 1), b (2) or B (3),
-when the network holds a state of optimiser `kind` ("sgd", "adam"); `nothing` if it holds none. With
-`create`, a network without such a state first gets a zero one (replacing a state of another optimiser).
+The optimiser state array of slot `slot` (1-based) for the array `name` ("W", "gamma", ..., or "B"
+under Kolen-Pollack) of node `node` (its place among `listed_nodes`, from 1), when the network holds a
+state of optimiser `kind` ("sgd", "adam"); `nothing` if it holds none. With `create`, a network
+without such a state first gets a zero one (replacing a state of another optimiser).
 """
-function optimiser_buffer(net::Network, kind::AbstractString, create::Bool, slot::Integer, l::Integer, which::Integer)
+function optimiser_buffer(net::Network, kind::AbstractString, create::Bool, slot::Integer, node::Integer, name::AbstractString)
     haskey(STATE_SLOTS_BY_NAME, kind) || throw(ArgumentError("no optimizer state \"$kind\"; known: $(join(sort!(collect(keys(STATE_SLOTS_BY_NAME))), ", "))"))
     1 <= slot <= length(STATE_SLOTS_BY_NAME[kind]) || throw(ArgumentError("optimizer $kind has no state slot $slot"))
-    1 <= l <= length(net.layers) || throw(ArgumentError("no layer $l"))
-    which in (1, 2, 3) || throw(ArgumentError("which must be 1 (W), 2 (b) or 3 (B)"))
+    nodes = listed_nodes(net)
+    1 <= node <= length(nodes) || throw(ArgumentError("no node $node; the network has $(length(nodes))"))
     create && state_name(net) != kind && new_state!(net, kind)
     state_name(net) == kind || return nothing
-    st = net.layers[l]
-    st.W === nothing && return nothing
-    which == 3 && isempty(st.sB) && return nothing
-    return state_array(net, slot, l, which)
+    for (k, A) in state_arrays(nodes[node], slot)
+        k == name && return A
+    end
+    return nothing
 end
 
-# The tensors of the optimiser state, with their names: optimizer.<slot>.<layer>.<W|b|B>.
-function state_tensors(net::Network, slots)
-    out = Pair{String,Array}[]
-    for (s, slot) in enumerate(slots), (k, st) in enumerate(net.layers)
-        st.W === nothing && continue
-        push!(out, "optimizer.$slot.$(k-1).W" => st.sW[s], "optimizer.$slot.$(k-1).b" => st.sb[s])
-        isempty(st.sB) || push!(out, "optimizer.$slot.$(k-1).B" => st.sB[s])
-    end
+# A node's optimiser state of slot `s`, named as its arrays are: one per parameter, and B's under Kolen-Pollack.
+function state_arrays(n, s)
+    n isa Node || return Pair{String,Array}[]
+    out = Pair{String,Array}[string(k) => v[s] for (k, v) in pairs(n.slots) if length(v) >= s]
+    length(n.sB) >= s && push!(out, "B" => n.sB[s])
     return out
 end
+
+"Every array a model file holds for the network, named by the layer's path: layers.<path>.<name>."
+network_tensors(net::Network) = Pair{String,Array}["layers.$(n.path).$name" => A for n in listed_nodes(net) for (name, A) in node_arrays(n)]
+
+# The tensors of the optimiser state, with their names: optimizer.<slot>.<path>.<name>.
+state_tensors(net::Network, slots) =
+    Pair{String,Array}["optimizer.$slot.$(n.path).$name" => A for (s, slot) in enumerate(slots) for n in listed_nodes(net)
+                       for (name, A) in state_arrays(n, s)]
 
 # ---------------------------------------------------------------------------------------------
 # Writing
@@ -137,12 +141,7 @@ same folder and renamed, so `path` never holds a half-written file.
 function save(path::AbstractString, net::Network{T}; include_optimizer::Bool=false, optimizer=nothing) where {T}
     ENDIAN_BOM == 0x04030201 || error("model files are little-endian; this machine is not")
     meta = file_metadata(net)
-    tensors = Pair{String,Array{T}}[]
-    for (k, st) in enumerate(net.layers)
-        st.W === nothing && continue
-        push!(tensors, "layers.$(k-1).W" => st.W, "layers.$(k-1).b" => st.b)
-        st.B === nothing || push!(tensors, "layers.$(k-1).B" => st.B)
-    end
+    tensors = network_tensors(net)
     if include_optimizer
         kind = state_name(net)
         if optimizer !== nothing
@@ -179,7 +178,7 @@ function metadata_of(header, path)
         fail(path, "not a pyjlfa model file: its safetensors header has no pyjlfa metadata (__metadata__.format = \"$FILE_FORMAT\")")
     all(v -> v isa String, values(meta)) || fail(path, "corrupt header: __metadata__ values must be strings")
     version = get(meta, "format_version", "(missing)")
-    version in ("1", FILE_FORMAT_VERSION) ||
+    version in ("1", "2", FILE_FORMAT_VERSION) ||
         fail(path, "unknown format version \"$version\"; this FeedbackAlignment reads versions 1 to $FILE_FORMAT_VERSION (is the file from a newer release?)")
     return Dict{String,String}(meta)
 end
@@ -226,9 +225,11 @@ const PARAM_SCHEMAS = Dict{String,Dict{String,Vector{Tuple{String,Symbol}}}}(
     "optimizer" => file_param_schemas("optimizer", FILE_OPTIMISERS),
     "schedule" => file_param_schemas("schedule", keys(SCHEDULES)))
 const FILE_SCHEDULES = SCHEDULES
+# Parameters a file may leave out (added after files without them were written), and their values then.
+const OPTIONAL_PARAMS = Dict{Symbol,Any}(:points => "layer")
 
 const VALUE_KINDS = Dict{Symbol,Tuple{Function,String}}(
-    kind => (x -> check_value(k, x), expected_text(k)) for (kind, k) in PARAM_KINDS if k.type in ("number", "integer", "bool", "numbers"))
+    kind => (x -> check_value(k, x), expected_text(k)) for (kind, k) in PARAM_KINDS if k.type in ("number", "integer", "bool", "numbers", "choice"))
 
 """
     from_record(kind, name, ps, path)
@@ -241,10 +242,11 @@ function from_record(kind, name, ps, path)
     haskey(schemas, name) || fail(path, "unknown $kind \"$name\"; this FeedbackAlignment knows $(join(sort!(collect(keys(schemas))), ", "))")
     schema = schemas[name]
     fields = first.(schema)
-    ps isa Dict{String,Any} && Set(keys(ps)) == Set(fields) ||
+    required = [f for (f, what) in schema if !haskey(OPTIONAL_PARAMS, what)]
+    ps isa Dict{String,Any} && issubset(keys(ps), fields) && issubset(required, keys(ps)) ||
         fail(path, "$kind \"$name\" takes the parameters ($(join(fields, ", "))), but the file gives $(ps isa Dict ? "(" * join(sort!(collect(keys(ps))), ", ") * ")" : json(ps))")
     values = map(schema) do (field, what)
-        x = ps[field]
+        x = haskey(ps, field) ? ps[field] : OPTIONAL_PARAMS[what]
         if what === :initialiser || what === :schedule_or_null
             what === :schedule_or_null && x === nothing && return Constant()
             sub = what === :initialiser ? "initialiser" : "schedule"
@@ -297,12 +299,13 @@ function load(path::AbstractString)
         seed, feedback_seed = integer_field(meta, "seed", path, UInt64), integer_field(meta, "feedback_seed", path, UInt64)
         epochs, rng_state = integer_field(meta, "epochs", path, Int64), integer_field(meta, "rng_state", path, UInt64)
         chain, input = file_chain(meta, path)
-        dropout = haskey(meta, "dropout") ? json_field(meta, "dropout", path,
-            v -> v isa Vector{Any} && length(v) == length(chain) - 1 && all(x -> is_number(x) && 0 <= x < 1, v),
-            "a list of one rate in [0, 1) per layer but the last") : zeros(length(chain) - 1)
+        # How many rates the chain takes (one per layer but the last) the engine checks as it builds it.
+        dropout = haskey(meta, "dropout") ? Float64[x for x in json_field(meta, "dropout", path,
+            v -> v isa Vector{Any} && all(x -> is_number(x) && 0 <= x < 1, v),
+            "a list of one rate in [0, 1) per layer but the last")] : 0.0
         net = try
             Network(chain; input=input, T=T, loss=loss, rule=rule, init=init, feedback=feedback,
-                    seed=seed, feedback_seed=feedback_seed, dropout=Float64.(dropout),
+                    seed=seed, feedback_seed=feedback_seed, dropout=dropout,
                     max_params=(filesize(io) - data_start) ÷ 4)   # what the data could hold in the smallest dtype
         catch e   # whatever the engine refuses, the file is invalid: always a ModelFileError
             e isa InterruptException && rethrow()
@@ -322,12 +325,7 @@ function load(path::AbstractString)
         end
 
         # The tensors this network holds, in Python's shapes (Julia is the one source of shapes).
-        expected = Pair{String,Array}[]
-        for (k, st) in enumerate(net.layers)
-            st.W === nothing && continue
-            push!(expected, "layers.$(k-1).W" => st.W, "layers.$(k-1).b" => st.b)
-            st.B === nothing || push!(expected, "layers.$(k-1).B" => st.B)
-        end
+        expected = network_tensors(net)
         append!(expected, state_tensors(net, slots))
         for (name, A) in expected
             shape = reverse(collect(size(A)))
@@ -352,7 +350,7 @@ function load(path::AbstractString)
     end
 end
 
-chain_text(net) = "[" * join(map(st -> layer_text(st.spec), net.layers), ", ") * "]"
+chain_text(net) = "[" * join(map(layer_text, collect(net.chain.layers)), ", ") * "]"
 
 # The layer chain and input shape a file describes: version 2 names the layers as Julia calls
 # (read by the same interpreter as host specs: never evaluated); version 1 gave dense sizes and one

@@ -1,16 +1,30 @@
+# A network is a tree of nodes built from its chain: a node per layer holding what the layer
+# declares (parameters, their gradients and optimiser slots, state, the rule's feedback array,
+# per-batch buffers and scratch), and container nodes for chains and skip connections. Passes walk
+# the tree by recursion over tuples, so every call is resolved at compile time.
+
+"How a forward pass treats batch norm and dropout: `EVAL` (running statistics, no dropout: predictions),
+`BATCH` (the batch's statistics, no dropout, nothing updated: `gradients`), `TRAIN` (the batch's
+statistics, running statistics updated, dropout on: training steps)."
+@enum Mode EVAL BATCH TRAIN
+
 """
-One layer's buffers for a batch of `m` observations, each with the batch as its last dimension.
-Buffers a layer does not need are empty; with an identity activation `H` is `A` itself.
+A node's arrays for a batch of `m` observations, each with the batch as its last dimension: `H` (its
+output), `D` (the error at its output) and whatever its layer declares in `buffers` (e.g. `A`, a
+weight layer's pre-activations), plus `mask` and `dropped` for dropout. `b.H` reads an array.
 """
-mutable struct Buffers{T,N}
+struct Buffers{NT<:NamedTuple}
     m::Int
-    A::Array{T,N}          # pre-activations (layers with parameters)
-    H::Array{T,N}          # outputs f(A)
-    D::Array{T,N}          # error at the output; layers with parameters turn it into dL/dA in place
-    mask::Array{T,N}       # dropout: 0 or 1/(1-p)
-    dropped::Array{T,N}    # H .* mask, what the next layer reads while dropout is on
-    argmax::Array{Int32,N} # max pooling: where each window's maximum was
+    arrays::NT
 end
+Base.getproperty(b::Buffers, s::Symbol) = s === :m ? getfield(b, :m) : getfield(getfield(b, :arrays), s)
+"A weight layer's pre-activations: `A`, or `H` itself when it has no activation."
+preactivations(b::Buffers) = haskey(getfield(b, :arrays), :A) ? b.A : b.H
+
+# The first m observations of a buffer, sharing its memory (an empty buffer stays empty).
+lead(A::Array{T,N}, m) where {T,N} = isempty(A) ? A : unsafe_wrap(Array, pointer(A), (Base.front(size(A))..., m))
+lead(v::Vector, m) = isempty(v) ? v : unsafe_wrap(Array, pointer(v), m)
+cut(b::Buffers, m) = Buffers(m, map(a -> lead(a, m), getfield(b, :arrays)))
 
 "The network's own per-batch buffers: the gathered batch, its labels or targets, and DRTP/sDFA's signal S."
 mutable struct InputBuffers{T,N}
@@ -20,13 +34,6 @@ mutable struct InputBuffers{T,N}
     targets::Matrix{T}
     S::Matrix{T}
 end
-
-# The first m observations of a buffer, sharing its memory (an empty buffer stays empty).
-lead(A::Array{T,N}, m) where {T,N} = isempty(A) ? A : unsafe_wrap(Array, pointer(A), (Base.front(size(A))..., m))
-lead(v::Vector, m) = isempty(v) ? v : unsafe_wrap(Array, pointer(v), m)
-cut(b::Buffers{T,N}, m) where {T,N} =
-    Buffers{T,N}(m, lead(b.A, m), b.H === b.A ? lead(b.A, m) : lead(b.H, m), lead(b.D, m), lead(b.mask, m),
-                 lead(b.dropped, m), lead(b.argmax, m))
 cut(b::InputBuffers{T,N}, m) where {T,N} =
     InputBuffers{T,N}(m, lead(b.X, m), lead(b.labels, m), lead(b.targets, m), lead(b.S, m))
 
@@ -69,49 +76,271 @@ struct Mirror{T,NI,N,WT}
 end
 
 """
-    LayerState
+    Node
 
-A layer inside a network: its settings (`spec`), parameters `W`, `b` and feedback `B` (plain arrays,
-`nothing` where the layer or rule has none), their gradients, the optimiser's state for each, and the
-layer's buffers. `net.layers[k].W` is layer k's weight array.
+A layer inside a network: its settings (`layer`), its path in the chain (`"3.main.0"`, positions
+from 0 as model files name them), its parameters, their gradients and optimiser slots (named as the
+layer declares them), its state, the rule's feedback array `B` (`nothing` where the layer has none),
+and its buffers. `net.layers` lists the leaf nodes depth-first; `node.W`, `node.b` read a weight
+layer's arrays (`nothing` where absent).
 """
-mutable struct LayerState{T,S<:Layer,NI,N,WT,BiasT,BT,MT,FI<:Union{Initialiser,Nothing}}
-    spec::S
-    index::Int
+mutable struct Node{T,L<:Layer,NI,N,P<:NamedTuple,SL<:NamedTuple,S<:NamedTuple,BU<:NamedTuple,SC,FB,M,DC<:Tuple,FI<:Union{Initialiser,Nothing}}
+    layer::L
+    path::String
+    index::Int                 # position among the network's leaves (depth-first), from 1
     insize::Dims               # one observation's shape at the input
     outsize::Dims
-    W::WT
-    b::BiasT
-    B::BT
-    dW::WT
-    db::BiasT
-    dB::Union{BT,Nothing}      # Kolen-Pollack: B's gradient (dWᵀ, or dW itself for a kernel)
-    sW::Vector{WT}             # optimiser state: per array, the slots (velocity; Adam's two moments)
-    sb::Vector{BiasT}
-    sB::Vector{BT}
+    params::P
+    grads::P
+    slots::SL                  # optimiser state: per parameter, its slots (velocity; Adam's two moments)
+    decays::DC                 # per parameter, whether weight decay applies
+    state::S
+    B::FB
+    dB::Union{FB,Nothing}      # Kolen-Pollack: B's gradient (dWᵀ, or dW itself for a kernel)
+    sB::Vector{FB}
     feedback_init::FI          # B's initialiser (brSF redraws with it), or nothing
     dropout::Float64
-    carries::Bool              # whether the rule needs this layer's error carried back to its input
-    buffers::Sized{Buffers{T,N}}
-    scratch::Vector{T}         # conv: the im2col columns of the batch and a product buffer
-    mirror::MT
+    min_batch::Int             # the fewest observations a training batch may have (batch norm: 2)
+    upstream::Bool             # a layer with parameters lies between the network's input and this one
+    inblock::Bool              # inside a skip connection
+    block_upstream::Bool       # ... and a layer with parameters lies between the block's input and this one
+    inject::Union{Nothing,Matrix{T}}   # a direct feedback point: the B whose projection enters here
+    buffers::Sized{Buffers{BU}}
+    scratch::SC
+    mirror::M
 end
 
-Base.eltype(::LayerState{T}) where {T} = T
-window(st::LayerState) = window(st.spec)
+"A chain inside the network (the network's own chain too): its children's nodes, in order."
+struct ChainNode{L<:Chain,C<:Tuple}
+    layer::L
+    path::String
+    children::C
+end
 
-function Base.show(io::IO, st::LayerState{T}) where {T}
-    print(io, "LayerState{$T}(", layer_text(st.spec), ", ", join(st.insize, "x"), " => ", join(st.outsize, "x"))
-    for (name, A) in (("W", st.W), ("B", st.B))
-        A === nothing || print(io, ", ", name, " ", join(size(A), "x"))
+"A skip connection: its paths' nodes (`shortcut` nothing for the identity) and the sum's buffers."
+mutable struct SkipNode{T,L<:Layer,N,MN,SN}
+    layer::L
+    path::String
+    insize::Dims
+    outsize::Dims
+    main::MN
+    shortcut::SN
+    B::Union{Nothing,Matrix{T}}        # a direct feedback point at the block (DFA-style rules, feedback_points=:block)
+    feedback_init::Union{Initialiser,Nothing}
+    upstream::Bool
+    inblock::Bool
+    block_upstream::Bool
+    inject::Union{Nothing,Matrix{T}}
+    buffers::Sized{Buffers{NamedTuple{(:H, :D),Tuple{Array{T,N},Array{T,N}}}}}
+end
+
+function Base.getproperty(n::Node, s::Symbol)
+    s === :W && return get(getfield(n, :params), :W, nothing)
+    s === :b && return get(getfield(n, :params), :b, nothing)
+    s === :dW && return get(getfield(n, :grads), :W, nothing)
+    s === :db && return get(getfield(n, :grads), :b, nothing)
+    s === :spec && return getfield(n, :layer)
+    return getfield(n, s)
+end
+
+Base.eltype(::Node{T}) where {T} = T
+Base.eltype(::SkipNode{T}) where {T} = T
+window(n::Node) = window(n.layer)
+
+function Base.show(io::IO, n::Node{T}) where {T}
+    print(io, "Node{$T}(", n.path, ": ", layer_text(n.layer), ", ", join(n.insize, "x"), " => ", join(n.outsize, "x"))
+    for (name, A) in pairs(n.params)
+        print(io, ", ", name, " ", join(size(A), "x"))
     end
+    n.B === nothing || print(io, ", B ", join(size(n.B), "x"))
     print(io, ")")
 end
 
-mutable struct Network{T<:AbstractFloat,NX,R<:LearningRule,L<:Loss,S<:Tuple,I<:Dims}
+# Per-batch buffers: H and D, what the layer declares, and dropout's mask and dropped output.
+function batch_buffers(::Type{T}, l::Layer, outsize, dropout, m) where {T}
+    arr(s::Dims) = Array{T}(undef, s..., m)
+    arr(s::Tuple{Type,Dims}) = Array{s[1]}(undef, s[2]..., m)
+    extra = map(arr, buffers(l, outsize))
+    drop = dropout > 0 ? (mask = arr(outsize), dropped = arr(outsize)) : NamedTuple()
+    return Buffers(m, merge((H = arr(outsize), D = arr(outsize)), extra, drop))
+end
+skip_buffers(::Type{T}, outsize, m) where {T} =
+    Buffers(m, (H = Array{T}(undef, outsize..., m), D = Array{T}(undef, outsize..., m)))
+
+# --- building the tree -------------------------------------------------------------------------
+
+"What building a network's nodes carries along, in the order the nodes are made (depth first)."
+mutable struct Build{T,R<:LearningRule}
+    rule::R
+    init::Initialiser
+    feedbacks::Vector{Any}     # per leaf: an initialiser, a given array, or nothing
+    dropouts::Vector{Float64}  # per leaf
+    wrng::SplitMix64           # forward weights, drawn layer by layer
+    brng::SplitMix64           # feedback arrays, likewise
+    nout::Int
+    nleaves::Int
+    leaves::Vector{Any}
+    upstream::Bool
+    inblock::Bool
+    block_upstream::Bool
+end
+
+# Errors about a layer say where it is: "layer 3.main.0, ..."
+function located(f, path)
+    try
+        return f()
+    catch e
+        e isa ArgumentError || rethrow()
+        throw(ArgumentError(startswith(e.msg, "layer ") ? e.msg : "layer $path, $(e.msg)"))
+    end
+end
+
+"Leaves of a layer (itself for a layer that is not a container)."
+leaf_layers(l::Layer) = Any[l]
+leaf_layers(c::Chain) = reduce(vcat, map(leaf_layers, collect(c.layers)); init=Any[])
+leaf_layers(s::SkipConnection) = vcat(leaf_layers(s.main), s.shortcut === nothing ? Any[] : leaf_layers(s.shortcut))
+child_path(path, k) = isempty(path) ? string(k) : "$path.$k"
+
+function build_node(c::Chain, insize::Dims, path, b::Build)
+    children = Any[]
+    s = insize
+    for (k, layer) in enumerate(c.layers)
+        node = build_node(layer, s, child_path(path, k - 1), b)
+        push!(children, node)
+        s = node.outsize
+    end
+    mark_points!(children, b.rule)
+    return ChainNode(c, path, Tuple(children))
+end
+
+Base.getproperty(c::ChainNode, s::Symbol) = s === :outsize ? last(getfield(c, :children)).outsize :
+                                            s === :insize ? first(getfield(c, :children)).insize : getfield(c, s)
+
+function build_node(l::SkipConnection, insize::Dims, path, b::Build{T}) where {T}
+    upstream, inblock, block_upstream = b.upstream, b.inblock, b.block_upstream
+    # Both paths start from the block's input; inside, a block that is not within another starts
+    # its own region for `block_upstream`.
+    b.inblock, b.block_upstream = true, inblock && block_upstream
+    main = build_node(l.main, insize, child_path(path, "main"), b)
+    b.upstream, b.block_upstream = upstream, inblock && block_upstream
+    shortcut = l.shortcut === nothing ? nothing :
+               build_node(located(() -> fitted(l.shortcut, insize, main.outsize), path), insize, child_path(path, "shortcut"), b)
+    want = shortcut === nothing ? insize : shortcut.outsize
+    main.outsize == want || throw(ArgumentError("layer $path, $(layer_text(l)): its main path gives $(main.outsize) " *
+                                                "but its shortcut gives $want; they must agree to be added"))
+    trained = any(has_params, leaf_layers(l))
+    b.upstream, b.inblock, b.block_upstream = upstream || trained, inblock, inblock && (block_upstream || trained)
+    shape = feedback_shape(b.rule, l, main.outsize, upstream, false, inblock, b.nout)
+    init = b.feedbacks[1] isa Initialiser ? b.feedbacks[1] : GlorotUniform()
+    B = shape === nothing ? nothing : init!(Array{T}(undef, shape...), init, b.brng, feedback_fans(l, shape)...)
+    N = length(main.outsize) + 1
+    return SkipNode{T,typeof(l),N,typeof(main),typeof(shortcut)}(
+        l, path, insize, main.outsize, main, shortcut, B, shape === nothing ? nothing : init,
+        upstream, inblock, block_upstream, nothing, Sized(skip_buffers(T, main.outsize, 0)))
+end
+
+# A leaf: its arrays as the layer declares them, W drawn before B, as layers come.
+function build_node(l::Layer, insize::Dims, path, b::Build{T}) where {T}
+    outsize = located(() -> output_shape(l, insize), path)
+    index = length(b.leaves) + 1
+    is_last = index == b.nleaves
+    decl = parameters(l, insize)
+    params = map(p -> new_param(T, p, l, b), decl)
+    W = get(params, :W, nothing)
+    rule, feedback = b.rule, b.feedbacks[index]
+    shape = feedback_shape(rule, l, outsize, b.upstream, is_last, b.inblock, b.nout)
+    shape === nothing && feedback isa Union{Given,GivenPointer} &&
+        throw(ArgumentError("the feedback given for layer $path is an array, but under $(nameof(typeof(rule)))() layer $path ($(layer_text(l))) has no feedback array"))
+    shape !== nothing && feedback === nothing &&
+        throw(ArgumentError("the feedback given for layer $path is nothing, but under $(nameof(typeof(rule)))() layer $path ($(layer_text(l))) has a feedback array"))
+    B = shape === nothing ? nothing : located(() -> feedback_array(T, shape, rule, l, feedback, b.brng, b.init, W), path)
+    grads = map(similar, params)
+    # Kolen-Pollack's B gradient: a dense B gets dWᵀ (its own buffer), a kernel-shaped B dW itself.
+    dB = learns_feedback(rule) && B !== nothing ? (transposed_feedback(l) ? similar(B) : grads.W) : nothing
+    state = map(p -> new_param(T, p, l, b), states(l, insize))
+    dropout = b.dropouts[index]
+    mirror = rule isa WeightMirror && B !== nothing ? mirror_buffers(l, T, insize, outsize, rule.batchsize, W) : nothing
+    decays = Tuple(p.decays for p in decl)
+    SC = typeof(scratch(l, T, insize, outsize, 0))
+    bufs = Sized(batch_buffers(T, l, outsize, dropout, 0))
+    slots = map(p -> typeof(p)[], params)
+    finit = shape === nothing ? nothing : feedback
+    node = Node{T,typeof(l),length(insize)+1,length(outsize)+1,typeof(params),typeof(slots),typeof(state),
+                typeof(getfield(bufs.full, :arrays)),SC,typeof(B),typeof(mirror),typeof(decays),typeof(finit)}(
+        l, path, index, insize, outsize, params, grads, slots, decays, state, B, dB, typeof(B)[],
+        finit, dropout, min_batch(l, insize), b.upstream, b.inblock, b.block_upstream, nothing,
+        bufs, scratch(l, T, insize, outsize, 0), mirror)
+    push!(b.leaves, node)
+    if !isempty(decl)
+        b.upstream = true
+        b.inblock && (b.block_upstream = true)
+    end
+    return node
+end
+
+function new_param(::Type{T}, p::Param, l, b::Build) where {T}
+    A = Array{T}(undef, p.shape...)
+    p.init === :weight ? init!(A, b.init, b.wrng, fans(l)...) :
+    p.init === :zeros ? fill!(A, zero(T)) :
+    p.init === :ones ? fill!(A, one(T)) : throw(ArgumentError("unknown parameter start $(p.init)"))
+    return A
+end
+
+# A direct feedback point closes each run of a chain: a layer that takes one (`feedback_head`) and the
+# elementwise layers right after it (activation, batch norm); the run's last node receives the projection.
+function mark_points!(children, rule)
+    k = 1
+    while k <= length(children)
+        head = children[k]
+        j = k
+        if head isa Union{Node,SkipNode} && feedback_head(rule, head)
+            while j < length(children) && children[j+1] isa Node && elementwise(children[j+1].layer)
+                j += 1
+            end
+            children[j].inject = head.B
+        end
+        k = j + 1
+    end
+end
+feedback_head(rule, n) = rule isa DFAStyle && n.B !== nothing
+
+function feedback_array(::Type{T}, shape, rule, l, feedback, rng, init, W) where {T}
+    if rule isa uSF   # scale · sign(W): magnitudes are the scale, signs follow W (refresh_signs!)
+        scale = rule.scale === nothing ? init_std(init, fans(l)...) : rule.scale
+        B = fill(T(scale), shape)
+        follow_signs!(B, W, l)
+        return B
+    end
+    feedback isa Initialiser || throw(ArgumentError("feedback must be an initialiser, got $(repr(feedback))"))
+    if feedback isa GivenPointer   # a row-major host's array: its shape is Julia's, reversed
+        feedback.dims == shape || throw(DimensionMismatch("the given feedback array has shape $(reverse(feedback.dims)); " *
+                                                          "$(nameof(typeof(rule)))() gives $(layer_text(l)) a B of shape $(reverse(shape))"))
+        feedback = Given(unsafe_wrap(Array, feedback.p, shape))
+    end
+    if feedback isa Given
+        rule isa brSF && throw(ArgumentError("brSF redraws B every batch; it cannot use a given array"))
+        size(feedback.M) == shape || throw(DimensionMismatch("the given feedback array has size $(size(feedback.M)); $(layer_text(l))'s B needs $shape"))
+        eltype(feedback.M) == T || throw(ArgumentError("the given feedback array has element type $(eltype(feedback.M)), the network uses $T"))
+        B = feedback.M
+    else
+        B = init!(Array{T}(undef, shape...), feedback, rng, feedback_fans(l, shape)...,
+                  rule isa FAStyle ? like_feedback(l, W) : W)   # W oriented like B
+    end
+    rule isa SignSymmetric && follow_signs!(B, W, l)
+    return B
+end
+
+# B's fans: a matrix carries its columns to its rows; a kernel-shaped B carries cout channels back to cin.
+feedback_fans(l, shape::NTuple{2,Int}) = (shape[2], shape[1])
+feedback_fans(l, shape::NTuple{4,Int}) = reverse(fans(l))
+
+# --- the network ---------------------------------------------------------------------------------
+
+mutable struct Network{T<:AbstractFloat,NX,R<:LearningRule,L<:Loss,RT<:ChainNode,S<:Tuple,I<:Dims}
     chain::Chain
     insize::I                        # one observation's shape
-    layers::S                        # the LayerStates: a tuple, so every pass over them compiles to static calls
+    root::RT                         # the chain's nodes
+    layers::S                        # the leaf nodes, depth-first
     rule::R
     loss::L
     seed::UInt64
@@ -125,8 +354,9 @@ mutable struct Network{T<:AbstractFloat,NX,R<:LearningRule,L<:Loss,S<:Tuple,I<:D
     order::Vector{Int}               # epoch permutation
     dropping::Bool                   # whether the last forward pass applied dropout
     with_dropout::Bool               # whether any layer has a dropout probability
+    training::Bool                   # the mode `forward!` and `gradients` use (`trainmode!`, `testmode!`)
     m::Int                           # observations in the last forward pass
-    seen::Vector{Array{T}}           # per layer, the input it read in the last forward pass
+    seen::Vector{Array{T}}           # per leaf, the input it read in the last forward pass
 end
 
 """
@@ -135,18 +365,20 @@ end
 
 A network of the layers in `chain` for observations of shape `input` (an image's (width, height,
 channels), or the number of features; a chain that starts with `Dense` can leave it out). The last
-layer must be `Dense` with no activation: softmax lives in the loss. Forward weights come from `init`
+layer must be `Dense` with no activation: softmax lives in the loss. Chains nest, and skip
+connections (`SkipConnection`, `Parallel`) hold chains of their own. Forward weights come from `init`
 with `seed`, feedback arrays from `feedback` with `feedback_seed`, each from its own `SplitMix64`
-stream. `feedback` may be a vector with one entry per layer; `Given(A)` uses an array you supply as B
-itself. `dropout` is a probability for every layer with parameters but the last, or a vector with one
-per layer but the last (0 for pooling and flatten). uSF ignores `feedback` and uses scale·sign(W).
+stream, layer by layer in the order the layers are written. `feedback` may be a vector with one entry
+per layer (leaves, depth first); `Given(A)` uses an array you supply as B itself. `dropout` is a
+probability for every layer with parameters but the last, or a vector with one per layer but the last
+(0 for the others). uSF ignores `feedback` and uses scale·sign(W).
 
     Network(sizes; activation=tanh, kwargs...)
 
 The dense shorthand: `Network([784, 256, 10]; activation=tanh)` is
 `Network(Chain(Dense(784 => 256, tanh), Dense(256 => 10)); input=784)`.
 
-`max_params` refuses a chain with more weights than that before anything is allocated (readers of
+`max_params` refuses a chain with more parameters than that before anything is allocated (readers of
 untrusted model files pass the number of values the file holds).
 """
 function Network(chain::Chain; input=nothing, rule::LearningRule=FA(), loss::Loss=CrossEntropy(),
@@ -157,41 +389,30 @@ function Network(chain::Chain; input=nothing, rule::LearningRule=FA(), loss::Los
     seed >= 0 && feedback_seed >= 0 || throw(ArgumentError("seeds must be non-negative"))
     needs_classes(rule) && !(loss isa CrossEntropy) &&
         throw(ArgumentError("$(typeof(rule).name.name) projects one-hot class targets: it needs the cross-entropy loss, not $(typeof(loss).name.name)"))
-    L = length(chain)
-    L >= 1 || throw(ArgumentError("a network needs at least one layer"))
+    length(chain) >= 1 || throw(ArgumentError("a network needs at least one layer"))
     insize = input_shape(input, chain)
-    shapes = layer_shapes(chain, insize)
-    last = chain[L]
+    last = chain[length(chain)]
     last isa Dense && last.σ === identity ||
         throw(ArgumentError("the last layer must be Dense with no activation (softmax lives in the loss), got $(layer_text(last))"))
-    # Model files bound what a chain read from them may allocate: no more weights than the file holds.
-    nparams = sum(l -> has_params(l) ? prod(big.(param_shape(l))) : big(0), chain.layers)
-    nparams <= max_params || throw(ArgumentError("the chain has $nparams weights, more than the $max_params allowed here"))
-    feedbacks = per_layer(feedback, L, "feedback")
-    dropouts = layer_dropout(dropout, chain)
-    params = findall(has_params, collect(chain.layers))
-    nout = last.out
-    wrng, brng = stream(seed, 1), stream(feedback_seed, 2)
-    layers = LayerState{T}[]
-    for (l, spec) in enumerate(chain.layers)
-        W = has_params(spec) ? init!(Array{T}(undef, param_shape(spec)), init, wrng, fans(spec)...) : nothing
-        shape = feedback_shape(rule, spec, shapes[l+1], l == params[1], l == params[end], nout)
-        shape === nothing && feedbacks[l] isa Union{Given,GivenPointer} &&
-            throw(ArgumentError("feedback[$l] is an array, but under $(nameof(typeof(rule)))() layer $l ($(layer_text(spec))) has no feedback array"))
-        shape !== nothing && feedbacks[l] === nothing &&
-            throw(ArgumentError("feedback[$l] is nothing, but under $(nameof(typeof(rule)))() layer $l ($(layer_text(spec))) has a feedback array"))
-        B = shape === nothing ? nothing : feedback_array(T, shape, rule, spec, feedbacks[l], brng, init, W)
-        carries = carries_back(rule) && any(<(l), params)
-        push!(layers, LayerState{T}(spec, l, shapes[l], shapes[l+1], W, B, shape === nothing ? nothing : feedbacks[l],
-                                     dropouts[l], carries, rule))
+    leaves = leaf_layers(chain)
+    # Model files bound what a chain read from them may allocate: no more values than the file holds.
+    nparams = big(0)
+    for l in leaves, p in values(parameters(l, ()))
+        nparams += prod(big.(p.shape))
     end
+    nparams <= max_params || throw(ArgumentError("the chain has $nparams parameters, more than the $max_params allowed here"))
+    L = length(leaves)
+    b = Build{T,typeof(rule)}(rule, init, per_layer(feedback, L, "feedback"), layer_dropout(dropout, leaves),
+                              stream(seed, 1), stream(feedback_seed, 2), last.out, L, Any[], false, false, false)
+    root = build_node(chain, insize, "", b)
     NX = length(insize) + 1
+    nout = last.out
     inputs = Sized(InputBuffers{T,NX}(0, Array{T,NX}(undef, insize..., 0), Int[], Matrix{T}(undef, nout, 0),
                                       Matrix{T}(undef, nout, 0)))
-    stack = Tuple(layers)
-    return Network{T,NX,typeof(rule),typeof(loss),typeof(stack),typeof(insize)}(
-        chain, insize, stack, rule, loss, UInt64(seed), UInt64(feedback_seed), stream(seed, 3), :none, 0, 0,
-        init, inputs, Int[], false, any(>(0), dropouts), 0, Array{T}[Array{T,length(s)+1}(undef, s..., 0) for s in shapes[1:L]])
+    flat = Tuple(b.leaves)
+    return Network{T,NX,typeof(rule),typeof(loss),typeof(root),typeof(flat),typeof(insize)}(
+        chain, insize, root, flat, rule, loss, UInt64(seed), UInt64(feedback_seed), stream(seed, 3), :none, 0, 0,
+        init, inputs, Int[], false, any(>(0), b.dropouts), true, 0, Array{T}[Array{T,length(n.insize)+1}(undef, n.insize..., 0) for n in flat])
 end
 
 function Network(sizes::AbstractVector{<:Integer}; activation=tanh, dropout=0.0, kwargs...)
@@ -214,123 +435,29 @@ function input_shape(input, chain)
     return s
 end
 
-"Each layer's input shape and, last, the chain's output shape; errors name the layer."
-function layer_shapes(chain::Chain, insize::Dims)
-    shapes = Dims[insize]
-    for (l, spec) in enumerate(chain.layers)
-        s = try
-            output_shape(spec, shapes[end])
-        catch e
-            e isa ArgumentError || rethrow()
-            throw(ArgumentError("layer $l, $(e.msg)"))
-        end
-        push!(shapes, s)
-    end
-    return shapes
-end
-
 function per_layer(x, n, name)
-    x isa AbstractVector || return fill(x, n)
+    x isa AbstractVector || return Any[x for _ in 1:n]
     length(x) == n || throw(ArgumentError("$name has $(length(x)) entries; expected one per layer ($n)"))
-    return collect(x)
+    return collect(Any, x)
 end
 
-# Dropout per layer (the last one has none): a number applies to every layer with parameters.
-function layer_dropout(dropout, chain::Chain)
-    L = length(chain)
+# Dropout per leaf (the last one has none): a number applies to every layer with parameters.
+function layer_dropout(dropout, leaves)
+    L = length(leaves)
     ps = dropout isa AbstractVector ? Float64.(dropout) :
-         Float64[l < L && has_params(chain[l]) ? Float64(dropout) : 0.0 for l in 1:L-1]
+         Float64[weight_layer(leaves[l]) ? Float64(dropout) : 0.0 for l in 1:L-1]
     length(ps) == L - 1 || throw(ArgumentError("dropout has $(length(ps)) entries; expected one per layer but the last ($(L - 1))"))
     all(p -> 0 <= p < 1, ps) || throw(ArgumentError("dropout probabilities must be in [0, 1), got $ps"))
     for (l, p) in enumerate(ps)
-        p > 0 && !has_params(chain[l]) &&
-            throw(ArgumentError("dropout[$l] is $p, but layer $l ($(layer_text(chain[l]))) has no parameters; dropout follows a Dense or Conv layer"))
+        p > 0 && !weight_layer(leaves[l]) &&
+            throw(ArgumentError("dropout[$l] is $p, but layer $l ($(layer_text(leaves[l]))) has no parameters; dropout follows a Dense or Conv layer"))
     end
     return push!(ps, 0.0)
 end
 
-function feedback_array(::Type{T}, shape, rule, spec, feedback, rng, init, W) where {T}
-    if rule isa uSF   # scale · sign(W): magnitudes are the scale, signs follow W (refresh_signs!)
-        scale = rule.scale === nothing ? init_std(init, fans(spec)...) : rule.scale
-        B = fill(T(scale), shape)
-        follow_signs!(B, W, spec)
-        return B
-    end
-    feedback isa Initialiser || throw(ArgumentError("feedback must be an initialiser, got $(repr(feedback))"))
-    if feedback isa GivenPointer   # a row-major host's array: its shape is Julia's, reversed
-        feedback.dims == shape || throw(DimensionMismatch("the given feedback array has shape $(reverse(feedback.dims)); " *
-                                                          "$(nameof(typeof(rule)))() gives $(layer_text(spec)) a B of shape $(reverse(shape))"))
-        feedback = Given(unsafe_wrap(Array, feedback.p, shape))
-    end
-    if feedback isa Given
-        rule isa brSF && throw(ArgumentError("brSF redraws B every batch; it cannot use a given array"))
-        size(feedback.M) == shape || throw(DimensionMismatch("the given feedback array has size $(size(feedback.M)); $(layer_text(spec))'s B needs $shape"))
-        eltype(feedback.M) == T || throw(ArgumentError("the given feedback array has element type $(eltype(feedback.M)), the network uses $T"))
-        B = feedback.M
-    else
-        B = init!(Array{T}(undef, shape...), feedback, rng, feedback_fans(spec, shape)...,
-                  rule isa FAStyle && spec isa Dense ? permutedims(W) : W)   # W oriented like B
-    end
-    rule isa SignSymmetric && follow_signs!(B, W, spec)
-    return B
-end
-
-# B's fans: a matrix carries its columns to its rows; a kernel-shaped B carries cout channels back to cin.
-feedback_fans(spec, shape::NTuple{2,Int}) = (shape[2], shape[1])
-feedback_fans(spec::Conv, shape::NTuple{4,Int}) = reverse(fans(spec))
-
-"B ← |B| ∘ sign(Wᵀ) for a dense layer, |B| ∘ sign(W) for a conv layer (a zero weight counts as positive)."
-function follow_signs!(B::Matrix, W::Matrix, ::Dense)
-    @inbounds for j in axes(B, 2), i in axes(B, 1)
-        B[i, j] = copysign(B[i, j], W[j, i])
-    end
-    return B
-end
-function follow_signs!(B::Array, W::Array, ::Conv)
-    @inbounds @simd for k in eachindex(B, W)
-        B[k] = copysign(B[k], W[k])
-    end
-    return B
-end
-
-function LayerState{T}(spec::Layer, index, insize, outsize, W, B, feedback_init, dropout, carries, rule) where {T}
-    NI, N = length(insize) + 1, length(outsize) + 1
-    b = has_params(spec) ? zeros(T, bias_length(spec)) : nothing
-    dW = W === nothing ? nothing : similar(W)
-    # Kolen-Pollack's B gradient: a dense B gets dWᵀ (its own buffer), a kernel-shaped B dW itself.
-    dB = learns_feedback(rule) && B !== nothing ? (spec isa Conv ? dW : similar(B)) : nothing
-    mirror = rule isa WeightMirror && B !== nothing ? Mirror{T}(spec, insize, outsize, rule.batchsize, W) : nothing
-    WT, BiasT, BT = typeof(W), typeof(b), typeof(B)
-    st = LayerState{T,typeof(spec),NI,N,WT,BiasT,BT,typeof(mirror),typeof(feedback_init)}(
-        spec, index, insize, outsize, W, b, B, dW, b === nothing ? nothing : similar(b), dB, WT[], BiasT[], BT[],
-        feedback_init, dropout, carries, Sized(buffers(T, spec, outsize, dropout, 0)), T[], mirror)
-    return st
-end
-
-function Mirror{T}(spec::Layer, insize, outsize, mb, W) where {T}
-    x = Array{T}(undef, insize..., mb)
-    y = Array{T}(undef, (spec isa Conv ? output_shape(spec, insize) : outsize)..., mb)
-    scratch = spec isa Conv ? Vector{T}(undef, conv_scratch_length(window(spec), insize[1:2], insize[3], spec.cout, mb)) : T[]
-    product = spec isa Conv ? similar(W) : nothing
-    return Mirror{T,ndims(x),ndims(y),typeof(product)}(x, y, scratch, product, Vector{T}(undef, size(W)[end]))
-end
-
-# The buffers a layer needs for m observations.
-function buffers(::Type{T}, spec::Layer, outsize, dropout, m) where {T}
-    N = length(outsize) + 1
-    full = Array{T,N}(undef, outsize..., m)
-    none = Array{T,N}(undef, ntuple(_ -> 0, N))
-    A = has_params(spec) ? full : none
-    H = has_params(spec) && activation(spec) === identity ? A : Array{T,N}(undef, outsize..., m)
-    dropping = dropout > 0
-    return Buffers{T,N}(m, A, H, Array{T,N}(undef, outsize..., m), dropping ? similar(full) : none,
-                        dropping ? similar(full) : none,
-                        spec isa MaxPool ? Array{Int32,N}(undef, outsize..., m) : Array{Int32,N}(undef, ntuple(_ -> 0, N)))
-end
-
 Base.eltype(::Network{T}) where {T} = T
 insize(net::Network) = net.insize
-outsize(net::Network) = last(net.layers).spec.out   # the last layer is Dense
+outsize(net::Network) = last(net.layers).layer.out   # the last layer is Dense
 nfeatures(net::Network) = prod(net.insize)
 "Layer widths of a dense network (its input, then each layer's output size)."
 sizes(net::Network) = [prod(net.insize); [prod(st.outsize) for st in net.layers]]
@@ -340,38 +467,80 @@ function Base.show(io::IO, net::Network{T}) where {T}
           ", rule=", net.rule, ", loss=", typeof(net.loss).name.name, "())")
 end
 
+"""
+    trainmode!(net) / testmode!(net)
+
+The mode that `forward!` and `gradients` use (Flux's names): training mode (the default) normalises
+batch norm layers with the batch's statistics; test mode with their running statistics. Training
+(`step!`, `learn!`) always trains, and predictions (`predict`, `evaluate`, `outputs`) always use the
+running statistics, whatever the mode.
+"""
+trainmode!(net::Network) = (net.training = true; net)
+testmode!(net::Network) = (net.training = false; net)
+
+# Every node, containers before their children (PyTorch's named_modules order).
+foreach_node(f::F, n::Node) where {F} = f(n)
+foreach_node(f::F, c::ChainNode) where {F} = (f(c); foreach_layer(n -> foreach_node(f, n), c.children))
+function foreach_node(f::F, s::SkipNode) where {F}
+    f(s)
+    foreach_node(f, s.main)
+    s.shortcut === nothing || foreach_node(f, s.shortcut)
+end
+"Every node of the network as (path, node) pairs, depth first, containers before their children."
+function named_nodes(net::Network)
+    out = Pair{String,Any}[]
+    foreach_node(n -> push!(out, n.path => n), net.root)
+    return out
+end
+
+"The nodes hosts and model files see: every layer and container but the network's own chain, depth first."
+listed_nodes(net::Network) = [n for (p, n) in named_nodes(net) if !isempty(p)]
+
+"A node's named arrays: its parameters, its state, and its feedback array (files and hosts name them so)."
+function node_arrays(n)
+    out = Pair{String,Array}[]
+    n isa ChainNode && return out
+    if n isa Node
+        append!(out, [string(k) => v for (k, v) in pairs(n.params)])
+        append!(out, [string(k) => v for (k, v) in pairs(n.state)])
+    end
+    n.B === nothing || push!(out, "B" => n.B)
+    return out
+end
+
 "Make every buffer hold at least `m` observations (growing them drops the old cuts)."
 function workspace!(net::Network{T,NX}, m::Integer) where {T,NX}
     net.inputs.full.m >= m && return net
     nout = outsize(net)
     net.inputs = Sized(InputBuffers{T,NX}(m, Array{T,NX}(undef, net.insize..., m), Vector{Int}(undef, m),
                                           Matrix{T}(undef, nout, m), Matrix{T}(undef, nout, m)))
-    foreach_layer(st -> grow!(st, m), net.layers)
+    foreach_node(n -> grow!(n, m), net.root)
     return net
 end
 
-function grow!(st::LayerState{T}, m) where {T}
-    st.buffers = Sized(buffers(T, st.spec, st.outsize, st.dropout, m))
-    st.spec isa Conv && (st.scratch = Vector{T}(undef, conv_scratch_length(window(st), st.insize[1:2], st.insize[3], st.spec.cout, m)))
-    return st
+function grow!(n::Node{T}, m) where {T}
+    n.buffers = Sized(batch_buffers(T, n.layer, n.outsize, n.dropout, m))
+    n.scratch = scratch(n.layer, T, n.insize, n.outsize, m)
+    return n
 end
+grow!(s::SkipNode{T}, m) where {T} = (s.buffers = Sized(skip_buffers(T, s.outsize, m)); s)
+grow!(c::ChainNode, m) = c
 
 capacity(net::Network) = net.inputs.full.m
 batch(net::Network, m) = at(net.inputs, m)
-buffers(st::LayerState, m) = at(st.buffers, m)
+buffers(n::Union{Node,SkipNode}, m::Integer) = at(n.buffers, m)
+"The error buffer at a node's output (a chain's: its last child's)."
+error_of(n::Union{Node,SkipNode}, m) = buffers(n, m).D
+error_of(c::ChainNode, m) = error_of(last(c.children), m)
 "The network's outputs (logits for classification) from the last forward pass."
 network_output(net::Network, m) = buffers(last(net.layers), m).H
 "The output error dL/dZ buffer."
 output_error(net::Network, m) = buffers(last(net.layers), m).D
 
-# Passes over the layers, written as recursion over the tuple so that each call is resolved at
-# compile time (a loop over a heterogeneous tuple, or over a vector of layers, dispatches at run
-# time and boxes what it passes).
+# Passes over a tuple of nodes, written as recursion so that each call is resolved at compile time
+# (a loop over a heterogeneous tuple dispatches at run time and boxes what it passes).
 @inline foreach_layer(f::F, t::Tuple{}) where {F} = nothing
 @inline foreach_layer(f::F, t::Tuple) where {F} = (f(first(t)); foreach_layer(f, Base.tail(t)))
-"Calls f(st, prev) from the last layer to the first; `prev` is the layer before st (nothing for the first)."
-@inline backward_pairs(f::F, prev, t::Tuple{}) where {F} = nothing
-@inline backward_pairs(f::F, prev, t::Tuple) where {F} = (backward_pairs(f, first(t), Base.tail(t)); f(first(t), prev))
 @inline fold_layers(f::F, x, t::Tuple{}) where {F} = x
 @inline fold_layers(f::F, x, t::Tuple) where {F} = fold_layers(f, f(first(t), x), Base.tail(t))
 "Whether f(st) holds for every layer (a conjunction evaluated for all of them)."
@@ -388,132 +557,117 @@ function check_inputs(net::Network, X::AbstractArray)
     size(X, ndims(X)) >= 1 || throw(ArgumentError("X has no observations"))
 end
 
+# --- forward ---------------------------------------------------------------------------------------
+
 """
-    forward!(net, X, training = false) -> Z
+    forward!(net, X, mode = EVAL) -> Z
 
 Network outputs for the batch `X` (observations last, at most the buffers' capacity), left in the
-buffers with every layer's pre-activations and outputs for the backward pass. With `training`, layers
-with a dropout probability apply it (inverted: kept units are scaled by 1/(1-p)).
+buffers with every layer's outputs for the backward pass. `mode`: `EVAL` (running statistics, no
+dropout), `BATCH` (batch statistics, nothing updated) or `TRAIN` (batch statistics, running
+statistics updated, dropout on: inverted, kept units scaled by 1/(1-p)).
 """
-function forward!(net::Network{T}, X::Array{T}, training::Bool=false) where {T}
+function forward!(net::Network{T}, X::Array{T}, mode::Mode=EVAL) where {T}
     net.m = size(X, ndims(X))
-    net.dropping = training && net.with_dropout
-    fold_layers((st, x) -> forward_layer!(st, x, net), X, net.layers)
+    net.dropping = mode == TRAIN && net.with_dropout
+    forward!(net.root, X, net, mode)
     return network_output(net, net.m)
 end
+forward!(net::Network{T}, X::Array{T}, training::Bool) where {T} = forward!(net, X, training ? TRAIN : BATCH)
 
-function forward_layer!(st::LayerState{T,S,NI}, x::Array{T,NI}, net::Network) where {T,S,NI}
-    net.seen[st.index] = x
-    b = buffers(st, net.m)
-    forward_kernel!(st, st.spec, b, x)
-    dropping = net.dropping && st.dropout > 0
-    dropping && drop!(b.dropped, b.mask, b.H, st.dropout, net.rng)
+function forward!(n::Node{T,L,NI}, x::Array{T,NI}, net::Network, mode::Mode) where {T,L,NI}
+    net.seen[n.index] = x
+    b = buffers(n, net.m)
+    forward!(n.layer, n, b, x, mode)
+    dropping = net.dropping && n.dropout > 0
+    dropping && drop!(b.dropped, b.mask, b.H, n.dropout, net.rng)
     return dropping ? b.dropped : b.H
 end
-
-function forward_kernel!(st, spec::Dense, b, x)
-    gemm!(b.A, 'N', st.W, 'N', x)
-    bias_activate!(b.H, b.A, st.b, spec.σ)
-end
-function forward_kernel!(st, spec::Conv, b, x)
-    conv_forward!(b.A, b.H, spec.σ, x, st.W, st.b, st.scratch, window(spec))   # bias and activation fused
-end
-forward_kernel!(st, spec::MaxPool, b, x) = maxpool_forward!(b.H, b.argmax, x, window(spec))
-forward_kernel!(st, spec::MeanPool, b, x) = meanpool_forward!(b.H, x, window(spec))
-forward_kernel!(st, ::Flatten, b, x) = copyto!(b.H, x)
-
-# A .+= b and H = f.(A) in one pass over memory, split over observations (threads.jl). (`f::F`
-# makes Julia specialise on the activation, which it otherwise skips for functions only passed on.)
-function bias_activate!(H::Matrix{T}, A::Matrix{T}, b::Vector{T}, f::F) where {T,F}
-    p, cols = nparts(NS_ACTIVATE * length(A)), 1:size(A, 2)
-    p == 1 ? bias_activate_part!(cols, H, A, b, f) : threaded_parts(c -> bias_activate_part!(c, H, A, b, f), cols, p)
+forward!(c::ChainNode, x, net::Network, mode::Mode) = forward_chain!(c.children, x, net, mode)
+# Recursion over the children (not a closure, which a chain nested in a block would allocate).
+forward_chain!(t::Tuple{}, x, net, mode) = x
+forward_chain!(t::Tuple, x, net, mode) = forward_chain!(Base.tail(t), forward!(first(t), x, net, mode), net, mode)
+function forward!(s::SkipNode{T,L,N}, x::Array{T,N}, net::Network, mode::Mode) where {T,L,N}
+    y = forward!(s.main, x, net, mode)
+    z = s.shortcut === nothing ? x : forward!(s.shortcut, x, net, mode)
+    H = buffers(s, net.m).H
+    @inbounds @simd for k in eachindex(H, y, z)
+        H[k] = y[k] + z[k]
+    end
     return H
 end
 
-function bias_activate_part!(cols, H::Matrix{T}, A::Matrix{T}, b::Vector{T}, f::F) where {T,F}
-    @inbounds for j in cols
-        @simd for i in axes(A, 1)
-            a = A[i, j] + b[i]
-            A[i, j] = a
-            H[i, j] = activate(f, a)
-        end
-    end
-end
-
-# Inverted dropout: M = 0 with probability p, else 1/(1-p); Hd = H .* M.
-function drop!(Hd::Array{T}, M::Array{T}, H::Array{T}, p::Float64, rng::SplitMix64) where {T}
-    keep = T(1 / (1 - p))
-    @inbounds for k in eachindex(M, H, Hd)
-        M[k] = ifelse(uniform(rng) < p, zero(T), keep)
-        Hd[k] = H[k] * M[k]
-    end
-end
-
-# D .*= f'(A) given the activations H = f(A), split over elements.
-function times_deriv!(D::Array{T}, f::F, A::Array{T}, H::Array{T}) where {T,F}
-    f === identity && return D
-    size(D) == size(A) == size(H) || throw(DimensionMismatch("times_deriv!: sizes $(size(D)), $(size(A)), $(size(H))"))
-    p, ks = nparts(NS_DERIV * length(D)), 1:length(D)
-    p == 1 ? times_deriv_part!(ks, D, f, A, H) : threaded_parts(k -> times_deriv_part!(k, D, f, A, H), ks, p)
-    return D
-end
-
-function times_deriv_part!(ks, D::Array{T}, f::F, A::Array{T}, H::Array{T}) where {T,F}
-    @inbounds @simd for k in ks
-        D[k] *= deriv(f, A[k], H[k])
-    end
-end
+# --- backward --------------------------------------------------------------------------------------
 
 """
     backward!(net, rule = net.rule)
 
-After `forward!` and with the output error in `output_error(net, m)`, fill each layer's `dW`, `db`
-(and Kolen-Pollack's `dB`) with the update `rule` gives it: the update applied is W -= lr * dW.
-Layers are visited from the last: each takes its error signal from the rule (the error the next
-layer carried back, or a projection of the output), turns it into dL/dA, computes its gradients, and
-carries the error back to its input where the rule needs that. (Diagnostics pass `BP()` to compare a
-rule's updates with the true gradient on the same forward pass.)
+After `forward!` and with the output error in `output_error(net, m)`, fill each layer's gradients
+(and Kolen-Pollack's `dB`) with the update `rule` gives it: the update applied is p -= lr * dp.
+Nodes are visited from the last. A node that an error reaches (the output error, an error carried
+back by the node after it, or a projection where the rule has a direct feedback point) computes its
+gradients from it and, where the rule needs it, carries it back to its input (exactly, or with B in
+W's place); where two paths meet, the errors they carry back add up. A layer that no error reaches
+gets zero gradients. (Diagnostics pass `BP()` to compare a rule's updates with the true gradient on
+the same forward pass.)
 """
 function backward!(net::Network, rule::LearningRule=net.rule)
-    backward_pairs((st, prev) -> backward_layer!(st, prev, net, rule), nothing, net.layers)
+    backward!(net.root, nothing, false, true, rule, net)
     return net
 end
 
-function backward_layer!(st::LayerState{T,S,NI}, prev, net::Network{T}, rule::LearningRule) where {T,S,NI}
-    m, last = net.m, st.index == length(net.layers)
-    b = buffers(st, m)
-    if has_params(st.spec)
-        last || hidden_signal!(b.D, rule, st, net)
-        if !last
-            times_deriv!(b.D, activation(st.spec), b.A, b.H)
-            net.dropping && st.dropout > 0 && (b.D .*= b.mask)
+# Each returns whether it wrote the error at its input into dx (added to it when `acc`).
+function backward!(n::Node{T,L,NI}, dx, acc::Bool, live::Bool, rule::LearningRule, net::Network) where {T,L,NI}
+    b = buffers(n, net.m)
+    if point(rule, n)
+        project!(b.D, n.inject, signal(rule, net, net.m))
+        live = true
+    end
+    if !live
+        zero_gradients!(n)
+        return false
+    end
+    net.dropping && n.dropout > 0 && (b.D .*= b.mask)
+    x = net.seen[n.index]::Array{T,NI}
+    parameter_gradients!(n.layer, n, b, x)
+    n.dB === nothing || n.dB === n.grads.W || transpose!(n.dB, n.grads.W)
+    dx === nothing && return false
+    carries(rule, n) || return false
+    carry!(dx, n.layer, n, b, x, exact(rule), acc)
+    return true
+end
+
+backward!(c::ChainNode, dx, acc::Bool, live::Bool, rule::LearningRule, net::Network) =
+    backward_chain!(c.children, dx, acc, live, rule, net)
+backward_chain!(t::Tuple{Any}, dx, acc::Bool, live::Bool, rule, net) = backward!(first(t), dx, acc, live, rule, net)
+function backward_chain!(t::Tuple, dx, acc::Bool, live::Bool, rule, net)
+    front = Base.front(t)
+    wrote = backward!(last(t), error_of(last(front), net.m), false, live, rule, net)
+    return backward_chain!(front, dx, acc, wrote, rule, net)
+end
+
+function backward!(s::SkipNode, dx, acc::Bool, live::Bool, rule::LearningRule, net::Network)
+    m = net.m
+    b = buffers(s, m)
+    if point(rule, s)
+        project!(b.D, s.inject, signal(rule, net, m))
+        live = true
+    end
+    live && copyto!(error_of(s.main, m), b.D)
+    wrote = backward!(s.main, dx, acc, live, rule, net)
+    if s.shortcut === nothing
+        if live && dx !== nothing && carries(rule, s)
+            add_or_copy!(dx, b.D, acc | wrote)
+            wrote = true
         end
-        gradient_kernel!(st, st.spec, b, net.seen[st.index]::Array{T,NI})
+    else
+        live && copyto!(error_of(s.shortcut, m), b.D)
+        wrote |= backward!(s.shortcut, dx, acc | wrote, live, rule, net)
     end
-    if prev !== nothing && (rule === net.rule ? st.carries : carries_back(rule) && any_params_before(net, st.index))
-        carry_back!(buffers(prev, m).D, rule, st, st.spec, b)
-    end
+    return wrote
 end
 
-any_params_before(net, l) = any(k -> has_params(net.layers[k].spec), 1:l-1)
-
-function gradient_kernel!(st, ::Dense, b, x)
-    gemm!(st.dW, 'N', b.D, 'T', x)
-    rowsums!(st.db, b.D)
-    st.dB === nothing || st.dB === st.dW || transpose!(st.dB, st.dW)
-end
-gradient_kernel!(st, spec::Conv, b, x) = conv_filter_grad!(st.dW, st.db, x, b.D, st.scratch, window(spec))
-
-# The error reaching a layer's input. Layers with parameters carry it back through W (backprop) or
-# through B in W's place (the FA family: a dense B has Wᵀ's shape, a conv B the kernel's); pooling
-# and flatten carry it back exactly.
-carry_back!(dx, ::BP, st, ::Dense, b) = gemm!(dx, 'T', st.W, 'N', b.D)
-carry_back!(dx, ::FAStyle, st, ::Dense, b) = gemm!(dx, 'N', st.B, 'N', b.D)
-carry_back!(dx, rule::Union{BP,FAStyle}, st, spec::Conv, b) =
-    conv_data_grad!(dx, b.D, rule isa BP ? st.W : st.B, st.scratch, window(spec))
-carry_back!(dx, rule, st, spec::MaxPool, b) = maxpool_backward!(dx, b.D, b.argmax, window(spec))
-carry_back!(dx, rule, st, spec::MeanPool, b) = meanpool_backward!(dx, b.D, window(spec))
-carry_back!(dx, rule, st, ::Flatten, b) = copyto!(dx, b.D)
+zero_gradients!(n::Node) = (foreach_layer(g -> fill!(g, 0), values(n.grads)); n.dB === nothing || fill!(n.dB, 0); nothing)
 
 # db = sum of D's columns (a loop: Julia 1.5's `sum!` allocates). Serial: split over rows (so that
 # each sum keeps its order) it ran 2x slower on two threads (bench/threads.jl).
@@ -527,13 +681,16 @@ function rowsums!(db::Vector{T}, D::Matrix{T}) where {T}
     return db
 end
 
+gradient_mode(net::Network) = net.training ? BATCH : EVAL
+
 """
 Forward, loss and backward on one batch (m ≤ capacity); returns (summed loss, number correct).
-`training` turns dropout on (`gradients` leaves it off, so it is deterministic).
+`mode` as for `forward!`: `TRAIN` for a training step; `gradients` uses the network's mode (batch
+statistics in training mode, running ones in test mode) and never dropout, so it changes nothing.
 """
-function loss_and_grads!(net::Network{T}, X::Array{T}, Y, training::Bool=false) where {T}
+function loss_and_grads!(net::Network{T}, X::Array{T}, Y, mode::Mode=gradient_mode(net)) where {T}
     m = size(X, ndims(X))
-    Z = forward!(net, X, training)
+    Z = forward!(net, X, mode)
     total, correct = loss_and_error!(output_error(net, m), net.loss, Z, Y)
     prepare_signal!(net.rule, net, Y, m)
     backward!(net)
@@ -559,25 +716,37 @@ function gradients!(grads, net::Network{T}, X, Y) where {T}
     X = as_input(net, X)
     check_inputs(net, X)
     check_targets(net.loss, Y, outsize(net), size(X, ndims(X)))
-    length(grads) == length(net.layers) || throw(DimensionMismatch("need one (dW, db) per layer"))
+    length(grads) == length(net.layers) || throw(DimensionMismatch("need one entry per layer"))
     for (g, st) in zip(grads, net.layers)
-        st.W === nothing && continue
-        size(g[1]) == size(st.W) && size(g[2]) == size(st.b) ||
-            throw(DimensionMismatch("gradient buffers must have the shapes of (W, b)"))
+        isempty(st.params) && continue
+        length(g) == length(st.params) && all(size(a) == size(p) for (a, p) in zip(g, values(st.params))) ||
+            throw(DimensionMismatch("the gradient buffers of layer $(st.path) must have the shapes of its parameters ($(join(keys(st.params), ", ")))"))
     end
+    loss = compute_gradients!(net, X, Y)
+    for (g, st) in zip(grads, net.layers)
+        isempty(st.params) && continue
+        foreach(copyto!, g, values(st.grads))
+    end
+    return loss
+end
+
+"The rule's gradients for the batch (X, Y), left in the layers (`st.grads`); returns the mean loss."
+function compute_gradients!(net::Network, X, Y)
+    X = as_input(net, X)
+    check_inputs(net, X)
+    check_targets(net.loss, Y, outsize(net), size(X, ndims(X)))
     workspace!(net, size(X, ndims(X)))
     total, _ = loss_and_grads!(net, X, Y)
-    for (g, st) in zip(grads, net.layers)
-        st.W === nothing && continue
-        copyto!(g[1], st.dW)
-        copyto!(g[2], st.db)
-    end
     return total / size(X, ndims(X))
 end
 
-"Each layer's (dW, db) under the network's rule for the batch (X, Y), in new arrays (`nothing` for layers without parameters)."
+"""
+Each layer's gradients under the network's rule for the batch (X, Y), in new arrays: per leaf, a
+tuple in the order its layer declares its parameters ((dW, db) for Dense and Conv, (dgamma, dbeta)
+for BatchNorm), `nothing` for layers without parameters.
+"""
 function gradients(net::Network, X, Y)
-    g = [st.W === nothing ? nothing : (similar(st.W), similar(st.b)) for st in net.layers]
+    g = [isempty(st.params) ? nothing : map(similar, Tuple(values(st.params))) for st in net.layers]
     gradients!(g, net, X, Y)
     return g
 end
@@ -659,3 +828,52 @@ end
 
 targetview(y::AbstractVector, cols) = view(y, cols)
 targetview(Y::AbstractMatrix, cols) = view(Y, :, cols)
+
+# A .+= b and H = f.(A) in one pass over memory, split over observations (threads.jl). (`f::F`
+# makes Julia specialise on the activation, which it otherwise skips for functions only passed on.)
+function bias_activate!(H::Matrix{T}, A::Matrix{T}, b::Vector{T}, f::F) where {T,F}
+    p, cols = nparts(NS_ACTIVATE * length(A)), 1:size(A, 2)
+    p == 1 ? bias_activate_part!(cols, H, A, b, f) : threaded_parts(c -> bias_activate_part!(c, H, A, b, f), cols, p)
+    return H
+end
+
+function bias_activate_part!(cols, H::Matrix{T}, A::Matrix{T}, b::Vector{T}, f::F) where {T,F}
+    @inbounds for j in cols
+        @simd for i in axes(A, 1)
+            a = A[i, j] + b[i]
+            A[i, j] = a
+            H[i, j] = activate(f, a)
+        end
+    end
+end
+
+function activate!(H::Array{T}, A::Array{T}, f::F) where {T,F}
+    @inbounds @simd for k in eachindex(H, A)
+        H[k] = activate(f, A[k])
+    end
+end
+
+# Inverted dropout: M = 0 with probability p, else 1/(1-p); Hd = H .* M.
+function drop!(Hd::Array{T}, M::Array{T}, H::Array{T}, p::Float64, rng::SplitMix64) where {T}
+    keep = T(1 / (1 - p))
+    @inbounds for k in eachindex(M, H, Hd)
+        M[k] = ifelse(uniform(rng) < p, zero(T), keep)
+        Hd[k] = H[k] * M[k]
+    end
+end
+
+# D .*= f'(A) given the activations H = f(A), split over elements.
+function times_deriv!(D::Array{T}, f::F, A::Array{T}, H::Array{T}) where {T,F}
+    f === identity && return D
+    size(D) == size(A) == size(H) || throw(DimensionMismatch("times_deriv!: sizes $(size(D)), $(size(A)), $(size(H))"))
+    p, ks = nparts(NS_DERIV * length(D)), 1:length(D)
+    p == 1 ? times_deriv_part!(ks, D, f, A, H) : threaded_parts(k -> times_deriv_part!(k, D, f, A, H), ks, p)
+    return D
+end
+
+function times_deriv_part!(ks, D::Array{T}, f::F, A::Array{T}, H::Array{T}) where {T,F}
+    @inbounds @simd for k in ks
+        D[k] *= deriv(f, A[k], H[k])
+    end
+end
+

@@ -136,19 +136,21 @@ end
 
 function new_state!(net::Network, kind::Symbol)
     n = kind === :none ? 0 : length(STATE_SLOT_NAMES[kind])
-    foreach_layer(st -> st.W === nothing || fresh_slots!(st, n, learns_feedback(net.rule) && st.B !== nothing), net.layers)
+    foreach_layer(st -> fresh_slots!(st, n, learns_feedback(net.rule) && st.B !== nothing), net.layers)
     net.optkind, net.optsteps = kind, 0
     return net
 end
 
-function fresh_slots!(st::LayerState, n, with_B)
-    empty!(st.sW); empty!(st.sb); empty!(st.sB)
+function fresh_slots!(st::Node, n, with_B)
+    foreach_layer(empty!, values(st.slots))
+    empty!(st.sB)
     for _ in 1:n
-        push!(st.sW, zero(st.W))
-        push!(st.sb, zero(st.b))
+        foreach_pair((s, p) -> push!(s, zero(p)), values(st.slots), values(st.params))
         with_B && push!(st.sB, zero(st.B))
     end
 end
+@inline foreach_pair(f::F, a::Tuple{}, b::Tuple{}) where {F} = nothing
+@inline foreach_pair(f::F, a::Tuple, b::Tuple) where {F} = (f(first(a), first(b)); foreach_pair(f, Base.tail(a), Base.tail(b)))
 
 """
     update!(net, opt)
@@ -171,21 +173,26 @@ function update!(net::Network, opt::Optimiser)
 end
 
 # write = false: would every new value be finite? write = true: store them.
-function update_layer!(st::LayerState{T}, opt::Optimiser, net::Network, write::Bool) where {T}
-    (st.W === nothing || !learns(net.rule, st, net)) && return true
+function update_layer!(st::Node{T}, opt::Optimiser, net::Network, write::Bool) where {T}
+    (isempty(st.params) || !learns(net.rule, st, net)) && return true
     lr, t = T(layer_rate(opt, st.index, net.epochs)), net.optsteps + !write
-    ok = kernel!(opt, st.W, st.dW, st.sW, lr, true, t, write)
-    ok &= kernel!(opt, st.b, st.db, st.sb, lr, false, t, write)
+    ok = update_params!(opt, values(st.params), values(st.grads), values(st.slots), st.decays, lr, t, write)
     if !isempty(st.sB)     # Kolen-Pollack: B gets W's update (transposed for a dense layer)
         ok &= kernel!(opt, st.B, st.dB, st.sB, lr, true, t, write)
     end
     return ok
 end
 
-function first_bad(st::LayerState{T}, opt, net) where {T}
+update_params!(opt, ::Tuple{}, ::Tuple{}, ::Tuple{}, ::Tuple{}, lr, t, write) = true
+@inline update_params!(opt, ps::Tuple, gs::Tuple, ss::Tuple, ds::Tuple, lr, t, write) =
+    kernel!(opt, first(ps), first(gs), first(ss), lr, first(ds), t, write) &
+    update_params!(opt, Base.tail(ps), Base.tail(gs), Base.tail(ss), Base.tail(ds), lr, t, write)
+
+function first_bad(st::Node{T}, opt, net) where {T}
     lr, t = T(layer_rate(opt, st.index, net.epochs)), net.optsteps + 1
-    kernel!(opt, st.W, st.dW, st.sW, lr, true, t, false) || return "W"
-    kernel!(opt, st.b, st.db, st.sb, lr, false, t, false) || return "b"
+    for (k, name) in enumerate(keys(st.params))
+        kernel!(opt, st.params[k], st.grads[k], st.slots[k], lr, st.decays[k], t, false) || return string(name)
+    end
     return "B"
 end
 

@@ -1,7 +1,10 @@
 """
-A learning rule decides which error signal each hidden layer receives. Adding one means adding a
-type and its `feedback_shape` and `hidden_error!` methods; the hooks below (`prepare_signal!`,
-`before_batch!`, `after_update!`, `learns`, `learns_feedback`) default to doing nothing.
+A learning rule decides where each layer's error signal comes from: which nodes carry the error
+back (`carries`), whether weight layers carry it with W or with their feedback array (`exact`), the
+shape of those arrays (`feedback_shape`), and where a direct signal enters (`point`, `signal`).
+The layers decide how an error is carried (layers.jl). Adding a rule means adding a type and its
+methods; the hooks below (`prepare_signal!`, `before_batch!`, `after_update!`, `learns`,
+`learns_feedback`) default to doing nothing, and a rule that says nothing carries no error back.
 """
 abstract type LearningRule end
 
@@ -11,8 +14,28 @@ struct BP <: LearningRule end
 "Feedback alignment (Lillicrap et al. 2016): Wᵀ replaced by a fixed random B of the same shape."
 struct FA <: LearningRule end
 
-"Direct feedback alignment (Nøkland 2016): each hidden layer gets the output error through its own fixed random B."
-struct DFA <: LearningRule end
+"""
+    DFA(; feedback_points = :layer)
+
+Direct feedback alignment (Nøkland 2016): each hidden layer gets the output error through its own
+fixed random B. `feedback_points` says where: `:layer`, at every Dense and Conv layer but the last,
+after the activation, batch norm and other elementwise layers that directly follow it (so a hidden
+layer's error is (B e) ⊙ f'(a), Nøkland's rule, with batch norm's exact derivative when it sits in
+between); `:block`, at each skip connection's output (after the elementwise layers that follow it),
+from where the error is backpropagated exactly through the block, as Launay et al. (2020) place DFA
+per transformer block; Dense and Conv layers outside blocks keep their own points.
+"""
+struct DFA <: LearningRule
+    feedback_points::String
+    DFA(points) = new(check_points(points))
+end
+DFA(; feedback_points=:layer) = DFA(feedback_points)
+
+function check_points(p)
+    s = string(p)
+    s in ("layer", "block") || throw(ArgumentError("feedback_points must be :layer or :block, got $(repr(p))"))
+    return s
+end
 
 """
     uSF(scale = nothing)
@@ -70,12 +93,20 @@ WeightMirror(; noise_std::Real=1.0, lr::Real=0.01, steps::Integer=1, batchsize::
 """
 Direct random target projection (Frenkel, Lefebvre & Bol 2021): hidden layer l learns from
 B_l·(-y*) with y* the one-hot target, a stand-in for the sign of the error; it never reads the
-error. Classification only.
+error. Classification only. `feedback_points` as DFA's.
 """
-struct DRTP <: LearningRule end
+struct DRTP <: LearningRule
+    feedback_points::String
+    DRTP(points) = new(check_points(points))
+end
+DRTP(; feedback_points=:layer) = DRTP(feedback_points)
 
-"Sign-DFA (Frenkel et al. 2021's baseline): DFA with sign(e) in place of e."
-struct sDFA <: LearningRule end
+"Sign-DFA (Frenkel et al. 2021's baseline): DFA with sign(e) in place of e. `feedback_points` as DFA's."
+struct sDFA <: LearningRule
+    feedback_points::String
+    sDFA(points) = new(check_points(points))
+end
+sDFA(; feedback_points=:layer) = sDFA(feedback_points)
 
 "Shallow learning: only the output layer learns; the hidden layers keep their initial weights."
 struct Shallow <: LearningRule end
@@ -85,37 +116,58 @@ const DFAStyle = Union{DFA,DRTP,sDFA}
 const SignSymmetric = Union{uSF,frSF,brSF}
 
 """
-    feedback_shape(rule, layer, outsize, first, last, nout)
+    feedback_shape(rule, layer, outsize, upstream, last, inblock, nout)
 
 The shape of the feedback array B the rule gives `layer` (whose observations leave it with shape
-`outsize`; `first`/`last`: whether it is the chain's first/last layer with parameters; `nout`: the
-network's outputs), or `nothing`. Pooling and flatten layers never need one.
+`outsize`; `upstream`: whether a layer with parameters lies before it; `last`: whether it is the
+network's last layer; `inblock`: whether it sits inside a skip connection; `nout`: the network's
+outputs), or `nothing`. Only weight layers (and, for direct rules at block points, skip connections)
+ever get one.
 """
-feedback_shape(::LearningRule, layer, outsize, first, last, nout) = nothing
-# FA style: B carries the error from the layer's output back to its input, in W's place: a dense B
-# has Wᵀ's shape, a conv B the kernel's. The first layer with parameters has nothing to carry back to.
-feedback_shape(::FAStyle, l::Dense, outsize, first, last, nout) = first ? nothing : (l.in, l.out)
-feedback_shape(::FAStyle, l::Conv, outsize, first, last, nout) = first ? nothing : param_shape(l)
-# DFA style: every layer with parameters but the last receives an output-sized signal on its whole
-# output map through B (Nøkland 2016): (values per observation) x nout. The last learns from e.
-feedback_shape(::DFAStyle, l::ParamLayer, outsize, first, last, nout) = last ? nothing : (prod(outsize), nout)
+feedback_shape(::LearningRule, layer, outsize, upstream, last, inblock, nout) = nothing
+# FA style: B carries the error from the layer's output back to its input, in W's place (the layer
+# says its shape: Wᵀ's for a dense layer, the kernel's for a conv). A layer with nothing trained
+# before it has nothing to carry back to.
+feedback_shape(::FAStyle, l, outsize, upstream, last, inblock, nout) =
+    weight_layer(l) && upstream ? stand_in_shape(l) : nothing
+# DFA style: a direct feedback point receives an output-sized signal on its whole output map through
+# B (Nøkland 2016): (values per observation) x nout. The last layer learns from e itself.
+feedback_shape(r::DFAStyle, l, outsize, upstream, last, inblock, nout) =
+    (weight_layer(l) && !last && !(by_block(r) && inblock)) || (is_block(l) && by_block(r) && !inblock) ?
+        (prod(outsize), nout) : nothing
+by_block(r::DFAStyle) = r.feedback_points == "block"
 
 "Whether the rule carries errors back layer by layer (so layers before the last need their input's error)."
 carries_back(::LearningRule) = false
 carries_back(::Union{BP,FAStyle}) = true
 
 """
-    hidden_signal!(D, rule, st, net)
+    carries(rule, node)
 
-Write into `D` the error signal layer `st` (not the last, with parameters) receives at its output, before the
-activation's derivative. Rules that carry errors back find it already there (the next layer put it);
-DFA-style rules project the output error e (`output_error`) or their own output-space signal
-(`batch(net, m).S`, see `prepare_signal!`) through the layer's B; Shallow gives none.
+Whether `node` carries the error it receives back to its input under `rule`: backprop and the FA
+family wherever something before it trains; Shallow never; DFA-style rules only from a node to the
+weight layer its point serves (within a run) or, with block points, inside a block down to the
+block's input.
 """
-hidden_signal!(D, ::Union{BP,FAStyle}, st, net) = nothing
-hidden_signal!(D, ::DFA, st, net) = project!(D, st.B, output_error(net, net.m))
-hidden_signal!(D, ::Union{DRTP,sDFA}, st, net) = project!(D, st.B, batch(net, net.m).S)
-hidden_signal!(D, ::Shallow, st, net) = fill!(D, 0)
+carries(::LearningRule, n) = false
+carries(rule::Union{BP,FAStyle}, n) = n.upstream
+carries(::Shallow, n) = false
+function carries(r::DFAStyle, n)
+    is_block(n.layer) && return by_block(r) ? n.inblock && n.block_upstream : n.upstream
+    by_block(r) && n.inblock && return n.block_upstream
+    return !weight_layer(n.layer) && n.upstream
+end
+"Whether weight layers carry the error with W itself (backprop, and direct rules inside a block) or with their B."
+exact(::LearningRule) = true
+exact(::FAStyle) = false
+
+"Whether a direct feedback signal enters at `node` under `rule`."
+point(::LearningRule, n) = false
+point(::DFAStyle, n) = n.inject !== nothing
+
+"The output-sized signal a direct rule projects: e (DFA), or the rule's own (`prepare_signal!`)."
+signal(::DFA, net, m) = output_error(net, m)
+signal(::Union{DRTP,sDFA}, net, m) = batch(net, m).S
 
 # D (outsize... x m, as a (values x m) matrix) = B * S, without a reshaped wrapper.
 function project!(D::Array{T}, B::Matrix{T}, S::Matrix{T}) where {T}
@@ -150,22 +202,22 @@ end
 prepare_signal!(::SignSymmetric, net, Y, m) = refresh_signs!(net)
 
 "B ← |B| ∘ sign(W) (dense: sign(Wᵀ)) for every layer with a B (a zero weight counts as positive)."
-refresh_signs!(net) = foreach_layer(st -> st.B === nothing || follow_signs!(st.B, st.W, st.spec), net.layers)
+refresh_signs!(net) = foreach_layer(st -> st.B === nothing || follow_signs!(st.B, st.params.W, st.layer), net.layers)
 
 "Called before each training batch (not by `gradients`): brSF redraws its magnitudes."
 before_batch!(::LearningRule, net) = nothing
 before_batch!(::brSF, net) = foreach_layer(st -> st.B === nothing || redraw!(st, net.rng), net.layers)
 function redraw!(st, rng)
     init = st.feedback_init isa SignConcordant ? st.feedback_init.init : st.feedback_init   # its magnitudes
-    init!(st.B, init, rng, feedback_fans(st.spec, size(st.B))...)
-    follow_signs!(st.B, st.W, st.spec)
+    init!(st.B, init, rng, feedback_fans(st.layer, size(st.B))...)
+    follow_signs!(st.B, st.params.W, st.layer)
 end
 
 "Called after each optimiser update: sign-symmetric rules follow W's new signs; weight mirror mirrors."
 after_update!(::LearningRule, net) = nothing
 after_update!(::SignSymmetric, net) = refresh_signs!(net)
 after_update!(rule::WeightMirror, net) =
-    foreach_layer(st -> st.B === nothing || mirror!(st, st.spec, rule, net.rng), net.layers)
+    foreach_layer(st -> st.B === nothing || mirror!(st, st.layer, rule, net.rng), net.layers)
 
 # Mirror steps: noise x ~ N(0, noise_std²) into the layer, y = W x, then B += lr (x yᵀ / mb - decay B)
 # (dense, as one GEMM with beta = 1 - lr*decay). For a kernel, x yᵀ is the kernel gradient of (x, y),
@@ -174,7 +226,7 @@ function mirror!(st, ::Dense, rule::WeightMirror, rng)
     T, x, y, mb = eltype(st), st.mirror.x, st.mirror.y, rule.batchsize
     for _ in 1:rule.steps
         noise!(x, rule.noise_std, rng)
-        gemm!(y, 'N', st.W, 'N', x)
+        gemm!(y, 'N', st.params.W, 'N', x)
         gemm!(st.B, 'N', x, 'T', y, T(rule.lr / mb), T(1 - rule.lr * rule.decay))
     end
 end
@@ -186,7 +238,7 @@ function mirror!(st, spec::Conv, rule::WeightMirror, rng)
     keep = T(1 - rule.lr * rule.decay)
     for _ in 1:rule.steps
         noise!(mr.x, rule.noise_std, rng)
-        conv_forward!(mr.y, mr.x, st.W, mr.bias, mr.scratch, win)
+        conv_forward!(mr.y, mr.x, st.params.W, mr.bias, mr.scratch, win)
         conv_filter_grad!(mr.product, mr.bias, mr.x, mr.y, mr.scratch, win)
         B, P = st.B, mr.product
         @inbounds @simd for k in eachindex(B, P)

@@ -4,17 +4,19 @@
 # tables and the docs' parameter table come from it; test/schema.jl probes every bound and default
 # here against the constructors that enforce them, so this table cannot drift from the code.
 
-"What a parameter may hold: a JSON type, bounds (`nothing`: none; open or closed), null or not."
+"What a parameter may hold: a JSON type, bounds (`nothing`: none; open or closed), null or not, and
+for a `choice` the strings it may be."
 struct ParamKind
-    type::String    # "number", "integer", "bool", "numbers" (a list), "integer_pair", "activation", "initialiser", "schedule"
+    type::String    # "number", "integer", "bool", "numbers" (a list), "integer_pair", "choice", "activation", "initialiser", "schedule", "layers"
     low::Union{Int,Nothing}
     low_open::Bool
     high::Union{Int,Nothing}
     high_open::Bool
     nullable::Bool
+    choices::Vector{String}
 end
-ParamKind(type; low=nothing, low_open=false, high=nothing, high_open=false, nullable=false) =
-    ParamKind(type, low, low_open, high, high_open, nullable)
+ParamKind(type; low=nothing, low_open=false, high=nothing, high_open=false, nullable=false, choices=String[]) =
+    ParamKind(type, low, low_open, high, high_open, nullable, choices)
 
 const PARAM_KINDS = Dict{Symbol,ParamKind}(
     :positive => ParamKind("number"; low=0, low_open=true),
@@ -30,7 +32,10 @@ const PARAM_KINDS = Dict{Symbol,ParamKind}(
     :schedule_or_null => ParamKind("schedule"; nullable=true),
     :count_pair => ParamKind("integer_pair"; low=1),                # an integer or a pair, each >= low
     :nonnegative_pair => ParamKind("integer_pair"; low=0),
-    :activation => ParamKind("activation"))
+    :activation => ParamKind("activation"),
+    :points => ParamKind("choice"; choices=["layer", "block"]),
+    :layer => ParamKind("layer"),                                   # a layer call (a container's path)
+    :layer_or_null => ParamKind("layer"; nullable=true))
 
 in_bounds(k::ParamKind, x) = (k.low === nothing || (k.low_open ? x > k.low : x >= k.low)) &&
                              (k.high === nothing || (k.high_open ? x < k.high : x <= k.high))
@@ -42,6 +47,7 @@ function check_value(k::ParamKind, x)
     k.type == "integer" && return x isa Int64 && in_bounds(k, x)
     k.type == "bool" && return x isa Bool
     k.type == "numbers" && return x isa Vector{Any} && all(v -> is_number(v) && in_bounds(k, v), x)
+    k.type == "choice" && return x in k.choices
     throw(ArgumentError("values of kind $(k.type) are not checked here"))
 end
 is_number(x) = x isa Real && !(x isa Bool)   # JSON numbers: Int64 or finite Float64
@@ -49,9 +55,10 @@ is_number(x) = x isa Real && !(x isa Bool)   # JSON numbers: Int64 or finite Flo
 "What kind `k` allows, in words (\"a number in [0, 1)\"), as both readers' messages say it."
 function expected_text(k::ParamKind)
     k.type == "bool" && return "true or false"
+    k.type == "choice" && return join(repr.(k.choices), " or ")
     noun = Dict("number" => "a number", "integer" => "an integer", "numbers" => "a list of numbers",
                 "integer_pair" => "an integer or a pair of integers", "activation" => "an activation name",
-                "initialiser" => "an initialiser", "schedule" => "a schedule")[k.type]
+                "initialiser" => "an initialiser", "schedule" => "a schedule", "layer" => "a layer")[k.type]
     bound = k.low !== nothing && k.high !== nothing ?
                 " in $(k.low_open ? '(' : '[')$(k.low), $(k.high)$(k.high_open ? ')' : ']')" :
             k.low !== nothing ? (k.low_open ? " > $(k.low)" : " >= $(k.low)") :
@@ -75,6 +82,7 @@ common_optimiser_params(decoupled) = [("weight_decay", :nonnegative, 0.0), ("dec
 const PARAMETERS = Dict{String,Dict{String,Vector{Tuple{String,Symbol,Any}}}}(
     "rule" => Dict(
         "usf" => [("scale", :positive_or_null, nothing)],   # nothing: the std of the layer's initialiser
+        (name => [("feedback_points", :points, "layer")] for name in ("dfa", "drtp", "sdfa"))...,
         "wm" => [("noise_std", :positive, 1.0), ("lr", :positive, 0.01), ("steps", :count, 1), ("batchsize", :count, 16),
                  ("decay", :nonnegative, Derived("noise_std^2"))]),
     "optimizer" => Dict(
@@ -95,9 +103,17 @@ const PARAMETERS = Dict{String,Dict{String,Vector{Tuple{String,Symbol,Any}}}}(
         "sign_concordant" => [("init", :initialiser, "glorot_uniform")]),
     # Layers' arguments as their calls take them (`Dense(in => out, σ)`, `Conv((kw, kh), cin => cout, σ; stride, pad)`).
     "layer" => Dict(
-        "Dense" => [("in", :count, REQUIRED), ("out", :count, REQUIRED), ("σ", :activation, "identity")],
+        "Dense" => [("in", :count, REQUIRED), ("out", :count, REQUIRED), ("σ", :activation, "identity"), ("bias", :bool, true)],
         "Conv" => [("k", :count_pair, REQUIRED), ("cin", :count, REQUIRED), ("cout", :count, REQUIRED),
-                   ("σ", :activation, "identity"), ("stride", :count_pair, 1), ("pad", :nonnegative_pair, 0)],
+                   ("σ", :activation, "identity"), ("stride", :count_pair, 1), ("pad", :nonnegative_pair, 0),
+                   ("bias", :bool, true)],
+        "BatchNorm" => [("channels", :count, REQUIRED), ("momentum", :unit_closed, 0.1), ("eps", :positive, 1e-5)],
+        "Chain" => [("layers", :layer, REQUIRED)],       # any number of layers
+        "Activation" => [("σ", :activation, REQUIRED)],   # in a chain, the function alone: `relu`
+        "SkipConnection" => [("main", :layer, REQUIRED), ("shortcut", :layer_or_null, nothing)],   # called as SkipConnection(main, +)
+        "Parallel" => [("main", :layer, REQUIRED), ("shortcut", :layer, REQUIRED)],               # called as Parallel(+, main, shortcut)
+        "PadShortcut" => [("cin", :count, Derived("the block's input")), ("cout", :count, Derived("the main path's output")),
+                          ("stride", :count, 2)],
         "MaxPool" => [("k", :count_pair, REQUIRED), ("stride", :count_pair, Derived("k"))],
         "MeanPool" => [("k", :count_pair, REQUIRED), ("stride", :count_pair, Derived("k"))]))
 
@@ -114,6 +130,7 @@ function param_entry(field, kind::Symbol, default)
     k = PARAM_KINDS[kind]
     entry = Pair{String,Any}["name" => field, "type" => k.type, "low" => k.low, "low_open" => k.low_open,
                              "high" => k.high, "high_open" => k.high_open, "nullable" => k.nullable,
+                             "choices" => k.choices,
                              "expected" => expected_text(k)]
     default isa Required || push!(entry, "default" => default isa Derived ? nothing : default)
     default isa Derived && push!(entry, "default_from" => default.text)

@@ -29,6 +29,8 @@ function interpret(text::AbstractString, kind::AbstractString)
 end
 
 function build(expr, kind, text)
+    # An activation alone is a layer of its own (a layer line "relu", or `relu` inside a Chain).
+    kind == "layer" && expr isa Symbol && haskey(ACTIVATIONS, string(expr)) && return Activation(ACTIVATIONS[string(expr)])
     registry = REGISTRIES[kind]
     name = expr isa Symbol ? string(expr) :
            expr isa Expr && expr.head == :call && expr.args[1] isa Symbol ? string(expr.args[1]) : nothing
@@ -63,10 +65,11 @@ function literal(x, text)
     x isa Expr && x.head == :call && x.args[1] === :(=>) && length(x.args) == 3 &&
         return literal(x.args[2], text) => literal(x.args[3], text)
     x isa Expr && x.head == :vect && return [literal(v, text) for v in x.args]
+    x === :+ && return (+)     # how a skip connection joins its paths
     x isa Expr && x.head == :call && x.args[1] === :- && length(x.args) == 2 && x.args[2] isa Number && return -x.args[2]
     if x isa Expr && x.head == :call && x.args[1] isa Symbol
         name = string(x.args[1])
-        for kind in ("initialiser", "schedule")
+        for kind in ("initialiser", "schedule", "layer")   # layers: the ones inside a container
             haskey(REGISTRIES[kind], name) && return build(x, kind, text)
         end
     end

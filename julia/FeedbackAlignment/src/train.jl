@@ -34,9 +34,10 @@ function step!(net::Network{T}, X, Y, opt::Optimiser) where {T}
     check_inputs(net, X)
     m = nobs(X)
     check_targets(net.loss, Y, outsize(net), m)
+    check_training_batch(net, m)
     workspace!(net, m)
     before_batch!(net.rule, net)
-    total, _ = loss_and_grads!(net, X, Y, true)
+    total, _ = loss_and_grads!(net, X, Y, TRAIN)
     loss = total / m
     isfinite(loss) || throw(DivergenceError(loss, 0, 0))
     update!(net, opt)
@@ -58,6 +59,8 @@ function train_epoch!(net::Network{T}, X, Y, opt::Optimiser;
     n = nobs(X)
     check_targets(net.loss, Y, outsize(net), n)
     batchsize >= 1 || throw(ArgumentError("batchsize must be at least 1, got $batchsize"))
+    check_training_batch(net, min(batchsize, n))
+    n % batchsize == 0 || check_training_batch(net, n % batchsize)   # the epoch's last batch
     workspace!(net, min(batchsize, n))
     order = net.order
     resize!(order, n)
@@ -70,7 +73,7 @@ function train_epoch!(net::Network{T}, X, Y, opt::Optimiser;
         cols = start:min(start + batchsize - 1, n)
         Xb, Yb = gather!(net, X, Y, view(order, cols))   # `order` is 1:n when not shuffling
         before_batch!(net.rule, net)
-        t, c = loss_and_grads!(net, Xb, Yb, true)
+        t, c = loss_and_grads!(net, Xb, Yb, TRAIN)
         isfinite(t) || throw(DivergenceError(t / length(cols), epoch, batch))
         observe === nothing || observe(net, Xb, Yb, epoch, batch)
         try
@@ -83,6 +86,15 @@ function train_epoch!(net::Network{T}, X, Y, opt::Optimiser;
     end
     net.epochs = epoch
     return (loss = total / n, accuracy = net.loss isa CrossEntropy ? correct / n : NaN)
+end
+
+# A batch that a layer cannot train on (batch norm needs two values per channel) is refused before
+# any work, rather than half way through an epoch.
+function check_training_batch(net::Network, m)
+    all_layers(st -> m >= st.min_batch, net.layers) && return
+    st = net.layers[findfirst(st -> m < st.min_batch, net.layers)]
+    throw(ArgumentError("layer $(st.path), $(layer_text(st.layer)) needs more than one value per channel in training: " *
+                        "batches of at least $(st.min_batch) observations, but one has $m"))
 end
 
 # Copy the observations `idx` of (X, Y) into the network's batch buffers, as plain loops: in

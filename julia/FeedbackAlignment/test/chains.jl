@@ -196,7 +196,7 @@ end
 
 relative_gap(a, b) = norm(Float64.(a) .- Float64.(b)) / max(norm(Float64.(a)), norm(Float64.(b)), floatmin(Float64))
 same_state(a::Network, b::Network) = a.optkind === b.optkind && a.optsteps == b.optsteps &&
-    all(x.sW == y.sW && x.sb == y.sb && x.sB == y.sB for (x, y) in zip(a.layers, b.layers))
+    all(x.slots == y.slots && x.sB == y.sB for (x, y) in zip(a.layers, b.layers))
 same_params(a::Network, b::Network) = all(zip(a.layers, b.layers)) do (x, y)
     x.W == y.W && x.b == y.b && (x.B === nothing ? y.B === nothing : x.B == y.B)
 end
@@ -380,7 +380,7 @@ end
             @test same_params(net, loaded) && same_state(net, loaded) && loaded.optsteps == 3
             @test rule isa KolenPollack ? !isempty(loaded.layers[2].sB) && loaded.layers[2].sB == net.layers[2].sB :
                                           all(st -> isempty(st.sB), loaded.layers)
-            @test all(st -> length(st.sW) == (opt isa Adam ? 2 : 1), filter(st -> st.W !== nothing, collect(loaded.layers)))
+            @test all(st -> length(st.slots.W) == (opt isa Adam ? 2 : 1), filter(st -> st.W !== nothing, collect(loaded.layers)))
             @test predict_proba(loaded, Xs) == predict_proba(net, Xs)
             learn!(net, Xs, ys; epochs=2, batchsize=8, optimizer=opt)
             learn!(loaded, Xs, ys; epochs=2, batchsize=8, optimizer=opt)
@@ -400,7 +400,7 @@ end
         bad = findfirst(1:7) do l
             st = net.layers[l]
             st.W === nothing && return false
-            overflows(st.W, st.sW[1], g[l][1]) || overflows(st.b, st.sb[1], g[l][2]) ||
+            overflows(st.W, st.slots.W[1], g[l][1]) || overflows(st.b, st.slots.b[1], g[l][2]) ||
                 (st.B !== nothing && overflows(st.B, st.sB[1], st.dB))
         end
         @test bad !== nothing                          # the premise: some update overflows Float32
@@ -422,11 +422,11 @@ end
         message(f) = try f(); "no error" catch e; e isa ArgumentError ? e.msg : rethrow() end
         build(layers...; input=SMALL_INPUT) = message(() -> Network(Chain(layers...); input=input))
         @test startswith(build(Conv((3, 3), 1 => 2), Conv((6, 6), 2 => 2; pad=1), Flatten(), Dense(2 => 3); input=(5, 5, 1)),
-                         "layer 2, Conv((6, 6), 2 => 2; pad=(1, 1)) has a window of (6, 6), larger than its padded input of (5, 5)")
+                         "layer 1, Conv((6, 6), 2 => 2; pad=(1, 1)) has a window of (6, 6), larger than its padded input of (5, 5)")
         @test startswith(build(Conv((3, 3), 1 => 4), Conv((3, 3), 3 => 2), Flatten(), Dense(2 => 3)),
-                         "layer 2, Conv((3, 3), 3 => 2) expects 3 input channels, but receives 4")
+                         "layer 1, Conv((3, 3), 3 => 2) expects 3 input channels, but receives 4")
         @test startswith(build(Conv((3, 3), 1 => 2), MaxPool((2, 2)), Flatten(), Dense(10 => 3)),
-                         "layer 4, Dense(10 => 3) expects 10 inputs, but receives 18")
+                         "layer 3, Dense(10 => 3) expects 10 inputs, but receives 18")
         @test occursin("put Flatten() before it", build(Conv((3, 3), 1 => 2), Dense(84 => 3)))
         @test startswith(build(Conv((3, 3), 1 => 2), Flatten(), Dense(84 => 3, relu)),
                          "the last layer must be Dense with no activation (softmax lives in the loss), got Dense(84 => 3, relu)")
@@ -440,10 +440,10 @@ end
         for (line, why) in (("Conv((3, 3), 1 => 2; stride=0)", "stride must be at least 1"),
                             ("Conv((3, 3), 1 => 2; pad=-1)", "pad must be non-negative"))
             status, _, msg = chain_new(SMALL_INPUT, [line; ok[2:end]])
-            @test status == 4 && startswith(msg, "ArgumentError: layer 1, \"$line\": ") && occursin(why, msg)
+            @test status == 4 && startswith(msg, "ArgumentError: layer 0, \"$line\": ") && occursin(why, msg)
         end
         status, _, msg = chain_new(SMALL_INPUT, [ok[1]; "MaxPool((9, 9))"; ok[2:end]])
-        @test status == 4 && occursin("layer 2, MaxPool((9, 9)) has a window of (9, 9), larger than its input of (7, 6)", msg)
+        @test status == 4 && occursin("layer 1, MaxPool((9, 9)) has a window of (9, 9), larger than its input of (7, 6)", msg)
     end
 
     @testset "Float64 data into a Float32 network, converted once" begin

@@ -32,7 +32,7 @@ using FeedbackAlignment, Test
     function identical(a::Network, b::Network)
         all(zip(a.layers, b.layers)) do (x, y)
             same(x.W, y.W) && same(x.b, y.b) && same(x.B, y.B) &&
-                length(x.sW) == length(y.sW) && all(same.(x.sW, y.sW)) && all(same.(x.sb, y.sb)) &&
+                all(length(s) == length(t) && all(same.(s, t)) for (s, t) in zip(values(x.slots), values(y.slots))) &&
                 length(x.sB) == length(y.sB) && all(same.(x.sB, y.sB))
         end && a.optsteps == b.optsteps && a.epochs == b.epochs && a.rng.state == b.rng.state
     end

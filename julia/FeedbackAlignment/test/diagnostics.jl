@@ -3,15 +3,14 @@
 
 # Two rules defined here, outside the package, to show that diagnostics work for rules they have
 # never heard of: a scaled FA (same directions as FA) and one that sends hidden layers nothing.
-# HalfFA carries errors back as FA does, halved at every layer it passes.
+# HalfFA carries errors back as FA does (its B in W's place); the test gives it half of FA's B, so
+# the error it carries is halved at every layer it passes.
 struct HalfFA <: LearningRule end
 FAL.feedback_shape(::HalfFA, args...) = FAL.feedback_shape(FA(), args...)
-FAL.carries_back(::HalfFA) = true
-FAL.hidden_signal!(D, ::HalfFA, st, net) = nothing       # the next layer carried it into D
-FAL.carry_back!(dx, ::HalfFA, st, spec::Dense, b) = (FAL.carry_back!(dx, FA(), st, spec, b); dx .*= 0.5; dx)
+FAL.carries(::HalfFA, n) = n.upstream
+FAL.exact(::HalfFA) = false
 FAL.feedback_target(::HalfFA, net::Network, l) = FAL.feedback_target(FA(), net, l)
-struct OutputOnly <: LearningRule end
-FAL.hidden_signal!(D, ::OutputOnly, st, net) = fill!(D, 0)
+struct OutputOnly <: LearningRule end   # carries nothing back: the default of a rule
 
 degrees(a, b) = acosd(clamp(dot(a, b) / (norm(a) * norm(b)), -1, 1))
 
@@ -61,7 +60,7 @@ degrees(a, b) = acosd(clamp(dot(a, b) / (norm(a) * norm(b)), -1, 1))
     # a rule from outside the package: same directions as FA, half the size
     half = copy_params!(Network(sizes; rule=HalfFA(), seed=3, T=Float64), fa)
     for l in 2:3
-        half.layers[l].B .= B[l]
+        half.layers[l].B .= B[l] ./ 2
         fa.layers[l].B .= B[l]
     end
     h, f = alignment(half, X, y), alignment(fa, X, y)

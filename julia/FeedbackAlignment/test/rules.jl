@@ -90,7 +90,7 @@ end
         g = gradients(net, Xb, yb)
         FeedbackAlignment.forward!(net, Xb)
         E = similar(Xb, 3, 10)
-        FeedbackAlignment.loss_and_error!(E, net.loss, FeedbackAlignment.buffers(net.layers[2], 10).A, yb)
+        FeedbackAlignment.loss_and_error!(E, net.loss, FeedbackAlignment.buffers(net.layers[2], 10).H, yb)
         A1, H1 = FeedbackAlignment.buffers(net.layers[1], 10).A, FeedbackAlignment.buffers(net.layers[1], 10).H
         D1 = (net.layers[1].B * (sign.(E) ./ 10)) .* (1 .- H1 .^ 2)
         @test g[1][1] ≈ D1 * transpose(Xb) rtol = 1e-12

@@ -456,12 +456,15 @@ end
     @test P == predict_proba(net, X)
     @test labels == predict(net, X) .- 1                 # 0-based across the ABI
     @test cabi_forward(h, X, Z, 9) == 4 && occursin("kind 9", cabi_message())
-    # Julia describes every layer (call, kind, activation, input, output, W and B shapes); hosts compute none
-    @test split(unsafe_string(CABI.fa_layers(h)), '\n') ==
-          ["Dense(4 => 6, tanh)\tDense\ttanh\t4\t6\t6,4\t6,3", "Dense(6 => 3)\tDense\tidentity\t6\t3\t3,6\t"]
+    # Julia describes every layer (path, kind, call, activation, input, output, its arrays' names and
+    # shapes); hosts compute none
+    @test split(unsafe_string(CABI.fa_nodes(h)), '\n') ==
+          ["0\tDense\tDense(4 => 6, tanh)\ttanh\t4\t6\tW:6,4;b:6;B:6,3", "1\tDense\tDense(6 => 3)\tidentity\t6\t3\tW:3,6;b:3"]
     ptr, dims = Ref{Ptr{Cvoid}}(C_NULL), fill(Int64(-1), 5)
-    @test GC.@preserve(ptr, dims, CABI.fa_param(h, Int64(1), Cint(2), Base.unsafe_convert(Ptr{Ptr{Cvoid}}, ptr), pointer(dims))) == 0
+    @test GC.@preserve(ptr, dims, CABI.fa_array(h, Int64(1), Base.unsafe_convert(Cstring, "B"), Base.unsafe_convert(Ptr{Ptr{Cvoid}}, ptr), pointer(dims))) == 0
     @test ptr[] == pointer(CABI.HANDLES[h].layers[1].B) && dims[1:3] == [2, 6, 3]   # ndims, then sizes
+    @test GC.@preserve(ptr, dims, CABI.fa_array(h, Int64(2), Base.unsafe_convert(Cstring, "B"), Base.unsafe_convert(Ptr{Ptr{Cvoid}}, ptr), pointer(dims))) == 0
+    @test ptr[] == C_NULL && dims[1] == 0                                           # the last layer has no B
 
     # Float32 handle
     status, h32 = cabi_new([4, 6, 3], "relu", "bp", "mse"; dtype=0, seed=5)
@@ -520,6 +523,7 @@ include("interrupt.jl")
 "threads" in SKIP || include("threads.jl")
 include("conv.jl")
 include("chains.jl")
+include("residual.jl")
 
 end # FeedbackAlignment
 "contract" in SKIP || include("contract.jl")

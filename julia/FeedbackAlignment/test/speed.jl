@@ -84,7 +84,7 @@ end
     b3 = FAL.batch(a, 3)                         # the network's own batch buffers are cut alike
     @test b3.m == 3 && size(b3.X) == (8, 3) && pointer(b3.X) == pointer(a.inputs.full.X) && FAL.batch(a, 3) === b3
     for st in a.layers, c in st.buffers.cuts
-        @test pointer(c.A) == pointer(st.buffers.full.A) && pointer(c.H) == pointer(st.buffers.full.H)
+        @test pointer(FAL.preactivations(c)) == pointer(FAL.preactivations(st.buffers.full)) && pointer(c.H) == pointer(st.buffers.full.H)
         @test pointer(c.D) == pointer(st.buffers.full.D) && size(c.D) == (st.outsize..., c.m)
     end
 end
