@@ -1,7 +1,7 @@
 """Alignment diagnostics: how close a learning rule's updates come to backprop's.
 
 All of it is computed in Julia (``julia/FeedbackAlignment/src/diagnostics.jl``, where every
-quantity is derived); this module shapes the answers. Per layer ``k`` (the order of ``net.layers``):
+quantity is derived); this module shapes the answers. Per engine layer ``k`` (the layers per-layer lists follow: those of ``net.named_layers()`` but residual blocks; ``net.layers`` for a plain chain):
 
 ``role``
     ``"feedback"``: a hidden layer learning from the rule's own error signal, compared with
@@ -79,7 +79,7 @@ def alignment(net, X, y):
     """
     X, y = net._data(X, y)
     fields, _ = _layout()
-    out = np.empty((len(net.layers), len(fields)), dtype=np.float64)
+    out = np.empty((len(net._leaves), len(fields)), dtype=np.float64)
     net._engine.call("fa_alignment", net._id(), X.ctypes.data, X.shape[0], net.n_features, y.ctypes.data,
                      out.ctypes.data)
     return _as_dict(out)
@@ -114,7 +114,7 @@ class Tracker:
             raise ValueError(f"track_alignment must be a positive integer (record every n batches), got {every!r}")
         self.net, self.every = net, int(every)
         fields, _ = _layout()
-        self.width = 3 + len(fields) * len(net.layers)
+        self.width = 3 + len(fields) * len(net._leaves)
         self.rows = []
         net._engine.call("fa_track_alignment", net._id(), self.every)
 
@@ -142,7 +142,7 @@ class Tracker:
         self.net._engine.call("fa_track_alignment", self.net._id(), 0)
         fields, role_names = _layout()
         rows = np.array(self.rows).reshape(len(self.rows), self.width)
-        per_layer = rows[:, 3:].reshape(len(rows), len(self.net.layers), len(fields))
+        per_layer = rows[:, 3:].reshape(len(rows), len(self.net._leaves), len(fields))
         history = {"epoch": rows[:, 0].astype(int).tolist(), "batch": rows[:, 1].astype(int).tolist(),
                    "step": rows[:, 2].astype(int).tolist(),
                    "role": [[role_names[int(c)] for c in record] for record in per_layer[:, :, 0]]}

@@ -319,6 +319,26 @@ def lenet5():
             Conv2d(16, 120, 5), ReLU(), Flatten(), Linear(120, 84), ReLU(), Linear(84, 10)]
 
 
+def resnet(depth=20, in_channels=1, classes=10):
+    """The small ResNet of He et al. (2016) for 32 x 32 images as biotorch builds it: a 3x3 conv with
+    16 channels, batch norm and ReLU, three stages of (depth - 2) / 6 basic blocks with 16, 32 and 64
+    channels (the first block of stages two and three halves the image, with option-A "pad"
+    shortcuts), global average pooling and a Linear layer. ``depth=20`` is ResNet-20, 56 ResNet-56."""
+    from .layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, ReLU, Residual
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, ...), got {depth!r}")
+    layers = [Conv2d(in_channels, 16, 3, padding=1, bias=False), BatchNorm2d(16), ReLU()]
+    cin = 16
+    for stage, cout in enumerate((16, 32, 64)):
+        for block in range((depth - 2) // 6):
+            stride = 2 if stage > 0 and block == 0 else 1
+            main = [Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), BatchNorm2d(cout), ReLU(),
+                    Conv2d(cout, cout, 3, padding=1, bias=False), BatchNorm2d(cout)]
+            layers += [Residual(main, shortcut="pad" if stride != 1 or cin != cout else None), ReLU()]
+            cin = cout
+    return layers + [AdaptiveAvgPool2d(1), Flatten(), Linear(64, classes)]
+
+
 def lenet_lr(base, completed, epochs):
     """The learning rate of the epoch after ``completed`` ones: ``base`` divided by 10 at half and at
     three quarters of ``epochs`` (epochs 50 and 75 of 100, as PyTorch's MultiStepLR([50, 75]))."""

@@ -4,13 +4,15 @@ The container (header length, JSON header with each tensor's dtype, shape and da
 little-endian data) is pyjlfa._safetensors; its JSON rules are pyjlfa._json. This module says what a
 pyjlfa file means.
 
-Tensors are stored in the shape Python sees: for each layer k with parameters, ``layers.k.W``
-((n_in, n_out) dense, (out, in, kh, kw) conv), ``layers.k.b``, ``layers.k.B`` the feedback array
-where the rule has one, and with the optimizer state ``optimizer.<slot>.k.W``/``.b``/``.B`` (SGD's
-slot is ``velocity``, Adam's ``first_moment`` and ``second_moment``; ``.B`` for Kolen-Pollack). The
-``__metadata__`` strings say how to rebuild the network: format, format_version ("2"; version-1
-files, dense only, still load), input (one sample's shape in the engine's order) and chain (the
-engine's layer calls, a JSON list), dtype, loss, rule and rule_params, init/feedback_init and their
+Tensors are stored in the shape Python sees, named by each layer's path ("3", "3.main.0"; see
+``Network.named_layers``): ``layers.<path>.W`` ((n_in, n_out) dense, (out, in, kh, kw) conv),
+``layers.<path>.b``, batch norm's ``.gamma``, ``.beta``, ``.running_mean``, ``.running_var``, and
+``.B`` the feedback array where the rule has one; with the optimizer state,
+``optimizer.<slot>.<path>.<name>`` for every trained array (SGD's slot is ``velocity``, Adam's
+``first_moment`` and ``second_moment``; ``.B`` for Kolen-Pollack). The ``__metadata__`` strings say
+how to rebuild the network: format, format_version ("3"; versions 1 and 2 still load), input (one
+sample's shape in the engine's order) and chain (the engine's layer calls, one per item of the list
+the network was built from, containers with theirs nested; a JSON list), dtype, loss, rule and rule_params, init/feedback_init and their
 params, dropout, seed, feedback_seed, epochs, rng_state (the network generator, so that shuffling
 resumes exactly), optimizer, optimizer_params, optimizer_slots and optimizer_steps (with the
 optimizer state), library_version. Version 1 had sizes and activation instead of input and chain.
@@ -37,8 +39,8 @@ from ._safetensors import MAX_HEADER_BYTES, ModelFileError, _is_count, _read_hea
 __all__ = ["ModelFileError", "save", "load", "read_metadata", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "pyjlfa-safetensors"
-FORMAT_VERSION = "2"
-_READABLE_VERSIONS = ("1", "2")
+FORMAT_VERSION = "3"
+_READABLE_VERSIONS = ("1", "2", "3")
 # dtype name in the metadata -> (safetensors dtype, little-endian NumPy dtype)
 _DTYPES = {"float32": ("F32", np.dtype("<f4")), "float64": ("F64", np.dtype("<f8"))}
 _DEFAULT_INIT = ("glorot_uniform", {"gain": 1.0})  # what the engine builds every network with today
@@ -59,13 +61,13 @@ def _path(path):
 # ------------------------------------------------------------------------------------------------
 # Writing
 
-def _optimizer_view(net, kind, create, slot, layer, which):
-    """A NumPy view of Julia's optimizer state array (which: 0 W, 1 b, 2 B), or None when the
-    network holds none."""
+def _optimizer_view(net, kind, create, slot, node, name):
+    """A NumPy view of Julia's optimizer state array for array ``name`` of node ``node`` (fa_nodes
+    order), or None when the network holds none."""
     from .network import _JuliaBuffer
 
     address, dims = c_void_p(), (c_int64 * 5)()
-    net._engine.call("fa_optstate", net._id(), kind.encode(), int(create), slot, layer + 1, which,
+    net._engine.call("fa_optstate", net._id(), kind.encode(), int(create), slot, node + 1, name.encode(),
                      ctypes.byref(address), dims)
     if not address.value:
         return None
@@ -73,27 +75,35 @@ def _optimizer_view(net, kind, create, slot, layer, which):
     return np.asarray(_JuliaBuffer(net._handle, address.value, shape, net.dtype))
 
 
+def _trained(layer):
+    """The names of a layer's arrays that an optimizer updates (B only under Kolen-Pollack)."""
+    return [name for name in layer.arrays if name not in ("running_mean", "running_var")]
+
+
 def _state_views(net, kind, create):
     """{tensor name: view} of the optimizer state of every layer with parameters."""
     views = {}
     for s, slot in enumerate(_optimizer_slots()[kind]):
-        for k, layer in enumerate(net.layers):
-            if layer.W is None:
-                continue
-            for which, p in enumerate("WbB"):
-                view = _optimizer_view(net, kind, create, s, k, which)
+        for k, (path, layer) in enumerate(net._node_list()):
+            for name in _trained(layer):
+                view = _optimizer_view(net, kind, create, s, k, name)
                 if view is not None:
-                    views[f"optimizer.{slot}.{k}.{p}"] = view
+                    views[f"optimizer.{slot}.{path}.{name}"] = view
     return views
 
 
 def _optimizer_state(net):
     """(kind, {tensor name: view}) of the optimizer state the network holds, or (None, {})."""
-    first = next(k for k, layer in enumerate(net.layers) if layer.W is not None)
+    first = next(k for k, (_, layer) in enumerate(net._node_list()) if layer.W is not None)
     for kind in _optimizer_slots():
-        if _optimizer_view(net, kind, False, 0, first, 0) is not None:
+        if _optimizer_view(net, kind, False, 0, first, "W") is not None:
             return kind, _state_views(net, kind, False)
     return None, {}
+
+
+def _tensors(net):
+    """{tensor name: view} of every array of the network, by layer path."""
+    return {f"layers.{path}.{name}": a for path, layer in net._node_list() for name, a in layer.arrays.items()}
 
 
 def _metadata(net):
@@ -104,7 +114,7 @@ def _metadata(net):
         "init": _initialiser_record(net.init),
         "feedback_init": _initialiser_record(_first_feedback(net.feedback))}
     dropout = net.dropout if isinstance(net.dropout, (list, tuple)) else \
-        [net.dropout if layer.W is not None else 0.0 for layer in net.layers[:-1]]
+        [net.dropout if layer.kind in ("Dense", "Conv") else 0.0 for layer in net._leaves[:-1]]
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
         "created_by": f"pyjlfa (Python {sys.version.split()[0]})",
@@ -127,13 +137,7 @@ def save(net, path, include_optimizer=False):
         raise NotImplementedError("model files are little-endian; this machine is not")
     net._id()  # refuses a closed network
     meta, steps = _metadata(net)
-    tensors = {}
-    for k, layer in enumerate(net.layers):
-        if layer.W is None:
-            continue
-        tensors[f"layers.{k}.W"], tensors[f"layers.{k}.b"] = layer.W, layer.b
-        if layer.B is not None:
-            tensors[f"layers.{k}.B"] = layer.B
+    tensors = _tensors(net)
     if include_optimizer:
         kind, state = _optimizer_state(net)
         optimizer = getattr(net, "optimizer", None)
@@ -170,9 +174,11 @@ def _optimizer_kind(optimizer):
 
 def _rule_params(rule):
     """A rule's parameters under the Julia field names (what both sides write)."""
-    from .rules import USF, WeightMirror
+    from .rules import DFA, USF, WeightMirror
     if isinstance(rule, str):   # a rule given by name has its default parameters
         rule = {"usf": USF(), "wm": WeightMirror()}.get(rule, rule)
+    if isinstance(rule, DFA):   # the default feedback points are left out (files before them lack them)
+        return {} if rule.feedback_points == "layer" else {"feedback_points": rule.feedback_points}
     if isinstance(rule, USF):
         return {"scale": rule.scale}
     if isinstance(rule, WeightMirror):
@@ -182,17 +188,19 @@ def _rule_params(rule):
 
 
 def _rule_from(name, params, path):
-    from .rules import USF, WeightMirror
+    from .rules import DFA, DRTP, SDFA, USF, WeightMirror
     try:
         if name == "usf":
             return USF(**params)
+        if params.get("feedback_points", "layer") != "layer":
+            return {"dfa": DFA, "drtp": DRTP, "sdfa": SDFA}[name](**params)
         if name == "wm":
             p = dict(params)
             p["batch_size"] = p.pop("batchsize", 16)
             return WeightMirror(**p)
     except (TypeError, ValueError) as e:
         raise ModelFileError(path, f'cannot rebuild rule "{name}" from {_json(params)}: {e}') from None
-    if params:
+    if set(params) - {"feedback_points"}:
         raise ModelFileError(path, f'rule "{name}" takes no parameters, but the file gives {_json(params)}')
     return name
 
@@ -282,23 +290,22 @@ def _description(meta, path):
         d["sizes"] = m.json("sizes", lambda v: isinstance(v, list) and len(v) >= 2 and all(
             _is_count(x) and x >= 1 for x in v), "a list of at least two positive integers")
         d["activation"] = m.choice("activation", eng.names("activation"))
-        n_layers = len(d["sizes"]) - 1
     else:
         d["input"] = m.json("input", lambda v: isinstance(v, list) and len(v) in (1, 3) and all(
             _is_count(x) and x >= 1 for x in v), "a list of 1 or 3 positive integers")
         d["chain"] = m.json("chain", lambda v: isinstance(v, list) and len(v) >= 1 and all(
             isinstance(x, str) and x and not any(unicodedata.category(c) == "Cc" for c in x) for x in v),
             "a non-empty list of layer calls (non-empty strings without control characters)")
-        n_layers = len(d["chain"])
     for key in ("loss", "rule"):
         d[key] = m.choice(key, eng.names(key))
     is_object = (lambda v: isinstance(v, dict)), "a JSON object"
     rule_params = m.json("rule_params", *is_object)
     _check_record("rule", d["rule"], rule_params, path)
     d["rule"] = _rule_from(d["rule"], rule_params, path)
-    d["dropout"] = m.json("dropout", lambda v: isinstance(v, list) and len(v) == n_layers - 1 and all(
+    # How many rates the chain takes (one per layer but the last) the engine checks as it builds it.
+    d["dropout"] = m.json("dropout", lambda v: isinstance(v, list) and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in v),
-        "a list of one rate in [0, 1) per layer but the last") if "dropout" in meta else [0.0] * (n_layers - 1)
+        "a list of one rate in [0, 1) per layer but the last") if "dropout" in meta else 0.0
     d["initialisers"] = {key: (m.text(key), m.json(f"{key}_params", *is_object)) for key in ("init", "feedback_init")}
     for name, params in d["initialisers"].values():
         _check_record("initialiser", name, params, path)
@@ -324,6 +331,10 @@ def _description(meta, path):
 _SECTIONS = {"initialiser": "initialisers", "rule": "rules", "optimizer": "optimizers", "schedule": "schedules"}
 
 
+# Parameters a file may leave out (added after files without them were written).
+_OPTIONAL_PARAMS = ("feedback_points",)
+
+
 def _file_params(kind):
     """{name: its parameters (schema entries)} of the rules, initialisers, optimizers or schedules
     (``kind``) a file may name."""
@@ -347,6 +358,8 @@ def _allowed(p, x):
         return isinstance(x, bool)
     if p["type"] == "numbers":
         return isinstance(x, list) and all(_is_number(v) and _schema.within(p, v) for v in x)
+    if p["type"] == "choice":
+        return x in p["choices"]
     raise ValueError(f"parameters of type {p['type']} are not checked here")
 
 
@@ -357,10 +370,13 @@ def _check_record(kind, name, params, path):
     if name not in schemas:
         raise ModelFileError(path, f'unknown {kind} "{name}"; this pyjlfa knows {", ".join(sorted(schemas))}')
     fields = [p["name"] for p in schemas[name]]
-    if not isinstance(params, dict) or set(params) != set(fields):
+    required = {f for f in fields if f not in _OPTIONAL_PARAMS}
+    if not isinstance(params, dict) or not required <= set(params) <= set(fields):
         given = "(" + ", ".join(sorted(params)) + ")" if isinstance(params, dict) else _json(params)
         raise ModelFileError(path, f'{kind} "{name}" takes the parameters ({", ".join(fields)}), but the file gives {given}')
     for p in schemas[name]:
+        if p["name"] not in params:   # an optional one, left out
+            continue
         field, x = p["name"], params[p["name"]]
         if p["type"] in ("initialiser", "schedule"):
             if p["nullable"] and x is None:
@@ -405,7 +421,7 @@ def _check_tensor(header, name, shape, d, path, net):
 
 
 def _describe(net):
-    return "[" + ", ".join(layer.spec for layer in net.layers) + "]"
+    return "[" + ", ".join(layer.spec for layer in net.layers) + "]"   # the chain as the file writes it
 
 
 def load(path):
@@ -445,13 +461,7 @@ def load(path):
         if "sizes" in d:
             net.sizes, net.activation = tuple(d["sizes"]), d["activation"]
         try:
-            targets = {}
-            for k, layer in enumerate(net.layers):  # every shape comes from the engine
-                if layer.W is None:
-                    continue
-                targets[f"layers.{k}.W"], targets[f"layers.{k}.b"] = layer.W, layer.b
-                if layer.B is not None:
-                    targets[f"layers.{k}.B"] = layer.B
+            targets = _tensors(net)   # every shape comes from the engine
             if d["slots"]:
                 targets.update(_state_views(net, d["optimizer"], True))
             for name, target in targets.items():

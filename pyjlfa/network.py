@@ -15,12 +15,13 @@ from . import init as _init
 from . import diagnostics as _diagnostics
 from . import _schema
 from ._runtime import engine
-from .layers import _Layer, julia_chain
+from .layers import Residual, _Layer, julia_chain
 from .optimizers import SGD, _Optimizer
 
 __all__ = ["Network", "Layer"]
 
 _DTYPES = {"float32": (np.float32, 0), "float64": (np.float64, 1)}
+_CONTAINERS = ("SkipConnection", "Chain")
 # The names the engine accepts, from its schema (pyjlfa/_schema.py), so that a typo is refused
 # before Julia starts.
 _ACTIVATIONS = _schema.names("activations")
@@ -32,31 +33,65 @@ _OUTPUTS, _PROBABILITIES, _LABELS = 0, 1, 2  # fa_forward's output kinds
 
 @dataclass(frozen=True, repr=False)
 class Layer:
-    """One layer of a network, with zero-copy views of its parameters in Julia's memory (writes go
+    """One layer of a network, with zero-copy views of its arrays in Julia's memory (writes go
     straight to the model).
 
-    ``kind`` is the engine's layer ("Dense", "Conv", "MaxPool", "MeanPool", "Flatten"), ``spec``
-    the Julia call that built it and ``activation`` its activation ("identity" for none);
-    ``input_shape``/``output_shape`` are one sample's shapes. A dense
-    layer's W has shape (n_in, n_out), so that it computes ``X @ W + b``; a conv layer's W has
-    PyTorch's shape (out_channels, in_channels, kh, kw). B, where the rule gives the layer one, is
-    its fixed feedback array (FA family: W.T's shape for a dense layer, W's for a conv layer; DFA
-    family: (n_outputs, values of the layer's output)). Layers without parameters have W = b = B = None.
+    ``path`` is its place in the list you wrote ("3", and "3.main.0" inside a :class:`Residual`),
+    ``layer`` the :mod:`pyjlfa.layers` object it was built from (None for a network read from a
+    file), ``kind`` the engine's layer ("Dense", "Conv", "BatchNorm", "Activation", "MaxPool",
+    "MeanPool", "GlobalMeanPool", "Flatten", "SkipConnection", "PadShortcut"), ``spec`` the Julia call
+    that built it and ``activation`` the activation it applies ("identity" for none);
+    ``input_shape``/``output_shape`` are one sample's shapes. ``arrays`` maps each array's name to
+    its view, and each is an attribute too (None where the layer has none): a Linear layer's W has
+    shape (n_in, n_out), so that it computes ``X @ W + b``; a Conv2d layer's W has PyTorch's shape
+    (out_channels, in_channels, kh, kw); ``b`` is None with ``bias=False``; BatchNorm has ``gamma``,
+    ``beta``, ``running_mean`` and ``running_var``. B, where the rule gives the layer one, is its
+    fixed feedback array (FA family: W.T's shape for a Linear layer, W's for a Conv2d layer; DFA
+    family: (n_outputs, values at the layer's feedback point)). A Residual's view holds the views of
+    its paths in ``main`` and ``shortcut`` (a tuple, or None for the identity).
     """
 
+    path: str
     kind: str
     spec: str
+    layer: Optional[object]
     activation: str
     input_shape: tuple
     output_shape: tuple
-    W: Optional[np.ndarray]
-    b: Optional[np.ndarray]
-    B: Optional[np.ndarray]
+    arrays: dict
+    main: tuple = ()
+    shortcut: Optional[tuple] = None
+
+    W = property(lambda self: self.arrays.get("W"))
+    b = property(lambda self: self.arrays.get("b"))
+    B = property(lambda self: self.arrays.get("B"))
+    gamma = property(lambda self: self.arrays.get("gamma"))
+    beta = property(lambda self: self.arrays.get("beta"))
+    running_mean = property(lambda self: self.arrays.get("running_mean"))
+    running_var = property(lambda self: self.arrays.get("running_var"))
 
     def __repr__(self):
-        arrays = ", ".join(f"{name}={a.shape} {a.dtype}" for name, a in (("W", self.W), ("b", self.b), ("B", self.B))
-                           if a is not None)
-        return (f"Layer({self.spec}, {self.input_shape} -> {self.output_shape}" + (f", {arrays}" if arrays else "") + ")")
+        arrays = ", ".join(f"{name}={a.shape} {a.dtype}" for name, a in self.arrays.items())
+        what = repr(self.layer) if self.layer is not None else self.spec
+        return (f"Layer({self.path}: {what}, {self.input_shape} -> {self.output_shape}" + (f", {arrays}" if arrays else "") + ")")
+
+
+def _objects_by_path(layers, prefix=""):
+    """(path, layer object) for every layer of a list written by the user, nested ones too."""
+    for k, layer in enumerate(layers):
+        path = f"{prefix}{k}"
+        yield path, layer
+        if isinstance(layer, Residual):
+            yield from _objects_by_path(layer.main, f"{path}.main.")
+            if layer.shortcut == "pad":
+                yield f"{path}.shortcut", None
+            elif layer.shortcut is not None:
+                yield from _objects_by_path(layer.shortcut, f"{path}.shortcut.")
+
+
+def _leaf_count(layers):
+    """How many layers a list holds, counting those inside residual blocks and not the blocks."""
+    return sum(1 for _, layer in _objects_by_path(layers) if not isinstance(layer, Residual))
 
 
 def _python_shape(text):
@@ -144,7 +179,7 @@ class Network:
         layers = sizes if sizes is not None else layers
         if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__") or len(layers) == 0:
             raise ValueError(f"{what} must be a list of pyjlfa.layers or of layer widths (sizes), got {layers!r}")
-        if sizes is not None or all(not isinstance(s, _Layer) for s in layers):
+        if sizes is not None or all(isinstance(s, (int, float, np.number)) for s in layers):
             if len(layers) < 2:
                 raise ValueError(f"sizes must list at least an input and an output width, got {layers!r}")
             self.sizes = tuple(_positive_int(s, "sizes") for s in layers)
@@ -163,7 +198,9 @@ class Network:
             self.activation = None
             chain = julia_chain(layers)
             julia_input = self._input_shape(input_shape, layers)
-        self._build(chain, julia_input, rule, loss, seed, feedback_seed, dtype, init, feedback, dropout)
+        self._build(chain, julia_input, rule, loss, seed, feedback_seed, dtype, init, feedback, dropout,
+                    layer_objects=None if self.sizes is not None else list(layers),
+                    n_leaves=len(chain) if self.sizes is not None else _leaf_count(layers))
 
     @classmethod
     def _from_julia(cls, chain, julia_input, **kwargs):
@@ -174,7 +211,8 @@ class Network:
         return net
 
     def _build(self, chain, julia_input, rule="fa", loss="cross_entropy", seed=0, feedback_seed=None,
-               dtype="float32", init="glorot_uniform", feedback="glorot_uniform", dropout=0.0, max_params=None):
+               dtype="float32", init="glorot_uniform", feedback="glorot_uniform", dropout=0.0, max_params=None,
+               layer_objects=None, n_leaves=None):
         try:
             dtype_name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
         except TypeError:
@@ -193,7 +231,8 @@ class Network:
         self.seed, self.feedback_seed = seed, feedback_seed
         self.init, self.feedback = init, feedback  # recorded as given (arrays are the model's B)
         init_spec = self._initialiser(init, "init")
-        feedback_specs, given = self._feedback(feedback, len(chain))
+        # n_leaves: the layers per-layer lists follow (None for a chain read from a file: the engine counts)
+        feedback_specs, given = self._feedback(feedback, n_leaves)
         has_feedback = _schema.family(self.rule) in ("fa-style", "dfa-style")
         if not has_feedback and any(g is not None for g in given):
             raise ValueError(f"feedback arrays were given, but rule {self.rule!r} has no feedback arrays")
@@ -201,46 +240,71 @@ class Network:
             import warnings
             warnings.warn(f"rule {self.rule!r} has no feedback arrays: feedback={feedback!r} is ignored",
                           UserWarning, stacklevel=3)
-        rates = self._dropout(dropout, len(chain))
+        rates = self._dropout(dropout, n_leaves)
 
         spec = "\n".join([f"loss={self.loss}", f"rule={rule_spec}", f"seed={seed}", f"feedback_seed={feedback_seed}",
-                          f"init={init_spec}", "feedback=[" + ", ".join(feedback_specs) + "]",
+                          f"init={init_spec}", "feedback=" + feedback_specs,
                           "dropout=" + (repr(rates) if isinstance(rates, float) else "[" + ", ".join(map(repr, rates)) + "]")]
                          + ([] if max_params is None else [f"max_params={int(max_params)}"]))
         eng = engine()  # Julia starts here, after every check Python can make
         out = c_int64()
         shape = (c_int64 * len(julia_input))(*julia_input)
-        pointers = (c_void_p * len(chain))(*(None if B is None else B.ctypes.data for B in given))
-        dims = (c_int64 * (5 * len(chain)))()
-        for k, B in enumerate(given):  # the host's shape, in Julia's order: the engine checks it
-            if B is not None:
-                dims[5 * k] = B.ndim
-                for j, n in enumerate(reversed(B.shape)):
-                    dims[5 * k + 1 + j] = n
+        pointers, dims = None, None   # no arrays given as B
+        if any(B is not None for B in given):
+            pointers = (c_void_p * len(given))(*(None if B is None else B.ctypes.data for B in given))
+            dims = (c_int64 * (5 * len(given)))()
+            for k, B in enumerate(given):  # the host's shape, in Julia's order: the engine checks it
+                if B is not None:
+                    dims[5 * k] = B.ndim
+                    for j, n in enumerate(reversed(B.shape)):
+                        dims[5 * k + 1 + j] = n
         eng.call("fa_new", ctypes.byref(out), _DTYPES[dtype_name][1], len(julia_input), shape,
                  "\n".join(chain).encode(), spec.encode(), pointers, dims)
         self._engine = eng
         self._handle = _Handle(eng, out.value, keepalive=tuple(B for B in given if B is not None))
         self.dropout = tuple(rates) if not isinstance(rates, float) else rates
-        self.layers = self._layer_views()
-        self.input_shape = self.layers[0].input_shape
+        self._views(layer_objects)
+        self.training = True  # the mode gradients() uses (train() / eval())
         self.optimizer = None  # the optimizer the next fit continues with (recorded by save)
         self.history = None  # the history of the last fit, also when Ctrl-C cut it short
 
-    def _layer_views(self):
-        text = ctypes.string_at(self._engine._fn["fa_layers"](self._handle.id)).decode()
-        views = []
-        for k, line in enumerate(text.split("\n")):
-            spec, kind, activation, ins, outs, _, _ = line.split("\t")
+    def _views(self, layer_objects):
+        """The layer views from the engine's description of every node (fa_nodes): ``layers`` in
+        the order written, ``_named`` depth first, and ``_leaves`` (the layers per-layer lists follow)."""
+        text = ctypes.string_at(self._engine._fn["fa_nodes"](self._handle.id)).decode()
+        objects = dict(_objects_by_path(layer_objects)) if layer_objects is not None else {}
+        rows = [line.split("\t") for line in text.split("\n") if line]
+        views, children = {}, {}
+        for k, (path, kind, spec, activation, ins, outs, arrays) in reversed(list(enumerate(rows))):
+            arrays = {name: self._array(k, name) for name in (a.split(":")[0] for a in arrays.split(";") if a)}
             activation = "leaky_relu" if activation == "leakyrelu" else activation  # Python's spelling
-            views.append(Layer(kind, spec, activation, _python_shape(ins), _python_shape(outs),
-                               *(self._param(k, which) for which in range(3))))
-        return tuple(views)
+            kids = children.get(path, {})
+            main = kids.get("main")
+            main = () if main is None else main.main if main.kind == "Chain" else (main,)
+            shortcut = kids.get("shortcut")
+            shortcut = None if shortcut is None else shortcut.main if shortcut.kind == "Chain" else (shortcut,)
+            if kind == "Chain":   # a path's list of layers: held by the view of its container
+                main = tuple(kids[str(i)] for i in range(len(kids)))
+            views[path] = view = Layer(path, kind, spec, objects.get(path), activation, _python_shape(ins),
+                                       _python_shape(outs), arrays, main, shortcut)
+            parent, _, name = path.rpartition(".")
+            children.setdefault(parent, {})[name] = view
+        top = children.get("", {})
+        self.layers = tuple(top[str(i)] for i in range(len(top)))
+        self._nodes = tuple((path, views[path]) for path, *_ in rows)   # fa_nodes order: what the ABI indexes
+        self._named = tuple((path, view) for path, view in self._nodes if view.kind != "Chain")
+        self._leaves = tuple(v for _, v in self._named if v.kind not in _CONTAINERS)
+        self.input_shape = self.layers[0].input_shape
+
+    def named_layers(self):
+        """Every layer as (path, layer) pairs, depth first, a Residual before the layers inside it
+        (PyTorch's ``named_modules`` order): "0", "1", ..., "3", "3.main.0", ..., "3.shortcut.0"."""
+        return list(self._named)
 
     def _dense_shorthand(self):
         """(sizes, activation) when the network is a dense stack with one hidden activation (what the
         shorthand builds: a loaded file's network looks the same), else (None, None)."""
-        layers = self.layers
+        layers = self._leaves
         hidden = {layer.activation for layer in layers[:-1]}
         if all(layer.kind == "Dense" for layer in layers) and len(hidden) <= 1:
             return (layers[0].input_shape[0],) + tuple(l.output_shape[0] for l in layers), (hidden.pop() if hidden else "tanh")
@@ -269,18 +333,23 @@ class Network:
         raise TypeError(f"{name} must be an initialiser name such as 'glorot_uniform' or a pyjlfa.init value, got {value!r}")
 
     def feedback_shapes(self):
-        """The shape of each layer's B under this network's rule (None where it has none)."""
-        return [None if layer.B is None else layer.B.shape for layer in self.layers]
+        """The shape of each layer's B under this network's rule (None where it has none), in
+        ``named_layers()`` order."""
+        return [None if layer.B is None else layer.B.shape for _, layer in self._named]
 
     def _feedback(self, feedback, n):
-        """Per layer: the initialiser's spec, and the array given as B (or None)."""
-        listed = isinstance(feedback, (list, tuple))
-        entries = list(feedback) if listed else [feedback] * n
-        if len(entries) != n:
+        """The feedback initialisers' spec for the engine (one, or a list with one per layer), and
+        per layer the array given as B (or None; an empty list when none can be given)."""
+        if not isinstance(feedback, (list, tuple)):
+            if isinstance(feedback, np.ndarray):
+                raise TypeError("feedback as an array needs a list with one entry per layer (None where none is given)")
+            return self._initialiser(feedback, "feedback"), []
+        entries = list(feedback)
+        if n is not None and len(entries) != n:
             raise ValueError(f"feedback lists {len(entries)} entries; the network has {n} layers")
         specs, given = [], []
         for k, entry in enumerate(entries):
-            name = f"feedback[{k}]" if listed else "feedback"
+            name = f"feedback[{k}]"
             if isinstance(entry, np.ndarray):
                 if self.rule == "brsf":
                     raise ValueError(f"{name}: rule 'brsf' redraws B every batch, so it cannot use a given array")
@@ -295,13 +364,13 @@ class Network:
                     raise ValueError(f"{name} contains NaN or Inf")
                 specs.append("zeros()")
                 given.append(entry)
-            elif entry is None and listed:
+            elif entry is None:
                 specs.append("nothing")   # the engine checks that this layer has no B
                 given.append(None)
             else:
                 specs.append(self._initialiser(entry, name))
                 given.append(None)
-        return specs, given
+        return "[" + ", ".join(specs) + "]", given
 
     @staticmethod
     def _dropout(dropout, n):
@@ -309,7 +378,7 @@ class Network:
             if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
                 raise ValueError(f"dropout rates must be numbers in [0, 1), got {dropout!r}")
             return float(dropout)
-        if len(dropout) != n - 1:
+        if n is not None and len(dropout) != n - 1:
             raise ValueError(f"dropout lists {len(dropout)} rates; expected one per layer but the last ({n - 1})")
         for p in dropout:
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
@@ -322,9 +391,10 @@ class Network:
             raise ValueError(f"{name} must be an integer in [0, 2**64), got {value!r}")
         return int(value)
 
-    def _param(self, k, which):
+    def _array(self, k, name):
+        """A zero-copy view of array ``name`` of node k (fa_nodes order), or None."""
         address, dims = c_void_p(), (c_int64 * 5)()
-        self._engine.call("fa_param", self._handle.id, k + 1, which, ctypes.byref(address), dims)
+        self._engine.call("fa_array", self._handle.id, k + 1, name.encode(), ctypes.byref(address), dims)
         if not address.value:
             return None
         # Julia's column-major dimensions, reversed, are NumPy's row-major shape of the same memory.
@@ -339,6 +409,20 @@ class Network:
     @property
     def n_outputs(self):
         return self.layers[-1].output_shape[0]
+
+    def train(self):
+        """Training mode for :meth:`gradients` (batch norm uses the batch's statistics; the default).
+        ``fit`` and ``step`` always train, and ``predict``/``evaluate`` always use the running
+        statistics, whatever the mode. Returns the network."""
+        self._engine.call("fa_set_mode", self._id(), 1)
+        self.training = True
+        return self
+
+    def eval(self):
+        """Evaluation mode for :meth:`gradients` (batch norm uses its running statistics). Returns the network."""
+        self._engine.call("fa_set_mode", self._id(), 0)
+        self.training = False
+        return self
 
     def __repr__(self):
         rule = self.rule_value if hasattr(self.rule_value, "_spec") else self.rule
@@ -442,9 +526,9 @@ class Network:
     def _optimizer(self, optimizer):
         if not isinstance(optimizer, _Optimizer):
             raise TypeError(f"optimizer must be a pyjlfa optimizer such as pyjlfa.SGD(lr=0.05), got {optimizer!r}")
-        if optimizer.layer_lr is not None and len(optimizer.layer_lr) != len(self.layers):
+        if optimizer.layer_lr is not None and len(optimizer.layer_lr) != len(self._leaves):
             raise ValueError(f"optimizer layer_lr lists {len(optimizer.layer_lr)} multipliers; "
-                             f"the network has {len(self.layers)} layers")
+                             f"the network has {len(self._leaves)} layers")
         return optimizer._encoded_spec()
 
     # -- training ------------------------------------------------------------------------------
@@ -538,19 +622,30 @@ class Network:
         return loss.value
 
     def gradients(self, X, y):
-        """Per layer (dW, db), shaped like (W, b), that the rule would apply (W -= lr * dW);
-        (None, None) for layers without parameters. Nothing changes in the model.
+        """Per layer, in :meth:`named_layers` order, the update the rule would apply (p -= lr * dp),
+        as a pair shaped like the layer's parameters: (dW, db) for Linear and Conv2d (db None with
+        ``bias=False``), (dgamma, dbeta) for batch norm, (None, None) for layers without parameters.
+        In training mode (the default) batch norm uses the batch's statistics, in evaluation mode
+        (:meth:`eval`) its running ones; dropout stays off. Nothing changes in the model.
         """
         X, y = self._data(X, y)
-        handle = self._id()
-        grads = [(None, None) if layer.W is None else (np.empty_like(layer.W), np.empty_like(layer.b))
-                 for layer in self.layers]
-        dW = (c_void_p * len(grads))(*(g[0] if g[0] is None else g[0].ctypes.data for g in grads))
-        db = (c_void_p * len(grads))(*(g[1] if g[1] is None else g[1].ctypes.data for g in grads))
         loss = c_double()
-        self._engine.call("fa_gradients", handle, X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
-                          dW, db, ctypes.byref(loss))
+        self._engine.call("fa_gradients", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
+                          ctypes.byref(loss))
+        index = {path: k for k, (path, _) in enumerate(self._nodes)}
+        grads = []
+        for path, layer in self._named:   # the engine has a gradient ("dW", "dgamma", ...) for each trained array
+            found = [g for g in (self._array(index[path], "d" + name) for name in layer.arrays if name != "B") if g is not None]
+            if layer.W is not None and layer.b is None:   # a Conv2d or Linear without bias: (dW, None)
+                found.append(None)
+            grads.append(tuple(None if g is None else g.copy() for g in found) if found else (None, None))
         return grads
+
+    def _node_list(self):
+        """Every node as (path, view) in the engine's order (fa_nodes), path lists included."""
+        if self._handle is None:
+            raise ValueError("this Network is closed")
+        return self._nodes
 
     # -- model files ---------------------------------------------------------------------------
     @property

@@ -9,7 +9,7 @@ from typing import Optional
 from . import _schema
 from ._spec import call
 
-__all__ = ["USF", "WeightMirror", "FEEDBACK_STYLE"]
+__all__ = ["USF", "WeightMirror", "DFA", "DRTP", "SDFA", "FEEDBACK_STYLE"]
 
 # Which layers have a feedback matrix B, and its shape (Python view), from the rule's family in the
 # engine's schema:
@@ -58,3 +58,43 @@ class WeightMirror:
         decay = self.noise_std ** 2 if self.decay is None else self.decay
         return (f"wm(noise_std={self.noise_std!r}, lr={self.lr!r}, steps={self.steps}, "
                 f"batchsize={self.batch_size}, decay={float(decay)!r})")
+
+
+def _check_points(owner, value):
+    allowed = _schema.param("rules", "dfa", "feedback_points")["choices"]
+    if value not in allowed:
+        raise ValueError(f"{owner} feedback_points must be {' or '.join(map(repr, allowed))}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DFA:
+    """Direct feedback alignment (Nøkland 2016) with a choice of where the projected output error
+    enters. ``"layer"`` (the default, and what ``rule="dfa"`` means): at every Linear and Conv2d
+    layer but the last, after the activation, batch norm and other elementwise layers that directly
+    follow it, so a layer's error is (B e) times the local derivatives of those layers. ``"block"``:
+    at each :class:`~pyjlfa.layers.Residual` block's output (after the elementwise layers that follow
+    it), from where it is backpropagated exactly through the block, as Launay et al. (2020) place
+    DFA per transformer block; Linear and Conv2d layers outside blocks keep their own points."""
+
+    feedback_points: str = "layer"
+    name = "dfa"
+
+    def __post_init__(self):
+        _check_points(type(self).__name__, self.feedback_points)
+
+    def _spec(self):
+        return f'{self.name}(feedback_points="{self.feedback_points}")'
+
+
+@dataclass(frozen=True)
+class DRTP(DFA):
+    """Direct random target projection (Frenkel et al. 2021), ``feedback_points`` as :class:`DFA`'s."""
+
+    name = "drtp"
+
+
+@dataclass(frozen=True)
+class SDFA(DFA):
+    """Sign-DFA (sign(e) in place of e), ``feedback_points`` as :class:`DFA`'s."""
+
+    name = "sdfa"

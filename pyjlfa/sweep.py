@@ -112,7 +112,7 @@ _INITIALISERS = {cls._name: cls for cls in (
     _init.LeCunNormal, _init.Orthogonal, _init.Uniform, _init.Normal, _init.Sparse, _init.SignConcordant,
     _init.Zeros)}
 # The Python classes of the rules with parameters, by the engine's (case-insensitive) names.
-_RULES = {cls.name: cls for cls in (_rules.USF, _rules.WeightMirror)}
+_RULES = {cls.name: cls for cls in (_rules.USF, _rules.WeightMirror, _rules.DFA, _rules.DRTP, _rules.SDFA)}
 
 
 def _call_text(text, names, where, kind, fold=lambda name: name):

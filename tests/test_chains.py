@@ -60,6 +60,16 @@ KINDS = {"conv": ["Conv", "MaxPool", "Conv", "MeanPool", "Flatten", "Dense", "De
          "flat": ["Flatten", "Dense", "Dense"]}
 
 
+# pyjlfa's layers are the items written, activations included; the reference fuses each activation
+# into the layer before it. These pick the engine's layers (or per-layer values) the reference has.
+def weighted(net):
+    return [layer for layer in net.layers if layer.kind != "Activation"]
+
+
+def fused(net, values):
+    return [v for layer, v in zip(net.layers, values) if layer.kind != "Activation"]
+
+
 def build(chain, rule, loss="cross_entropy", dtype="float64", seed=0, **kwargs):
     return pyjlfa.Network(CHAINS[chain][0](), input_shape=INPUT, rule=rule, loss=loss, dtype=dtype, seed=seed,
                           feedback_seed=seed + 100, **kwargs)
@@ -89,8 +99,8 @@ def batch(net, m, seed=1):
 def reference_of(net, chain):
     """A float64 ReferenceChain holding copies of the engine's current W, b and B."""
     ref = ReferenceChain(CHAINS[chain][1], INPUT, net.rule, loss=net.loss, dtype="float64")
-    assert len(ref.layers) == len(net.layers)
-    for i, layer in enumerate(net.layers):
+    assert len(ref.layers) == len(weighted(net))
+    for i, layer in enumerate(weighted(net)):
         for name in ("W", "b", "B"):
             engine_array, ref_array = getattr(layer, name), getattr(ref, name)[i]
             assert (engine_array is None) == (ref_array is None), (i, name)
@@ -111,7 +121,7 @@ def assert_grads_equal(got, expected, **tol):
 
 
 def assert_parameters_equal(net, ref, **tol):
-    for i, layer in enumerate(net.layers):
+    for i, layer in enumerate(weighted(net)):
         for name in ("W", "b", "B"):
             if getattr(layer, name) is not None:
                 np.testing.assert_allclose(getattr(layer, name), getattr(ref, name)[i], err_msg=f"{name} of layer {i}",
@@ -141,14 +151,14 @@ GRADIENT_CASES = ([("conv", r, l, "float64") for r, l in RULE_LOSS]
 @pytest.mark.parametrize("chain,rule,loss,dtype", GRADIENT_CASES)
 def test_gradients_match_the_reference(nets, chain, rule, loss, dtype):
     net = nets(chain, rule, loss, dtype)
-    assert [l.kind for l in net.layers] == KINDS[chain]
+    assert [l.kind for l in weighted(net)] == KINDS[chain]
     if rule in ("usf", "frsf", "brsf"):  # B = |B| * sign(W) (W.T for dense), sign(+0) = +
         for layer in net.layers:
             if layer.B is not None:
                 W = layer.W.T if layer.kind == "Dense" else layer.W
                 np.testing.assert_array_equal(np.signbit(layer.B), np.signbit(W))
     X, y = batch(net, 6)
-    got = net.gradients(X, y)
+    got = fused(net, net.gradients(X, y))
     assert all(dW is None or (dW.dtype == net.dtype and db.dtype == net.dtype) for dW, db in got)
     expected = reference_of(net, chain).gradients(X.astype(np.float64), y)
     assert_grads_equal(got, expected, **TOLERANCE[dtype])
@@ -178,7 +188,7 @@ def test_sgd_steps_match_the_reference(chain, rule, loss):
         assert math.isclose(loss_value, ref.step(X, y, **SGD), rel_tol=1e-12)
     assert_parameters_equal(net, ref, rtol=1e-10, atol=1e-12)
     if rule == "kp":  # B learned too
-        assert not np.array_equal(net.layers[2].B, build(chain, rule, loss).layers[2].B)
+        assert not np.array_equal(weighted(net)[2].B, weighted(build(chain, rule, loss))[2].B)
 
 
 @pytest.mark.parametrize("chain", ["conv", "flat"])
@@ -190,7 +200,7 @@ def test_brsf_steps_match_the_reference_given_the_engines_redraws(chain):
         loss_value = net.step(X, y, pyjlfa.SGD(**SGD))
         # The engine drew new magnitudes before this batch, took the signs of W, updated W, and took
         # the new signs: |B| now holds the magnitudes it used.
-        for i, layer in enumerate(net.layers):
+        for i, layer in enumerate(weighted(net)):
             if layer.B is not None:
                 ref.B[i] = np.abs(layer.B)
         magnitudes.append(np.abs(net.layers[-1].B).copy())
@@ -204,7 +214,7 @@ def mirror_noise(state, net, steps, batch_size, noise_std):
     steps x batch_size inputs from the shuffling stream, one N(0, 1) per value (Box-Muller,
     sqrt(-2 log(1 - u1)) cos(2 pi u2)), in Julia's memory order = NumPy's C order of (batch, C, H, W)."""
     rng, noise = SplitMix64(state), []
-    for layer in net.layers:
+    for layer in weighted(net):
         if layer.B is None:
             noise.append(None)
             continue
@@ -298,19 +308,19 @@ def test_other_image_inputs_are_converted_once_with_the_same_results(nets):
 
 def test_conv_parameters_are_views_that_fit_updates_in_place():
     net = build("conv", "fa", dtype="float32")
-    assert [l.B is not None for l in net.layers] == [False, False, True, False, False, True, True]
+    assert [l.B is not None for l in weighted(net)] == [False, False, True, False, False, True, True]
     views = [(l.W, l.b, l.B) for l in net.layers if l.W is not None]
     addresses = [[None if a is None else a.__array_interface__["data"][0] for a in v] for v in views]
     before = [W.copy() for W, _, _ in views]
     X, y = batch(net, 16)
     net.fit(X, y, epochs=2, batch_size=4, optimizer=pyjlfa.SGD(lr=0.1, momentum=0.9))
     # Julia's arrays did not move: fresh views from Julia have the old addresses.
-    fresh = [[None if a is None else a.__array_interface__["data"][0] for a in map(lambda w: net._param(k, w), range(3))]
+    fresh = [[None if a is None else a.__array_interface__["data"][0] for a in map(lambda w: net._array(k, w), "WbB")]
              for k, l in enumerate(net.layers) if l.W is not None]
     assert fresh == addresses
     for (W, _, _), W0 in zip(views, before):
         assert not np.array_equal(W, W0)  # the old views saw the updates
-    assert np.shares_memory(net._param(0, 0), views[0][0]) and np.shares_memory(net._param(2, 2), views[1][2])
+    assert np.shares_memory(net._array(0, "W"), views[0][0]) and np.shares_memory(net._array(3, "B"), views[1][2])
     assert views[0][0].shape == (3, 2, 3, 3) and views[1][0].shape == (4, 3, 2, 3) == views[1][2].shape
 
 
@@ -318,7 +328,7 @@ def test_writing_conv_views_changes_the_model():
     net = build("conv", "fa")
     X, y = batch(net, 6)
     before = net.outputs(X)
-    net.layers[2].W[...] *= -1  # flip the second kernel in place
+    net.layers[3].W[...] *= -1  # flip the second kernel in place
     net.layers[0].b[:] = [0.5, -0.5, 0.25]
     np.testing.assert_allclose(net.outputs(X), reference_of(net, "conv").forward(X), rtol=1e-12, atol=1e-14)
     assert not np.allclose(net.outputs(X), before)
@@ -427,7 +437,7 @@ def test_conv_network_saved_by_python_predicts_bit_identically_in_julia(julia_se
 def test_conv_network_saved_by_julia_predicts_bit_identically_in_python(julia_session, tag):
     X = julia_session["X"][tag]
     net = pyjlfa.load(julia_session["dir"] / f"jl_{tag}.safetensors")
-    assert [l.kind for l in net.layers] == KINDS["conv"] and net.rule == "kp" and net.epochs == 2
+    assert [l.kind for l in weighted(net)] == KINDS["conv"] and net.rule == "kp" and net.epochs == 2
     assert [l.spec for l in net.layers] == [l.spec for l in julia_session["py"]["f64"].layers]
     julia_out = np.fromfile(julia_session["dir"] / f"jl_{tag}_outputs", dtype=net.dtype).reshape(len(X), 3)
     with julias_blas():
@@ -467,30 +477,26 @@ def network(layers, **kwargs):
 
 BAD_NETWORKS = [
     ("kernel larger than the input", network([Conv2d(1, 2, 7), Flatten(), Linear(2, 3)]),
-     r"layer 1, Conv\(\(7, 7\), 1 => 2\) has a window of \(7, 7\), larger than its input of \(6, 6\)"),
+     r"layer 0, Conv\(\(7, 7\), 1 => 2\) has a window of \(7, 7\), larger than its input of \(6, 6\)"),
     ("kernel larger than the padded input", network([Conv2d(1, 2, 5), Conv2d(2, 2, 5, padding=1), Flatten(), Linear(2, 3)]),
-     r"layer 2, Conv\(\(5, 5\), 2 => 2; pad=\(1, 1\)\) has a window of \(5, 5\), larger than its padded input of \(4, 4\)"),
+     r"layer 1, Conv\(\(5, 5\), 2 => 2; pad=\(1, 1\)\) has a window of \(5, 5\), larger than its padded input of \(4, 4\)"),
     ("pool window larger than its input", network([Conv2d(1, 2, 5), MaxPool2d(3), Flatten(), Linear(2, 3)]),
-     r"layer 2, MaxPool\(\(3, 3\)\).*larger than its input"),
+     r"layer 1, MaxPool\(\(3, 3\)\).*larger than its input"),
     ("conv stride 0", lambda: Conv2d(1, 2, 3, stride=0), r"Conv2d stride must be an integer >= 1, got 0"),
     ("pool stride 0", lambda: AvgPool2d(2, stride=(1, 0)), r"AvgPool2d stride must be an integer >= 1, got 0"),
     ("negative padding", lambda: Conv2d(1, 2, 3, padding=(0, -1)), r"Conv2d padding must be an integer >= 0, got -1"),
     ("input channels", network([Conv2d(3, 2, 3), Flatten(), Linear(32, 3)]),
-     r"layer 1, Conv\(\(3, 3\), 3 => 2\) expects 3 input channels, but receives 1"),
+     r"layer 0, Conv\(\(3, 3\), 3 => 2\) expects 3 input channels, but receives 1"),
     ("channels between layers", network([Conv2d(1, 4, 3), ReLU(), Conv2d(2, 2, 3), Flatten(), Linear(8, 3)]),
      r"layer 2, Conv\(\(3, 3\), 2 => 2\) expects 2 input channels, but receives 4"),
     ("Linear after Flatten", network([Conv2d(1, 2, 3), MaxPool2d(2), Flatten(), Linear(7, 3)]),
-     r"layer 4, Dense\(7 => 3\) expects 7 inputs, but receives 8"),
+     r"layer 3, Dense\(7 => 3\) expects 7 inputs, but receives 8"),
     ("Linear on an image", network([Conv2d(1, 2, 3), Linear(32, 3)]),
-     r"layer 2, Dense\(32 => 3\) expects a vector of 32 inputs, but receives an image .*put Flatten\(\) before it"),
-    ("activation first", network([ReLU(), Conv2d(1, 2, 3), Flatten(), Linear(32, 3)]),
-     r"layers\[0\] is ReLU\(\), but an activation must follow a Conv2d or Linear"),
-    ("activation after pooling", network([Conv2d(1, 2, 3), MaxPool2d(2), Tanh(), Flatten(), Linear(8, 3)]),
-     r"layers\[2\] is Tanh\(\), but an activation must follow a Conv2d or Linear \(layers\[1\] is MaxPool2d"),
+     r"layer 1, Dense\(32 => 3\) expects a vector of 32 inputs, but receives an image .*put Flatten\(\) before it"),
     ("last layer not Linear", network([Conv2d(1, 2, 3), Flatten()]),
      r"the last layer must be Dense with no activation .*got Flatten\(\)"),
     ("last Linear with an activation", network([Conv2d(1, 2, 3), Flatten(), Linear(32, 3), Sigmoid()]),
-     r"the last layer must be Dense with no activation .*got Dense\(32 => 3, sigmoid\)"),
+     r"the last layer must be Dense with no activation .*got sigmoid"),
     ("conv B of the wrong shape", network([Conv2d(1, 2, 3), Conv2d(2, 3, 2), Flatten(), Linear(27, 3)], rule="fa",
                                           dtype="float64", feedback=[None, np.zeros((3, 2, 3, 3)), None, np.zeros((3, 27))]),
      r"the given feedback array has shape \(3, 2, 3, 3\); (FA|DFA)\(\) gives Conv\(\(2, 2\), 2 => 3\) a B of shape \(3, 2, 2, 2\)"),
@@ -560,19 +566,21 @@ def alignment_and_reference(nets):
 @pytest.mark.slow
 def test_alignment_reports_every_layer_with_conv_angles_as_the_reference_gives_them(nets):
     net, report, (g_fa, g_bp), (d_fa, d_bp) = alignment_and_reference(nets)
-    assert report["role"] == ["feedback", "no_params", "feedback", "no_params", "no_params", "feedback", "output"]
     assert all(len(v) == len(net.layers) for v in report.values())
+    assert [r for l, r in zip(net.layers, report["role"]) if l.kind == "Activation"] == ["no_params"] * 3
+    report = {f: fused(net, v) for f, v in report.items()}   # the reference's layers
+    assert report["role"] == ["feedback", "no_params", "feedback", "no_params", "no_params", "feedback", "output"]
     for k in (0, 2, 5):
         assert np.isfinite(report["update_angle"][k]) and np.isfinite(report["delta_angle"][k])
         assert report["delta_angle"][k] == pytest.approx(angle(d_fa[k], d_bp[k]), abs=1e-8)
         assert report["update_weight_ratio"][k] == pytest.approx(
-            np.linalg.norm(g_fa[k][0]) / np.linalg.norm(net.layers[k].W), rel=1e-10)
+            np.linalg.norm(g_fa[k][0]) / np.linalg.norm(weighted(net)[k].W), rel=1e-10)
     for k in (0, 2, 5):
         assert report["update_angle"][k] == pytest.approx(angle(g_fa[k][0], g_bp[k][0]), abs=1e-8)
         assert report["update_bp_ratio"][k] == pytest.approx(
             np.linalg.norm(g_fa[k][0]) / np.linalg.norm(g_bp[k][0]), rel=1e-10)
     # The conv layer's B stands in for its kernel: the angle between them.
-    assert report["feedback_angle"][2] == pytest.approx(angle(net.layers[2].B, net.layers[2].W), abs=1e-8)
+    assert report["feedback_angle"][2] == pytest.approx(angle(weighted(net)[2].B, weighted(net)[2].W), abs=1e-8)
     for k in (1, 3, 4):
         assert all(np.isnan(report[f][k]) for f in report if f != "role")
 
@@ -587,6 +595,7 @@ def test_fit_tracks_alignment_of_conv_layers_without_changing_training():
     track = history["alignment"]
     assert (track["epoch"], track["batch"], track["step"]) == ([1, 1, 2, 2], [1, 3, 1, 3], [0, 2, 4, 6])
     for roles, angles in zip(track["role"], track["update_angle"]):
+        roles, angles = fused(net, roles), fused(net, angles)
         assert roles == ["feedback", "no_params", "feedback", "no_params", "no_params", "feedback", "output"]
         assert all(np.isfinite(angles[k]) for k in (0, 2, 5))
         assert all(np.isnan(angles[k]) for k in (1, 3, 4))

@@ -325,8 +325,8 @@ def corrupt_files(folder):
     case("foreign safetensors file", r"not a pyjlfa model file: its safetensors header has no pyjlfa metadata",
          meta={"framework": "numpy"}, tensors={"weight": np.ones((2, 3), np.float32)})
     case("no metadata at all", r"not a pyjlfa model file", meta=None, tensors={"weight": np.ones(4)})
-    case("unknown format version", r'unknown format version "3"; this pyjlfa reads versions 1 to 2',
-         meta={**meta, "format_version": "3"}, tensors=tensors)
+    case("unknown format version", r'unknown format version "4"; this pyjlfa reads versions 1 to 3',
+         meta={**meta, "format_version": "4"}, tensors=tensors)
     described = r"but the network the metadata describes \(\[Dense\(6 => 5, tanh\), Dense\(5 => 4, tanh\), Dense\(4 => 3\)\]"
     case("shape disagrees with the chain", rf'tensor "layers.1.W" has shape \[4,5\], {described}, rule fa\) needs \[5,4\]',
          meta={**meta, "optimizer": "none"}, tensors={**tensors, "layers.1.W": tensors["layers.1.W"].reshape(4, 5)})

@@ -19,7 +19,7 @@ sweep = importlib.import_module("pyjlfa.sweep")   # the module (pyjlfa.sweep is 
 # each language keeps its own convention (the Julia/file name -> the Python field).
 CLASSES = ([("optimizers", c._name, c) for c in (SGD, Adam, AdamW)]
            + [("schedules", c._name, c) for c in (StepDecay, Cosine)]
-           + [("rules", c.name, c) for c in (rules.USF, rules.WeightMirror)]
+           + [("rules", c.name, c) for c in (rules.USF, rules.WeightMirror, rules.DFA, rules.DRTP, rules.SDFA)]
            + [("initialisers", getattr(init, n)._name, getattr(init, n)) for n in init.__all__ if n != "Initialiser"])
 PYTHON_NAMES = {"batchsize": "batch_size"}
 # A valid value for each required parameter, by (entry, parameter).
@@ -102,12 +102,23 @@ def test_layer_bounds_and_names_are_the_schemas():
         ("Conv", "k"): lambda v: layers.Conv2d(1, 1, v), ("Conv", "stride"): lambda v: layers.Conv2d(1, 1, 1, stride=v),
         ("Conv", "pad"): lambda v: layers.Conv2d(1, 1, 1, padding=v),
         ("MaxPool", "k"): lambda v: layers.MaxPool2d(v), ("MaxPool", "stride"): lambda v: layers.MaxPool2d(1, stride=v),
-        ("MeanPool", "k"): lambda v: layers.AvgPool2d(v), ("MeanPool", "stride"): lambda v: layers.AvgPool2d(1, stride=v)}
-    assert set(probes) == set(low)
+        ("MeanPool", "k"): lambda v: layers.AvgPool2d(v), ("MeanPool", "stride"): lambda v: layers.AvgPool2d(1, stride=v),
+        ("BatchNorm", "channels"): lambda v: layers.BatchNorm2d(v), ("BatchNorm", "momentum"): lambda v: layers.BatchNorm2d(1, momentum=v)}
+    # PadShortcut: Python's Residual(shortcut="pad") leaves every argument to the engine, which fits it to
+    # the block; eps's bound is open (> 0), probed below.
+    assert set(probes) == {key for key in low if key[0] != "PadShortcut"} - {("BatchNorm", "eps")}
+    eps = next(p for e in schema["layers"] if e["name"] == "BatchNorm" for p in e["params"] if p["name"] == "eps")
+    assert eps["low"] == 0 and eps["low_open"]
+    assert _accepts(lambda: layers.BatchNorm2d(1, eps=1e-12)) and not _accepts(lambda: layers.BatchNorm2d(1, eps=0))
     for key, make in probes.items():
         assert _accepts(lambda: make(low[key])) and not _accepts(lambda: make(low[key] - 1)), key
-    python_layers = [layers.Linear(1, 1), layers.Conv2d(1, 1, 1), layers.MaxPool2d(1), layers.AvgPool2d(1), layers.Flatten()]
-    assert {layer._julia("").split("(")[0] for layer in python_layers} == set(_schema.names("layers", schema))
+    python_layers = [layers.Linear(1, 1), layers.Conv2d(1, 1, 1), layers.MaxPool2d(1), layers.AvgPool2d(1), layers.Flatten(),
+                     layers.BatchNorm2d(1), layers.BatchNorm1d(1), layers.AdaptiveAvgPool2d(1),
+                     layers.Residual([layers.Linear(1, 1)]), layers.Residual([layers.Linear(1, 1)], shortcut="pad")]
+    made = {layer._julia().split("(")[0] for layer in python_layers}
+    made |= {"Chain", "PadShortcut"}    # written by Residual inside its call
+    made |= {"Activation"}               # an activation layer is written by its function's name alone
+    assert made == set(_schema.names("layers", schema))
     for act in (layers.ReLU(), layers.Tanh(), layers.Sigmoid(), layers.LeakyReLU()):
         assert act._julia_name in schema["activations"]
 

@@ -25,7 +25,7 @@ def test_parameters_are_updated_in_place_by_fit_and_step(rule):
     assert addresses(net) == before
     assert not np.array_equal(net.layers[0].W, W0)  # the views saw the update
     # A fresh view from Julia is the same memory.
-    assert np.shares_memory(net._param(0, 0), net.layers[0].W)
+    assert np.shares_memory(net._array(0, "W"), net.layers[0].W)
 
 
 def test_writing_a_view_changes_the_julia_model():
@@ -36,7 +36,7 @@ def test_writing_a_view_changes_the_julia_model():
     np.testing.assert_array_equal(net.outputs(X), np.tile([1.0, 2.0, 3.0], (5, 1)))
     # And a Kolen-Pollack-style experiment can set B = W.T through the view.
     net.layers[1].B[:] = net.layers[1].W.T
-    assert np.shares_memory(net.layers[1].B, net._param(1, 2))
+    assert np.shares_memory(net.layers[1].B, net._array(1, "B"))
 
 
 def test_layout_is_the_keras_kernel_convention():

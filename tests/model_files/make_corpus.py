@@ -19,7 +19,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
 import pyjlfa  # noqa: E402
-from pyjlfa.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU  # noqa: E402
+from pyjlfa.layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d,  # noqa: E402
+                           ReLU, Residual)
 
 FILES = {}  # name -> what it exercises
 
@@ -119,6 +120,23 @@ def main():
     usf_blob = saved(usf)
     emit("valid_usf_sparse_init", usf_blob, "rule parameters, and an initialiser nested in another")
 
+    res = pyjlfa.Network([Conv2d(1, 2, 3, padding=1, bias=False), BatchNorm2d(2), ReLU(),
+                          Residual([Conv2d(2, 4, 3, stride=2, padding=1, bias=False), BatchNorm2d(4)], shortcut="pad"),
+                          ReLU(), Residual([Conv2d(4, 4, 3, padding=1)], shortcut=[Conv2d(4, 4, 1, bias=False)]),
+                          AdaptiveAvgPool2d(1), Flatten(), Linear(4, 3)],
+                         input_shape=(1, 6, 6), rule=pyjlfa.rules.DFA(feedback_points="block"), seed=5, dtype="float32")
+    res.fit(rng.standard_normal((8, 1, 6, 6)).astype(np.float32), rng.integers(0, 3, 8), epochs=1, batch_size=4,
+            optimizer=pyjlfa.SGD(lr=0.05, momentum=0.9))
+    res_blob = saved(res, include_optimizer=True)
+    emit("valid_resnet_block_dfa", res_blob, "format 3: nested residual blocks with batch norm (running statistics), "
+         "layers without bias, DFA with feedback_points \"block\" (B on the blocks), tensors named by path")
+    emit("invalid_resnet_missing_running_var", edited(res_blob, header={"layers.1.running_var": None}),
+         "a batch norm's running variance is missing")
+    emit("invalid_resnet_shortcut_shapes", edited(res_blob, meta={"chain": split(res_blob)[0]["__metadata__"]["chain"].replace(
+        "PadShortcut()", "Chain(Conv((1, 1), 2 => 4))")}), "a shortcut that does not halve the image as its main path does")
+    emit("invalid_points_unknown", edited(res_blob, meta={"rule_params": '{"feedback_points": "everywhere"}'}),
+         "feedback_points other than \"layer\" or \"block\"")
+
     v1_meta = {k: v for k, v in split(base)[0]["__metadata__"].items() if k not in ("input", "chain")}
     v1_meta.update(format_version="1", sizes="[4,5,3]", activation="tanh")
     emit("valid_format1", edited(base, meta=v1_meta, drop_meta=("input", "chain")),
@@ -148,7 +166,7 @@ def main():
          "the header is not UTF-8")
     emit("invalid_no_metadata", edited(base, header={"__metadata__": None}), "no __metadata__")
     emit("invalid_metadata_value_not_string", edited(base, meta={"epochs": 1}), "a metadata value that is not a string")
-    emit("invalid_format_version_3", edited(base, meta={"format_version": "3"}), "an unknown format version")
+    emit("invalid_format_version_4", edited(base, meta={"format_version": "4"}), "an unknown format version")
     emit("invalid_duplicate_key", edited(base, text=sub('{"__metadata__": {', '{"__metadata__": {"dtype": "float32", ')),
          "a JSON key twice in one object")
     emit("invalid_nan_literal", edited(base, text=sub('"dtype": "F32"', '"x": NaN, "dtype": "F32"')),
