@@ -541,8 +541,6 @@ output_error(net::Network, m) = buffers(last(net.layers), m).D
 # (a loop over a heterogeneous tuple dispatches at run time and boxes what it passes).
 @inline foreach_layer(f::F, t::Tuple{}) where {F} = nothing
 @inline foreach_layer(f::F, t::Tuple) where {F} = (f(first(t)); foreach_layer(f, Base.tail(t)))
-@inline fold_layers(f::F, x, t::Tuple{}) where {F} = x
-@inline fold_layers(f::F, x, t::Tuple) where {F} = fold_layers(f, f(first(t), x), Base.tail(t))
 "Whether f(st) holds for every layer (a conjunction evaluated for all of them)."
 @inline all_layers(f::F, t::Tuple{}) where {F} = true
 @inline all_layers(f::F, t::Tuple) where {F} = f(first(t)) & all_layers(f, Base.tail(t))
