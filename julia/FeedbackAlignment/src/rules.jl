@@ -207,8 +207,11 @@ refresh_signs!(net) = foreach_layer(st -> st.B === nothing || follow_signs!(st.B
 "Called before each training batch (not by `gradients`): brSF redraws its magnitudes."
 before_batch!(::LearningRule, net) = nothing
 before_batch!(::brSF, net) = foreach_layer(st -> st.B === nothing || redraw!(st, net.rng), net.layers)
+"The initialiser of B's magnitudes: a sign-concordant initialiser's inner one, else itself."
+magnitudes(init::SignConcordant) = init.init
+magnitudes(init) = init
 function redraw!(st, rng)
-    init = st.feedback_init isa SignConcordant ? st.feedback_init.init : st.feedback_init   # its magnitudes
+    init = magnitudes(getfield(st, :feedback_init))
     init!(st.B, init, rng, feedback_fans(st.layer, size(st.B))...)
     follow_signs!(st.B, st.params.W, st.layer)
 end
