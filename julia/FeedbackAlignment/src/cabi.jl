@@ -383,14 +383,13 @@ abi_kind(::Type{<:Union{Ptr,Cstring}}) = "ptr"
 abi_kind(::Type{T}) where {T} = lowercase(string(nameof(T)))   # int32, int64, uint64, float64
 signature_text() = join(["$name=$(abi_kind(R)):$(join(map(abi_kind, args), ","))" for (name, R, args) in SIGNATURES], "\n")
 
-# @cfunction pointers are made at load time, never cached in a precompiled image. One compiled
-# function makes them all: in a system image it is native code (17 us); an @eval per entry point
-# compiled a thunk each (0.2-0.4 s at every start, most of what the image added to Julia's own start).
-@eval function make_entry_points!()
-    $([:(ENTRY_POINTS[$(string(name))] = @cfunction($name, $R, ($(args...),))) for (name, R, args) in SIGNATURES]...)
-    return nothing
+function __init__()
+    # @cfunction pointers are made at load time, never cached in a precompiled image. (Making them all
+    # in one compiled function saved ~0.3 s of start-up, but with it the mirror noise's `gaussian`
+    # allocated 32 bytes per call and the allocation tests failed: back to one @eval each.)
+    for (name, R, args) in SIGNATURES
+        ENTRY_POINTS[string(name)] = @eval @cfunction($name, $R, ($(args...),))
+    end
 end
-
-__init__() = make_entry_points!()
 
 end # module CABI
