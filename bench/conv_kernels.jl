@@ -3,7 +3,7 @@
 # bench/conv.py's floor), on buffers of their own. Not a test.
 #
 #     OPENBLAS_CORETYPE=SkylakeX julia --startup-file=no bench/conv_kernels.jl [--float64] [--blas LIB] [--chunks 1,2,4,0] [--batch 64]
-#         [--conv-only | --pool-only]
+#         [--conv-only | --pool-only | --resnet]
 #
 # Set OPENBLAS_CORETYPE as pyjlfa's `_choose_openblas_coretype` does (avx512f -> SkylakeX, avx2 ->
 # Haswell): Julia 1.5's OpenBLAS 0.3.9 otherwise falls back to an old kernel on these CPUs.
@@ -102,12 +102,22 @@ const LENET5 = [("LeNet-5 conv 1->6 k5 on 32x32", (32, 32), 1, 6, (5, 5), (1, 1)
 const CIFAR = [("CIFAR conv 3->32 k3 on 32x32", (32, 32), 3, 32, (3, 3), (1, 1), (0, 0)),
                ("CIFAR conv 32->64 k3 on 15x15", (15, 15), 32, 64, (3, 3), (1, 1), (0, 0)),
                ("CIFAR conv 64->128 k3 on 6x6", (6, 6), 64, 128, (3, 3), (1, 1), (0, 0))]
+const RESNET20 = [("ResNet-20 conv 1->16 k3 p1 on 32x32", (32, 32), 1, 16, (3, 3), (1, 1), (1, 1)),
+                 ("ResNet-20 conv 16->16 k3 p1 on 32x32", (32, 32), 16, 16, (3, 3), (1, 1), (1, 1)),
+                 ("ResNet-20 conv 16->32 k3 s2 p1 on 32x32", (32, 32), 16, 32, (3, 3), (2, 2), (1, 1)),
+                 ("ResNet-20 conv 32->32 k3 p1 on 16x16", (16, 16), 32, 32, (3, 3), (1, 1), (1, 1)),
+                 ("ResNet-20 conv 32->64 k3 s2 p1 on 16x16", (16, 16), 32, 64, (3, 3), (2, 2), (1, 1)),
+                 ("ResNet-20 conv 64->64 k3 p1 on 8x8", (8, 8), 64, 64, (3, 3), (1, 1), (1, 1))]
 const POOLS = [("max/mean pool 2 on 28x28x6", (28, 28), 6, (2, 2), (2, 2)),
                ("max/mean pool 2 on 10x10x16", (10, 10), 16, (2, 2), (2, 2)),
                ("max/mean pool 2 on 30x30x32", (30, 30), 32, (2, 2), (2, 2)),
                ("max/mean pool 2 on 13x13x64", (13, 13), 64, (2, 2), (2, 2))]
 const BATCH = parse(Int, something(argument("--batch"), "64"))
 for T in (Float32, ("--float64" in ARGS ? (Float64,) : ())...)
+    if "--resnet" in ARGS
+        report_conv(T, RESNET20, BATCH)
+        continue
+    end
     "--pool-only" in ARGS || report_conv(T, LENET5, BATCH)
     "--pool-only" in ARGS || report_conv(T, CIFAR, BATCH)
     "--conv-only" in ARGS || report_pool(T, POOLS, BATCH)

@@ -14,8 +14,9 @@ Each returns a result dict and, given ``out_dir``, writes ``<name>.json``, ``<na
 """
 
 import contextlib
-import ctypes
 import csv
+import ctypes
+import dataclasses
 import json
 import math
 import os
@@ -287,7 +288,7 @@ def _write_csv(result, out_dir):
     return files
 
 
-# -- LeNet-5 on Fashion-MNIST: biotorch's table, resumable ------------------------------------------
+# -- Published tables, resumable: biotorch's LeNet-5 recipe, and ResNet-20's on Fashion-MNIST ---------
 
 # biotorch (Sanfiz & Akrout 2021) publishes top-1 test error (%) of LeNet-5 on Fashion-MNIST, the
 # error of the epoch with the best test accuracy; rules it has no row for are absent.
@@ -300,7 +301,6 @@ LENET_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "kp", "drtp", "sdfa", "
 LENET_LR = {"bp": 0.01, "fa": 0.001, "dfa": 0.0003, "usf": 0.01, "brsf": 0.03, "frsf": 0.03, "kp": 0.003,
             "drtp": 0.0001, "sdfa": 0.001, "shallow": 0.1}
 LENET_SEARCH_LRS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
-LENET_EPOCHS = 100
 # Fashion-MNIST's training pixels (in [0, 1]) have mean 0.2860 and std 0.3530: biotorch normalises by
 # them (torchvision's Normalize) before the network sees an image; so does this reproduction, before
 # zero-padding (so the padding is the mean pixel). The input's scale sets how fast FA-style rules
@@ -310,6 +310,27 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 # confident wrong answers: the run blew up, its logits growing without bound (FA and DFA do this at
 # too high a rate, in PyTorch too). A run near chance stays below it.
 BLOWN_UP_LOSS = 2 * math.log(10)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A training protocol for a table: the network, SGD with momentum and weight decay, a batch size,
+    ``epochs`` epochs with the rate divided by 10 at each fraction of them in ``milestones``, and the
+    data (Fashion-MNIST normalised and padded to 32 x 32, or an .npz file's arrays). ``lr`` maps rules
+    to their initial rates (``default_lr`` for the others); ``published`` maps rules to the error (%)
+    the recipe's source reports, where it reports one for this data."""
+    name: str
+    title: str
+    layers: object          # () -> the layer list
+    rules: tuple
+    lr: dict
+    default_lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    milestones: tuple
+    published: dict
 
 
 def lenet5():
@@ -339,11 +360,49 @@ def resnet(depth=20, in_channels=1, classes=10):
     return layers + [AdaptiveAvgPool2d(1), Flatten(), Linear(64, classes)]
 
 
-def lenet_lr(base, completed, epochs):
-    """The learning rate of the epoch after ``completed`` ones: ``base`` divided by 10 at half and at
-    three quarters of ``epochs`` (epochs 50 and 75 of 100, as PyTorch's MultiStepLR([50, 75]))."""
-    milestones = (max(1, round(epochs * 0.5)), max(1, round(epochs * 0.75)))
-    return base * 0.1 ** sum(completed >= m for m in milestones)
+RECIPES = {r.name: r for r in (
+    Recipe("lenet-fashion-mnist", "LeNet-5, Fashion-MNIST", lenet5, LENET_RULES, LENET_LR, 0.01, momentum=0.9,
+           weight_decay=1e-3, batch_size=64, epochs=100, milestones=(0.5, 0.75),
+           published=BIOTORCH_LENET_ERROR),
+    # biotorch's CIFAR-10 recipe for its small ResNets (lr / 10 at epochs 100, 150 and 200 of 250) on
+    # Fashion-MNIST; its published ResNet-20 errors are CIFAR-10's, so none stand beside these.
+    Recipe("resnet20-fashion-mnist", "ResNet-20, Fashion-MNIST", lambda: resnet(20),
+           ("bp", "fa", "dfa", "dfa-block", "usf", "brsf", "frsf", "kp"), {}, 0.1, momentum=0.9,
+           weight_decay=1e-4, batch_size=128, epochs=250, milestones=(0.4, 0.6, 0.8), published={}),
+)}
+
+
+def _recipe(recipe):
+    if isinstance(recipe, Recipe):
+        return recipe
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; expected one of {', '.join(map(repr, RECIPES))}")
+    return RECIPES[recipe]
+
+
+def scheduled_lr(base, completed, epochs, milestones=(0.5, 0.75)):
+    """The learning rate of the epoch after ``completed`` ones: ``base`` divided by 10 at each fraction
+    of ``epochs`` in ``milestones`` (the default: epochs 50 and 75 of 100, PyTorch's MultiStepLR([50, 75]))."""
+    return base * 0.1 ** sum(completed >= max(1, round(epochs * f)) for f in milestones)
+
+
+def _rule_of(name):
+    """A table's rule name as Network takes it: "dfa-block" is DFA with ``feedback_points="block"``."""
+    if name.endswith("-block"):
+        from . import rules
+        return {"dfa": rules.DFA, "drtp": rules.DRTP, "sdfa": rules.SDFA}[name[:-len("-block")]]("block")
+    return name
+
+
+def _check_table_rules(rules):
+    """Rule names, lowercased, each one the engine knows, "shallow", or dfa/drtp/sdfa with "-block"."""
+    rules = [rules] if isinstance(rules, str) else list(rules)
+    block = [isinstance(r, str) and r.lower().endswith("-block") for r in rules]
+    plain = _check_rules([r[:-len("-block")] if b else r for r, b in zip(rules, block)], extra=("shallow",))
+    for r, p, b in zip(rules, plain, block):
+        if b and p not in ("dfa", "drtp", "sdfa"):
+            raise ValueError(f"unknown rule {r!r}: only dfa, drtp and sdfa take '-block' (feedback_points=\"block\")")
+    return [p + "-block" if b else p for p, b in zip(plain, block)]
 
 
 def _write_json_atomic(value, path):
@@ -362,7 +421,7 @@ def _normalised_padded(X, pad=2):
     return out
 
 
-def _lenet_data(data_path, train_size, test_size, holdout=None):
+def _table_data(data_path, train_size, test_size, holdout=None):
     """(Xtr, ytr, Xte, yte) as images: Fashion-MNIST normalised and padded to 32 x 32, or an .npz file's
     arrays as they are.
     ``holdout=n``: the last n training images replace the test set (for choosing hyperparameters)."""
@@ -384,10 +443,11 @@ def _lenet_data(data_path, train_size, test_size, holdout=None):
     return Xtr, ytr, Xte, yte
 
 
-def train_lenet_rule(rule, out_dir, epochs=100, lr=None, batch_size=64, seed=0, train_size=None, test_size=None,
-                     data_path=None, stop_after=None, layers=None, input_shape=(1, 32, 32), holdout=None,
-                     progress=False):
-    """Train one rule by biotorch's LeNet protocol in this process, checkpointing into ``out_dir``.
+def train_rule(rule, out_dir, recipe="lenet-fashion-mnist", epochs=None, lr=None, batch_size=None, seed=0,
+               train_size=None, test_size=None, data_path=None, stop_after=None, layers=None,
+               input_shape=(1, 32, 32), holdout=None, progress=False):
+    """Train one rule by a table's ``recipe`` (a name in :data:`RECIPES`) in this process,
+    checkpointing into ``out_dir``; ``epochs``, ``lr`` and ``batch_size`` default to the recipe's.
 
     After every epoch: ``history.json`` (per epoch train loss/accuracy, test loss/accuracy, lr,
     seconds) then ``model.safetensors`` (parameters, feedback, SGD momentum, epoch count and the
@@ -398,14 +458,17 @@ def train_lenet_rule(rule, out_dir, epochs=100, lr=None, batch_size=64, seed=0, 
     last n training images instead of the test set ("test_*" then means that held-out set).
     Returns the history.
     """
-    epochs = _positive(epochs, "epochs")
-    lr = LENET_LR.get(rule, 0.01) if lr is None else _positive(lr, "lr", float)
+    recipe = _recipe(recipe)
+    rule, = _check_table_rules([rule])
+    epochs = recipe.epochs if epochs is None else _positive(epochs, "epochs")
+    lr = recipe.lr.get(rule, recipe.default_lr) if lr is None else _positive(lr, "lr", float)
+    batch_size = recipe.batch_size if batch_size is None else _positive(batch_size, "batch_size")
     os.makedirs(out_dir, exist_ok=True)
     with _only_trainer(out_dir):
-        return _train_lenet_rule(rule=rule, out_dir=out_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                                 train_size=train_size, test_size=test_size, data_path=data_path,
-                                 stop_after=stop_after, layers=layers, input_shape=input_shape, holdout=holdout,
-                                 progress=progress)
+        return _train_rule(recipe=recipe, rule=rule, out_dir=out_dir, epochs=epochs, lr=lr, batch_size=batch_size,
+                           seed=seed, train_size=train_size, test_size=test_size, data_path=data_path,
+                           stop_after=stop_after, layers=layers, input_shape=input_shape, holdout=holdout,
+                           progress=progress)
 
 
 @contextlib.contextmanager
@@ -422,15 +485,17 @@ def _only_trainer(out_dir):
         yield
 
 
-def _train_lenet_rule(*, rule, out_dir, epochs, lr, batch_size, seed, train_size, test_size, data_path, stop_after,
-                      layers, input_shape, holdout, progress):
-    """:func:`train_lenet_rule` once its arguments are checked and it holds the folder's lock."""
+def _train_rule(*, recipe, rule, out_dir, epochs, lr, batch_size, seed, train_size, test_size, data_path, stop_after,
+                layers, input_shape, holdout, progress):
+    """:func:`train_rule` once its arguments are checked and it holds the folder's lock."""
     from . import io
     from ._runtime import DivergenceError
 
     config = dict(rule=rule, epochs=epochs, lr=lr, batch_size=batch_size, seed=int(seed), train_size=train_size,
-                  test_size=test_size, holdout=holdout, momentum=0.9, weight_decay=1e-3,
+                  test_size=test_size, holdout=holdout, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
                   layers=None if layers is None else [repr(layer) for layer in layers])
+    if recipe.name != "lenet-fashion-mnist":   # (runs of the LeNet table from before recipes have no key)
+        config["recipe"] = recipe.name
     config_path, history_path = os.path.join(out_dir, "config.json"), os.path.join(out_dir, "history.json")
     model_path = os.path.join(out_dir, "model.safetensors")
     if os.path.exists(config_path):
@@ -459,13 +524,14 @@ def _train_lenet_rule(*, rule, out_dir, epochs, lr, batch_size, seed, train_size
             net.close()
             return saved
     else:
-        net = Network(lenet5() if layers is None else layers, input_shape=input_shape, rule=rule, seed=seed)
-    Xtr, ytr, Xte, yte = _lenet_data(data_path, train_size, test_size, holdout)
+        net = Network(recipe.layers() if layers is None else layers, input_shape=input_shape, rule=_rule_of(rule),
+                      seed=seed)
+    Xtr, ytr, Xte, yte = _table_data(data_path, train_size, test_size, holdout)
     last = epochs if stop_after is None else min(epochs, _positive(stop_after, "stop_after"))
     try:
         while net.epochs < last:
-            rate = lenet_lr(lr, net.epochs, epochs)
-            optimizer = SGD(rate, momentum=0.9, weight_decay=1e-3)  # same kind: the momentum carries on
+            rate = scheduled_lr(lr, net.epochs, epochs, recipe.milestones)
+            optimizer = SGD(rate, momentum=recipe.momentum, weight_decay=recipe.weight_decay)  # the momentum carries on
             try:
                 with warnings.catch_warnings():  # its "epoch 1" would mislead here; the history has the loss
                     warnings.filterwarnings("ignore", message="the mean training loss", category=RuntimeWarning)
@@ -494,7 +560,7 @@ def _train_lenet_rule(*, rule, out_dir, epochs, lr, batch_size, seed, train_size
 
 
 def _in_processes(tasks, jobs):
-    """[(rule, history or None, error text or None)] of :func:`train_lenet_rule` for each task's
+    """[(rule, history or None, error text or None)] of :func:`train_rule` for each task's
     arguments, ``jobs`` at a time, each in a fresh spawned process (Julia aborts in a forked child)
     with its share of the cores for BLAS. A worker ends if this process dies, so no orphan goes on
     writing checkpoints that a rerun would then race with."""
@@ -505,7 +571,7 @@ def _in_processes(tasks, jobs):
     try:
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                                     max_tasks_per_child=1, initializer=_end_with_parent) as pool:
-            return list(pool.map(_train_lenet_rule_quietly, tasks))
+            return list(pool.map(_train_rule_quietly, tasks))
     finally:
         if saved is None:
             os.environ.pop("OPENBLAS_NUM_THREADS", None)
@@ -521,54 +587,59 @@ def _end_with_parent():
             os._exit(1)
 
 
-def _train_lenet_rule_quietly(kwargs):
+def _train_rule_quietly(kwargs):
     """Worker-process entry point: a failure comes back as text, not as a dead pool."""
     try:
-        return kwargs["rule"], train_lenet_rule(**kwargs), None
+        return kwargs["rule"], train_rule(**kwargs), None
     except Exception as e:  # reported per rule; the other rules go on
         return kwargs["rule"], None, f"{type(e).__name__}: {e}"
 
 
-def lenet_fashion_mnist(rules=LENET_RULES, out_dir="results/lenet-fashion-mnist", epochs=100, lr=None, jobs=2,
-                        seed=0, train_size=None, test_size=None, data_path=None, stop_after=None, plot=True,
-                        progress=False, run=True, layers=None, input_shape=(1, 32, 32)):
-    """biotorch's LeNet-5 Fashion-MNIST table for ``rules``, each rule in its own spawned process.
+def reproduce(recipe="lenet-fashion-mnist", rules=None, out_dir=None, epochs=None, lr=None, jobs=2, seed=0,
+              train_size=None, test_size=None, data_path=None, stop_after=None, plot=True, progress=False, run=True,
+              layers=None, input_shape=(1, 32, 32)):
+    """A table of ``recipe`` (a name in :data:`RECIPES`) for ``rules`` (default: the recipe's), each
+    rule in its own spawned process.
 
-    Each rule trains into ``out_dir/<rule>/`` with a checkpoint after every epoch
-    (:func:`train_lenet_rule`); calling this again continues every rule from its last checkpoint.
-    ``lr``: None (the table :data:`LENET_LR`), a number for every rule, or {rule: lr}. ``jobs``
+    Each rule trains into ``out_dir/<rule>/`` (default ``results/<recipe>``) with a checkpoint after
+    every epoch (:func:`train_rule`); calling this again continues every rule from its last
+    checkpoint. ``lr``: None (the recipe's rates), a number for every rule, or {rule: lr}. ``jobs``
     processes run at once (each with one BLAS thread per core share). ``run=False`` only reports
-    what is in ``out_dir``. Returns the report (see :func:`lenet_report`) and writes its CSV,
-    markdown and figure into ``out_dir``.
+    what is in ``out_dir``. Returns the report (see :func:`report`) and writes its CSV, markdown and
+    figure into ``out_dir``.
     """
-    rules = _check_rules(rules, extra=("shallow",))
+    recipe = _recipe(recipe)
+    rules = _check_table_rules(recipe.rules if rules is None else rules)
+    out_dir = os.path.join("results", recipe.name) if out_dir is None else out_dir
     jobs = _positive(jobs, "jobs")
     rates = lr if isinstance(lr, dict) else {r: lr for r in rules}
     failures = {}
     if run:
-        tasks = [dict(rule=r, out_dir=os.path.join(out_dir, r), epochs=epochs, lr=rates.get(r), seed=seed,
-                      train_size=train_size, test_size=test_size, data_path=data_path, stop_after=stop_after,
-                      layers=layers, input_shape=input_shape, progress=progress) for r in rules]
+        tasks = [dict(rule=r, out_dir=os.path.join(out_dir, r), recipe=recipe.name, epochs=epochs, lr=rates.get(r),
+                      seed=seed, train_size=train_size, test_size=test_size, data_path=data_path,
+                      stop_after=stop_after, layers=layers, input_shape=input_shape, progress=progress)
+                 for r in rules]
         for rule, _, error in _in_processes(tasks, jobs):
             if error is not None:
                 failures[rule] = error
                 sys.stderr.write(f"{rule}: failed: {error}\n")
-    report = lenet_report(out_dir, rules, plot=plot)
-    report["failures"] = failures
-    return report
+    result = report(out_dir, recipe, rules, plot=plot)
+    result["failures"] = failures
+    return result
 
 
-def lenet_report(out_dir, rules=LENET_RULES, plot=True):
-    """The table of whatever ``out_dir/<rule>/history.json`` holds, beside biotorch's errors.
+def report(out_dir, recipe="lenet-fashion-mnist", rules=None, plot=True):
+    """The table of whatever ``out_dir/<rule>/history.json`` holds, beside the recipe's published errors.
 
     Per rule: test error (%) at the epoch of best test accuracy (biotorch's convention, optimistic:
     the test set picks the epoch), that epoch, the error after the last epoch run, epochs run of
-    those configured, and biotorch's error. Writes ``lenet_fashion_mnist.csv``, ``.md`` and
-    (with matplotlib) ``lenet_fashion_mnist.png`` into ``out_dir``. Returns
-    ``{"rows": [...], "histories": {rule: history}, "files": [...]}``.
+    those configured, mean seconds per training epoch, and the published error. Writes
+    ``<recipe>.csv``, ``.md`` and (with matplotlib) ``.png`` (the name with underscores) into
+    ``out_dir``. Returns ``{"rows": [...], "histories": {rule: history}, "files": [...]}``.
     """
+    recipe = _recipe(recipe)
     rows, histories = [], {}
-    for rule in rules:
+    for rule in _check_table_rules(recipe.rules if rules is None else rules):
         path = os.path.join(out_dir, rule, "history.json")
         if not os.path.exists(path):
             continue
@@ -583,49 +654,51 @@ def lenet_report(out_dir, rules=LENET_RULES, plot=True):
                          best_epoch=None if best is None else best + 1,
                          best_error=None if best is None else round(100 * (1 - acc[best]), 2),
                          last_error=round(100 * (1 - acc[-1]), 2) if acc else None,
-                         biotorch_error=BIOTORCH_LENET_ERROR.get(rule), status=h.get("status", "")))
+                         seconds_per_epoch=round(float(np.mean(h["seconds"])), 1) if h["seconds"] else None,
+                         published_error=recipe.published.get(rule), status=h.get("status", "")))
     os.makedirs(out_dir, exist_ok=True)
-    files = [os.path.join(out_dir, "lenet_fashion_mnist.csv"), os.path.join(out_dir, "lenet_fashion_mnist.md")]
-    columns = ["rule", "lr", "epochs_run", "epochs", "best_epoch", "best_error", "last_error", "biotorch_error",
-               "status"]
+    stem = os.path.join(out_dir, recipe.name.replace("-", "_"))
+    files = [stem + ".csv", stem + ".md"]
+    columns = ["rule", "lr", "epochs_run", "epochs", "best_epoch", "best_error", "last_error", "seconds_per_epoch",
+               "published_error", "status"]
     with open(files[0], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(columns)
         for row in rows:
             w.writerow(["" if row[c] is None else row[c] for c in columns])
     with open(files[1], "w") as f:
-        f.write(lenet_table(rows) + "\n")
+        f.write(results_table(rows) + "\n")
     if plot and histories:
-        files.append(_lenet_figure(histories, os.path.join(out_dir, "lenet_fashion_mnist.png")))
+        files.append(_table_figure(histories, recipe, stem + ".png"))
     return {"rows": rows, "histories": histories, "files": files}
 
 
-def lenet_table(rows):
+def results_table(rows):
     """The report's rows as a markdown table."""
     def cell(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
     lines = ["| rule | lr | test error % at best epoch (epoch) | test error % after last epoch | epochs run | "
-             "biotorch error % |", "|---|---|---|---|---|---|"]
+             "s / epoch | published error % |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['rule']} | {r['lr']:g} | {cell(r['best_error'])} ({cell(r['best_epoch'], '{}')}) | "
                      f"{cell(r['last_error'])} | {r['epochs_run']}/{r['epochs']}"
                      f"{'' if r['status'] in ('done', 'partial') else ' ' + r['status'].split(':')[0]} | "
-                     f"{cell(r['biotorch_error'])} |")
+                     f"{cell(r['seconds_per_epoch'], '{:.0f}')} | {cell(r['published_error'])} |")
     return "\n".join(lines)
 
 
-def _lenet_figure(histories, path):
+def _table_figure(histories, recipe, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
     for rule, h in histories.items():
-        line, = ax_err.plot(h["epoch"], [100 * (1 - a) for a in h["test_accuracy"]], label=rule)
-        if rule in BIOTORCH_LENET_ERROR:
-            ax_err.axhline(BIOTORCH_LENET_ERROR[rule], color=line.get_color(), linestyle=":", linewidth=0.8)
-        ax_loss.plot(h["epoch"], h["train_loss"], label=rule, color=line.get_color())
-    ax_err.set(xlabel="epoch", ylabel="test error (%)", title="LeNet-5, Fashion-MNIST: test error\n"
-               "(dotted: biotorch's published error)")
+        line, = ax_err.plot(h["epoch"], [100 * (1 - a) for a in h["test_accuracy"]], label=rule, marker=".")
+        if rule in recipe.published:
+            ax_err.axhline(recipe.published[rule], color=line.get_color(), linestyle=":", linewidth=0.8)
+        ax_loss.plot(h["epoch"], h["train_loss"], label=rule, color=line.get_color(), marker=".")
+    ax_err.set(xlabel="epoch", ylabel="test error (%)", title=f"{recipe.title}: test error" +
+               ("\n(dotted: the published error)" if recipe.published else ""))
     top = max(100 * (1 - min(h["test_accuracy"])) for h in histories.values() if h["test_accuracy"])
     ax_err.set_ylim(0, min(100, max(20, top * 1.05)))
     ax_loss.set(xlabel="epoch", ylabel="mean train loss (before each update)", title="train loss", yscale="log")
@@ -637,21 +710,24 @@ def _lenet_figure(histories, path):
     return path
 
 
-def lenet_lr_search(rules=LENET_RULES, lrs=LENET_SEARCH_LRS, out_dir="results/lenet-fashion-mnist/search", epochs=3,
-                    train_size=None, holdout=10000, jobs=2, seed=0, data_path=None, progress=False):
+def lr_search(recipe="lenet-fashion-mnist", rules=None, lrs=LENET_SEARCH_LRS, out_dir=None, epochs=3,
+              train_size=None, holdout=10000, jobs=2, seed=0, data_path=None, progress=False):
     """The short learning-rate search behind :data:`LENET_LR`: each rule at each lr runs the first
-    ``epochs`` epochs of the 100-epoch protocol (so still at its initial rate) on the training images
+    ``epochs`` epochs of ``recipe``'s protocol (so still at its initial rate) on the training images
     but the last ``holdout`` (the first ``train_size`` of them, if given), scored by the error on those
     held-out images (never the test set). A run that diverged or whose mean training loss ever rose
     above :data:`BLOWN_UP_LOSS` blew up and cannot be chosen: those are the runs that get worse over the
-    100 epochs. Runs resume like the table's. Writes ``search.csv``/``search.md`` into ``out_dir``;
+    whole protocol. Runs resume like the table's. Writes ``search.csv``/``search.md`` into ``out_dir``
+    (default ``results/<recipe>/search``);
     returns {rule: {"errors": {lr: error %}, "blew_up": {lr: bool}, "chosen": lr}}: the lr of lowest
     final error among the runs that did not blow up (a NaN-stopped run's error counts as 100 %).
     """
-    rules = _check_rules(rules, extra=("shallow",))
+    recipe = _recipe(recipe)
+    rules = _check_table_rules(recipe.rules if rules is None else rules)
+    out_dir = os.path.join("results", recipe.name, "search") if out_dir is None else out_dir
     lrs = [_positive(x, "each lr", float) for x in lrs]
     epochs = _positive(epochs, "epochs")
-    tasks = [dict(rule=r, out_dir=os.path.join(out_dir, f"{r}-lr{x:g}"), epochs=LENET_EPOCHS, stop_after=epochs,
+    tasks = [dict(rule=r, out_dir=os.path.join(out_dir, f"{r}-lr{x:g}"), recipe=recipe.name, stop_after=epochs,
                   lr=x, seed=seed, train_size=train_size, holdout=holdout, data_path=data_path, progress=progress)
              for r in rules for x in lrs]
     outcomes = _in_processes(tasks, _positive(jobs, "jobs"))
@@ -673,11 +749,11 @@ def lenet_lr_search(rules=LENET_RULES, lrs=LENET_SEARCH_LRS, out_dir="results/le
         for rule, r in result.items():
             w.writerow([rule] + [r["errors"][x] for x in lrs] + [int(r["blew_up"][x]) for x in lrs] + [r["chosen"]])
     with open(os.path.join(out_dir, "search.md"), "w") as f:
-        f.write(lenet_search_table(result, lrs, epochs, holdout) + "\n")
+        f.write(search_table(result, lrs, epochs, holdout) + "\n")
     return result
 
 
-def lenet_search_table(result, lrs, epochs, holdout):
+def search_table(result, lrs, epochs, holdout):
     """The search as markdown: held-out error (%) after the last epoch per rule and lr; * = blew up."""
     lines = [f"Held-out error % after the protocol's first {epochs} epochs (scored on the last {holdout} "
              f"training images, trained on the others; * = blew up: mean training loss above 2 ln 10, "

@@ -43,30 +43,30 @@ def parameters(path):
 
 def test_schedule_divides_by_ten_at_half_and_three_quarters():
     # PyTorch's MultiStepLR([50, 75]): epochs 1-50 at lr, 51-75 at lr/10, 76-100 at lr/100
-    rates = [experiments.lenet_lr(0.1, completed, 100) for completed in range(100)]
+    rates = [experiments.scheduled_lr(0.1, completed, 100) for completed in range(100)]
     assert rates[:50] == [0.1] * 50
     assert rates[50:75] == pytest.approx([0.01] * 25, rel=1e-15)
     assert rates[75:] == pytest.approx([0.001] * 25, rel=1e-15)
-    assert [experiments.lenet_lr(1.0, c, 4) for c in range(4)] == pytest.approx([1, 1, 0.1, 0.01])
+    assert [experiments.scheduled_lr(1.0, c, 4) for c in range(4)] == pytest.approx([1, 1, 0.1, 0.01])
 
 
 @pytest.mark.slow
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     data = images(tmp_path / "d.npz", 300, 100, 12)
     run = dict(epochs=3, lr=0.05, data_path=data, layers=tiny_chain(), input_shape=(1, 12, 12))
-    whole = experiments.train_lenet_rule("fa", tmp_path / "whole", **run)
+    whole = experiments.train_rule("fa", tmp_path / "whole", **run)
     assert whole["status"] == "done" and whole["epoch"] == [1, 2, 3]
     assert whole["lr"] == [0.05, 0.05, pytest.approx(0.0005)]   # milestones of 3 epochs: 2 and 2
     assert whole["test_accuracy"][-1] > 0.5                       # it learns (chance: about 0.25)
 
     split = tmp_path / "split"
-    first = experiments.train_lenet_rule("fa", split, stop_after=1, **run)
+    first = experiments.train_rule("fa", split, stop_after=1, **run)
     assert first["epoch"] == [1] and first["status"] == "partial"
     shutil.copy(split / "model.safetensors", tmp_path / "after1.safetensors")
-    experiments.train_lenet_rule("fa", split, stop_after=2, **run)
+    experiments.train_rule("fa", split, stop_after=2, **run)
     # a crash between writing history.json (epoch 2) and the model leaves the model one epoch behind
     shutil.copy(tmp_path / "after1.safetensors", split / "model.safetensors")
-    resumed = experiments.train_lenet_rule("fa", split, **run)
+    resumed = experiments.train_rule("fa", split, **run)
 
     for k in HISTORY_KEYS:
         assert resumed[k] == whole[k], k
@@ -81,9 +81,9 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
 def test_resume_refuses_other_settings(tmp_path):
     data = images(tmp_path / "d.npz", 64, 32, 12)
     run = dict(epochs=2, data_path=data, layers=tiny_chain(), input_shape=(1, 12, 12), stop_after=1)
-    experiments.train_lenet_rule("bp", tmp_path / "r", lr=0.05, **run)
+    experiments.train_rule("bp", tmp_path / "r", lr=0.05, **run)
     with pytest.raises(ValueError, match=r"lr: 0.05 there, 0.1 now"):
-        experiments.train_lenet_rule("bp", tmp_path / "r", lr=0.1, **run)
+        experiments.train_rule("bp", tmp_path / "r", lr=0.1, **run)
 
 
 @pytest.mark.slow
@@ -108,7 +108,7 @@ def test_command_runs_rules_in_processes_and_reports(tmp_path):
         assert rows[rule]["epochs_run"] == "2" and rows[rule]["best_epoch"] == str(best + 1)
         assert float(rows[rule]["best_error"]) == pytest.approx(100 * (1 - h["test_accuracy"][best]), abs=0.006)
         assert float(rows[rule]["last_error"]) == pytest.approx(100 * (1 - h["test_accuracy"][-1]), abs=0.006)
-        assert rows[rule]["biotorch_error"] == published
+        assert rows[rule]["published_error"] == published
 
 
 def test_fashion_mnist_is_normalised_then_zero_padded():
@@ -127,7 +127,7 @@ def test_fashion_mnist_is_normalised_then_zero_padded():
 def test_search_never_chooses_a_run_that_blew_up(tmp_path):
     data = images(tmp_path / "d.npz", 192, 32, 32)
     out = tmp_path / "search"
-    result = experiments.lenet_lr_search(rules=["fa"], lrs=[0.001, 0.01, 30.0], out_dir=str(out), epochs=2,
+    result = experiments.lr_search(rules=["fa"], lrs=[0.001, 0.01, 30.0], out_dir=str(out), epochs=2,
                                          holdout=64, jobs=2, data_path=data)
     r = result["fa"]
     for lr in (0.001, 0.01, 30.0):
@@ -153,10 +153,10 @@ def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path):
     with open(out / "train.lock", "a") as held:          # as a running trainer holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RuntimeError, match=f"another process is training into {out}"):
-            experiments.train_lenet_rule("bp", out, epochs=2, lr=0.05, data_path=data, layers=tiny_chain(),
+            experiments.train_rule("bp", out, epochs=2, lr=0.05, data_path=data, layers=tiny_chain(),
                                          input_shape=(1, 12, 12))
     assert sorted(os.listdir(out)) == ["train.lock"]     # nothing written
-    h = experiments.train_lenet_rule("bp", out, epochs=1, lr=0.05, data_path=data, layers=tiny_chain(),
+    h = experiments.train_rule("bp", out, epochs=1, lr=0.05, data_path=data, layers=tiny_chain(),
                                      input_shape=(1, 12, 12))
     assert h["status"] == "done"                          # the lock went with its holder
 
@@ -190,3 +190,34 @@ def test_workers_end_when_the_command_dies(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         raise AssertionError("the worker outlived its parent")
+
+
+def test_resnet_recipe_is_biotorchs_cifar_schedule():
+    # biotorch's small-ResNet recipe: lr / 10 at epochs 100, 150 and 200 of 250
+    recipe = experiments.RECIPES["resnet20-fashion-mnist"]
+    rates = [experiments.scheduled_lr(0.1, c, recipe.epochs, recipe.milestones) for c in range(250)]
+    assert rates[:100] == [0.1] * 100
+    assert rates[100:150] == pytest.approx([0.01] * 50) and rates[150:200] == pytest.approx([0.001] * 50)
+    assert rates[200:] == pytest.approx([0.0001] * 50)
+
+
+def test_resnet_recipe_trains_block_dfa_with_its_settings(tmp_path):
+    from pyjlfa.layers import AdaptiveAvgPool2d, BatchNorm2d, Residual
+    data = images(tmp_path / "d.npz", 40, 16, 8)
+    layers = [Conv2d(1, 4, 3, padding=1, bias=False), BatchNorm2d(4), ReLU(),
+              Residual([Conv2d(4, 4, 3, padding=1, bias=False), BatchNorm2d(4)]), ReLU(),
+              AdaptiveAvgPool2d(1), Flatten(), Linear(4, 4)]
+    h = experiments.train_rule("DFA-block", tmp_path / "r", recipe="resnet20-fashion-mnist", epochs=1,
+                               data_path=data, layers=layers, input_shape=(1, 8, 8))
+    assert h["status"] == "done" and h["lr"] == [0.1]
+    with open(tmp_path / "r" / "config.json") as f:
+        config = json.load(f)
+    assert (config["rule"], config["batch_size"], config["momentum"], config["weight_decay"], config["recipe"]) == \
+        ("dfa-block", 128, 0.9, 1e-4, "resnet20-fashion-mnist")
+    net = pyjlfa.load(tmp_path / "r" / "model.safetensors")
+    try:
+        assert net.rule_value == pyjlfa.rules.DFA("block")
+    finally:
+        net.close()
+    with pytest.raises(ValueError, match="only dfa, drtp and sdfa take '-block'"):
+        experiments.train_rule("fa-block", tmp_path / "x", recipe="resnet20-fashion-mnist", data_path=data)
