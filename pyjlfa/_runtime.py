@@ -55,6 +55,7 @@ _SIGNATURES = {
     "fa_nodes": (c_void_p, [c_int64]),
     "fa_array": (c_int, [c_int64, c_int64, c_char_p, POINTER(c_void_p), POINTER(c_int64)]),
     "fa_set_mode": (c_int, [c_int64, c_int]),
+    "fa_conventions": (c_int, [c_int]),
     "fa_free": (c_int, [c_int64]),
     "fa_live_handles": (c_int64, []),
     "fa_forward": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int]),
@@ -178,6 +179,7 @@ class Engine:
         self._names = {}
         self._pending_free = []
         self._interrupts = _InterruptWatch(self._fn["fa_watch_interrupts"])
+        self.call("fa_conventions", 1)   # shapes in Julia's messages in NumPy's order
 
     def check_process(self):
         if self.forked:

@@ -121,7 +121,13 @@ def write(path=_PATH):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--table"]:   # for docs/model-format.md
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m pyjlfa._schema",
+                                     description="Write the schema Julia publishes to pyjlfa/_schema.json (or PATH).")
+    parser.add_argument("path", nargs="?", help="where to write it (default: the shipped pyjlfa/_schema.json)")
+    parser.add_argument("--table", action="store_true", help="print docs/model-format.md's table instead")
+    args = parser.parse_args()
+    if args.table:
         print(file_table(live()), end="")
     else:
-        print(f"wrote {write(*sys.argv[1:])}")
+        print(f"wrote {write(*([args.path] if args.path else []))}")

@@ -19,7 +19,7 @@ Sizes are PyTorch's: (channels, height, width), kernels (height, width).
 """
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Linear", "BatchNorm2d",
-           "BatchNorm1d", "ReLU", "Tanh", "Sigmoid", "LeakyReLU", "Residual", "julia_chain"]
+           "BatchNorm1d", "ReLU", "Tanh", "Sigmoid", "LeakyReLU", "Dropout", "Residual", "julia_chain"]
 
 
 def _positive(value, name, low=1):
@@ -180,6 +180,23 @@ class BatchNorm1d(_BatchNorm):
     """Batch normalisation per feature of (F,) vectors; otherwise as :class:`BatchNorm2d`."""
 
 
+class Dropout(_Layer):
+    """Inverted dropout, as torch.nn.Dropout: while training (``fit``, ``step``) each value is zeroed
+    with probability ``p`` and the others scaled by 1/(1-p), drawn from the network's generator (so a
+    seed repeats them); when predicting or evaluating, and in ``gradients``, it passes values on
+    unchanged. The backward pass applies the same mask. ``0 <= p < 1``."""
+
+    _fields = ("p",)
+
+    def __init__(self, p=0.5):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"Dropout p must be a number in [0, 1), got {p!r}")
+        self.p = float(p)
+
+    def _julia(self):
+        return f"Dropout({self.p!r})"
+
+
 class _Activation(_Layer):
     _julia_name = ""
 
@@ -272,7 +289,6 @@ def __getattr__(name):
     """A layer pyjlfa does not have: say which exist (and where another way does the job)."""
     if name.startswith("__"):
         raise AttributeError(name)
-    other = {"Dropout": " For dropout, pass Network(..., dropout=p) (a rate after every Linear/Conv2d but the last).",
-             "Sequential": " A Network takes the list of layers itself; Residual takes lists for its paths."}
+    other = {"Sequential": " A Network takes the list of layers itself; Residual takes lists for its paths."}
     raise AttributeError(f"module 'pyjlfa.layers' has no layer {name!r}; it has {', '.join(__all__[:-1])}."
                          + other.get(name, ""))

@@ -3,6 +3,7 @@
 import ctypes
 import math
 import os
+import re
 import sys
 import time
 from ctypes import c_double, c_int64, c_void_p
@@ -14,7 +15,7 @@ import numpy as np
 from . import init as _init
 from . import diagnostics as _diagnostics
 from . import _schema
-from ._runtime import engine
+from ._runtime import JuliaError, engine
 from .layers import Residual, _Layer, julia_chain
 from .optimizers import SGD, _Optimizer
 
@@ -87,6 +88,40 @@ def _objects_by_path(layers, prefix=""):
                 yield f"{path}.shortcut", None
             elif layer.shortcut is not None:
                 yield from _objects_by_path(layer.shortcut, f"{path}.shortcut.")
+
+
+# A layer as Julia's messages name it: "layer 3.main.0, Conv((3, 3), 16 => 16)" or "layer 3 (Dense(...))".
+_MENTION = re.compile(r"\blayer (\d+(?:\.(?:main|shortcut)(?:\.\d+)?)*)(?:, | \()")
+
+
+def _call_end(text, start):
+    """Where the Julia call (``Name(...)``, or a bare name such as ``relu``) at ``text[start]`` ends."""
+    i = start
+    while i < len(text) and (text[i].isalnum() or text[i] == "_"):
+        i += 1
+    if i < len(text) and text[i] == "(":
+        depth = 0
+        for j in range(i, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[j], 0)
+            if depth == 0:
+                return j + 1
+    return i
+
+
+def _in_python_terms(error, objects):
+    """``error`` (from Julia) with each layer it names by path shown as the Python layer written
+    there, not as Julia's call; positions are already the list's (from 0), shapes NumPy's order."""
+    message, out, pos = str(error), [], 0
+    for m in _MENTION.finditer(message):
+        layer = objects.get(m.group(1))
+        end = _call_end(message, m.end())
+        if layer is None or end == m.end():
+            continue
+        out += [message[pos:m.end()], "Residual" if isinstance(layer, Residual) else repr(layer)]
+        pos = end
+    if not out:
+        return error
+    return type(error)("".join(out) + message[pos:])
 
 
 def _leaf_count(layers):
@@ -258,8 +293,11 @@ class Network:
                     dims[5 * k] = B.ndim
                     for j, n in enumerate(reversed(B.shape)):
                         dims[5 * k + 1 + j] = n
-        eng.call("fa_new", ctypes.byref(out), _DTYPES[dtype_name][1], len(julia_input), shape,
-                 "\n".join(chain).encode(), spec.encode(), pointers, dims)
+        try:
+            eng.call("fa_new", ctypes.byref(out), _DTYPES[dtype_name][1], len(julia_input), shape,
+                     "\n".join(chain).encode(), spec.encode(), pointers, dims)
+        except JuliaError as e:
+            raise _in_python_terms(e, dict(_objects_by_path(layer_objects or []))) from None
         self._engine = eng
         self._handle = _Handle(eng, out.value, keepalive=tuple(B for B in given if B is not None))
         self.dropout = tuple(rates) if not isinstance(rates, float) else rates
@@ -295,6 +333,13 @@ class Network:
         self._named = tuple((path, view) for path, view in self._nodes if view.kind != "Chain")
         self._leaves = tuple(v for _, v in self._named if v.kind not in _CONTAINERS)
         self.input_shape = self.layers[0].input_shape
+
+    def _call(self, name, *args):
+        """An entry point on this network; Julia's errors name its layers as they were written."""
+        try:
+            self._engine.call(name, *args)
+        except JuliaError as e:
+            raise _in_python_terms(e, {path: view.layer for path, view in self._named}) from None
 
     def named_layers(self):
         """Every layer as (path, layer) pairs, depth first, a Residual before the layers inside it
@@ -427,7 +472,8 @@ class Network:
     def __repr__(self):
         rule = self.rule_value if hasattr(self.rule_value, "_spec") else self.rule
         head = (f"[{', '.join(map(str, self.sizes))}], activation={self.activation!r}" if self.sizes is not None
-                else f"[{', '.join(l.spec for l in self.layers)}], input_shape={self.input_shape}")
+                else f"[{', '.join(repr(l.layer) if l.layer is not None else l.spec for l in self.layers)}], "
+                     f"input_shape={self.input_shape}")
         closed = "" if self._handle is not None else ", closed"
         return (f"Network({head}, rule={rule!r}, loss={self.loss!r}, seed={self.seed}, "
                 f"dtype={self.dtype.name!r}{closed})")
@@ -580,7 +626,7 @@ class Network:
         try:
             for epoch in range(1, epochs + 1):
                 start = time.perf_counter()
-                self._engine.call("fa_train_epoch", handle, X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
+                self._call("fa_train_epoch", handle, X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
                                   batch_size, int(bool(shuffle)), opt, out)
                 history["loss"].append(out[0])
                 _warn_if_growing(history["loss"], np.log(self.n_outputs) if classifier else None, optimizer)
@@ -617,7 +663,7 @@ class Network:
         X, y = self._data(X, y)
         self.optimizer = optimizer
         loss = c_double()
-        self._engine.call("fa_step", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
+        self._call("fa_step", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
                           opt, ctypes.byref(loss))
         return loss.value
 
@@ -630,7 +676,7 @@ class Network:
         """
         X, y = self._data(X, y)
         loss = c_double()
-        self._engine.call("fa_gradients", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
+        self._call("fa_gradients", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
                           ctypes.byref(loss))
         index = {path: k for k, (path, _) in enumerate(self._nodes)}
         grads = []
@@ -678,7 +724,7 @@ class Network:
 
     def _evaluate(self, X, y):
         out = (c_double * 2)()
-        self._engine.call("fa_evaluate", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data, out)
+        self._call("fa_evaluate", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data, out)
         return {"loss": out[0], "accuracy": out[1]} if self.loss == "cross_entropy" else {"loss": out[0]}
 
     def _forward(self, X, kind):
@@ -686,7 +732,7 @@ class Network:
         handle = self._id()
         out = (np.empty(X.shape[0], dtype=np.int64) if kind == _LABELS
                else np.empty((X.shape[0], self.n_outputs), dtype=self.dtype))
-        self._engine.call("fa_forward", handle, X.ctypes.data, X.shape[0], self.n_features, out.ctypes.data, kind)
+        self._call("fa_forward", handle, X.ctypes.data, X.shape[0], self.n_features, out.ctypes.data, kind)
         return out
 
     def outputs(self, X):

@@ -477,38 +477,48 @@ def network(layers, **kwargs):
 
 BAD_NETWORKS = [
     ("kernel larger than the input", network([Conv2d(1, 2, 7), Flatten(), Linear(2, 3)]),
-     r"layer 0, Conv\(\(7, 7\), 1 => 2\) has a window of \(7, 7\), larger than its input of \(6, 6\)"),
+     r"layer 0, Conv2d\(in_channels=1, out_channels=2, kernel_size=\(7, 7\)\) has a window of \(7, 7\), larger than "
+     r"its input of \(6, 6\)"),
     ("kernel larger than the padded input", network([Conv2d(1, 2, 5), Conv2d(2, 2, 5, padding=1), Flatten(), Linear(2, 3)]),
-     r"layer 1, Conv\(\(5, 5\), 2 => 2; pad=\(1, 1\)\) has a window of \(5, 5\), larger than its padded input of \(4, 4\)"),
+     r"layer 1, Conv2d\(in_channels=2, out_channels=2, kernel_size=\(5, 5\), padding=\(1, 1\)\) has a window of "
+     r"\(5, 5\), larger than its padded input of \(4, 4\)"),
+    # (height, width) in Python's order: a 3-high, 5-wide kernel on a 4-high, 8-wide image padded by (0, 1)
+    ("kernel taller than the input", lambda: pyjlfa.Network([Conv2d(1, 2, (5, 3), padding=(0, 1)), Flatten(), Linear(2, 3)],
+                                                            input_shape=(1, 4, 8)),
+     r"layer 0, Conv2d\(.*\) has a window of \(5, 3\), larger than its padded input of \(4, 10\)"),
     ("pool window larger than its input", network([Conv2d(1, 2, 5), MaxPool2d(3), Flatten(), Linear(2, 3)]),
-     r"layer 1, MaxPool\(\(3, 3\)\).*larger than its input"),
+     r"layer 1, MaxPool2d\(kernel_size=\(3, 3\), stride=\(3, 3\)\).*larger than its input"),
     ("conv stride 0", lambda: Conv2d(1, 2, 3, stride=0), r"Conv2d stride must be an integer >= 1, got 0"),
     ("pool stride 0", lambda: AvgPool2d(2, stride=(1, 0)), r"AvgPool2d stride must be an integer >= 1, got 0"),
     ("negative padding", lambda: Conv2d(1, 2, 3, padding=(0, -1)), r"Conv2d padding must be an integer >= 0, got -1"),
     ("input channels", network([Conv2d(3, 2, 3), Flatten(), Linear(32, 3)]),
-     r"layer 0, Conv\(\(3, 3\), 3 => 2\) expects 3 input channels, but receives 1"),
+     r"layer 0, Conv2d\(in_channels=3, .*\) expects 3 input channels, but receives 1"),
     ("channels between layers", network([Conv2d(1, 4, 3), ReLU(), Conv2d(2, 2, 3), Flatten(), Linear(8, 3)]),
-     r"layer 2, Conv\(\(3, 3\), 2 => 2\) expects 2 input channels, but receives 4"),
+     r"layer 2, Conv2d\(in_channels=2, .*\) expects 2 input channels, but receives 4"),
     ("Linear after Flatten", network([Conv2d(1, 2, 3), MaxPool2d(2), Flatten(), Linear(7, 3)]),
-     r"layer 3, Dense\(7 => 3\) expects 7 inputs, but receives 8"),
+     r"layer 3, Linear\(in_features=7, out_features=3\) expects 7 inputs, but receives 8"),
     ("Linear on an image", network([Conv2d(1, 2, 3), Linear(32, 3)]),
-     r"layer 1, Dense\(32 => 3\) expects a vector of 32 inputs, but receives an image .*put Flatten\(\) before it"),
+     r"layer 1, Linear\(in_features=32, out_features=3\) expects a vector of 32 inputs, but receives an image of size "
+     r"\(2, 4, 4\); put Flatten\(\) before it"),
     ("last layer not Linear", network([Conv2d(1, 2, 3), Flatten()]),
-     r"the last layer must be Dense with no activation .*got Flatten\(\)"),
+     r"the last layer must be Dense \(Python: Linear\) with no activation .*got layer 1, Flatten\(\)"),
     ("last Linear with an activation", network([Conv2d(1, 2, 3), Flatten(), Linear(32, 3), Sigmoid()]),
-     r"the last layer must be Dense with no activation .*got sigmoid"),
+     r"the last layer must be Dense \(Python: Linear\) with no activation .*got layer 3, Sigmoid\(\)"),
     ("conv B of the wrong shape", network([Conv2d(1, 2, 3), Conv2d(2, 3, 2), Flatten(), Linear(27, 3)], rule="fa",
                                           dtype="float64", feedback=[None, np.zeros((3, 2, 3, 3)), None, np.zeros((3, 27))]),
-     r"the given feedback array has shape \(3, 2, 3, 3\); (FA|DFA)\(\) gives Conv\(\(2, 2\), 2 => 3\) a B of shape \(3, 2, 2, 2\)"),
+     r"layer 1, Conv2d\(in_channels=2, out_channels=3, kernel_size=\(2, 2\)\) has a B of shape \(3, 2, 2, 2\) under "
+     r"FA\(\), but the given feedback array has shape \(3, 2, 3, 3\)"),
     ("DFA B of the wrong shape", network([Conv2d(1, 2, 3), Flatten(), Linear(32, 3)], rule="dfa", dtype="float64",
                                          feedback=[np.zeros((3, 31)), None, None]),
-     r"the given feedback array has shape \(3, 31\); (FA|DFA)\(\) gives Conv\(\(3, 3\), 1 => 2\) a B of shape \(3, 32\)"),
+     r"layer 0, Conv2d\(in_channels=1, .*\) has a B of shape \(3, 32\) under DFA\(\), but the given feedback array has "
+     r"shape \(3, 31\)"),
     ("B of the wrong rank", network([Conv2d(1, 2, 3), Conv2d(2, 3, 2), Flatten(), Linear(27, 3)], rule="fa",
                                     dtype="float64", feedback=[None, np.zeros((3, 2, 4)), None, None]),
      r"feedback\[1\] must be a 2-D \(dense\) or 4-D \(conv kernel\) array, got shape \(3, 2, 4\)"),
     ("dropout on a pooling layer", network([Conv2d(1, 2, 3), MaxPool2d(2), Flatten(), Linear(8, 3)],
                                            dropout=[0.0, 0.5, 0.0]),
-     r"layer 2 \(MaxPool\(\(2, 2\)\)\) has no parameters; dropout follows a Dense or Conv layer"),
+     r"a dropout rate of 0.5 is given after layer 1, MaxPool2d\(kernel_size=\(2, 2\), stride=\(2, 2\)\), which has no "
+     r"parameters; dropout follows a Dense or Conv layer"),
 ]
 
 

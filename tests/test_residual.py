@@ -215,10 +215,10 @@ def test_a_resnet_saved_by_python_loads_in_julia_and_back_bit_identically(tmp_pa
 
 
 def test_bad_residual_networks_say_where_and_what():
-    with pytest.raises(ValueError, match=r"layer 1, .*main path gives \(4, 4, 3\) but its shortcut gives \(4, 4, 2\)"):
+    with pytest.raises(ValueError, match=r"layer 1, Residual: its main path gives \(3, 4, 4\) but its shortcut gives \(2, 4, 4\)"):
         pyjlfa.Network([Conv2d(1, 2, 3, padding=1), Residual([Conv2d(2, 3, 3, padding="same")]), Flatten(),
                         Linear(48, 2)], input_shape=(1, 4, 4))
-    with pytest.raises(ValueError, match=r"layer 1, BatchNorm\(3\) expects 3 channels, but receives 2"):
+    with pytest.raises(ValueError, match=r"layer 1, BatchNorm2d\(num_features=3\) expects 3 channels, but receives 2"):
         pyjlfa.Network([Conv2d(1, 2, 3), BatchNorm2d(3), Flatten(), Linear(8, 2)], input_shape=(1, 4, 4))
     net = pyjlfa.Network([Linear(3, 4), BatchNorm1d(4), Linear(4, 2)], dtype="float64")
     before = net.layers[0].W.copy()
@@ -230,5 +230,31 @@ def test_bad_residual_networks_say_where_and_what():
     with pytest.raises(TypeError, match="PyTorch modules are not taken"):
         torch_like = type("Conv2d", (), {"__module__": "torch.nn.modules.conv"})()
         pyjlfa.Network([torch_like], input_shape=(1, 4, 4))
-    with pytest.raises(AttributeError, match="has no layer 'Dropout'.*Network\\(\\.\\.\\., dropout=p\\)"):
-        pyjlfa.layers.Dropout
+    with pytest.raises(AttributeError, match="has no layer 'Sequential'; it has .*Dropout.*A Network takes the list"):
+        pyjlfa.layers.Sequential
+    for p in (1.0, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match=r"Dropout p must be a number in \[0, 1\), got"):
+            pyjlfa.layers.Dropout(p)
+
+
+def test_dropout_layer_drops_in_training_only_and_repeats_with_the_seed():
+    """The mask itself is checked by hand in the Julia suite (test/residual.jl); here: the API's modes."""
+    from pyjlfa.layers import Dropout
+    with_drop = [Conv2d(2, 4, 3, padding=1), ReLU(), Dropout(0.4), Flatten(), Linear(4 * 7 * 7, 3)]
+    without = [Conv2d(2, 4, 3, padding=1), ReLU(), Flatten(), Linear(4 * 7 * 7, 3)]
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((32,) + INPUT), rng.integers(0, 3, 32)
+    nets = [pyjlfa.Network(layers, input_shape=INPUT, rule="fa", seed=3, dtype="float64")
+            for layers in (with_drop, with_drop, without)]
+    a, b, plain = nets
+    assert a.layers[2].layer == Dropout(0.4) and a.layers[2].W is None
+    np.testing.assert_array_equal(a.predict_proba(X), plain.predict_proba(X))      # evaluation: the identity
+    ga, gp = a.gradients(X, y), plain.gradients(X, y)                               # batch mode: no mask
+    assert ga[2] == (None, None) and len(ga) == len(gp) + 1
+    for pa, pp in zip(ga[:2] + ga[3:], gp):
+        for u, v in zip(pa, pp):
+            assert (u is None and v is None) or np.array_equal(u, v)
+    for net in nets:
+        net.fit(X, y, epochs=2, batch_size=8, optimizer=pyjlfa.SGD(0.05))
+    np.testing.assert_array_equal(a.layers[0].W, b.layers[0].W)                     # the seed repeats the masks
+    assert not np.array_equal(a.layers[0].W, plain.layers[0].W)                     # and they drop something

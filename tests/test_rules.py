@@ -137,7 +137,7 @@ def test_shallow_trains_only_the_output_layer():
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(rule="drtp", loss="mse"), ValueError, "drtp.*needs loss='cross_entropy'"),
     (dict(rule="fa", feedback=[None, np.zeros((4, 5))]), ValueError, r"feedback lists 2 entries; the network has 3 layers"),
-    (dict(rule="fa", feedback=[None, np.zeros((5, 4)), np.zeros((3, 4))]), ValueError, r"the given feedback array has shape \(5, 4\); FA\(\) gives Dense\(5 => 4, tanh\) a B of shape \(4, 5\)"),
+    (dict(rule="fa", feedback=[None, np.zeros((5, 4)), np.zeros((3, 4))]), ValueError, r"layer 1, Dense\(5 => 4, tanh\) has a B of shape \(4, 5\) under FA\(\), but the given feedback array has shape \(5, 4\)"),
     (dict(rule="fa", feedback=[None, np.zeros((4, 5), np.float32), np.zeros((3, 4))]), TypeError, r"feedback\[1\] is used in place as B.*float64"),
     (dict(rule="fa", feedback=[np.zeros((5, 6)), None, None]), ValueError, r"the feedback given for layer 0 is an array, but under FA\(\) layer 0 \(Dense\(6 => 5, tanh\)\) has no feedback array"),
     (dict(rule="fa", feedback=[None, None, np.zeros((3, 4))]), ValueError, r"the feedback given for layer 1 is nothing, but under FA\(\) layer 1 \(Dense\(5 => 4, tanh\)\) has a feedback array"),

@@ -103,7 +103,8 @@ def test_layer_bounds_and_names_are_the_schemas():
         ("Conv", "pad"): lambda v: layers.Conv2d(1, 1, 1, padding=v),
         ("MaxPool", "k"): lambda v: layers.MaxPool2d(v), ("MaxPool", "stride"): lambda v: layers.MaxPool2d(1, stride=v),
         ("MeanPool", "k"): lambda v: layers.AvgPool2d(v), ("MeanPool", "stride"): lambda v: layers.AvgPool2d(1, stride=v),
-        ("BatchNorm", "channels"): lambda v: layers.BatchNorm2d(v), ("BatchNorm", "momentum"): lambda v: layers.BatchNorm2d(1, momentum=v)}
+        ("BatchNorm", "channels"): lambda v: layers.BatchNorm2d(v), ("BatchNorm", "momentum"): lambda v: layers.BatchNorm2d(1, momentum=v),
+        ("Dropout", "p"): lambda v: layers.Dropout(v)}
     # PadShortcut: Python's Residual(shortcut="pad") leaves every argument to the engine, which fits it to
     # the block; eps's bound is open (> 0), probed below.
     assert set(probes) == {key for key in low if key[0] != "PadShortcut"} - {("BatchNorm", "eps")}
@@ -113,7 +114,7 @@ def test_layer_bounds_and_names_are_the_schemas():
     for key, make in probes.items():
         assert _accepts(lambda: make(low[key])) and not _accepts(lambda: make(low[key] - 1)), key
     python_layers = [layers.Linear(1, 1), layers.Conv2d(1, 1, 1), layers.MaxPool2d(1), layers.AvgPool2d(1), layers.Flatten(),
-                     layers.BatchNorm2d(1), layers.BatchNorm1d(1), layers.AdaptiveAvgPool2d(1),
+                     layers.BatchNorm2d(1), layers.BatchNorm1d(1), layers.AdaptiveAvgPool2d(1), layers.Dropout(0.5),
                      layers.Residual([layers.Linear(1, 1)]), layers.Residual([layers.Linear(1, 1)], shortcut="pad")]
     made = {layer._julia().split("(")[0] for layer in python_layers}
     made |= {"Chain", "PadShortcut"}    # written by Residual inside its call

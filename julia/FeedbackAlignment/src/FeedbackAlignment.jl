@@ -20,7 +20,7 @@ module FeedbackAlignment
 
 using LinearAlgebra
 
-export Network, Chain, Layer, Dense, Conv, MaxPool, MeanPool, GlobalMeanPool, Flatten, Activation, BatchNorm,
+export Network, Chain, Layer, Dense, Conv, MaxPool, MeanPool, GlobalMeanPool, Flatten, Activation, BatchNorm, Dropout,
     SkipConnection, Parallel, PadShortcut, trainmode!, testmode!, named_nodes, LearningRule, BP, FA, DFA, uSF, frSF, brSF, KolenPollack, WeightMirror,
     DRTP, sDFA, Shallow, Loss, CrossEntropy, MSE, Optimiser, SGD, Adam, AdamW, Schedule, Constant,
     StepDecay, Cosine, Initialiser, GlorotUniform, GlorotNormal, HeUniform, HeNormal, LeCunUniform,

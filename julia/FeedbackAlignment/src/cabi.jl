@@ -227,6 +227,9 @@ function fa_gradients(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}
 end
 
 # The mode `fa_gradients` uses: 1 training (batch statistics), 0 evaluation (running statistics).
+# A Python host reads shapes in NumPy's order (channels, height, width): error messages follow.
+fa_conventions(python::Cint)::Cint = guarded(() -> (FeedbackAlignment.PYTHON_ORDER[] = python != 0))
+
 fa_set_mode(h::Int64, training::Cint)::Cint = guarded(() -> (network(h).training = training != 0))
 
 function fa_step(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}, opt::Cstring,
@@ -364,6 +367,7 @@ const SIGNATURES = [
     (:fa_evaluate, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64})),
     (:fa_gradients, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64})),
     (:fa_set_mode, Cint, (Int64, Cint)),
+    (:fa_conventions, Cint, (Cint,)),
     (:fa_step, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cstring, Ptr{Float64})),
     (:fa_train_epoch, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Int64, Cint, Cstring, Ptr{Float64})),
     (:fa_state_get, Cint, (Int64, Ptr{Int64}, Ptr{UInt64}, Ptr{Int64})),

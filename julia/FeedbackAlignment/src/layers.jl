@@ -19,7 +19,7 @@ layer protocol in one file (see layers.jl):
 - `buffers(layer, outsize)`: per-batch arrays it keeps between its forward and backward pass besides
   its output `H` and the error at its output `D` (a `NamedTuple` of element types and shapes of one
   observation); `scratch(layer, T, insize, outsize, m)`: batch-size-dependent work space;
-- `forward!(layer, node, b, x, mode)`: fill `b.H` from the input `x` (`mode`: `TRAIN`, `BATCH` or
+- `forward!(layer, node, b, x, mode[, rng])`: fill `b.H` from the input `x` (`mode`: `TRAIN`, `BATCH` or
   `EVAL`, see network.jl);
 - `parameter_gradients!(layer, node, b, x)`: turn `b.D` into the error its parameters need (in place) and
   fill `node.grads`; `carry!(dx, layer, node, b, x, exact, acc)`: the error at the input, written
@@ -46,6 +46,8 @@ states(::Layer, insize) = NamedTuple()
 buffers(::Layer, outsize) = NamedTuple()
 scratch(::Layer, T, insize, outsize, m) = nothing
 parameter_gradients!(::Layer, node, b, x) = nothing
+# A layer that draws random numbers (Dropout) takes the network's generator as a sixth argument.
+forward!(l::Layer, node, b, x, mode, rng) = forward!(l, node, b, x, mode)
 weight_layer(::Layer) = false
 elementwise(::Layer) = false
 linear_map(::Layer) = false
@@ -73,9 +75,15 @@ activation_suffix(σ) = σ === identity ? "" : ", " * activation_name(σ)
 "The activation's name in Julia (`leakyrelu`; Python also accepts `leaky_relu`)."
 activation_name(σ) = first(k for (k, v) in ACTIVATIONS if v === σ && k != "leaky_relu")
 
-# An image layer's input check, shared by the layers that take (width, height, channels).
+# Shapes in error messages: Julia's order, or reversed, NumPy's order for the same memory, once a
+# Python host has asked for it (`fa_conventions`): its users read (channels, height, width).
+const PYTHON_ORDER = Ref(false)
+shape_text(s::Tuple) = string(PYTHON_ORDER[] ? reverse(s) : s)
+image_dims_text() = PYTHON_ORDER[] ? "(channels, height, width)" : "(width, height, channels)"
+
+# An image layer's input check, shared by the layers that take images.
 function image_input(l::Layer, s::Dims)
-    length(s) == 3 || throw(ArgumentError("$(layer_text(l)) expects images (width, height, channels), but receives a vector of $(s[1])"))
+    length(s) == 3 || throw(ArgumentError("$(layer_text(l)) expects images $(image_dims_text()), but receives a vector of $(s[1])"))
     return s
 end
 
@@ -108,6 +116,7 @@ include("layers/dense.jl")
 include("layers/conv.jl")
 include("layers/pool.jl")
 include("layers/flatten.jl")
+include("layers/dropout.jl")
 include("layers/activation.jl")
 include("layers/batchnorm.jl")
 include("layers/skip.jl")

@@ -190,8 +190,8 @@ function located(f, path)
     try
         return f()
     catch e
-        e isa ArgumentError || rethrow()
-        throw(ArgumentError(startswith(e.msg, "layer ") ? e.msg : "layer $path, $(e.msg)"))
+        e isa Union{ArgumentError,DimensionMismatch} || rethrow()
+        throw(typeof(e)(startswith(e.msg, "layer ") ? e.msg : "layer $path, $(e.msg)"))
     end
 end
 
@@ -199,6 +199,11 @@ end
 leaf_layers(l::Layer) = Any[l]
 leaf_layers(c::Chain) = reduce(vcat, map(leaf_layers, collect(c.layers)); init=Any[])
 leaf_layers(s::SkipConnection) = vcat(leaf_layers(s.main), s.shortcut === nothing ? Any[] : leaf_layers(s.shortcut))
+"The paths of `leaf_layers(l)` when `l` sits at `path` (as the nodes will have them)."
+leaf_paths(l::Layer, path) = [path]
+leaf_paths(c::Chain, path) = reduce(vcat, [leaf_paths(x, child_path(path, k - 1)) for (k, x) in enumerate(c.layers)]; init=String[])
+leaf_paths(s::SkipConnection, path) = vcat(leaf_paths(s.main, child_path(path, "main")),
+                                          s.shortcut === nothing ? String[] : leaf_paths(s.shortcut, child_path(path, "shortcut")))
 child_path(path, k) = isempty(path) ? string(k) : "$path.$k"
 
 function build_node(c::Chain, insize::Dims, path, b::Build)
@@ -226,8 +231,8 @@ function build_node(l::SkipConnection, insize::Dims, path, b::Build{T}) where {T
     shortcut = l.shortcut === nothing ? nothing :
                build_node(located(() -> fitted(l.shortcut, insize, main.outsize), path), insize, child_path(path, "shortcut"), b)
     want = shortcut === nothing ? insize : shortcut.outsize
-    main.outsize == want || throw(ArgumentError("layer $path, $(layer_text(l)): its main path gives $(main.outsize) " *
-                                                "but its shortcut gives $want; they must agree to be added"))
+    main.outsize == want || throw(ArgumentError("layer $path, $(layer_text(l)): its main path gives $(shape_text(main.outsize)) " *
+                                                "but its shortcut gives $(shape_text(want)); they must agree to be added"))
     trained = any(has_params, leaf_layers(l))
     b.upstream, b.inblock, b.block_upstream = upstream || trained, inblock, inblock && (block_upstream || trained)
     shape = feedback_shape(b.rule, l, main.outsize, upstream, false, inblock, b.nout)
@@ -313,13 +318,13 @@ function feedback_array(::Type{T}, shape, rule, l, feedback, rng, init, W) where
     end
     feedback isa Initialiser || throw(ArgumentError("feedback must be an initialiser, got $(repr(feedback))"))
     if feedback isa GivenPointer   # a row-major host's array: its shape is Julia's, reversed
-        feedback.dims == shape || throw(DimensionMismatch("the given feedback array has shape $(reverse(feedback.dims)); " *
-                                                          "$(nameof(typeof(rule)))() gives $(layer_text(l)) a B of shape $(reverse(shape))"))
+        feedback.dims == shape || throw(DimensionMismatch("$(layer_text(l)) has a B of shape $(reverse(shape)) under " *
+                                                          "$(nameof(typeof(rule)))(), but the given feedback array has shape $(reverse(feedback.dims))"))
         feedback = Given(unsafe_wrap(Array, feedback.p, shape))
     end
     if feedback isa Given
         rule isa brSF && throw(ArgumentError("brSF redraws B every batch; it cannot use a given array"))
-        size(feedback.M) == shape || throw(DimensionMismatch("the given feedback array has size $(size(feedback.M)); $(layer_text(l))'s B needs $shape"))
+        size(feedback.M) == shape || throw(DimensionMismatch("the given feedback array has size $(shape_text(size(feedback.M))); $(layer_text(l))'s B needs $(shape_text(shape))"))
         eltype(feedback.M) == T || throw(ArgumentError("the given feedback array has element type $(eltype(feedback.M)), the network uses $T"))
         B = feedback.M
     else
@@ -393,8 +398,10 @@ function Network(chain::Chain; input=nothing, rule::LearningRule=FA(), loss::Los
     insize = input_shape(input, chain)
     last = chain[length(chain)]
     last isa Dense && last.σ === identity ||
-        throw(ArgumentError("the last layer must be Dense with no activation (softmax lives in the loss), got $(layer_text(last))"))
+        throw(ArgumentError("the last layer must be Dense (Python: Linear) with no activation (softmax lives in the " *
+                            "loss), got layer $(length(chain) - 1), $(layer_text(last))"))
     leaves = leaf_layers(chain)
+    paths = leaf_paths(chain, "")
     # Model files bound what a chain read from them may allocate: no more values than the file holds.
     nparams = big(0)
     for l in leaves, p in values(parameters(l, ()))
@@ -402,7 +409,7 @@ function Network(chain::Chain; input=nothing, rule::LearningRule=FA(), loss::Los
     end
     nparams <= max_params || throw(ArgumentError("the chain has $nparams parameters, more than the $max_params allowed here"))
     L = length(leaves)
-    b = Build{T,typeof(rule)}(rule, init, per_layer(feedback, L, "feedback"), layer_dropout(dropout, leaves),
+    b = Build{T,typeof(rule)}(rule, init, per_layer(feedback, L, "feedback"), layer_dropout(dropout, leaves, paths),
                               stream(seed, 1), stream(feedback_seed, 2), last.out, L, Any[], false, false, false)
     root = build_node(chain, insize, "", b)
     NX = length(insize) + 1
@@ -431,7 +438,7 @@ function input_shape(input, chain)
     s = input isa Integer ? (Int(input),) : input isa Tuple && all(x -> x isa Integer, input) ? Int.(input) :
         throw(ArgumentError("input must be a number of features or a tuple (width, height, channels), got $(repr(input))"))
     length(s) in (1, 3) && all(>(0), s) ||
-        throw(ArgumentError("input must be a positive number of features or a positive (width, height, channels), got $s"))
+        throw(ArgumentError("input must be a positive number of features or a positive $(image_dims_text()), got $(shape_text(s))"))
     return s
 end
 
@@ -442,7 +449,7 @@ function per_layer(x, n, name)
 end
 
 # Dropout per leaf (the last one has none): a number applies to every layer with parameters.
-function layer_dropout(dropout, leaves)
+function layer_dropout(dropout, leaves, paths)
     L = length(leaves)
     ps = dropout isa AbstractVector ? Float64.(dropout) :
          Float64[weight_layer(leaves[l]) ? Float64(dropout) : 0.0 for l in 1:L-1]
@@ -450,7 +457,8 @@ function layer_dropout(dropout, leaves)
     all(p -> 0 <= p < 1, ps) || throw(ArgumentError("dropout probabilities must be in [0, 1), got $ps"))
     for (l, p) in enumerate(ps)
         p > 0 && !weight_layer(leaves[l]) &&
-            throw(ArgumentError("dropout[$l] is $p, but layer $l ($(layer_text(leaves[l]))) has no parameters; dropout follows a Dense or Conv layer"))
+            throw(ArgumentError("a dropout rate of $p is given after layer $(paths[l]), $(layer_text(leaves[l])), which " *
+                                "has no parameters; dropout follows a Dense or Conv layer"))
     end
     return push!(ps, 0.0)
 end
@@ -576,7 +584,7 @@ forward!(net::Network{T}, X::Array{T}, training::Bool) where {T} = forward!(net,
 function forward!(n::Node{T,L,NI}, x::Array{T,NI}, net::Network, mode::Mode) where {T,L,NI}
     net.seen[n.index] = x
     b = buffers(n, net.m)
-    forward!(n.layer, n, b, x, mode)
+    forward!(n.layer, n, b, x, mode, net.rng)
     dropping = net.dropping && n.dropout > 0
     dropping && drop!(b.dropped, b.mask, b.H, n.dropout, net.rng)
     return dropping ? b.dropped : b.H
@@ -799,7 +807,7 @@ Class labels 1..K for a classifier (cross-entropy loss), the outputs for a regre
 observation (a vector for a dense network) gives a single label or output vector.
 """
 predict(net::Network, X::AbstractVector) = length(net.insize) == 1 ? predict(net, reshape(X, :, 1))[1] :
-    throw(DimensionMismatch("a vector input needs a network of vector inputs; this one takes $(net.insize) images"))
+    throw(DimensionMismatch("a vector input needs a network of vector inputs; this one takes $(shape_text(net.insize)) images"))
 predict(net::Network, X) = predict(net.loss, net, X)
 predict(::CrossEntropy, net, X) = predict_labels!(Vector{Int}(undef, nobs(X)), net, X)
 predict(::Loss, net, X) = outputs(net, X)

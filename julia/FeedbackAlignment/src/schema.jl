@@ -108,6 +108,7 @@ const PARAMETERS = Dict{String,Dict{String,Vector{Tuple{String,Symbol,Any}}}}(
                    ("σ", :activation, "identity"), ("stride", :count_pair, 1), ("pad", :nonnegative_pair, 0),
                    ("bias", :bool, true)],
         "BatchNorm" => [("channels", :count, REQUIRED), ("momentum", :unit_closed, 0.1), ("eps", :positive, 1e-5)],
+        "Dropout" => [("p", :unit_open, REQUIRED)],
         "Chain" => [("layers", :layer, REQUIRED)],       # any number of layers
         "Activation" => [("σ", :activation, REQUIRED)],   # in a chain, the function alone: `relu`
         "SkipConnection" => [("main", :layer, REQUIRED), ("shortcut", :layer_or_null, nothing)],   # called as SkipConnection(main, +)

@@ -429,8 +429,9 @@ end
                          "layer 3, Dense(10 => 3) expects 10 inputs, but receives 18")
         @test occursin("put Flatten() before it", build(Conv((3, 3), 1 => 2), Dense(84 => 3)))
         @test startswith(build(Conv((3, 3), 1 => 2), Flatten(), Dense(84 => 3, relu)),
-                         "the last layer must be Dense with no activation (softmax lives in the loss), got Dense(84 => 3, relu)")
-        @test occursin("got Flatten()", build(Conv((3, 3), 1 => 2), Flatten()))
+                         "the last layer must be Dense (Python: Linear) with no activation (softmax lives in the loss), " *
+                         "got layer 2, Dense(84 => 3, relu)")
+        @test occursin("got layer 1, Flatten()", build(Conv((3, 3), 1 => 2), Flatten()))
         # settings no chain can have are refused when the layer is made; a host's chain text names its line
         @test occursin("stride must be at least 1", message(() -> Conv((3, 3), 1 => 2; stride=0)))
         @test occursin("stride must be at least 1", message(() -> MaxPool((2, 2); stride=(1, 0))))

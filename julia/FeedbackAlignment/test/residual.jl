@@ -216,3 +216,38 @@ end
         @test_throws ArgumentError SkipConnection(Dense(2 => 2), *)
     end
 end
+
+@testset "Dropout layer: the mask by hand" begin
+    p, m = 0.25, 400
+    rng = MersenneTwister(3)
+    net = Network(Chain(Dense(5 => 8, tanh), Dropout(p), Dense(8 => 3)); input=5, rule=BP(), T=Float64, seed=2)
+    X, y = randn(rng, 5, m), rand(rng, 1:3, m)
+    d1, drop, d2 = net.layers
+    W1, b1, W2, b2 = d1.params.W, d1.params.b, d2.params.W, d2.params.b
+    FAL.workspace!(net, m)
+    total, _ = FAL.loss_and_grads!(net, X, y, FAL.TRAIN)
+    M = copy(FAL.buffers(drop, m).mask)
+    @test all(v -> v == 0 || v == 1 / (1 - p), M)
+    @test abs(count(iszero, M) / length(M) - p) < 0.03          # 3200 values: ~4 standard deviations
+    # The same network by hand, with that mask held fixed: loss and every gradient.
+    H1 = tanh.(W1 * X .+ b1) .* M
+    Z = W2 * H1 .+ b2
+    P = exp.(Z .- maximum(Z; dims=1)); P ./= sum(P; dims=1)
+    @test total / m ≈ -sum(log(P[y[j], j]) for j in 1:m) / m rtol = 1e-12
+    E = copy(P); for j in 1:m; E[y[j], j] -= 1; end; E ./= m
+    dA1 = (W2' * E) .* M .* (1 .- tanh.(W1 * X .+ b1) .^ 2)
+    @test d2.grads.W ≈ E * H1' rtol = 1e-10
+    @test d1.grads.W ≈ dA1 * X' rtol = 1e-10
+    @test d1.grads.b ≈ vec(sum(dA1; dims=2)) rtol = 1e-10
+    # Evaluation and `gradients` (batch mode) pass values on unchanged: the network without the layer.
+    plain = Network(Chain(Dense(5 => 8, tanh), Dense(8 => 3)); input=5, rule=BP(), T=Float64, seed=2)
+    @test plain.layers[1].params.W == W1 && plain.layers[2].params.W == W2   # Dropout draws no weights
+    @test predict_proba(net, X) == predict_proba(plain, X)
+    @test gradients(net, X, y)[1] == gradients(plain, X, y)[1]
+    @test_throws ArgumentError Dropout(1.0)
+    @test_throws ArgumentError Dropout(-0.1)
+    # A training step allocates nothing with the layer either.
+    opt = SGD(0.1)
+    step!(net, X, y, opt)
+    @test step_allocations(net, X, y, opt) == 0
+end

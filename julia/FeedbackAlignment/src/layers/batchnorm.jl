@@ -23,7 +23,7 @@ end
 LAYERS["BatchNorm"] = BatchNorm
 
 function output_shape(l::BatchNorm, s::Dims)
-    length(s) in (1, 3) || throw(ArgumentError("$(layer_text(l)) expects vectors or images, but receives $s"))
+    length(s) in (1, 3) || throw(ArgumentError("$(layer_text(l)) expects vectors or images, but receives $(shape_text(s))"))
     s[end] == l.channels || throw(ArgumentError("$(layer_text(l)) expects $(l.channels) " *
                                                (length(s) == 1 ? "features" : "channels") * ", but receives $(s[end])"))
     return s

@@ -42,8 +42,8 @@ end
 # The output's width and height for a window layer, or an error naming the layer.
 function window_fit(l::Layer, w::Window, s::Dims)
     padded = (s[1] + 2w.pad[1], s[2] + 2w.pad[2])
-    all(padded .>= w.k) || throw(ArgumentError("$(layer_text(l)) has a window of $(w.k), larger than its " *
-                                               (any(>(0), w.pad) ? "padded " : "") * "input of $padded"))
+    all(padded .>= w.k) || throw(ArgumentError("$(layer_text(l)) has a window of $(shape_text(w.k)), larger than its " *
+                                               (any(>(0), w.pad) ? "padded " : "") * "input of $(shape_text(padded))"))
     return window_output(w, s[1:2])
 end
 

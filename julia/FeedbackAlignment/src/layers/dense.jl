@@ -18,7 +18,7 @@ LAYERS["Dense"] = Dense
 function output_shape(l::Dense, s::Dims)
     s == (l.in,) && return (l.out,)
     length(s) == 1 && throw(ArgumentError("$(layer_text(l)) expects $(l.in) inputs, but receives $(s[1])"))
-    throw(ArgumentError("$(layer_text(l)) expects a vector of $(l.in) inputs, but receives an image of size $s; put Flatten() before it" *
+    throw(ArgumentError("$(layer_text(l)) expects a vector of $(l.in) inputs, but receives an image of size $(shape_text(s)); put Flatten() before it" *
                         (prod(s) == l.in ? "" : " (it would give $(prod(s)) inputs)")))
 end
 

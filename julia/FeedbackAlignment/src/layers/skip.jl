@@ -64,7 +64,7 @@ fitted(s, insize, mainsize) = s
 function fitted(s::PadShortcut, insize, mainsize)
     s.cout == 0 || return s
     length(insize) == 3 && length(mainsize) == 3 ||
-        throw(ArgumentError("PadShortcut() pads images, but the block's input is $insize and its main path gives $mainsize"))
+        throw(ArgumentError("PadShortcut() pads images, but the block's input is $(shape_text(insize)) and its main path gives $(shape_text(mainsize))"))
     return PadShortcut(insize[3] => mainsize[3]; stride=mainsize[1:2] == insize[1:2] ? 1 : 2)
 end
 
