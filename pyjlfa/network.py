@@ -166,6 +166,8 @@ class Network:
     input_shape : one sample's shape: (channels, height, width) for images, or (features,).
         A layer list that starts with Linear may leave it out.
 
+    Notes
+    -----
     Inputs are (samples, *input_shape) arrays. One that is C-contiguous and of the network's dtype
     is read in place by Julia; anything else is converted once per call (one copy of X).
     """
