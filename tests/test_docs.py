@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 
 import pytest
@@ -304,13 +305,58 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _browse(url, *flags, timeout=120):
-    """Chromium, headless, on ``url``; returns its stdout (with --dump-dom, the page after scripts ran)."""
-    result = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                             "--no-first-run", "--virtual-time-budget=8000", *flags, url],
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+class _Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe: it reads
+    commands on fd 3 and answers on fd 4, here its stdin and stdout), so a test can wait for what a
+    page's scripts do (Material's search runs in a web worker) and read the live DOM."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            ["sh", "-c", 'exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null', _chromium(), "--headless",
+             "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--remote-debugging-pipe",
+             "--window-size=1280,900", "about:blank"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL)
+        self.next_id, self.buffer, self.session = 0, b"", None
+
+    def send(self, method, session=True, **params):
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if session and self.session:
+            message["sessionId"] = self.session
+        self.proc.stdin.write(json.dumps(message).encode() + b"\0")
+        self.proc.stdin.flush()
+        while True:   # events come in between; wait for this command's answer
+            while b"\0" not in self.buffer:
+                chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+                assert chunk, "chromium closed its DevTools pipe"
+                self.buffer += chunk
+            raw, self.buffer = self.buffer.split(b"\0", 1)
+            answer = json.loads(raw)
+            if answer.get("id") == self.next_id:
+                assert "error" not in answer, answer["error"]
+                return answer["result"]
+
+    def open(self, url):
+        target = self.send("Target.createTarget", session=False, url=url)["targetId"]
+        self.session = self.send("Target.attachToTarget", session=False, targetId=target, flatten=True)["sessionId"]
+
+    def evaluate(self, expression):
+        return self.send("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def wait_for(self, expression, timeout=60):
+        """Poll a JavaScript expression until it is truthy; return its value (or the last one)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(expression)
+            if value or time.monotonic() > deadline:
+                return value
+            time.sleep(0.2)
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -327,26 +373,43 @@ def served(site):
     server.server_close()
 
 
+@pytest.fixture
+def browser():
+    b = _Browser()
+    yield b
+    b.close()
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_site_search_finds_kolen_pollack(served):
-    """Material's search (client-side, its index built by the search plugin) opened with ?q=."""
-    dom = _browse(served + "?q=Kolen-Pollack", "--dump-dom")
-    results = re.findall(r'<li class="md-search-result__item">.*?</li>', dom, re.S)
+def test_site_search_finds_kolen_pollack(served, browser):
+    """Material's search (client-side, on the index the search plugin built), opened with ?q=."""
+    browser.open(served + "?q=Kolen-Pollack")
+    results = browser.wait_for("Array.from(document.querySelectorAll('.md-search-result__item a'))"
+                               ".map(a => [a.href, a.innerText])")
     assert results, "the search returned nothing"
-    assert any("rules/" in r and "Kolen" in r for r in results), results[:3]
+    assert any("/rules/" in href and "Kolen" in text for href, text in results), results[:5]
 
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_site_pages_render_with_their_figures(served):
+def test_site_pages_render_with_their_figures(served, browser):
+    """Each page with figures: the browser loaded every image (complete, with a width), and the
+    server answered 200 for it."""
     for page in ("", "results/"):
         _Recorder.fetched.clear()
-        dom = _browse(served + page, "--dump-dom")
-        images = re.findall(r'<img[^>]+src="([^"]+\.png)"', dom)
-        assert images, f"{page or 'index'}: no figure in the rendered page"
+        browser.open(served + page)
+        title = browser.wait_for("document.querySelector('article h1') && document.querySelector('article h1').innerText")
+        assert title, f"{page or 'index'}: no title rendered"
+        images = browser.wait_for("(() => { const im = Array.from(document.querySelectorAll('article img'));"
+                                  " return im.length && im.every(i => i.complete) ? im.map(i => [i.src, i.naturalWidth]) : null })()")
+        assert images, f"{page or 'index'}: no figure loaded"
+        assert all(width > 100 for _, width in images), images
         fetched = dict(_Recorder.fetched)
-        for src in images:
-            path = "/" + os.path.normpath(os.path.join(page, src)).lstrip("/")
-            assert fetched.get(path) == 200, f"{page}: the browser did not load {path}: {sorted(fetched)[:20]}"
-        assert '<h1 id="' in dom or "<h1>" in dom
+        for src, _ in images:
+            assert fetched.get("/" + src.split("/", 3)[3]) in (200, 304), (src, sorted(fetched))   # 304: cached
+    for page, text in (("rules/", "Kolen-Pollack"), ("api/julia/", "learn!"), ("api/python/", "FeedbackAlignmentClassifier")):
+        browser.open(served + page)
+        found = browser.wait_for("document.readyState === 'complete' && !!document.querySelector('article')"
+                                 f" && document.querySelector('article').innerText.includes({json.dumps(text)})")
+        assert found, f"{page}: {text} not rendered"
