@@ -260,16 +260,17 @@ def test_the_docstring_check_can_fail():
 # -- the site ---------------------------------------------------------------------------------------
 
 def _build(site_dir):
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", os.path.join(ROOT, "mkdocs.yml"),
-                             "-d", str(site_dir)], capture_output=True, text=True, env=env, timeout=900)
+    """``pyjlfa docs --build-only``: ``mkdocs build --strict`` on the repository's mkdocs.yml."""
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "-m", "pyjlfa", "docs", "--build-only", "--out", str(site_dir)],
+                            capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     return site_dir
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """The site, built once for this module's tests (``mkdocs build --strict``)."""
+    """The site, built once for this module's tests by ``pyjlfa docs --build-only`` (``mkdocs build --strict``)."""
     pytest.importorskip("mkdocs")
     return _build(tmp_path_factory.mktemp("site"))
 
