@@ -285,6 +285,9 @@ def test_site_builds_strict_with_every_page(site):
     python_api = (site / "api" / "python" / "index.html").read_text()
     assert "learn!" in julia_api and "KolenPollack" in julia_api and "(no docstring)" not in julia_api
     assert "FeedbackAlignmentClassifier" in python_api and "feedback_seed" in python_api
+    assert "2-D convolution" in python_api   # members' descriptions are shown
+    # The only code on the API pages is signatures (docstrings hold no examples: the guide's, which run, do).
+    assert not re.findall(r'<div class="(?:language-\w+ )?highlight">', python_api)
     rules = (site / "rules" / "index.html").read_text()
     assert "noise_std" in rules and "schema: rules" not in rules   # the schema's table was put in
 
