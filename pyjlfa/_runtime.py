@@ -335,6 +335,20 @@ def start_julia(method=None, julia=None, threads=None):
     for the life of the process), and pyjlfa's products and element-wise kernels run on them, over a
     serial BLAS (see :func:`set_threads`). Default: the ``PYJLFA_THREADS`` environment variable, else Julia's own
     default (``JULIA_NUM_THREADS``, else 1) and the BLAS's. Returns :func:`runtime_info`.
+
+    Parameters
+    ----------
+    method : {"embed", "juliacall"}, optional
+        How to start Julia (see above).
+    julia : str, optional
+        The julia executable (embed).
+    threads : int, optional
+        Julia's thread count (see above).
+
+    Returns
+    -------
+    dict
+        :func:`runtime_info`.
     """
     global _engine
     with _start_lock:
@@ -409,6 +423,11 @@ def set_threads(n):
     the BLAS's rounding; the same ``n`` and seed give identical training. NumPy's OpenBLAS count is process-wide:
     NumPy's own matrix products in this process become serial too. While that BLAS has more threads (set by
     ``threadpoolctl``, say), pyjlfa keeps to one thread and lets the BLAS thread the products.
+
+    Parameters
+    ----------
+    n : int
+        Threads to compute with, from 1 to Julia's thread count.
     """
     from ._blas import set_numpy_blas_threads
     n = _threads_wanted(n, required=True)

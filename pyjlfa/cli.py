@@ -4,6 +4,7 @@
     pyjlfa compare --rules bp fa dfa --epochs 10 --out runs/compare
     pyjlfa reproduce linear --out results
     pyjlfa sweep spec.toml --out runs/sweep
+    pyjlfa docs
 
 pyjlfa <command> --help explains every option. (Also python -m pyjlfa.)
 """
@@ -80,7 +81,7 @@ def _add_model(p, rule=True):
     if rule:
         g.add_argument("--rule", default="fa",
                        help=f"learning rule, one of: {_RULES} (bp: backprop, fa: feedback alignment, dfa: "
-                            "direct feedback alignment; the README's table explains each)")
+                            "direct feedback alignment; docs/rules.md explains each)")
     g.add_argument("--feedback-seed", type=_nonnegative_int, metavar="S",
                    help="seed of the random feedback matrices B (default: --seed)")
     g.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training data")
@@ -100,7 +101,7 @@ def _add_model(p, rule=True):
 def _parser():
     parser = argparse.ArgumentParser(prog="pyjlfa", description=__doc__.split("\n\n")[0], epilog=_EPILOG,
                                      formatter_class=_Formatter)
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare,reproduce,sweep}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,reproduce,sweep,docs}")
     sub.required = True
 
     train = sub.add_parser("train", formatter_class=_Formatter, epilog=_EPILOG,
@@ -182,6 +183,7 @@ def _parser():
     rep.add_argument("--no-plots", action="store_true", help="write no figures (they need matplotlib)")
     rep.add_argument("--quiet", action="store_true", help="no progress output")
     _add_sweep(sub)
+    _add_docs(sub)
     return parser
 
 
@@ -465,7 +467,7 @@ def _add_sweep(sub):
                                    "by default, or the cluster at --scheduler. Each run's result is written to "
                                    "DIR/runs/<id>.json as it finishes; rerunning the command skips finished "
                                    "runs. Ends with DIR/summary.csv (mean ± std over seeds) and figures. "
-                                   "The spec format is in the README and in pyjlfa/sweep.py.")
+                                   "The spec format is in docs/sweeps.md and in pyjlfa/sweep.py.")
     p.add_argument("spec", metavar="SPEC.toml", help="the sweep spec")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for results, summary and figures")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -492,7 +494,49 @@ def _sweep(args, parser):
         sys.exit(130)
 
 
+# -- pyjlfa docs (the documentation site: mkdocs.yml, docs/) -----------------------------------------
+def _add_docs(sub):
+    p = sub.add_parser("docs", formatter_class=_Formatter,
+                       help="build the documentation site and serve it locally (needs a checkout and mkdocs)",
+                       description="Build the documentation site (MkDocs, from the repository's mkdocs.yml and "
+                                   "docs/) and serve it on http://ADDRESS, rebuilding when a page changes; "
+                                   "--build-only writes it to --out instead. Needs a checkout of the repository "
+                                   "and the site's tools: pip install -e .[docs].")
+    p.add_argument("--address", default="127.0.0.1:8000", metavar="HOST:PORT", help="where to serve the site")
+    p.add_argument("--build-only", action="store_true", help="build the site into --out and stop")
+    p.add_argument("--out", default="site", metavar="DIR", help="folder for --build-only")
+
+
+def _docs(args, parser):
+    import importlib.util
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = os.path.join(root, "mkdocs.yml")
+    if not os.path.isfile(config):
+        parser.error(f"no mkdocs.yml beside the package ({root}): the site builds from a checkout of the repository")
+    if importlib.util.find_spec("mkdocs") is None:
+        parser.error("the site needs MkDocs: pip install -e .[docs] (mkdocs, mkdocs-material, mkdocstrings[python])")
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "NO_MKDOCS_2_WARNING": "1"}
+    command = (["build", "--strict", "-d", os.path.abspath(args.out)] if args.build_only
+               else ["serve", "--dev-addr", args.address])
+    result = subprocess.run([sys.executable, "-m", "mkdocs", *command, "-f", config], env=env)
+    if result.returncode:
+        sys.exit(result.returncode)
+
+
 def main(argv=None):
+    """Run the pyjlfa command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 130 after Ctrl-C.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
@@ -501,7 +545,8 @@ def main(argv=None):
     if getattr(args, "rules", None):
         args.rules = [_schema.rule_name(r) for r in args.rules]
     try:
-        {"train": _train, "compare": _compare, "reproduce": _reproduce, "sweep": _sweep}[args.command](args, sub)
+        {"train": _train, "compare": _compare, "reproduce": _reproduce, "sweep": _sweep,
+         "docs": _docs}[args.command](args, sub)
     except KeyboardInterrupt as e:   # Ctrl-C: stopped between two batches
         print(f"\npyjlfa {args.command}: {e if str(e) else 'interrupted (Ctrl-C)'}", file=sys.stderr)
         return 130   # 128 + SIGINT, as a shell reports a process that SIGINT stopped

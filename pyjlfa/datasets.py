@@ -153,6 +153,15 @@ def load_idx(path):
     naming the file and the problem for a bad magic number, an unknown type
     code, truncated data (or a truncated/corrupt gzip stream) and trailing
     bytes after the data.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The IDX file.
+
+    Returns
+    -------
+    ndarray
     """
     name = os.fspath(path)
     with open(name, "rb") as raw:
@@ -261,6 +270,22 @@ def fashion_mnist(path=None, dtype="float32", images=False, pad=0):
     lacks the files is an error; there is no fallback. Raises
     FileNotFoundError, saying where it looked and how to get the data, when
     the files are missing.
+
+    Parameters
+    ----------
+    path : str, optional
+        The folder of the four IDX files.
+    dtype : {"float32", "float64"}
+        The images' type.
+    images : bool
+        Return (n, 1, 28 + 2 pad, 28 + 2 pad) images instead of (n, 784) vectors.
+    pad : int
+        Zero pixels added on every side (with ``images=True``).
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(X_train, y_train, X_test, y_test)``.
     """
     try:
         dt = np.dtype(dtype)

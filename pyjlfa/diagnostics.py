@@ -76,6 +76,15 @@ def alignment(net, X, y):
 
     Returns ``{"role": [str per layer], "delta_angle": array per layer, ...}`` (see the module
     docstring). Angles are in degrees.
+
+    Parameters
+    ----------
+    net : Network
+        The network.
+    X : ndarray
+        Samples, shape (n, *input_shape).
+    y : ndarray
+        Labels or targets, as :meth:`pyjlfa.Network.fit` takes them.
     """
     X, y = net._data(X, y)
     fields, _ = _layout()
@@ -86,13 +95,35 @@ def alignment(net, X, y):
 
 
 def hidden_means(a, field):
-    """Mean of ``field`` over the layers whose role is "feedback" (NaN if there are none)."""
+    """Mean of ``field`` over the layers whose role is "feedback" (NaN if there are none).
+
+    Parameters
+    ----------
+    a : dict
+        What :func:`alignment` returns.
+    field : str
+        A diagnostic's name, e.g. "update_angle".
+
+    Returns
+    -------
+    float
+    """
     values = [v for v, role in zip(a[field], a["role"]) if role == "feedback" and np.isfinite(v)]
     return float(np.mean(values)) if values else float("nan")
 
 
 def format_alignment(a):
-    """A text table of one ``alignment`` result, one row per layer."""
+    """A text table of one ``alignment`` result, one row per layer.
+
+    Parameters
+    ----------
+    a : dict
+        What :func:`alignment` returns.
+
+    Returns
+    -------
+    str
+    """
     fields = [f for f in a if f != "role"]
     head = f"{'layer':>5} {'role':<10}" + "".join(f"{f:>22}" for f in fields)
     rows = [head]

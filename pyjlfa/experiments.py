@@ -78,6 +78,39 @@ def teacher_task(task, rules, steps, record_every, lr=None, batch_size=1, weight
     ``{"experiment", "params", "step", "runs": {rule: {"error", "alignment", "lr", "seconds"}}}``:
     the normalised test error (1 - R²) after each recorded step, and the alignment diagnostics
     measured on the test inputs at the same steps ({field: [[per layer] per record]}).
+
+    Parameters
+    ----------
+    task : {"linear", "nonlinear"}
+        The teacher.
+    rules : list of str
+        The rules to train.
+    steps : int
+        Training steps (one batch each).
+    record_every : int
+        Steps between records of the test error and the diagnostics.
+    lr : float, dict or None
+        Learning rate (see above).
+    batch_size : int
+        Samples per step (1 in the paper).
+    weight_range, feedback_range : float
+        Initial W and B are uniform in ±these.
+    seed : int
+        Seed of every draw.
+    test_size : int
+        Test inputs.
+    hidden : list of int, optional
+        The student's hidden widths.
+    dtype : {"float64", "float32"}
+        The networks' type.
+    out_dir : str, optional
+        Write the results there (:func:`save_results`).
+    plot : bool
+        Also draw the figures (needs matplotlib).
+    progress : bool
+        Print progress.
+    name : str, optional
+        The output files' name.
     """
     if task not in ("linear", "nonlinear"):
         raise ValueError(f"task must be 'linear' or 'nonlinear', got {task!r}")
@@ -143,6 +176,17 @@ def linear_task(rules=("bp", "fa", "shallow"), steps=5000, record_every=25, **kw
     B uniform in ±0.5 (``feedback_range``), loss ½‖e‖², one sample per step. "shallow" trains only
     the output layer. Defaults: lr 0.001 (bp, fa, dfa), 10 (shallow). Other arguments: see
     :func:`teacher_task`.
+
+    Parameters
+    ----------
+    rules : list of str
+        The rules to train.
+    steps : int
+        Training steps.
+    record_every : int
+        Steps between records.
+    **kwargs
+        As :func:`teacher_task` takes them.
     """
     return teacher_task("linear", rules, steps, record_every, **kwargs)
 
@@ -153,6 +197,17 @@ def nonlinear_task(rules=("bp", "fa", "dfa"), steps=20000, record_every=100, **k
     The teacher's weights and biases are uniform in [-1, 1]; otherwise as :func:`linear_task`
     (default lr 0.003). With one hidden layer DFA is FA: both send e to the hidden layer through
     one (20 x 10) matrix, here the same draw, so their curves coincide.
+
+    Parameters
+    ----------
+    rules : list of str
+        The rules to train.
+    steps : int
+        Training steps.
+    record_every : int
+        Steps between records.
+    **kwargs
+        As :func:`teacher_task` takes them.
     """
     return teacher_task("nonlinear", rules, steps, record_every, **kwargs)
 
@@ -165,6 +220,39 @@ def compare(X, y, validation_data, rules=None, sizes=None, activation="tanh", ep
     ``rules`` defaults to every rule the engine has; ``sizes`` to [n_features, 256, 256, n_classes].
     Returns ``{"experiment": name, "params", "runs": {rule: history}}`` with each history as
     :meth:`pyjlfa.Network.fit` returns it (alignment under "alignment").
+
+    Parameters
+    ----------
+    X, y : ndarray
+        Training data, as :meth:`pyjlfa.Network.fit` takes it.
+    validation_data : tuple
+        ``(X_val, y_val)``, evaluated after every epoch.
+    rules : list of str, optional
+        The rules (default: all).
+    sizes : list of int, optional
+        Layer widths.
+    activation : str
+        Hidden activation.
+    epochs, batch_size : int
+        As :meth:`pyjlfa.Network.fit`.
+    optimizer : SGD, Adam or AdamW, optional
+        The same for every rule.
+    seed, feedback_seed : int
+        Seeds of the networks (the same for every rule).
+    dtype : {"float32", "float64"}
+        The networks' type.
+    track_alignment : int, optional
+        Record the diagnostics every this many batches.
+    name : str
+        The experiment's name (file names).
+    out_dir : str, optional
+        Write the results there (:func:`save_results`).
+    plot : bool
+        Also draw the figures (needs matplotlib).
+    progress : bool
+        Print progress.
+    title : str, optional
+        The figures' title.
     """
     rules = _check_rules(available_rules() if rules is None else rules)
     X, y = np.asarray(X), np.asarray(y)
@@ -200,6 +288,33 @@ def fashion_mnist(rules=None, sizes=(784, 256, 256, 10), epochs=10, batch_size=6
     784-256-256-10 tanh, SGD lr 0.05, batch 64, 10 epochs, test set as validation; the alignment
     diagnostics every ``track_alignment`` batches on the batch being trained. ``train_size`` uses
     the first n training images (for quick runs).
+
+    Parameters
+    ----------
+    rules : list of str, optional
+        The rules (default: all).
+    sizes : list of int
+        Layer widths.
+    epochs, batch_size : int
+        As :meth:`pyjlfa.Network.fit`.
+    lr : float
+        SGD's learning rate.
+    train_size : int, optional
+        Use the first this many training images.
+    track_alignment : int
+        Record the diagnostics every this many batches.
+    seed : int
+        Seed of the networks.
+    dtype : {"float32", "float64"}
+        The networks' type.
+    path : str, optional
+        The data's folder (see :func:`pyjlfa.datasets.fashion_mnist`).
+    out_dir : str, optional
+        Write the results there (:func:`save_results`).
+    plot : bool
+        Also draw the figures (needs matplotlib).
+    progress : bool
+        Print progress.
     """
     Xtr, ytr, Xte, yte = datasets.fashion_mnist(path=path, dtype=dtype)
     n_train = len(Xtr)
@@ -231,6 +346,15 @@ def save_results(result, out_dir, plot=True):
     """Write ``<experiment>.json`` and CSV files (and, with matplotlib, PNG figures) into ``out_dir``.
 
     Returns the list of files written.
+
+    Parameters
+    ----------
+    result : dict
+        What an experiment function returns.
+    out_dir : str
+        The folder (created if missing).
+    plot : bool
+        Also draw the figures (needs matplotlib).
     """
     os.makedirs(out_dir, exist_ok=True)
     name = result["experiment"]
@@ -296,7 +420,7 @@ BIOTORCH_LENET_ERROR = {"bp": 9.20, "fa": 13.06, "dfa": 12.81, "usf": 9.69, "brs
 LENET_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "kp", "drtp", "sdfa", "shallow")
 # Initial learning rates, chosen by the short search (``pyjlfa reproduce lenet-fashion-mnist --search``:
 # the protocol's first 3 epochs on 50,000 training images, scored on the other 10,000; the lowest
-# final error of the runs that did not blow up wins). The README's "LeNet-5 on Fashion-MNIST"
+# final error of the runs that did not blow up wins). The Results page's (docs/results.md) "LeNet-5 on Fashion-MNIST"
 # section gives the search's numbers.
 LENET_LR = {"bp": 0.01, "fa": 0.001, "dfa": 0.0003, "usf": 0.01, "brsf": 0.03, "frsf": 0.03, "kp": 0.003,
             "drtp": 0.0001, "sdfa": 0.001, "shallow": 0.1}

@@ -16,17 +16,29 @@ __all__ = ["GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal", "LeCunUnifo
 
 
 class Initialiser:
+    """The base of every initialiser: pass one as ``init=`` (forward weights) or ``feedback=``
+    (feedback arrays) to :class:`pyjlfa.Network`."""
+
     _name = ""
 
     def _spec(self):
         return call(self._name, self, positional=True)
 
 
+_GAIN_DOC = """
+
+    Parameters
+    ----------
+    gain : float
+        A factor on the scale (> 0).
+    """
+
+
 def _gained(name, jl_name, doc):
     def __post_init__(self):
         _schema.check(name, "initialisers", jl_name, "gain", self.gain)
     cls = dataclass(frozen=True)(type(name, (Initialiser,), {
-        "__doc__": doc, "__annotations__": {"gain": float}, "gain": 1.0, "_name": jl_name,
+        "__doc__": doc + _GAIN_DOC, "__annotations__": {"gain": float}, "gain": 1.0, "_name": jl_name,
         "__post_init__": __post_init__, "__module__": __name__, "__qualname__": name}))
     return cls
 
@@ -42,7 +54,13 @@ Orthogonal = _gained("Orthogonal", "orthogonal", "A (semi-)orthogonal matrix tim
 
 @dataclass(frozen=True)
 class Uniform(Initialiser):
-    """U(-scale, scale) with a fixed scale (Lillicrap et al. 2016 draw B from U(-0.5, 0.5))."""
+    """U(-scale, scale) with a fixed scale (Lillicrap et al. 2016 draw B from U(-0.5, 0.5)).
+
+    Parameters
+    ----------
+    scale : float
+        The half-width of the interval (> 0).
+    """
 
     scale: float = 0.5
     _name = "uniform"
@@ -53,7 +71,13 @@ class Uniform(Initialiser):
 
 @dataclass(frozen=True)
 class Normal(Initialiser):
-    """N(0, std^2) with a fixed standard deviation."""
+    """N(0, std^2) with a fixed standard deviation.
+
+    Parameters
+    ----------
+    std : float
+        The standard deviation (> 0).
+    """
 
     std: float = 0.1
     _name = "normal"
@@ -64,7 +88,15 @@ class Normal(Initialiser):
 
 @dataclass(frozen=True)
 class Sparse(Initialiser):
-    """Exactly round(density * size) non-zeros at random positions, drawn from ``init``."""
+    """Exactly round(density * size) non-zeros at random positions, drawn from ``init``.
+
+    Parameters
+    ----------
+    density : float
+        The fraction of non-zeros, in (0, 1].
+    init : Initialiser
+        Draws the non-zeros (a plain initialiser, not Sparse or SignConcordant).
+    """
 
     density: float
     init: Initialiser = GlorotUniform()
@@ -78,7 +110,13 @@ class Sparse(Initialiser):
 
 @dataclass(frozen=True)
 class SignConcordant(Initialiser):
-    """Magnitudes from ``init``, signs of the layer's initial W: B = |M| * sign(W.T) (FA-style rules)."""
+    """Magnitudes from ``init``, signs of the layer's initial W: B = |M| * sign(W.T) (FA-style rules).
+
+    Parameters
+    ----------
+    init : Initialiser
+        Draws the magnitudes.
+    """
 
     init: Initialiser = GlorotUniform()
     _name = "sign_concordant"

@@ -129,7 +129,17 @@ def _metadata(net):
 
 
 def save(net, path, include_optimizer=False):
-    """Write ``net`` to ``path`` (see the module docstring); ``Network.save`` calls this."""
+    """Write ``net`` to ``path`` (see the module docstring); ``Network.save`` calls this.
+
+    Parameters
+    ----------
+    net : Network
+        The network.
+    path : str or os.PathLike
+        The file to write (written beside it, then renamed).
+    include_optimizer : bool
+        Also save ``net.optimizer``'s hyperparameters and state.
+    """
     path = _path(path)
     if not isinstance(include_optimizer, bool):
         raise TypeError(f"include_optimizer must be True or False, got {include_optimizer!r}")
@@ -239,7 +249,17 @@ def _metadata_of(header, path):
 
 
 def read_metadata(path):
-    """The metadata strings of a model file (after checking its header), without loading the model."""
+    """The metadata strings of a model file (after checking its header), without loading the model.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A model file.
+
+    Returns
+    -------
+    dict of str
+    """
     path = _path(path)
     with open(path, "rb") as f:
         return _metadata_of(_read_header(f, path)[0], path)
@@ -433,6 +453,15 @@ def load(path):
     saying what is wrong for a truncated or corrupt file, a safetensors file that is not a pyjlfa
     model, an unknown format version, or tensors that disagree with the metadata. Nothing existing
     is touched: the checks come before the new network is built.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A model file.
+
+    Returns
+    -------
+    Network
     """
     from ._runtime import JuliaError
     from .network import Network

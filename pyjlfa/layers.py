@@ -64,7 +64,15 @@ class _Layer:
 
 class Linear(_Layer):
     """Fully connected: ``y = x @ W + b`` with W of shape (in_features, out_features); no b with
-    ``bias=False``."""
+    ``bias=False``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Values in and out per sample.
+    bias : bool
+        Whether the layer has a bias b.
+    """
 
     _fields = ("in_features", "out_features", "bias")
     _defaults = {"bias": True}
@@ -81,7 +89,21 @@ class Linear(_Layer):
 class Conv2d(_Layer):
     """2-D convolution (cross-correlation, as torch.nn.Conv2d) with zero padding; W has PyTorch's
     shape (out_channels, in_channels, kh, kw). ``padding="same"`` (stride 1, odd kernels) keeps the
-    image's size; ``bias=False`` leaves out b (a batch norm after the layer has its own shift)."""
+    image's size; ``bias=False`` leaves out b (a batch norm after the layer has its own shift).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels in and out.
+    kernel_size : int or (int, int)
+        The kernel's (height, width).
+    stride : int or (int, int)
+        The step between output positions.
+    padding : int, (int, int) or "same"
+        Zeros added on each side, (height, width).
+    bias : bool
+        Whether the layer has a bias b.
+    """
 
     _fields = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "bias")
     _defaults = {"stride": (1, 1), "padding": (0, 0), "bias": True}
@@ -120,20 +142,42 @@ class _Pool(_Layer):
 
 class MaxPool2d(_Pool):
     """Max pooling (no padding); stride defaults to the window. Backward, each window's error goes
-    to its maximum; of equal maxima the first in memory order (along a row first) takes it."""
+    to its maximum; of equal maxima the first in memory order (along a row first) takes it.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+        The window, (height, width).
+    stride : int or (int, int), optional
+        The step between windows; default: the window.
+    """
 
     _julia_name = "MaxPool"
 
 
 class AvgPool2d(_Pool):
-    """Mean pooling (no padding); stride defaults to the window."""
+    """Mean pooling (no padding); stride defaults to the window.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+        The window, (height, width).
+    stride : int or (int, int), optional
+        The step between windows; default: the window.
+    """
 
     _julia_name = "MeanPool"
 
 
 class AdaptiveAvgPool2d(_Layer):
     """The mean of each channel over the whole image: (C, H, W) -> (C, 1, 1). Only
-    ``output_size=1`` (global average pooling, as ResNets end) is supported."""
+    ``output_size=1`` (global average pooling, as ResNets end) is supported.
+
+    Parameters
+    ----------
+    output_size : int
+        Must be 1.
+    """
 
     _fields = ("output_size",)
 
@@ -173,11 +217,31 @@ class _BatchNorm(_Layer):
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation per channel of (C, H, W) images, with PyTorch's conventions: batch
     statistics (biased variance) while training, running statistics (momentum 0.1, unbiased
-    variance) in evaluation; gamma starts at 1, beta at 0, and neither is weight-decayed."""
+    variance) in evaluation; gamma starts at 1, beta at 0, and neither is weight-decayed.
+
+    Parameters
+    ----------
+    num_features : int
+        Channels C.
+    eps : float
+        Added to the variance before its square root.
+    momentum : float
+        The running statistics' update rate: running = (1 - momentum) running + momentum batch.
+    """
 
 
 class BatchNorm1d(_BatchNorm):
-    """Batch normalisation per feature of (F,) vectors; otherwise as :class:`BatchNorm2d`."""
+    """Batch normalisation per feature of (F,) vectors; otherwise as :class:`BatchNorm2d`.
+
+    Parameters
+    ----------
+    num_features : int
+        Features F.
+    eps : float
+        Added to the variance before its square root.
+    momentum : float
+        The running statistics' update rate.
+    """
 
 
 class Dropout(_Layer):
@@ -205,19 +269,31 @@ class _Activation(_Layer):
 
 
 class ReLU(_Activation):
+    """max(x, 0), as a layer of its own."""
+
     _julia_name = "relu"
 
 
 class Tanh(_Activation):
+    """tanh(x), as a layer of its own."""
+
     _julia_name = "tanh"
 
 
 class Sigmoid(_Activation):
+    """The logistic function 1 / (1 + exp(-x)), as a layer of its own."""
+
     _julia_name = "sigmoid"
 
 
 class LeakyReLU(_Activation):
-    """max(x, 0.01 x): the engine's slope is fixed at PyTorch's default, 0.01."""
+    """max(x, 0.01 x): the engine's slope is fixed at PyTorch's default, 0.01.
+
+    Parameters
+    ----------
+    negative_slope : float
+        Must be 0.01.
+    """
 
     _fields = ("negative_slope",)
 
@@ -236,7 +312,15 @@ class Residual(_Layer):
     writes it (every second row and column when ``main`` halves the image, and zero channels padded
     evenly on both sides up to ``main``'s). Both paths must give the same shape. Backward, the error
     at the output reaches both paths and the errors they carry back add up. In ``named_layers()``
-    the layers inside are ``"k.main.i"`` and ``"k.shortcut.i"``."""
+    the layers inside are ``"k.main.i"`` and ``"k.shortcut.i"``.
+
+    Parameters
+    ----------
+    main : list of layers
+        The main path.
+    shortcut : None, list of layers or "pad"
+        The identity (None), a projection, or He et al.'s option A ("pad").
+    """
 
     _fields = ("main", "shortcut")
     _defaults = {"shortcut": None}
@@ -281,7 +365,17 @@ def _check_layer(layer, where):
 
 
 def julia_chain(layers):
-    """The engine's layer calls, one Julia call per item of ``layers`` (nested ones inside)."""
+    """The engine's layer calls, one Julia call per item of ``layers`` (nested ones inside).
+
+    Parameters
+    ----------
+    layers : list of layers
+        Layers from this module.
+
+    Returns
+    -------
+    list of str
+    """
     return [layer._julia() for layer in _layer_list(layers, "layers")]
 
 

@@ -50,6 +50,25 @@ class Layer:
     fixed feedback array (FA family: W.T's shape for a Linear layer, W's for a Conv2d layer; DFA
     family: (n_outputs, values at the layer's feedback point)). A Residual's view holds the views of
     its paths in ``main`` and ``shortcut`` (a tuple, or None for the identity).
+
+    Parameters
+    ----------
+    path : str
+        Its place in the list you wrote ("3"; "3.main.0" inside a Residual).
+    kind : str
+        The engine's layer ("Dense", "Conv", "BatchNorm", ...).
+    spec : str
+        The Julia call that built it.
+    layer : object or None
+        The :mod:`pyjlfa.layers` object it was built from (None for a network read from a file).
+    activation : str
+        The activation it applies ("identity" for none).
+    input_shape, output_shape : tuple
+        One sample's shape before and after the layer.
+    arrays : dict
+        Each array's name mapped to its zero-copy view.
+    main, shortcut : tuple or None
+        A Residual's paths (views of their layers); shortcut None is the identity.
     """
 
     path: str
@@ -63,13 +82,13 @@ class Layer:
     main: tuple = ()
     shortcut: Optional[tuple] = None
 
-    W = property(lambda self: self.arrays.get("W"))
-    b = property(lambda self: self.arrays.get("b"))
-    B = property(lambda self: self.arrays.get("B"))
-    gamma = property(lambda self: self.arrays.get("gamma"))
-    beta = property(lambda self: self.arrays.get("beta"))
-    running_mean = property(lambda self: self.arrays.get("running_mean"))
-    running_var = property(lambda self: self.arrays.get("running_var"))
+    W = property(lambda self: self.arrays.get("W"), doc="The weights: (n_in, n_out) for Linear, (out_channels, in_channels, kh, kw) for Conv2d; None for layers without.")
+    b = property(lambda self: self.arrays.get("b"), doc="The bias, or None (no bias, or a layer without parameters).")
+    B = property(lambda self: self.arrays.get("B"), doc="The feedback array the rule gives this layer, or None: fixed for FA-style rules (W.T's shape for Linear, W's for Conv2d), (n_outputs, values at the point) for DFA-style rules.")
+    gamma = property(lambda self: self.arrays.get("gamma"), doc="Batch norm's scale γ (one per channel or feature), or None.")
+    beta = property(lambda self: self.arrays.get("beta"), doc="Batch norm's shift β, or None.")
+    running_mean = property(lambda self: self.arrays.get("running_mean"), doc="Batch norm's running mean (updated in training), or None.")
+    running_var = property(lambda self: self.arrays.get("running_var"), doc="Batch norm's running (unbiased) variance, or None.")
 
     def __repr__(self):
         arrays = ", ".join(f"{name}={a.shape} {a.dtype}" for name, a in self.arrays.items())
@@ -184,7 +203,7 @@ class Network:
     activation : the dense shorthand's hidden activation: "tanh", "sigmoid", "relu", "leaky_relu"
         or "identity" (a layer list gives each layer's activation as a layer instead).
     rule : how layers get their error signal: "bp", "fa", "dfa", "usf", "frsf", "brsf", "kp",
-        "wm", "drtp", "sdfa" or "shallow" (see the README's table; any case: "uSF" is "usf"), or a
+        "wm", "drtp", "sdfa" or "shallow" (see docs/rules.md; any case: "uSF" is "usf"), or a
         rule value with parameters such as ``pyjlfa.rules.WeightMirror(steps=2)``.
     loss : "cross_entropy" (softmax, integer labels 0..k-1) or "mse" (half squared error, real targets).
     seed : seed of the forward weights, the shuffling, dropout and brSF's redraws.
@@ -200,7 +219,11 @@ class Network:
         every Dense/Conv layer but the last, or a list with one per layer but the last.
     input_shape : one sample's shape: (channels, height, width) for images, or (features,).
         A layer list that starts with Linear may leave it out.
+    sizes : the dense shorthand's widths under their own name, keyword only (give ``layers`` or
+        ``sizes``, not both).
 
+    Notes
+    -----
     Inputs are (samples, *input_shape) arrays. One that is C-contiguous and of the network's dtype
     is read in place by Julia; anything else is converted once per call (one copy of X).
     """
@@ -453,6 +476,7 @@ class Network:
 
     @property
     def n_outputs(self):
+        """Values per output sample (the classes of a classifier)."""
         return self.layers[-1].output_shape[0]
 
     def train(self):
@@ -603,6 +627,32 @@ class Network:
         carries on); a new network starts with ``SGD()`` (lr 0.01). A mean epoch loss 100 times
         above chance level (cross-entropy) or above the first epoch's (mse) gives a warning that names
         the learning rate.
+
+        Parameters
+        ----------
+        X : ndarray
+            Samples, shape (n, *input_shape); read in place when C-contiguous and of the network's dtype.
+        y : ndarray
+            Integer class labels in [0, n_outputs) (cross_entropy), or targets of shape (n, n_outputs) (mse).
+        epochs : int
+            Passes over the data.
+        batch_size : int
+            Samples per update (the last batch of an epoch may be smaller).
+        optimizer : SGD, Adam or AdamW, optional
+            Default: the network's own (see above).
+        shuffle : bool
+            Shuffle the samples every epoch (with the model's own generator).
+        validation_data : tuple, optional
+            ``(X_val, y_val)``, evaluated after every epoch.
+        progress : bool
+            Draw a progress bar on stderr.
+        track_alignment : int, optional
+            Record the alignment diagnostics every this many batches.
+
+        Returns
+        -------
+        dict
+            The history (see above).
         """
         epochs = _positive_int(epochs, "epochs")
         batch_size = _positive_int(batch_size, "batch_size")
@@ -654,11 +704,38 @@ class Network:
 
         Per layer: role, angles (degrees) between the rule's and backprop's error signals and
         updates, the W-vs-B angle, the alignment product and norm ratios; see :mod:`pyjlfa.diagnostics`.
+
+        Parameters
+        ----------
+        X : ndarray
+            Samples, shape (n, *input_shape); read in place when C-contiguous and of the network's dtype.
+        y : ndarray
+            Integer class labels in [0, n_outputs) (cross_entropy), or targets of shape (n, n_outputs) (mse).
+
+        Returns
+        -------
+        dict
+            One list per diagnostic, one entry per layer.
         """
         return _diagnostics.alignment(self, X, y)
 
     def step(self, X, y, optimizer):
-        """One update on the batch (X, y); returns the batch loss before the update."""
+        """One update on the batch (X, y); returns the batch loss before the update.
+
+        Parameters
+        ----------
+        X : ndarray
+            Samples, shape (n, *input_shape); read in place when C-contiguous and of the network's dtype.
+        y : ndarray
+            Integer class labels in [0, n_outputs) (cross_entropy), or targets of shape (n, n_outputs) (mse).
+        optimizer : SGD, Adam or AdamW
+            The update to apply.
+
+        Returns
+        -------
+        float
+            The batch's mean loss.
+        """
         opt = self._optimizer(optimizer)
         X, y = self._data(X, y)
         self.optimizer = optimizer
@@ -673,6 +750,18 @@ class Network:
         ``bias=False``), (dgamma, dbeta) for batch norm, (None, None) for layers without parameters.
         In training mode (the default) batch norm uses the batch's statistics, in evaluation mode
         (:meth:`eval`) its running ones; dropout stays off. Nothing changes in the model.
+
+        Parameters
+        ----------
+        X : ndarray
+            Samples, shape (n, *input_shape); read in place when C-contiguous and of the network's dtype.
+        y : ndarray
+            Integer class labels in [0, n_outputs) (cross_entropy), or targets of shape (n, n_outputs) (mse).
+
+        Returns
+        -------
+        list of tuple
+            One pair of arrays (or Nones) per layer.
         """
         X, y = self._data(X, y)
         loss = c_double()
@@ -712,6 +801,13 @@ class Network:
         state and what built the network; with ``include_optimizer``, the optimizer state (SGD's
         velocities) and ``self.optimizer``'s hyperparameters too, so training resumes exactly.
         The file is written next to ``path`` and renamed: ``path`` is never half-written.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write.
+        include_optimizer : bool
+            Also save the optimizer's state and hyperparameters.
         """
         from .io import save
 
@@ -719,7 +815,20 @@ class Network:
 
     # -- inference -----------------------------------------------------------------------------
     def evaluate(self, X, y):
-        """Mean loss over (X, y), and accuracy for a classifier: {"loss": ..., "accuracy": ...}."""
+        """Mean loss over (X, y), and accuracy for a classifier: {"loss": ..., "accuracy": ...}.
+
+        Parameters
+        ----------
+        X : ndarray
+            Samples, shape (n, *input_shape); read in place when C-contiguous and of the network's dtype.
+        y : ndarray
+            Integer class labels in [0, n_outputs) (cross_entropy), or targets of shape (n, n_outputs) (mse).
+
+        Returns
+        -------
+        dict
+            ``{"loss": ..., "accuracy": ...}`` (no accuracy under mse).
+        """
         return self._evaluate(*self._data(X, y))
 
     def _evaluate(self, X, y):
@@ -736,15 +845,47 @@ class Network:
         return out
 
     def outputs(self, X):
-        """The network's outputs (logits for a classifier), shape (samples, n_outputs)."""
+        """The network's outputs (logits for a classifier), shape (samples, n_outputs).
+
+        Parameters
+        ----------
+        X : ndarray
+            Samples, shape (n, *input_shape); read in place when C-contiguous and of the network's dtype.
+
+        Returns
+        -------
+        ndarray
+        """
         return self._forward(X, _OUTPUTS)
 
     def predict(self, X):
-        """Class labels 0..k-1 for a classifier; the outputs for a regressor (mse loss)."""
+        """Class labels 0..k-1 for a classifier; the outputs for a regressor (mse loss).
+
+        Parameters
+        ----------
+        X : ndarray
+            Samples, shape (n, *input_shape); read in place when C-contiguous and of the network's dtype.
+
+        Returns
+        -------
+        ndarray
+            Shape (n,), int64 labels; or (n, n_outputs) under mse.
+        """
         return self._forward(X, _LABELS if self.loss == "cross_entropy" else _OUTPUTS)
 
     def predict_proba(self, X):
-        """Class probabilities (softmax of the outputs), shape (samples, n_classes)."""
+        """Class probabilities (softmax of the outputs), shape (samples, n_classes).
+
+        Parameters
+        ----------
+        X : ndarray
+            Samples, shape (n, *input_shape); read in place when C-contiguous and of the network's dtype.
+
+        Returns
+        -------
+        ndarray
+            Shape (n, n_classes); each row sums to 1.
+        """
         if self.loss != "cross_entropy":
             raise ValueError(f"predict_proba needs the cross_entropy loss; this network uses {self.loss!r}")
         return self._forward(X, _PROBABILITIES)

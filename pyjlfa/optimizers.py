@@ -17,7 +17,15 @@ __all__ = ["SGD", "Adam", "AdamW", "StepDecay", "Cosine"]
 
 @dataclass(frozen=True)
 class StepDecay:
-    """Multiply the learning rate by ``gamma`` every ``every`` epochs."""
+    """Multiply the learning rate by ``gamma`` every ``every`` epochs.
+
+    Parameters
+    ----------
+    every : int
+        Epochs between two multiplications.
+    gamma : float
+        The factor.
+    """
 
     every: int
     gamma: float = 0.1
@@ -33,7 +41,15 @@ class StepDecay:
 
 @dataclass(frozen=True)
 class Cosine:
-    """Cosine annealing from the full rate to ``min_factor`` times it over ``epochs`` epochs."""
+    """Cosine annealing from the full rate to ``min_factor`` times it over ``epochs`` epochs.
+
+    Parameters
+    ----------
+    epochs : int
+        Epochs over which the rate falls.
+    min_factor : float
+        The rate at the end, as a fraction of the full rate, in [0, 1].
+    """
 
     epochs: int
     min_factor: float = 0.0
@@ -81,6 +97,23 @@ class SGD(_Optimizer):
 
     g = dW + weight_decay*W;  v = momentum*v + g;  step = v (nesterov: g + momentum*v);
     W -= lr*(step + decoupled_weight_decay*W).
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate.
+    momentum : float
+        Momentum, in [0, 1).
+    nesterov : bool
+        Nesterov momentum (needs momentum > 0).
+    weight_decay : float
+        L2 penalty added to the gradient (weights, and B under Kolen-Pollack; not biases).
+    decoupled_weight_decay : float
+        AdamW-style decay, ``W -= lr * decoupled_weight_decay * W`` apart from the gradient step.
+    layer_lr : list of float, optional
+        A learning-rate multiplier per layer (``named_layers()`` order, residual blocks left out).
+    schedule : StepDecay or Cosine, optional
+        The learning rate over epochs (default: constant).
     """
 
     lr: float = 0.01
@@ -106,7 +139,25 @@ class SGD(_Optimizer):
 
 @dataclass(frozen=True)
 class Adam(_Optimizer):
-    """Adam (Kingma & Ba 2015) with bias correction; AdamW with ``decoupled_weight_decay``."""
+    """Adam (Kingma & Ba 2015) with bias correction; AdamW with ``decoupled_weight_decay``.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate.
+    beta1, beta2 : float
+        Decay rates of the first and second moment estimates, in [0, 1).
+    eps : float
+        Added to the second moment's square root.
+    weight_decay : float
+        L2 penalty added to the gradient (weights, and B under Kolen-Pollack; not biases).
+    decoupled_weight_decay : float
+        AdamW-style decay, ``W -= lr * decoupled_weight_decay * W`` apart from the gradient step.
+    layer_lr : list of float, optional
+        A learning-rate multiplier per layer (``named_layers()`` order, residual blocks left out).
+    schedule : StepDecay or Cosine, optional
+        The learning rate over epochs (default: constant).
+    """
 
     lr: float = 0.001
     beta1: float = 0.9
@@ -129,7 +180,25 @@ class Adam(_Optimizer):
 
 @dataclass(frozen=True)
 class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), 0.01 by default."""
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), 0.01 by default.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate.
+    beta1, beta2 : float
+        Decay rates of the first and second moment estimates, in [0, 1).
+    eps : float
+        Added to the second moment's square root.
+    weight_decay : float
+        L2 penalty added to the gradient (weights, and B under Kolen-Pollack; not biases).
+    decoupled_weight_decay : float
+        AdamW-style decay (default 0.01), ``W -= lr * decoupled_weight_decay * W`` apart from the gradient step.
+    layer_lr : list of float, optional
+        A learning-rate multiplier per layer (``named_layers()`` order, residual blocks left out).
+    schedule : StepDecay or Cosine, optional
+        The learning rate over epochs (default: constant).
+    """
 
     decoupled_weight_decay: float = 0.01
     _name = "adamw"

@@ -127,7 +127,15 @@ def _save(fig, path):
 
 
 def teacher_task_figure(result, path):
-    """Normalised error, hidden-layer angle to backprop, and W-vs-B angle of a teacher task."""
+    """Normalised error, hidden-layer angle to backprop, and W-vs-B angle of a teacher task.
+
+    Parameters
+    ----------
+    result : dict
+        What an experiment of :mod:`pyjlfa.experiments` returns.
+    path : str
+        The PNG file to write.
+    """
     plt = require_matplotlib()
     p, steps, runs = result["params"], np.array(result["step"]), result["runs"]
     rules = list(runs)
@@ -198,7 +206,15 @@ def _accuracy_key(history):
 
 
 def learning_curves(result, path):
-    """Training loss and (validation) accuracy per epoch for each rule."""
+    """Training loss and (validation) accuracy per epoch for each rule.
+
+    Parameters
+    ----------
+    result : dict
+        What an experiment of :mod:`pyjlfa.experiments` returns.
+    path : str
+        The PNG file to write.
+    """
     plt = require_matplotlib()
     runs, rules = result["runs"], list(result["runs"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
@@ -226,7 +242,15 @@ def learning_curves(result, path):
 
 
 def alignment_curves(result, path):
-    """Per hidden layer: the angle between each rule's update and backprop's, over training."""
+    """Per hidden layer: the angle between each rule's update and backprop's, over training.
+
+    Parameters
+    ----------
+    result : dict
+        What an experiment of :mod:`pyjlfa.experiments` returns.
+    path : str
+        The PNG file to write.
+    """
     plt = require_matplotlib()
     runs = {r: h["alignment"] for r, h in result["runs"].items() if h.get("alignment") and h["alignment"]["step"]}
     rules = list(result["runs"])
@@ -262,7 +286,15 @@ def _layer_shape(result, k):
 
 
 def feedback_curves(result, path):
-    """The angle between each feedback matrix B and the weights it stands in for, over training."""
+    """The angle between each feedback matrix B and the weights it stands in for, over training.
+
+    Parameters
+    ----------
+    result : dict
+        What an experiment of :mod:`pyjlfa.experiments` returns.
+    path : str
+        The PNG file to write.
+    """
     plt = require_matplotlib()
     runs = {r: h["alignment"] for r, h in result["runs"].items() if h.get("alignment") and h["alignment"]["step"]}
     rules = list(result["runs"])
@@ -288,7 +320,15 @@ def feedback_curves(result, path):
 
 
 def summary_figure(result, path):
-    """Accuracy, final angle per layer and rule, mean angle over training, W-vs-B angle: one page."""
+    """Accuracy, final angle per layer and rule, mean angle over training, W-vs-B angle: one page.
+
+    Parameters
+    ----------
+    result : dict
+        What an experiment of :mod:`pyjlfa.experiments` returns.
+    path : str
+        The PNG file to write.
+    """
     plt = require_matplotlib()
     from matplotlib.lines import Line2D
     all_runs, rules = result["runs"], list(result["runs"])
@@ -361,7 +401,15 @@ def _final(alignment, field, layer):
 
 
 def figures(result, out_dir):
-    """Every figure for ``result`` (from :mod:`pyjlfa.experiments`) as PNG files in ``out_dir``."""
+    """Every figure for ``result`` (from :mod:`pyjlfa.experiments`) as PNG files in ``out_dir``.
+
+    Parameters
+    ----------
+    result : dict
+        What an experiment of :mod:`pyjlfa.experiments` returns.
+    out_dir : str
+        The folder.
+    """
     require_matplotlib()
     os.makedirs(out_dir, exist_ok=True)
     name = result["experiment"]

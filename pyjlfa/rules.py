@@ -1,6 +1,6 @@
 """Learning rules with parameters. Rules without any are passed by name (``rule="fa"``).
 
-See the README's table for every rule, its paper and its update.
+The Learning rules page of the documentation (docs/rules.md) gives every rule, its paper and its update.
 """
 
 from dataclasses import dataclass
@@ -21,7 +21,13 @@ FEEDBACK_STYLE = {name: {"fa-style": "fa", "dfa-style": "dfa"}.get(_schema.famil
 
 @dataclass(frozen=True)
 class USF:
-    """Uniform sign-concordant feedback: B = scale * sign(W).T (default scale: the init's std)."""
+    """Uniform sign-concordant feedback: B = scale * sign(W).T (default scale: the init's std).
+
+    Parameters
+    ----------
+    scale : float, optional
+        B's magnitude (> 0); default: the standard deviation of the layer's forward initialiser.
+    """
 
     scale: Optional[float] = None
     name = "usf"
@@ -38,7 +44,21 @@ class USF:
 class WeightMirror:
     """Weight mirror (Akrout et al. 2019): after each update, ``steps`` mirror steps with noise
     x ~ N(0, noise_std^2): B += lr * (x (W x).T / batch_size - decay * B). The default decay,
-    noise_std**2, makes W.T the fixed point."""
+    noise_std**2, makes W.T the fixed point.
+
+    Parameters
+    ----------
+    noise_std : float
+        Standard deviation of the noise fed to each layer.
+    lr : float
+        The mirror steps' learning rate.
+    steps : int
+        Mirror steps after each update.
+    batch_size : int
+        Noise samples per mirror step.
+    decay : float, optional
+        B's decay per mirror step; default ``noise_std**2``.
+    """
 
     noise_std: float = 1.0
     lr: float = 0.01
@@ -74,7 +94,13 @@ class DFA:
     follow it, so a layer's error is (B e) times the local derivatives of those layers. ``"block"``:
     at each :class:`~pyjlfa.layers.Residual` block's output (after the elementwise layers that follow
     it), from where it is backpropagated exactly through the block, as Launay et al. (2020) place
-    DFA per transformer block; Linear and Conv2d layers outside blocks keep their own points."""
+    DFA per transformer block; Linear and Conv2d layers outside blocks keep their own points.
+
+    Parameters
+    ----------
+    feedback_points : {"layer", "block"}
+        Where the projected signal enters.
+    """
 
     feedback_points: str = "layer"
     name = "dfa"
@@ -88,13 +114,25 @@ class DFA:
 
 @dataclass(frozen=True)
 class DRTP(DFA):
-    """Direct random target projection (Frenkel et al. 2021), ``feedback_points`` as :class:`DFA`'s."""
+    """Direct random target projection (Frenkel et al. 2021), ``feedback_points`` as :class:`DFA`'s.
+
+    Parameters
+    ----------
+    feedback_points : {"layer", "block"}
+        Where the projected signal enters.
+    """
 
     name = "drtp"
 
 
 @dataclass(frozen=True)
 class SDFA(DFA):
-    """Sign-DFA (sign(e) in place of e), ``feedback_points`` as :class:`DFA`'s."""
+    """Sign-DFA (sign(e) in place of e), ``feedback_points`` as :class:`DFA`'s.
+
+    Parameters
+    ----------
+    feedback_points : {"layer", "block"}
+        Where the projected signal enters.
+    """
 
     name = "sdfa"

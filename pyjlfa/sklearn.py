@@ -403,8 +403,9 @@ _PARAMETERS_DOC = """
         Hold out validation_fraction of the training data, stop when its score stops improving
         and keep the parameters of the best epoch.
     validation_fraction : float, default=0.1
-    beta_1, beta_2, epsilon : float
-        Accepted for compatibility with MLPClassifier; used only by solvers that have them (none yet).
+        The fraction of the training data held out with early_stopping.
+    beta_1, beta_2, epsilon : float, default=0.9, 0.999, 1e-8
+        Adam's moment decay rates and epsilon (solver="adam"; the sgd solver ignores them).
 
     Attributes
     ----------
@@ -417,7 +418,8 @@ _PARAMETERS_DOC = """
 
 
 class FeedbackAlignmentClassifier(ClassifierMixin, _BaseFeedbackAlignment):
-    """A softmax classifier trained with feedback alignment (or BP, DFA, ...) in Julia.
+    # A class docstring must be a literal to be one: this one is built from the shared parameters' text.
+    __doc__ = """A softmax classifier trained with feedback alignment (or BP, DFA, ...) in Julia.
 
     Like MLPClassifier, with the learning rule as a parameter. Labels may be any type
     unique_labels accepts (strings, integers); ``classes_`` is their sorted order, which is the
@@ -425,7 +427,7 @@ class FeedbackAlignmentClassifier(ClassifierMixin, _BaseFeedbackAlignment):
 
     Its defaults differ from the regressor's (and MLPClassifier's sgd ones) so that it does well
     on small tabular data as it comes: learning_rate_init=0.03, momentum 0.9 and batches of 32
-    reach MLPClassifier's (adam) accuracy on load_digits in 20 epochs (see the README's table).
+    reach MLPClassifier's (adam) accuracy on load_digits in 20 epochs (see the table in docs/sklearn.md).
     """ + _PARAMETERS_DOC.replace("LR_DEFAULT", "0.03").replace("AUTO_BATCH", "32")
 
     _loss = "cross_entropy"
@@ -466,11 +468,37 @@ class FeedbackAlignmentClassifier(ClassifierMixin, _BaseFeedbackAlignment):
         return net.evaluate(X_val, y_val)["accuracy"]
 
     def fit(self, X, y):
-        """Train on (X, y) for up to max_iter epochs (one call into Julia per epoch)."""
+        """Train on (X, y) for up to max_iter epochs (one call into Julia per epoch).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,)
+            Class labels.
+
+        Returns
+        -------
+        self
+        """
         return self._fit(X, y, incremental=False)
 
     def partial_fit(self, X, y, classes=None):
-        """One epoch over (X, y). The first call must list all ``classes``."""
+        """One epoch over (X, y). The first call must list all ``classes``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        classes : array-like, optional
+            Every class label (required in the first call).
+
+        Returns
+        -------
+        self
+        """
         if not hasattr(self, "coefs_"):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
@@ -480,12 +508,32 @@ class FeedbackAlignmentClassifier(ClassifierMixin, _BaseFeedbackAlignment):
         return self._fit(X, y, incremental=True, classes=classes)
 
     def predict(self, X):
-        """The most probable class of each sample, from ``classes_``."""
+        """The most probable class of each sample, from ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
         X = self._validated_inputs(X)
         return self.classes_[self._network().predict(X)]
 
     def predict_proba(self, X):
-        """Class probabilities, columns in the order of ``classes_``."""
+        """Class probabilities, columns in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
         X = self._validated_inputs(X)
         return self._network().predict_proba(X)
 
@@ -496,7 +544,7 @@ class FeedbackAlignmentClassifier(ClassifierMixin, _BaseFeedbackAlignment):
 
 
 class FeedbackAlignmentRegressor(RegressorMixin, _BaseFeedbackAlignment):
-    """A regressor (linear output, half squared error) trained with feedback alignment in Julia.
+    __doc__ = """A regressor (linear output, half squared error) trained with feedback alignment in Julia.
 
     Like MLPRegressor, with the learning rule as a parameter. ``y`` may be 1-D or
     (n_samples, n_outputs); ``loss_curve_`` holds pyjlfa's mse, mean over samples of
@@ -519,15 +567,49 @@ class FeedbackAlignmentRegressor(RegressorMixin, _BaseFeedbackAlignment):
         return r2_score(y_val, net.predict(X_val))
 
     def fit(self, X, y):
-        """Train on (X, y) for up to max_iter epochs (one call into Julia per epoch)."""
+        """Train on (X, y) for up to max_iter epochs (one call into Julia per epoch).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
+
+        Returns
+        -------
+        self
+        """
         return self._fit(X, y, incremental=False)
 
     def partial_fit(self, X, y):
-        """One epoch over (X, y)."""
+        """One epoch over (X, y).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
+
+        Returns
+        -------
+        self
+        """
         return self._fit(X, y, incremental=True)
 
     def predict(self, X):
-        """The network's outputs: shape (n_samples,) for one output, else (n_samples, n_outputs)."""
+        """The network's outputs: shape (n_samples,) for one output, else (n_samples, n_outputs).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples.
+
+        Returns
+        -------
+        ndarray
+        """
         X = self._validated_inputs(X)
         out = self._network().predict(X)
         return out.ravel() if out.shape[1] == 1 else out

@@ -255,7 +255,15 @@ _LOADED = {}  # per worker process: (data spec, dtype) -> arrays, loaded once an
 
 
 def load_data(data, dtype="float32"):
-    """(X_train, y_train, X_test, y_test) for a data spec (X_test/y_test None when absent); cached."""
+    """(X_train, y_train, X_test, y_test) for a data spec (X_test/y_test None when absent); cached.
+
+    Parameters
+    ----------
+    data : dict
+        The data spec.
+    dtype : {"float32", "float64"}
+        The arrays' type.
+    """
     key = json.dumps([data, dtype], sort_keys=True)
     if key not in _LOADED:
         from . import datasets
@@ -281,7 +289,13 @@ def load_data(data, dtype="float32"):
 
 # -- the spec and its runs --------------------------------------------------------------------------
 def load_spec(spec):
-    """A spec from a TOML file path or a dict; returns (spec dict, folder relative paths start from)."""
+    """A spec from a TOML file path or a dict; returns (spec dict, folder relative paths start from).
+
+    Parameters
+    ----------
+    spec : str, os.PathLike or dict
+        A TOML file or the spec itself.
+    """
     if isinstance(spec, dict):
         return spec, os.getcwd()
     path = os.fspath(spec)
@@ -333,6 +347,11 @@ def plan(spec):
     Every configuration is checked here (keys, types, optimizer values, initialiser and rule
     text) before anything runs; the engine's own checks (names, rule/architecture combinations)
     follow on a worker, also before any run, in :func:`sweep`.
+
+    Parameters
+    ----------
+    spec : str, os.PathLike or dict
+        A TOML file or the spec itself.
     """
     spec, base_dir = load_spec(spec)
     unknown = sorted(set(spec) - {"data", "fixed", "grid", "random"})
@@ -411,7 +430,17 @@ def _alignment_summary(alignment):
 
 
 def run_config(data, config, model_path=None):
-    """Train one configuration in this process; the result record (raises nothing the run raises)."""
+    """Train one configuration in this process; the result record (raises nothing the run raises).
+
+    Parameters
+    ----------
+    data : dict
+        The data spec (from :func:`plan`).
+    config : dict
+        One configuration (from :func:`plan`).
+    model_path : str, optional
+        Also save the trained model there.
+    """
     record = {"status": "ok", "config": config, "data": data, "host": os.uname().nodename, "pid": os.getpid(),
               "started": time.time()}
     try:
@@ -555,7 +584,15 @@ def _metric(record, which, name):
 
 
 def summarise(records, varying):
-    """One row per configuration (the varying keys other than seeds): mean and std over seeds."""
+    """One row per configuration (the varying keys other than seeds): mean and std over seeds.
+
+    Parameters
+    ----------
+    records : list of dict
+        The runs' result records.
+    varying : list of str
+        The keys the grid varies.
+    """
     group_keys = [k for k in varying if k not in SEED_KEYS]
     groups = {}
     for r in records:
@@ -657,11 +694,31 @@ def sweep(spec, out, client=None, scheduler=None, workers=None, retry_failed=Fal
           stream=None):
     """Run every run of ``spec`` (a TOML path or dict) on Dask, writing results into ``out``.
 
-    client : a ``distributed.Client`` to run on; else ``scheduler`` (an address such as
-        ``tcp://host:8786``) is connected to; else a LocalCluster with ``workers`` worker processes
-        (default: one per core) is started and stopped here.
-    retry_failed : run again the runs recorded as failed (finished runs are always skipped).
+    Parameters
+    ----------
+    spec : str, os.PathLike or dict
+        The sweep spec (docs/sweeps.md).
+    out : str
+        The results' folder.
+    client : distributed.Client, optional
+        The cluster to run on; else ``scheduler`` (an address such as ``tcp://host:8786``) is
+        connected to; else a LocalCluster with ``workers`` worker processes (default: one per core)
+        is started and stopped here.
+    scheduler : str, optional
+        A running scheduler's address.
+    workers : int, optional
+        Worker processes of the local cluster.
+    retry_failed : bool
+        Run again the runs recorded as failed (finished runs are always skipped).
+    plot : bool
+        Draw the summary figures (needs matplotlib).
+    progress : bool
+        Print a progress line.
+    stream : file, optional
+        Where progress goes (default: stderr).
 
+    Notes
+    -----
     Writes ``out/runs/<id>.json`` per run, ``out/sweep.json`` (the runs and their ids),
     ``out/summary.csv`` and, with matplotlib, ``out/accuracy_vs_lr_{final,best}.png``.
     Returns ``{"total", "ran", "skipped", "failed", "summary", "files"}``.

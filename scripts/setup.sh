@@ -60,11 +60,18 @@ if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1 && [ -z "${PYJLFA_FASHION_MNI
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
+# 2b. Chromium (Debian's package), with which tests/test_docs.py opens the built documentation site.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "setup: installing chromium (the documentation site's browser test)"
+  apt_update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 # 3. Python side: the package itself (editable, so the bundled Julia package is the source tree's)
-#    and the test tools (the `test` extra: pytest, scikit-learn, dask, matplotlib, pandas, hypothesis, ...).
+#    and the test tools (the `test` extra: pytest, scikit-learn, dask, matplotlib, pandas, hypothesis, mkdocs, ...).
 # (run from / so that the current folder is not on sys.path: this asks whether *this* tree is installed,
 # or put on PYTHONPATH, as a second checkout of the repository may be.)
-if ! (cd / && "$PY" -c "import pathlib, sys, pytest, sklearn, safetensors, dask, distributed, matplotlib, pandas, hypothesis, pyjlfa; sys.exit(pathlib.Path(pyjlfa.__file__).parent.resolve() != pathlib.Path(sys.argv[1]).resolve())" "$root/pyjlfa") >/dev/null 2>&1; then
+if ! (cd / && "$PY" -c "import pathlib, sys, pytest, sklearn, safetensors, dask, distributed, matplotlib, pandas, hypothesis, mkdocs, material, mkdocstrings_handlers.python, pyjlfa; sys.exit(pathlib.Path(pyjlfa.__file__).parent.resolve() != pathlib.Path(sys.argv[1]).resolve())" "$root/pyjlfa") >/dev/null 2>&1; then
   echo "setup: pip install -e .[test]"
   "$PY" -m pip install -q -e ".[test]"
 fi

@@ -1,8 +1,11 @@
 # Activations are plain functions; `deriv(f, a, h)` gives f'(a) from the pre-activation `a`
 # and the output `h = f(a)`, whichever is cheaper.
 
+"The logistic function 1 / (1 + exp(-x))."
 sigmoid(x::Real) = one(x) / (one(x) + exp(-x))
+"The rectifier max(x, 0)."
 relu(x::Real) = ifelse(x > zero(x), x, zero(x))
+"The leaky rectifier: x for x > 0, else 0.01 x (Python: `\"leaky_relu\"`)."
 leakyrelu(x::Real) = ifelse(x > zero(x), x, oftype(x, 0.01) * x)
 
 deriv(::typeof(tanh), a, h) = one(h) - h * h

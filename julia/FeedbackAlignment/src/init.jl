@@ -3,6 +3,11 @@
 # order of the same array) from a SplitMix64 stream; `W` is the layer's forward weight matrix,
 # which only sign-concordant feedback reads. Draws are computed in Float64 and rounded once.
 
+"""
+How an array starts: the supertype of `GlorotUniform`, `HeNormal`, `Uniform`, `Sparse`, `Given`, ...
+Pass one as `init` (forward weights) or `feedback` (feedback arrays) to `Network`. Each fills an array
+from the network's SplitMix64 streams, so a seed gives the same draw in Julia and Python.
+"""
 abstract type Initialiser end
 
 "Standard normal draw (Box-Muller on two SplitMix64 uniforms; the second value is discarded)."

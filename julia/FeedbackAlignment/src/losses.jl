@@ -1,3 +1,4 @@
+"The loss a network trains on: `CrossEntropy()` (classification) or `MSE()` (regression)."
 abstract type Loss end
 
 "Softmax cross-entropy on integer class labels 1..K, averaged over the batch."

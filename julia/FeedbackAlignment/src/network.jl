@@ -484,6 +484,12 @@ batch norm layers with the batch's statistics; test mode with their running stat
 running statistics, whatever the mode.
 """
 trainmode!(net::Network) = (net.training = true; net)
+"""
+    testmode!(net)
+
+Put `net` in test mode: `gradients` (and `forward!`) then normalise batch norm layers with their
+running statistics. Training still trains; see `trainmode!`.
+"""
 testmode!(net::Network) = (net.training = false; net)
 
 # Every node, containers before their children (PyTorch's named_modules order).
@@ -778,6 +784,12 @@ function outputs!(out::AbstractMatrix, net::Network, X)
     each_output_chunk((Z, cols) -> copyto!(view(out, :, cols), Z), net, as_input(net, X))
     return out
 end
+"""
+    outputs(net, X)
+
+The network's outputs (logits under cross-entropy) for every observation (column) of `X`, in a new
+`n_outputs x n` matrix; batch norm uses its running statistics and dropout is off.
+"""
 outputs(net::Network{T}, X) where {T} = outputs!(Matrix{T}(undef, outsize(net), nobs(X)), net, X)
 nobs(X::AbstractArray) = size(X, ndims(X))
 
@@ -787,6 +799,12 @@ function predict_proba!(P::AbstractMatrix, net::Network, X)
     each_output_chunk((Z, cols) -> softmax!(view(P, :, cols), Z), net, as_input(net, X))
     return P
 end
+"""
+    predict_proba(net, X)
+
+Class probabilities (the softmax of the outputs) for every observation of `X`, as an
+`n_classes x n` matrix; cross-entropy networks only.
+"""
 predict_proba(net::Network{T}, X) where {T} = predict_proba!(Matrix{T}(undef, outsize(net), nobs(X)), net, X)
 
 "Predicted class labels 1..K (argmax of the outputs) for every observation of X, shifted by `offset`."

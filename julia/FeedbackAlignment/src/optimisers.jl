@@ -5,7 +5,12 @@
 # weights (and on B for Kolen-Pollack), not biases; `layer_lr` (a learning-rate multiplier per
 # layer); `schedule` (a learning-rate schedule over epochs).
 
+"""
+An optimiser: `SGD`, `Adam` or `AdamW`, an immutable value of hyperparameters. Its state (velocities,
+moments) is kept on the network while the optimiser's type stays the same.
+"""
 abstract type Optimiser end
+"A learning-rate schedule over epochs: `Constant()`, `StepDecay(every, gamma)` or `Cosine(epochs, min_factor)`."
 abstract type Schedule end
 
 "Constant learning rate."
@@ -107,6 +112,12 @@ function Adam(lr::Real; beta1::Real=0.9, beta2::Real=0.999, eps::Real=1e-8, weig
                 Float64(decoupled_weight_decay), layer_lr === nothing ? nothing : Float64.(collect(layer_lr)), schedule)
 end
 Adam(; lr::Real=0.001, kw...) = Adam(lr; kw...)
+"""
+    AdamW(lr = 0.001; decoupled_weight_decay = 0.01, kwargs...)
+
+Adam with decoupled weight decay (Loshchilov & Hutter 2019): an `Adam` whose
+`decoupled_weight_decay` defaults to 0.01; the other keywords are `Adam`'s.
+"""
 AdamW(lr::Real; decoupled_weight_decay::Real=0.01, kw...) = Adam(lr; decoupled_weight_decay=decoupled_weight_decay, kw...)
 AdamW(; lr::Real=0.001, kw...) = AdamW(lr; kw...)
 

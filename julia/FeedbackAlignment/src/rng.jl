@@ -1,5 +1,12 @@
 # SplitMix64 (Steele, Lea & Flood 2014): a tiny counter-based generator with the same output
 # in every Julia version (Base's default streams changed between 1.5 and 1.7) and in NumPy.
+"""
+    SplitMix64(state)
+
+The generator behind every random draw (weights, feedback arrays, shuffling, dropout, noise):
+SplitMix64 (Steele, Lea & Flood 2014), whose streams are the same in every Julia version and in
+NumPy (tests/reference.py), so a seed gives the same network in both languages.
+"""
 mutable struct SplitMix64
     state::UInt64
 end

@@ -527,3 +527,4 @@ include("residual.jl")
 
 end # FeedbackAlignment
 "contract" in SKIP || include("contract.jl")
+"docs" in SKIP || include("docs.jl")

@@ -22,6 +22,12 @@ function SkipConnection(main, connection)
     connection === (+) || throw(ArgumentError("SkipConnection joins its paths with +, got $connection"))
     return SkipConnection(as_layer(main), nothing)
 end
+"""
+    Parallel(+, main, shortcut)
+
+A residual block whose shortcut has layers of its own: y = main(x) + shortcut(x) (Flux's name; only
+`+` joins the paths). It builds a `SkipConnection` with that shortcut; see `SkipConnection`.
+"""
 function Parallel(connection, main, shortcut)
     connection === (+) || throw(ArgumentError("Parallel joins its paths with +, got $connection"))
     return SkipConnection(as_layer(main), as_layer(shortcut))
