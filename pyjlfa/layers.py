@@ -248,7 +248,13 @@ class Dropout(_Layer):
     """Inverted dropout, as torch.nn.Dropout: while training (``fit``, ``step``) each value is zeroed
     with probability ``p`` and the others scaled by 1/(1-p), drawn from the network's generator (so a
     seed repeats them); when predicting or evaluating, and in ``gradients``, it passes values on
-    unchanged. The backward pass applies the same mask. ``0 <= p < 1``."""
+    unchanged. The backward pass applies the same mask.
+
+    Parameters
+    ----------
+    p : float
+        The probability of zeroing each value, ``0 <= p < 1``.
+    """
 
     _fields = ("p",)
 
