@@ -9,14 +9,21 @@ quantity is derived); this module shapes the answers. Per engine layer ``k`` (th
     rule (its angles would be 0 by construction, so they are NaN and never averaged in).
     ``"backprop"``: the rule is backprop itself. ``"no_signal"``: the rule gave this layer no
     update on this batch (a layer only an output-layer rule leaves frozen, or all-dead ReLUs).
+    ``"no_params"``: a layer with nothing to train (pooling, flatten, activations, dropout); all
+    its diagnostics are NaN. Batch norm is ``"feedback"``: its error arrives exactly from the layer
+    after it, and its update is compared on gamma and beta together.
+``path``
+    The layer's path, as in ``net.named_layers()`` (``"3.main.0"``).
 ``delta_angle``
     Degrees between the rule's error signal ``delta_k`` and backprop's on the same forward pass,
     over the whole batch (Lillicrap et al. 2016's angle between hidden-unit updates).
 ``update_angle``
-    Degrees between the rule's ``dW_k`` and the true gradient (Nøkland 2016; Akrout et al. 2019).
+    Degrees between the rule's ``dW_k`` and the true gradient (Nøkland 2016; Akrout et al. 2019);
+    for batch norm, between its (dgamma, dbeta) and backprop's, taken as one vector.
     Below 90 the update decreases the loss to first order.
 ``feedback_angle``
-    Degrees between the feedback matrix ``B`` this layer holds and the matrix it stands in for:
+    Degrees between the feedback matrix ``B`` this layer holds and the matrix it stands in for
+    (NaN for conv layers under DFA, whose downstream map is no single matrix):
     FA ``W.T`` (B replaces it in the backward pass); DFA ``(W_{k+1} @ ... @ W_out).T``, the
     downstream weights' product (exact for a linear network; derivatives in between left out).
 ``alignment_product``
@@ -74,8 +81,9 @@ def _as_dict(matrix):
 def alignment(net, X, y):
     """The diagnostics of ``net``'s rule against backprop on the batch (X, y); nothing changes.
 
-    Returns ``{"role": [str per layer], "delta_angle": array per layer, ...}`` (see the module
-    docstring). Angles are in degrees.
+    Returns ``{"role": [str per layer], "path": [str per layer], "delta_angle": array per layer, ...}``
+    (see the module docstring), one entry per layer that is not a container, depth first as
+    :meth:`pyjlfa.Network.named_layers` lists them. Angles are in degrees.
 
     Parameters
     ----------
@@ -89,9 +97,11 @@ def alignment(net, X, y):
     X, y = net._data(X, y)
     fields, _ = _layout()
     out = np.empty((len(net._leaves), len(fields)), dtype=np.float64)
-    net._engine.call("fa_alignment", net._id(), X.ctypes.data, X.shape[0], net.n_features, y.ctypes.data,
-                     out.ctypes.data)
-    return _as_dict(out)
+    net._call("fa_alignment", net._id(), X.ctypes.data, X.shape[0], net.n_features, y.ctypes.data,
+              out.ctypes.data)
+    result = _as_dict(out)
+    result["path"] = [layer.path for layer in net._leaves]
+    return result
 
 
 def hidden_means(a, field):

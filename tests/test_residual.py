@@ -258,3 +258,27 @@ def test_dropout_layer_drops_in_training_only_and_repeats_with_the_seed():
         net.fit(X, y, epochs=2, batch_size=8, optimizer=pyjlfa.SGD(0.05))
     np.testing.assert_array_equal(a.layers[0].W, b.layers[0].W)                     # the seed repeats the masks
     assert not np.array_equal(a.layers[0].W, plain.layers[0].W)                     # and they drop something
+
+
+def test_alignment_reports_every_layer_with_parameters_batch_norm_included():
+    net, bp = build("fa"), build("bp")
+    X, y = batch(8)
+    report = net.alignment(X, y)
+    fa_grads, bp_grads = oracle_of(net).gradients(X, y), oracle_of(bp).gradients(X, y)
+    leaves = [(p, l) for p, l in net.named_layers() if l.kind not in ("SkipConnection", "Parallel")]
+    assert report["path"] == [p for p, _ in leaves]
+
+    def angle(a, b):
+        return np.degrees(np.arccos(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1, 1)))
+
+    norms = [p for p, l in leaves if l.gamma is not None]
+    assert len(norms) == 6
+    for k, (path, layer) in enumerate(leaves):
+        if layer.gamma is not None:    # compared on gamma and beta together, against the oracle's FA and BP
+            assert report["role"][k] == "feedback", path
+            a, b = (np.concatenate([g.ravel() for g in grads[path]]) for grads in (fa_grads, bp_grads))
+            assert report["update_angle"][k] == pytest.approx(angle(a, b), abs=1e-6), path
+            np.testing.assert_allclose(report["update_bp_ratio"][k], np.linalg.norm(a) / np.linalg.norm(b), rtol=1e-9)
+            assert math.isnan(report["feedback_angle"][k])
+        elif layer.W is None:
+            assert report["role"][k] == "no_params" and math.isnan(report["update_angle"][k]), path

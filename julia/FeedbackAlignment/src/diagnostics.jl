@@ -28,7 +28,8 @@ For each layer l, `alignment` reports:
   `update_bp_ratio` ‖dW_l‖/‖dW_l^BP‖, and `weight_feedback_ratio` ‖target‖/‖B_l‖ (Frobenius norms).
 
 Each layer has a `role`: `:feedback` (a hidden layer that learns from the rule's own error signal:
-the comparisons above apply), `:output` (learns from e itself under every rule, so its angles are 0
+the comparisons above apply; a layer with parameters but no W, such as batch norm, gets its error
+exactly from the layer after it and is compared on its own parameters), `:output` (learns from e itself under every rule, so its angles are 0
 by construction and are reported as NaN, not averaged in), `:backprop` (the rule is BP: this is the
 reference itself), `:no_signal` (the rule gave this layer no update on this batch, e.g. a layer that
 only the output layer's training leaves frozen, or dead ReLUs). Comparisons that do not apply are NaN.
@@ -46,10 +47,18 @@ const ALIGNMENT_ROLES = (:feedback, :output, :backprop, :no_signal, :no_params)
 
 What layer `l` learns from under `rule`: `:output` (the output error e), `:backprop` (backprop's own
 error), `:feedback` (an error signal of the rule's making, to be compared with backprop's), or
-`:no_params` (pooling, flatten). A rule whose hidden layers learn something else can add a method.
+`:no_params` (pooling, flatten, activations). A rule whose hidden layers learn something else can add a method.
 """
-layer_role(rule::LearningRule, net, l) = !weight_layer(net.layers[l].layer) ? :no_params :
+layer_role(rule::LearningRule, net, l) = isempty(net.layers[l].params) ? :no_params :
     l == length(net.layers) ? :output : rule isa BP ? :backprop : :feedback
+
+# The parameters a layer's update is compared on: W for a weight layer (as the papers compare), else
+# all of them (batch norm's γ and β).
+compared_params(st) = weight_layer(st.layer) ? (st.params.W,) : Tuple(values(st.params))
+compared_grads(st) = weight_layer(st.layer) ? (st.grads.W,) : Tuple(values(st.grads))
+
+# dot_norms summed over pairs of arrays: one vector made of them all.
+dot_norms(as::Tuple, bs::Tuple) = reduce((u, v) -> u .+ v, map(dot_norms, as, bs))
 
 """
     feedback_target(rule, net, l)
@@ -131,22 +140,21 @@ Buffers for measuring alignment: a copy of the rule's gradients and errors of ev
 parameters, kept while backprop's are computed on the same forward pass. Reused across calls.
 """
 mutable struct AlignmentProbe{T}
-    dW::Vector{Array{T}}
-    db::Vector{Vector{T}}
+    grads::Vector{Vector{Array{T}}}   # per layer with parameters, its gradients in declaration order
     dB::Vector{Array{T}}
     deltas::Vector{Array{T}}      # the rule's dL/dA, up to `capacity` observations
     capacity::Int
 end
 
 function AlignmentProbe(net::Network{T}) where {T}
-    params = [st for st in net.layers if st.W !== nothing]
-    return AlignmentProbe{T}([similar(st.W) for st in params], [st.b === nothing ? T[] : similar(st.b) for st in params],
+    params = [st for st in net.layers if !isempty(st.params)]
+    return AlignmentProbe{T}([Array{T}[similar(g) for g in values(st.grads)] for st in params],
                              [st.dB === nothing ? T[] : similar(st.dB) for st in params], Array{T}[], 0)
 end
 
 function reserve!(p::AlignmentProbe{T}, net::Network{T}, m) where {T}
     if p.capacity < m
-        p.deltas = [Array{T}(undef, st.outsize..., m) for st in net.layers if st.W !== nothing]
+        p.deltas = [Array{T}(undef, st.outsize..., m) for st in net.layers if !isempty(st.params)]
         p.capacity = m
     end
     return p
@@ -165,13 +173,13 @@ function alignment_matrix!(out::AbstractMatrix{Float64}, probe::AlignmentProbe{T
     size(out) == (length(ALIGNMENT_FIELDS), L) ||
         throw(DimensionMismatch("out must be $(length(ALIGNMENT_FIELDS)) x $L, got $(size(out))"))
     reserve!(probe, net, m)
-    params = [l for l in 1:L if net.layers[l].W !== nothing]
+    params = [l for l in 1:L if !isempty(net.layers[l].params)]
     rule_delta(p) = lead(probe.deltas[p], m)
     for (p, l) in enumerate(params)
         st = net.layers[l]
         copyto!(rule_delta(p), buffers(st, m).D)
-        copyto!(probe.dW[p], st.dW); st.db === nothing || copyto!(probe.db[p], st.db)
-        st.dB === nothing || st.dB === st.dW || copyto!(probe.dB[p], st.dB)
+        foreach(copyto!, probe.grads[p], values(st.grads))
+        st.dB === nothing || st.dB === st.grads.W || copyto!(probe.dB[p], st.dB)
     end
     # The rule's backward pass used conv layers' im2col columns as scratch: make them again (the
     # same pre-activations) for backprop's kernel gradients.
@@ -186,26 +194,26 @@ function alignment_matrix!(out::AbstractMatrix{Float64}, probe::AlignmentProbe{T
             continue
         end
         p = findfirst(==(l), params)
-        dW, bpW = probe.dW[p], st.dW
+        rule_grads = weight_layer(st.layer) ? (probe.grads[p][1],) : Tuple(probe.grads[p])
         rule_d, bp_d = rule_delta(p), buffers(st, m).D
-        role == :feedback && (iszero(dW) || iszero(rule_d)) && (role = :no_signal)
+        role == :feedback && (all(iszero, rule_grads) || iszero(rule_d)) && (role = :no_signal)
         compared = role == :feedback
         target = st.B === nothing ? nothing : feedback_target(net.rule, net, l)
-        update = dot_norms(dW, bpW)                        # one pass each: angle and norms together
+        update = dot_norms(rule_grads, compared_grads(st))   # one pass each: angle and norms together
         feedback = target === nothing ? (NaN, NaN, NaN) : dot_norms(st.B, target)
         out[1, l] = findfirst(==(role), ALIGNMENT_ROLES) - 1
         out[2, l] = compared ? angle_between(rule_d, bp_d) : NaN
         out[3, l] = compared ? degrees_between(update...) : NaN
         out[4, l] = target === nothing ? NaN : degrees_between(feedback...)
         out[5, l] = compared ? mean_column_product(bp_d, rule_d) : NaN
-        out[6, l] = ratio(sqrt(update[2]), norm64(st.W))
+        out[6, l] = ratio(sqrt(update[2]), sqrt(sum(a -> norm64(a)^2, compared_params(st))))
         out[7, l] = ratio(sqrt(update[2]), sqrt(update[3]))
         out[8, l] = target === nothing ? NaN : ratio(sqrt(feedback[3]), sqrt(feedback[2]))
     end
     for (p, l) in enumerate(params)    # the rule's gradients back, for the update that follows
         st = net.layers[l]
-        copyto!(st.dW, probe.dW[p]); st.db === nothing || copyto!(st.db, probe.db[p])
-        st.dB === nothing || st.dB === st.dW || copyto!(st.dB, probe.dB[p])
+        foreach(copyto!, values(st.grads), probe.grads[p])
+        st.dB === nothing || st.dB === st.grads.W || copyto!(st.dB, probe.dB[p])
     end
     return out
 end
