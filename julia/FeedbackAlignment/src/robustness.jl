@@ -184,6 +184,7 @@ function pgd!(Xadv::Array{T}, net::Network{T}, X::Array{T}, y, eps::Real; steps:
             x[k] = clamp(X[k] + e * T(2 * uniform(rng) - 1), lo, hi)
         end
         for _ in 1:steps
+            throw_if_interrupted()
             input_gradient!(G, net, x, y; through=through)
             @inbounds @simd for k in eachindex(x, X, G)
                 x[k] = clamp(clamp(x[k] + α * sign(G[k]), X[k] - e, X[k] + e), lo, hi)
