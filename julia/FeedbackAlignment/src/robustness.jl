@@ -212,7 +212,9 @@ The start is vertical stripes of ±eps (one sign per column and channel); each i
 every sample still classified correctly, a square window (its side from the share `p` of the image's
 pixels that Andriushchenko et al.'s schedule gives, `p_init` halved as the budget is used up) set to
 a random ±eps per channel, and keeps it if the margin (the correct class's output minus the largest
-other) drops. Vector inputs are images one pixel high. Draws come from `seed` alone.
+other) drops. The window's side is at most the image's less one, as in the authors' code; its corner
+is uniform over every position where it fits (their code never places it on the last row or
+column). Vector inputs are images one pixel high. Draws come from `seed` alone.
 """
 function square(net::Network{T}, X, y, eps::Real; bounds=(0, 1), kwargs...) where {T}
     X = as_input(net, X)
@@ -287,7 +289,7 @@ function square!(Xadv::Array{T}, used::Vector{Int}, logits!::F, insize::Dims, no
         for (k, j) in enumerate(todo)
             xc, xa, x0 = image(cand, k, dims), image(Xadv, j, dims), image(X, j, dims)
             copyto!(xc, xa)
-            w0, h0 = randbelow(rng, max(W - sw, 1)), randbelow(rng, max(H - sh, 1))
+            w0, h0 = randbelow(rng, W - sw + 1), randbelow(rng, H - sh + 1)   # any position, the last row too
             for _ in 1:100   # draw the window's signs again while they would change nothing
                 changed = false
                 for c in 1:C
