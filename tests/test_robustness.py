@@ -298,3 +298,40 @@ def test_regression_networks_cannot_be_attacked_by_accuracy():
     with pytest.raises(ValueError, match="regression network"):
         robustness.fgsm(net, X, np.zeros((5, 2)), 0.1)
     assert net.input_gradient(X, np.zeros((5, 2))).shape == X.shape   # the gradient itself is defined
+
+
+# -- the command -------------------------------------------------------------------------------
+
+def test_the_command_prints_a_table_draws_it_and_resumes(tmp_path, capsys):
+    import json
+
+    from pyjlfa import cli
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 1, 4, 4)).astype(np.float32)            # 4 x 4 images, padded to the models' 6 x 6
+    y = rng.integers(0, 3, 40)
+    np.savez(tmp_path / "data.npz", X_test=X, y_test=y)
+    paths = []
+    for rule in ("bp", "fa"):
+        net = pyjlfa.Network(chain_layers(), input_shape=INPUT, rule=rule, seed=1)
+        net.save(tmp_path / f"{rule}.safetensors")
+        paths.append(str(tmp_path / f"{rule}.safetensors"))
+    args = ["robustness", *paths, "--data", str(tmp_path / "data.npz"), "--normalize", "0.5", "0.25", "--eps", "0", "0.05",
+            "--attack", "fgsm", "square", "--queries", "5", "--out", str(tmp_path / "out")]
+    assert cli.main(args) == 0
+    first = capsys.readouterr()
+    rows = [line.split() for line in first.out.splitlines() if line.startswith(("bp ", "fa "))]
+    assert [r[:4] for r in rows] == [["bp", "0", "fgsm", "weights"], ["bp", "0", "fgsm", "feedback"],
+                                     ["bp", "0", "square", "-"], ["fa", "0", "fgsm", "weights"],
+                                     ["fa", "0", "fgsm", "feedback"], ["fa", "0", "square", "-"]]
+    # eps 0 is the clean accuracy of the images as the models see them: standardised, zero-padded
+    seen = np.zeros((40,) + INPUT, np.float32)
+    seen[:, :, 1:5, 1:5] = (X - np.float32(0.5)) / np.float32(0.25)
+    clean = pyjlfa.load(paths[1]).evaluate(seen, y)["accuracy"]
+    assert float(rows[3][4]) == pytest.approx(100 * clean, abs=0.05)
+    records = json.loads((tmp_path / "out" / "robustness.json").read_text())["records"]
+    assert len(records) == 6 and records[0]["eps_network"] == [0.0, 0.2]     # eps / std
+    assert (tmp_path / "out" / "robustness.png").stat().st_size > 0
+    assert cli.main(args) == 0                                  # the same command again: nothing recomputed
+    again = capsys.readouterr()
+    assert again.out.split("wrote")[0] == first.out.split("wrote")[0] and again.err.count("(") == 0
+    assert json.loads((tmp_path / "out" / "robustness.json").read_text())["records"] == records
