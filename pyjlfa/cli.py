@@ -503,7 +503,8 @@ def _add_robustness(sub):
                                    "continue. Ends with robustness.csv and robustness.png (a panel per attack, a "
                                    "line per model).")
     p.add_argument("models", nargs="+", metavar="MODEL", help="model files (pyjlfa.load reads them)")
-    p.add_argument("--attack", nargs="+", choices=["fgsm", "pgd", "square"], default=["fgsm", "pgd", "square"])
+    p.add_argument("--attack", nargs="+", choices=["fgsm", "pgd", "square"], default=["fgsm", "pgd", "square"],
+                   help="the attacks: FGSM and PGD follow a gradient, Square only reads the outputs")
     p.add_argument("--eps", type=_nonnegative_float, nargs="+", default=[0.0, 0.01, 0.02, 0.03, 0.05, 0.1],
                    help="L-inf radii in pixel units")
     p.add_argument("--through", nargs="+", choices=["weights", "feedback"], default=["weights", "feedback"],
