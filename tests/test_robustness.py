@@ -141,6 +141,24 @@ def test_input_gradient_is_written_in_place_and_changes_nothing():
         net.input_gradient(X, np.array([0, 1, 2, 3, 0]))
 
 
+def test_inputs_are_read_and_gradients_written_in_place():
+    """Zero copy both ways: Julia reads the caller's X and writes the gradient into the caller's out;
+    an attack reads X in place and writes into the array it returns."""
+    net = build("fa")
+    X, y = data()
+    seen, table = [], net._engine._fn
+    originals = {entry: table[entry] for entry in ("fa_input_gradient", "fa_attack")}
+    for entry, at in (("fa_input_gradient", (1, 6)), ("fa_attack", (2, 16))):
+        table[entry] = lambda *a, fn=originals[entry], at=at: seen.append(tuple(a[i] for i in at)) or fn(*a)
+    try:
+        out = np.empty_like(X)
+        net.input_gradient(X, y, out=out)
+        X_adv = robustness.fgsm(net, X, y, 0.1)
+    finally:
+        table.update(originals)
+    assert seen == [(X.ctypes.data, out.ctypes.data), (X.ctypes.data, X_adv.ctypes.data)]
+
+
 # -- FGSM and PGD against plain NumPy ----------------------------------------------------------
 
 def numpy_fgsm(ref, X, y, eps, through, lo=0.0, hi=1.0):
