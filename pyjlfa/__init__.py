@@ -9,7 +9,7 @@
 Importing pyjlfa starts nothing; Julia starts at the first Network (or ``pyjlfa.start_julia()``).
 """
 
-from . import datasets, init, layers, rules
+from . import datasets, init, layers, robustness, rules
 from ._runtime import DivergenceError, JuliaError, JuliaValueError, runtime_info, set_threads, start_julia
 from .io import ModelFileError, load
 from .network import Layer, Network

@@ -61,6 +61,9 @@ _SIGNATURES = {
     "fa_forward": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int]),
     "fa_evaluate": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, POINTER(c_double)]),
     "fa_gradients": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, POINTER(c_double)]),
+    "fa_input_gradient": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int, c_void_p]),
+    "fa_attack": (c_int, [c_int64, c_int, c_void_p, c_int64, c_int64, c_void_p, c_double, c_double, c_double, c_int,
+                          c_int64, c_double, c_int64, c_int64, c_double, c_uint64, c_void_p, c_void_p]),
     "fa_step": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_char_p, POINTER(c_double)]),
     "fa_train_epoch": (c_int, [c_int64, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_int,
                                c_char_p, POINTER(c_double)]),
@@ -85,7 +88,8 @@ _SIGNATURES = {
 
 
 # Entry points that loop over batches or chunks and check for Ctrl-C between them (a step is one batch).
-_INTERRUPTIBLE = frozenset({"fa_train_epoch", "fa_forward", "fa_evaluate", "fa_teacher_task"})
+_INTERRUPTIBLE = frozenset({"fa_train_epoch", "fa_forward", "fa_evaluate", "fa_teacher_task", "fa_input_gradient",
+                            "fa_attack"})
 
 try:
     from _signal import getsignal as _getsignal  # signal.getsignal's enum conversion costs ~7 us per call

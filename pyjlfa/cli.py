@@ -5,6 +5,7 @@
     pyjlfa reproduce linear --out results
     pyjlfa sweep spec.toml --out runs/sweep
     pyjlfa docs
+    pyjlfa robustness runs/fa/model.safetensors --attack fgsm pgd square --eps 0 0.02 0.05 0.1
 
 pyjlfa <command> --help explains every option. (Also python -m pyjlfa.)
 """
@@ -101,7 +102,7 @@ def _add_model(p, rule=True):
 def _parser():
     parser = argparse.ArgumentParser(prog="pyjlfa", description=__doc__.split("\n\n")[0], epilog=_EPILOG,
                                      formatter_class=_Formatter)
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare,reproduce,sweep,docs}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,reproduce,sweep,docs,robustness}")
     sub.required = True
 
     train = sub.add_parser("train", formatter_class=_Formatter, epilog=_EPILOG,
@@ -184,6 +185,7 @@ def _parser():
     rep.add_argument("--quiet", action="store_true", help="no progress output")
     _add_sweep(sub)
     _add_docs(sub)
+    _add_robustness(sub)
     return parser
 
 
@@ -524,6 +526,155 @@ def _docs(args, parser):
         sys.exit(result.returncode)
 
 
+# -- pyjlfa robustness (pyjlfa/robustness.py) ------------------------------------------------------
+def _add_robustness(sub):
+    p = sub.add_parser("robustness", formatter_class=_Formatter, epilog=_EPILOG,
+                       help="attack saved models (FGSM, PGD, Square); print robust accuracy per eps; plot it",
+                       description="Attack each saved model (a model.safetensors file) on the test set with each "
+                                   "--attack at each --eps, FGSM and PGD through the weights and/or through the "
+                                   "rule's own feedback (--through), and print the robust accuracy (eps 0: the clean "
+                                   "accuracy). eps and the pixel range are in pixel units ([0, 1]); with --normalize "
+                                   "MEAN STD the models saw (pixel - MEAN) / STD (as `pyjlfa reproduce "
+                                   "lenet-fashion-mnist` trains them), and eps is divided by STD. Images are "
+                                   "zero-padded (in the network's units) to the models' input size. Each result is "
+                                   "saved into --out/robustness.json as it is done: rerun the same command to "
+                                   "continue. Ends with robustness.csv and robustness.png (a panel per attack, a "
+                                   "line per model).")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model files (pyjlfa.load reads them)")
+    p.add_argument("--attack", nargs="+", choices=["fgsm", "pgd", "square"], default=["fgsm", "pgd", "square"],
+                   help="the attacks: FGSM and PGD follow a gradient, Square only reads the outputs")
+    p.add_argument("--eps", type=_nonnegative_float, nargs="+", default=[0.0, 0.01, 0.02, 0.03, 0.05, 0.1],
+                   help="L-inf radii in pixel units")
+    p.add_argument("--through", nargs="+", choices=["weights", "feedback"], default=["weights", "feedback"],
+                   help="the gradient FGSM and PGD follow: the true one (weights) or the rule's feedback path")
+    p.add_argument("--data", default="fashion-mnist", metavar="fashion-mnist|FILE.npz",
+                   help="'fashion-mnist' (its test set) or an .npz file with X_test (n, C, H, W) in [0, 1] and y_test")
+    p.add_argument("--data-path", metavar="DIR", help="Fashion-MNIST folder")
+    p.add_argument("--normalize", type=float, nargs=2, metavar=("MEAN", "STD"),
+                   help="the models see (pixel - MEAN) / STD (the LeNet reproduction: 0.2860 0.3530)")
+    p.add_argument("--test-size", type=_positive_int, metavar="N", help="the first N test images only")
+    p.add_argument("--steps", type=_positive_int, default=10, help="PGD steps (step size 2.5 eps / steps)")
+    p.add_argument("--restarts", type=_positive_int, default=1, help="PGD random restarts")
+    p.add_argument("--queries", type=_positive_int, default=1000, help="Square: predictions per image at most")
+    p.add_argument("--p-init", type=_positive_float, default=0.05, help="Square: initial share of pixels changed")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of PGD's starts and Square's draws")
+    p.add_argument("--out", default="results/robustness", metavar="DIR", help="folder for results and the figure")
+    p.add_argument("--no-plots", action="store_true", help="write no figure (it needs matplotlib)")
+
+
+def _robustness_data(args, parser, shape):
+    """Test images as the models see them: (X, y, bounds, scale) with eps_network = eps_pixels / scale."""
+    from . import datasets
+    if args.data == "fashion-mnist":
+        try:
+            _, _, X, y = datasets.fashion_mnist(path=args.data_path, images=True)
+        except FileNotFoundError as e:
+            parser.error(_in_cli_words(str(e)))
+    elif args.data.endswith(".npz") and os.path.isfile(args.data):
+        with np.load(args.data) as f:
+            if "X_test" not in f or "y_test" not in f:
+                parser.error(f"--data {args.data} needs X_test and y_test")
+            X, y = f["X_test"].astype(np.float32), f["y_test"]
+    else:
+        parser.error(f"--data must be 'fashion-mnist' or an existing .npz file, got {args.data!r}")
+    if args.test_size:
+        X, y = X[:args.test_size], y[:args.test_size]
+    grow = (shape[1] - X.shape[2], shape[2] - X.shape[3]) if X.ndim == 4 and len(shape) == 3 else None
+    if grow is None or X.shape[1] != shape[0] or grow[0] != grow[1] or grow[0] < 0 or grow[0] % 2:
+        parser.error(f"the test images have shape {X.shape[1:]}, the models take {shape}: they must be images "
+                     "that the same zero padding on every side fits")
+    mean, std = args.normalize if args.normalize else (0.0, 1.0)
+    if not std > 0:
+        parser.error(f"--normalize STD must be positive, got {std}")
+    pad = grow[0] // 2
+    out = np.zeros((X.shape[0],) + tuple(shape), dtype=X.dtype)
+    out[:, :, pad:pad + X.shape[2], pad:pad + X.shape[3]] = (X - X.dtype.type(mean)) / X.dtype.type(std)
+    t = X.dtype.type   # the range's ends computed as the pixels were, so that 0 and 1 land on them exactly
+    return out, y, (float((t(0) - t(mean)) / t(std)), float((t(1) - t(mean)) / t(std))), std
+
+
+def _robustness(args, parser):
+    import datetime
+    import json
+    from . import io, robustness
+    for path in args.models:
+        if not os.path.isfile(path):
+            parser.error(f"{path}: no such model file")
+    os.makedirs(args.out, exist_ok=True)
+    results_path = os.path.join(args.out, "robustness.json")
+    records = []
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            records = json.load(f)["records"]
+    nets = []
+    for path in args.models:
+        try:
+            nets.append((path, io.load(path)))
+        except (ValueError, OSError) as e:
+            parser.error(f"{path}: {e}")
+    rules = [net.rule for _, net in nets]
+    shapes = {net.input_shape for _, net in nets}
+    if len(shapes) != 1:
+        parser.error(f"the models take different inputs ({', '.join(map(str, shapes))}); attack them separately")
+    X, y, bounds, scale = _robustness_data(args, parser, shapes.pop())
+    eps = [e / scale for e in args.eps]
+    done = []
+    for path, net in nets:
+        label = net.rule if rules.count(net.rule) == 1 else f"{net.rule} ({path})"
+        for attack in args.attack:
+            for through in (args.through if attack != "square" else [None]):
+                settings = ({"through": through} if attack == "fgsm" else
+                            {"steps": args.steps, "restarts": args.restarts, "seed": args.seed, "through": through}
+                            if attack == "pgd" else {"queries": args.queries, "p_init": args.p_init, "seed": args.seed})
+                key = dict(model=os.path.abspath(path), attack=attack, eps_pixels=args.eps, settings=settings,
+                           n_samples=len(X), normalize=args.normalize, data=args.data)
+                record = next((r for r in records if all(r.get(k) == v for k, v in key.items())), None)
+                if record is None:
+                    start = time.perf_counter()
+                    try:
+                        result = robustness.evaluate(net, X, y, attack=attack, eps=eps, bounds=bounds, **settings)
+                    except (ValueError, TypeError) as e:
+                        parser.error(f"{path}: {e}")
+                    record = dict(key, label=label, rule=net.rule, epochs=net.epochs, through=through,
+                                  robust_accuracy=result["robust_accuracy"], eps_network=eps,
+                                  queries_mean=result.get("queries_mean"), seconds=time.perf_counter() - start,
+                                  date=datetime.date.today().isoformat())
+                    records.append(record)
+                    tmp = results_path + ".tmp"
+                    with open(tmp, "w") as f:
+                        json.dump({"records": records}, f, indent=1)
+                    os.replace(tmp, results_path)
+                    print(f"{label:>6} {attack:>6} {through or '':>8}: " +
+                          " ".join(f"{100 * a:.1f}" for a in record["robust_accuracy"]) +
+                          f"  ({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
+                record["label"] = label
+                done.append(record)
+    table = _robustness_table(done)
+    print(table)
+    with open(os.path.join(args.out, "robustness.csv"), "w") as f:
+        f.write("model,rule,epochs,attack,through," + ",".join(f"eps={e:g}" for e in args.eps) + "\n")
+        for r in done:
+            f.write(",".join([r["model"], r["rule"], str(r["epochs"]), r["attack"], r["through"] or "-"]
+                             + [f"{a:.4f}" for a in r["robust_accuracy"]]) + "\n")
+    files = [results_path, os.path.join(args.out, "robustness.csv")]
+    if _plots_available(args):
+        from .plots import robustness_figure
+        files.append(robustness_figure(done, os.path.join(args.out, "robustness.png")))
+    print("\nwrote " + ", ".join(files))
+
+
+def _robustness_table(records):
+    """Robust accuracy (%) per model, attack and gradient path, one column per eps (pixel units)."""
+    eps = records[0]["eps_pixels"] if records else []
+    head = f"{'model':<8} {'epochs':>6} {'attack':<7} {'through':<9}" + "".join(f"{'eps ' + format(e, 'g'):>10}"
+                                                                           for e in eps)
+    rows = [head, "-" * len(head)]
+    for r in records:
+        rows.append(f"{r['label']:<8} {r['epochs']:>6} {r['attack']:<7} {r['through'] or '-':<9}"
+                    + "".join(f"{100 * a:>10.1f}" for a in r["robust_accuracy"]))
+    return "\n".join(rows)
+
+
 def main(argv=None):
     """Run the pyjlfa command.
 
@@ -546,7 +697,7 @@ def main(argv=None):
         args.rules = [_schema.rule_name(r) for r in args.rules]
     try:
         {"train": _train, "compare": _compare, "reproduce": _reproduce, "sweep": _sweep,
-         "docs": _docs}[args.command](args, sub)
+         "docs": _docs, "robustness": _robustness}[args.command](args, sub)
     except KeyboardInterrupt as e:   # Ctrl-C: stopped between two batches
         print(f"\npyjlfa {args.command}: {e if str(e) else 'interrupted (Ctrl-C)'}", file=sys.stderr)
         return 130   # 128 + SIGINT, as a shell reports a process that SIGINT stopped

@@ -776,6 +776,31 @@ class Network:
             grads.append(tuple(None if g is None else g.copy() for g in found) if found else (None, None))
         return grads
 
+    def input_gradient(self, X, y, through="weights", out=None):
+        """The gradient of the mean loss over (X, y) with respect to X, shape of X, with the network
+        as it predicts (batch norm's running statistics, no dropout). Nothing in the model changes.
+
+        ``through="weights"``: the true gradient, through every layer's W, whatever the rule.
+        ``through="feedback"``: the error the network's own rule carries back, continued to the
+        input: for "bp" the same as "weights"; for the FA family each layer's B in its W's place
+        (the first weight layer has no B and carries with its W); for DFA, DRTP and sDFA the signal
+        projected to the first feedback point, carried back through the layers after the first
+        weight layer, then through its W; zero for "shallow". See docs/robustness.md.
+
+        ``out``: a C-contiguous array of X's shape and the network's dtype that Julia writes the
+        gradient into (returned); by default a new one.
+        """
+        through = _choice(through, "through", ("weights", "feedback"))
+        X, y = self._data(X, y)
+        if out is None:
+            out = np.empty_like(X)
+        elif not isinstance(out, np.ndarray) or out.shape != X.shape or out.dtype != self.dtype \
+                or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writeable C-contiguous {self.dtype.name} array of X's shape {X.shape}")
+        self._engine.call("fa_input_gradient", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
+                          0 if through == "weights" else 1, out.ctypes.data)
+        return out
+
     def _node_list(self):
         """Every node as (path, view) in the engine's order (fa_nodes), path lists included."""
         if self._handle is None:

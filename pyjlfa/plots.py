@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 __all__ = ["figures", "teacher_task_figure", "learning_curves", "alignment_curves", "feedback_curves",
-           "summary_figure", "require_matplotlib"]
+           "summary_figure", "robustness_figure", "require_matplotlib"]
 
 _COLORS = {"bp": "black", "fa": "tab:green", "dfa": "tab:blue", "shallow": "tab:gray"}
 _EXTRA = ["tab:orange", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
@@ -421,6 +421,36 @@ def figures(result, out_dir):
                   feedback_curves(result, os.path.join(out_dir, f"{name}_feedback.png")),
                   summary_figure(result, os.path.join(out_dir, f"{name}_summary.png"))]
     return paths
+
+
+def robustness_figure(records, path):
+    """Robust accuracy against eps: a panel per attack, a line per model (coloured by its rule),
+    solid through the weights and dashed through the rule's feedback. ``records`` are the dicts
+    ``pyjlfa robustness`` writes (label, rule, attack, through, eps_pixels, robust_accuracy)."""
+    plt = require_matplotlib()
+    attacks = [a for a in ("fgsm", "pgd", "square") if any(r["attack"] == a for r in records)]
+    rules = list(dict.fromkeys(r["rule"] for r in records))
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks) + 1.6, 3.6), squeeze=False, sharey=True)
+    names = {"fgsm": "FGSM", "pgd": "PGD", "square": "Square (score-based)"}
+    handles = {}
+    for ax, attack in zip(axes[0], attacks):
+        for r in records:
+            if r["attack"] != attack:
+                continue
+            line, = ax.plot(r["eps_pixels"], 100 * np.asarray(r["robust_accuracy"]), marker="o", ms=3,
+                            color=_color(r["rule"], rules), ls="--" if r.get("through") == "feedback" else "-",
+                            label=_label(r["label"]))
+            handles.setdefault(_label(r["label"]), line)
+        ax.set_title(names[attack])
+        ax.set_xlabel("eps (pixel units, L-inf)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("robust accuracy (%)")
+    keys = list(handles.values())
+    if any(r.get("through") == "feedback" for r in records):
+        keys += _style_keys(("-", "gradient through W"), ("--", "through the rule's feedback"))
+    _figure_legend(fig, keys)
+    return _save(fig, path)
 
 
 def main(argv=None):

@@ -1863,16 +1863,17 @@ class ReferenceNet:
             return np.copysign(np.abs(layer.B), W)
         return layer.B
 
-    def _backward_list(self, layers, g, run, exact):
+    def _backward_list(self, layers, g, run, exact, to_input=False):
         """Carry the error ``g`` at a list's output back to its input, layer by layer; None once a
-        weight layer without B (FA style) stops it (no trainable layer lies further back)."""
+        weight layer without B (FA style) stops it (no trainable layer lies further back), unless
+        ``to_input``: then such a layer carries it with its W."""
         for layer in reversed(layers):
-            g = self._backward_layer(layer, g, run, exact)
+            g = self._backward_layer(layer, g, run, exact, to_input)
             if g is None:
                 return None
         return g
 
-    def _backward_layer(self, layer, g, run, exact):
+    def _backward_layer(self, layer, g, run, exact, to_input=False):
         """The error at the layer's input given the error ``g`` at its output, recording the layer's
         parameter gradients. ``exact``: weight layers carry back with W (bp, DFA runs); otherwise
         with their feedback (FA style)."""
@@ -1888,6 +1889,8 @@ class ReferenceNet:
                 db = delta.sum(axis=(0, 2, 3))
             run.grads[layer.path] = (dW, db if layer.has_bias else None)
             F = layer.W if exact else self._feedback(layer)
+            if F is None and to_input:
+                F, exact = layer.W, True
             if F is None:
                 return None
             if kind == "dense":
@@ -1910,13 +1913,13 @@ class ReferenceNet:
         if kind == "dropout":
             return g * run.masks[layer.path] if run.training else g
         # residual: the output's error goes down both paths; the input's error is their sum.
-        g_main = self._backward_list(layer.main, g, run, exact)
+        g_main = self._backward_list(layer.main, g, run, exact, to_input)
         if layer.shortcut is None:
             g_short = g
         elif layer.shortcut == "pad":
             g_short = option_a_shortcut_backward(g, layer.in_shape[0], layer.pad_stride, layer.in_shape[1:])
         else:
-            g_short = self._backward_list(layer.shortcut, g, run, exact)
+            g_short = self._backward_list(layer.shortcut, g, run, exact, to_input)
         return None if g_main is None or g_short is None else g_main + g_short
 
     def _output_signal(self, e, y):
@@ -1981,6 +1984,35 @@ class ReferenceNet:
         rules and shallow), in the current mode."""
         X, y, masks = self._prepare(X, y, masks, self.training)
         return self._backward(X, y, masks, self.training)[2]
+
+    def input_gradient(self, X, y, through="weights"):
+        """dL/dX of the mean loss over (X, y), shape of X, in evaluation mode (running statistics,
+        no dropout) whatever the mode.
+
+        ``through="weights"``: backprop to the input, with every W. ``through="feedback"``: what the
+        rule carries back, continued to the input: bp as "weights"; FA style with each B (sign-
+        symmetric: |B| with W's signs) in its W's place, a weight layer without B with its W;
+        DFA style: the signal projected to the feedback point of the network's first trainable
+        top-level item, carried back exactly through its run (W for the weight layer) and through
+        the parameterless layers before it; shallow: zeros (no error leaves the last layer)."""
+        if through not in ("weights", "feedback"):
+            raise ValueError(f"through must be 'weights' or 'feedback', got {through!r}")
+        X, y, masks = self._prepare(X, y, None, False)
+        run, z = self._run_forward(X, masks, False)
+        _, e = _loss_and_error(self.loss_name, z, y, self.dtype)
+        if through == "weights" or self.rule == "bp":
+            return self._backward_list(self.layers, e, run, exact=True)
+        if self.rule in FA_STYLE:
+            return self._backward_list(self.layers, e, run, exact=False, to_input=True)
+        if self.rule == "shallow":
+            return np.zeros_like(X)
+        first = next(k for k, item in enumerate(self.layers) if any(l.trainable for l in _walk([item])))
+        for owner, layers in self.points:
+            if layers[0] is self.layers[first]:
+                g = (self._output_signal(e, y) @ owner.B).reshape((X.shape[0],) + layers[-1].out_shape)
+                g = self._backward_list(layers, g, run, exact=True)
+                return self._backward_list(self.layers[:first], g, run, exact=True)
+        raise ValueError(f"no feedback point at the first trainable layer, {self.layers[first].where}")
 
     # -- training -----------------------------------------------------------------
 

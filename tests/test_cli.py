@@ -46,7 +46,7 @@ def npz(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["compare"], ["reproduce"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["compare"], ["reproduce"], ["robustness"]])
 def test_help_explains_every_option(command, cli_here):
     result = cli_here(*command, "--help")
     assert result.returncode == 0, result.stderr

@@ -35,7 +35,7 @@ DOCS = os.path.join(ROOT, "docs")
 # The modules whose public names are documented on the site (pyjlfa's own private modules start with _).
 PUBLIC_MODULES = ["pyjlfa", "pyjlfa.network", "pyjlfa.layers", "pyjlfa.optimizers", "pyjlfa.init", "pyjlfa.rules",
                   "pyjlfa.io", "pyjlfa.datasets", "pyjlfa.diagnostics", "pyjlfa.experiments", "pyjlfa.sklearn",
-                  "pyjlfa.sweep", "pyjlfa.plots", "pyjlfa.cli"]
+                  "pyjlfa.sweep", "pyjlfa.plots", "pyjlfa.cli", "pyjlfa.robustness"]
 
 
 # -- the pages' code blocks -------------------------------------------------------------------------

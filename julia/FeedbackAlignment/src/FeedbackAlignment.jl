@@ -44,6 +44,8 @@ include("interrupt.jl")
 include("network.jl")
 include("optimisers.jl")
 include("train.jl")
+include("robustness.jl")
+export input_gradient, input_gradient!, fgsm, pgd, square, robustness
 include("spec.jl")
 include("json.jl")
 include("schema.jl")

@@ -226,10 +226,41 @@ function fa_gradients(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}
     end
 end
 
-# The mode `fa_gradients` uses: 1 training (batch statistics), 0 evaluation (running statistics).
+# The gradient of the mean loss over (X, Y) with respect to X, into out (X's shape): through = 0
+# the weights, 1 the rule's feedback (see `input_gradient!`).
+function fa_input_gradient(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}, through::Cint, out::Ptr{Cvoid})::Cint
+    guarded() do
+        net = network(h)
+        Xm = inputs(net, X, n, d)
+        FeedbackAlignment.input_gradient!(inputs(net, out, n, d), net, Xm, targets(net, Y, n); through=through_name(through))
+    end
+end
+through_name(code) = code == 0 ? :weights : code == 1 ? :feedback : throw(ArgumentError("unknown through code $code"))
+
+# One attack on (X, y) at eps, the adversarial inputs into out (X's shape): attack 0 FGSM, 1 PGD
+# (steps, step_size, restarts, seed, through), 2 Square (queries, p_init, seed; used: each sample's
+# predictions, n Int64). Pixels stay in [lo, hi].
+function fa_attack(h::Int64, attack::Cint, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}, eps::Float64, lo::Float64,
+                   hi::Float64, through::Cint, steps::Int64, step_size::Float64, restarts::Int64, queries::Int64,
+                   p_init::Float64, seed::UInt64, out::Ptr{Cvoid}, used::Ptr{Int64})::Cint
+    guarded() do
+        net = network(h)
+        Xm, Xadv, y = inputs(net, X, n, d), inputs(net, out, n, d), targets(net, Y, n)
+        FeedbackAlignment.check_attack(net, Xm, y, eps, (lo, hi))
+        attack == 0 ? FeedbackAlignment.fgsm!(Xadv, net, Xm, y, eps; through=through_name(through), bounds=(lo, hi)) :
+        attack == 1 ? FeedbackAlignment.pgd!(Xadv, net, Xm, y, eps; steps=steps, step_size=step_size, restarts=restarts,
+                                             seed=seed, through=through_name(through), bounds=(lo, hi)) :
+        attack == 2 ? FeedbackAlignment.square!(Xadv, unsafe_wrap(Array, used, Int(n)), (Z, Xb) -> outputs!(Z, net, Xb),
+                                                net.insize, outsize(net), Xm, y, eps; queries=queries, p_init=p_init,
+                                                seed=seed, bounds=(lo, hi)) :
+        throw(ArgumentError("unknown attack code $attack"))
+    end
+end
+
 # A Python host reads shapes in NumPy's order (channels, height, width): error messages follow.
 fa_conventions(python::Cint)::Cint = guarded(() -> (FeedbackAlignment.PYTHON_ORDER[] = python != 0))
 
+# The mode `fa_gradients` uses: 1 training (batch statistics), 0 evaluation (running statistics).
 fa_set_mode(h::Int64, training::Cint)::Cint = guarded(() -> (network(h).training = training != 0))
 
 function fa_step(h::Int64, X::Ptr{Cvoid}, n::Int64, d::Int64, Y::Ptr{Cvoid}, opt::Cstring,
@@ -368,6 +399,9 @@ const SIGNATURES = [
     (:fa_gradients, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Ptr{Float64})),
     (:fa_set_mode, Cint, (Int64, Cint)),
     (:fa_conventions, Cint, (Cint,)),
+    (:fa_input_gradient, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cint, Ptr{Cvoid})),
+    (:fa_attack, Cint, (Int64, Cint, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Float64, Float64, Float64, Cint, Int64, Float64,
+                        Int64, Int64, Float64, UInt64, Ptr{Cvoid}, Ptr{Int64})),
     (:fa_step, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Cstring, Ptr{Float64})),
     (:fa_train_epoch, Cint, (Int64, Ptr{Cvoid}, Int64, Int64, Ptr{Cvoid}, Int64, Cint, Cstring, Ptr{Float64})),
     (:fa_state_get, Cint, (Int64, Ptr{Int64}, Ptr{UInt64}, Ptr{Int64})),

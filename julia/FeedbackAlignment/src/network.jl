@@ -645,7 +645,7 @@ function backward!(n::Node{T,L,NI}, dx, acc::Bool, live::Bool, rule::LearningRul
     n.dB === nothing || n.dB === n.grads.W || transpose!(n.dB, n.grads.W)
     dx === nothing && return false
     carries(rule, n) || return false
-    carry!(dx, n.layer, n, b, x, exact(rule), acc)
+    carry!(dx, n.layer, n, b, x, exact(rule, n), acc)
     return true
 end
 

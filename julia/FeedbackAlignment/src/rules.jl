@@ -160,6 +160,8 @@ end
 "Whether weight layers carry the error with W itself (backprop, and direct rules inside a block) or with their B."
 exact(::LearningRule) = true
 exact(::FAStyle) = false
+"Whether `node` carries its error with W (by default what the rule says for every weight layer)."
+exact(rule::LearningRule, node) = exact(rule)
 
 "Whether a direct feedback signal enters at `node` under `rule`."
 point(::LearningRule, n) = false

@@ -524,6 +524,7 @@ include("interrupt.jl")
 include("conv.jl")
 include("chains.jl")
 include("residual.jl")
+include("robustness.jl")
 
 end # FeedbackAlignment
 "contract" in SKIP || include("contract.jl")
