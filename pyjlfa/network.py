@@ -789,6 +789,17 @@ class Network:
 
         ``out``: a C-contiguous array of X's shape and the network's dtype that Julia writes the
         gradient into (returned); by default a new one.
+
+        Parameters
+        ----------
+        X : ndarray
+            Inputs, shape (n, *input_shape).
+        y : array_like
+            Labels or targets, as :meth:`fit` takes them.
+        through : {"weights", "feedback"}
+            The true gradient, or the one the rule's own feedback carries.
+        out : ndarray or None
+            Where Julia writes the gradient.
         """
         through = _choice(through, "through", ("weights", "feedback"))
         X, y = self._data(X, y)

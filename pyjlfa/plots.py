@@ -426,7 +426,15 @@ def figures(result, out_dir):
 def robustness_figure(records, path):
     """Robust accuracy against eps: a panel per attack, a line per model (coloured by its rule),
     solid through the weights and dashed through the rule's feedback. ``records`` are the dicts
-    ``pyjlfa robustness`` writes (label, rule, attack, through, eps_pixels, robust_accuracy)."""
+    ``pyjlfa robustness`` writes (label, rule, attack, through, eps_pixels, robust_accuracy).
+
+    Parameters
+    ----------
+    records : list of dict
+        The attacks' results.
+    path : str
+        Where the PNG goes.
+    """
     plt = require_matplotlib()
     attacks = [a for a in ("fgsm", "pgd", "square") if any(r["attack"] == a for r in records)]
     rules = list(dict.fromkeys(r["rule"] for r in records))

@@ -97,7 +97,23 @@ def fgsm(net, X, y, eps, through="weights", bounds=(0.0, 1.0)):
     """Fast gradient sign method (Goodfellow et al. 2015), L-infinity: ``clip(X + eps *
     sign(grad), *bounds)``, with the gradient of the mean loss through the weights or through the
     rule's feedback (see :meth:`pyjlfa.Network.input_gradient`; for "bp" both are the same).
-    Returns the adversarial inputs (a new array of X's shape)."""
+    Returns the adversarial inputs (a new array of X's shape).
+
+    Parameters
+    ----------
+    net : Network
+        A trained classifier (cross-entropy loss).
+    X : ndarray
+        Inputs, shape (n, *input_shape), in the units the network sees.
+    y : array_like
+        Class labels, one per sample.
+    eps : float
+        The L-infinity radius, in the units of X (>= 0).
+    through : {"weights", "feedback"}
+        The gradient the attack follows: the true one, or the one the rule's own feedback carries.
+    bounds : (float, float)
+        The valid range of every input value (default [0, 1]); X must lie inside it.
+    """
     eps = _real(eps, "eps")
     code = _through(through)
     X, y, bounds = _check(net, X, y, bounds)
@@ -111,7 +127,31 @@ def pgd(net, X, y, eps, steps=10, step_size=None, restarts=1, seed=0, through="w
     ``x = clip(clip(x + step_size * sign(grad), X - eps, X + eps), *bounds)``; ``step_size``
     defaults to 2.5 * eps / steps. With ``restarts > 1`` a sample keeps the first restart's input
     that the network misclassifies (else the first restart's). The noise comes from ``seed`` alone.
-    ``through`` as for :func:`fgsm`. Returns the adversarial inputs."""
+    ``through`` as for :func:`fgsm`. Returns the adversarial inputs.
+
+    Parameters
+    ----------
+    net : Network
+        A trained classifier (cross-entropy loss).
+    X : ndarray
+        Inputs, shape (n, *input_shape), in the units the network sees.
+    y : array_like
+        Class labels, one per sample.
+    eps : float
+        The L-infinity radius, in the units of X (>= 0).
+    steps : int
+        Gradient steps per restart.
+    step_size : float or None
+        The size of each step (default 2.5 * eps / steps).
+    restarts : int
+        Random starts per sample.
+    seed : int
+        Seed of the random starts.
+    through : {"weights", "feedback"}
+        The gradient the attack follows: the true one, or the one the rule's own feedback carries.
+    bounds : (float, float)
+        The valid range of every input value (default [0, 1]); X must lie inside it.
+    """
     eps = _real(eps, "eps")
     steps, step_size, restarts, seed = _pgd_settings(eps, steps, step_size, restarts, seed)
     code = _through(through)
@@ -130,7 +170,29 @@ def square(net, X, y, eps, queries=1000, p_init=0.05, seed=0, bounds=(0.0, 1.0),
     still classified correctly, kept when it lowers the margin (correct class's logit minus the
     largest other); the window's share of the image starts at ``p_init`` and halves on
     Andriushchenko et al.'s schedule. Vector inputs are images one pixel high. Returns the
-    adversarial inputs, and with ``return_queries`` also each sample's number of predictions."""
+    adversarial inputs, and with ``return_queries`` also each sample's number of predictions.
+
+    Parameters
+    ----------
+    net : Network
+        A trained classifier (cross-entropy loss).
+    X : ndarray
+        Inputs, shape (n, *input_shape), in the units the network sees.
+    y : array_like
+        Class labels, one per sample.
+    eps : float
+        The L-infinity radius, in the units of X (>= 0).
+    queries : int
+        The most predictions per sample.
+    p_init : float
+        The first windows' share of the image, in (0, 1].
+    seed : int
+        Seed of the windows and signs.
+    bounds : (float, float)
+        The valid range of every input value (default [0, 1]); X must lie inside it.
+    return_queries : bool
+        Also return each sample's number of predictions.
+    """
     eps = _real(eps, "eps")
     queries, p_init, seed = _square_settings(queries, p_init, seed)
     X, y, bounds = _check(net, X, y, bounds)
@@ -147,7 +209,25 @@ def evaluate(net, X, y, attack="pgd", eps=(0.0, 0.01, 0.02, 0.03, 0.05, 0.1), bo
     ``restarts``, ``seed``, ``through``; square ``queries``, ``p_init``, ``seed``. Returns a dict
     with "attack", "eps", "robust_accuracy" (one per eps), "bounds", "n_samples", the settings used
     and, for square, "queries" (the mean predictions per sample, per eps). Everything is checked
-    before the first attack runs."""
+    before the first attack runs.
+
+    Parameters
+    ----------
+    net : Network
+        A trained classifier (cross-entropy loss).
+    X : ndarray
+        Inputs, shape (n, *input_shape), in the units the network sees.
+    y : array_like
+        Class labels, one per sample.
+    attack : {"fgsm", "pgd", "square"}
+        The attack.
+    eps : float or sequence of float
+        The L-infinity radii, in the units of X.
+    bounds : (float, float)
+        The valid range of every input value (default [0, 1]); X must lie inside it.
+    **settings
+        The attack's own keywords (above).
+    """
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {', '.join(map(repr, ATTACKS))}, got {attack!r}")
     if isinstance(eps, (str, bytes)) or not hasattr(eps, "__iter__"):
