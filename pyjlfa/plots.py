@@ -258,14 +258,14 @@ def _accuracy_key(history):
 def _identical(runs):
     """A note naming runs whose curves coincide (FA and DFA are one rule with one hidden layer), so
     that a line hidden under another is explained."""
+    import textwrap
     names = list(runs)
-    same = [f"{_label(b)} = {_label(a)}" for i, a in enumerate(names) for b in names[i + 1:]
-            if runs[a]["loss"] == runs[b]["loss"]]
+    curves = {n: {k: v for k, v in runs[n].items() if k not in ("seconds", "alignment")} for n in names}
+    same = [f"{_label(b)} = {_label(a)}" for i, a in enumerate(names) for b in names[i + 1:] if curves[a] == curves[b]]
     if not same:
         return ""
-    why = " (with one hidden layer FA and DFA are the same rule)" if {"fa", "dfa"} <= set(names) and \
-        runs["fa"]["loss"] == runs["dfa"]["loss"] else ""
-    return "identical curves: " + ", ".join(same) + why
+    why = " (with one hidden layer FA and DFA are the same rule)" if "FA = DFA" in same or "DFA = FA" in same else ""
+    return textwrap.fill("identical curves: " + ", ".join(same) + why, 60)
 
 
 def learning_curves(result, path):
