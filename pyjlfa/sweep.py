@@ -412,6 +412,8 @@ def plan(spec):
     for values in itertools.product(*grid.values()):
         for draw in draws:
             config = dict(base, **dict(zip(grid, values)), **draw)
+            if isinstance(config.get("rule"), str) and config["rule"].isidentifier():   # "FA" is "fa"
+                config["rule"] = _schema.rule_name(config["rule"])
             where = ", ".join(f"{k}={config[k]!r}" for k in list(grid) + list(random))
             try:
                 arguments(config)

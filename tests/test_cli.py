@@ -241,3 +241,36 @@ def test_compare_takes_a_chain_written_as_python(images, tmp_path, cli_here):
     assert params["layer_names"] == ["Conv2d(1, 2, 5)", "ReLU()", "MaxPool2d(4, 4)", "Flatten()", "Linear(98, 3)"]
     result = cli_here("compare", "--data", images, "--layers", "[Conv2d(1, 2, 5), Softmax()]", "--out", out)
     assert result.returncode == 2 and "'Softmax' is not a layer of pyjlfa.layers" in result.stderr
+
+
+def test_defaults_are_the_ones_the_readme_explains():
+    """Issue 26, item 14: defaults differed without a reason given; the README now gives one per place."""
+    import inspect
+    import pyjlfa
+    from pyjlfa import experiments
+    from pyjlfa.sklearn import FeedbackAlignmentClassifier, FeedbackAlignmentRegressor
+    assert inspect.signature(pyjlfa.Network.fit).parameters["batch_size"].default == 32 and pyjlfa.SGD().lr == 0.01
+    train = cli._parser().parse_args(["train"])
+    assert (train.batch_size, train.lr) == (64, 0.05)
+    compare = inspect.signature(experiments.compare).parameters
+    assert compare["batch_size"].default == 64 and "SGD(lr=0.05)" in inspect.getsource(experiments.compare)
+    clf, reg = FeedbackAlignmentClassifier(), FeedbackAlignmentRegressor()
+    assert (clf.learning_rate_init, clf.momentum, clf._auto_batch_size, reg.learning_rate_init) == (0.03, 0.9, 32, 0.001)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    section = readme[readme.index("**Defaults, and why they differ.**"):][:1500]
+    for text in ("batch 32", "lr 0.01", "batch 64 and lr 0.05", "lr 0.03, momentum 0.9 and batches of 32", "lr 0.001"):
+        assert text in section, text
+    assert "pandas is not a dependency" not in readme   # it is in the test extra, and the pandas checks run
+    reproduce = cli._parser()._subparsers._group_actions[0].choices["reproduce"]
+    help_text, = [a.help for a in reproduce._actions if "--train-size" in a.option_strings]
+    assert "lenet-fashion-mnist" in help_text
+
+
+@pytest.mark.parametrize("spelling", ["FA", "uSF", "USF"])
+def test_rule_names_are_case_insensitive_on_the_command_line(spelling, npz, tmp_path, cli_here):
+    import json
+    out = tmp_path / spelling
+    result = cli_here("train", "--data", npz, "--rule", spelling, "--hidden", "4", "--epochs", "1", "--quiet",
+                      "--track-alignment", "0", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert list(json.loads((out / "history.json").read_text())["runs"]) == [spelling.lower()]

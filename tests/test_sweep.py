@@ -410,3 +410,9 @@ def test_figures_are_drawn_against_whichever_key_varies(tmp_path):
     paths = sweep_module.figures(rows, str(tmp_path), notes)
     assert [os.path.basename(p) for p in paths] == ["accuracy_vs_layers_final.png", "accuracy_vs_layers_best.png"]
     assert sweep_module.figures(_rows(None, [0], rules=("fa",)), str(tmp_path)) == []
+
+
+def test_rule_names_in_a_spec_are_case_insensitive():
+    """Issue 26, item 14: "FA" and "fa" are one rule (one summary row, one colour)."""
+    data, runs, _ = plan(dict(TINY, grid={"rule": ["FA", "uSF", "wm(steps=2)"]}))
+    assert [config["rule"] for _, config in runs] == ["fa", "usf", "wm(steps=2)"]
