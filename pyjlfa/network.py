@@ -563,6 +563,8 @@ class Network:
         """
         epochs = _positive_int(epochs, "epochs")
         batch_size = _positive_int(batch_size, "batch_size")
+        if on_epoch_end is not None and not callable(on_epoch_end):
+            raise TypeError(f"on_epoch_end must be a function called as on_epoch_end(net, history), got {on_epoch_end!r}")
         optimizer = optimizer if optimizer is not None else self.optimizer if self.optimizer is not None else SGD()
         opt = self._optimizer(optimizer)
         X, y = self._data(X, y)

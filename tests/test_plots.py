@@ -41,14 +41,7 @@ def _result():
 @pytest.fixture
 def drawn(monkeypatch, tmp_path):
     """Draw every figure of an 11-rule comparison and keep the matplotlib figures (not only the PNGs)."""
-    pytest.importorskip("matplotlib", reason="the figures need matplotlib (pip install pyjlfa[plot])")
-    figures = {}
-
-    def keep(fig, path):
-        figures[path.rsplit("_", 1)[-1][:-4]] = fig
-        fig.canvas.draw()
-        return path
-    monkeypatch.setattr(plots, "_save", keep)
+    figures = _kept(monkeypatch)
     plots.figures(_result(), str(tmp_path))
     assert set(figures) == {"learning", "alignment", "feedback", "summary"}
     yield figures
@@ -119,6 +112,7 @@ def test_a_fashion_mnist_subset_is_named_in_the_title(monkeypatch):
 
 # -- issue 26: any history, any network -----------------------------------------------------------------
 def _kept(monkeypatch):
+    """{name: figure} of the figures drawn from now on, kept instead of saved (the name ends their file's)."""
     pytest.importorskip("matplotlib", reason="the figures need matplotlib (pip install pyjlfa[plot])")
     figures = {}
 
