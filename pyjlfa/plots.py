@@ -154,9 +154,9 @@ def _no_feedback_angle(runs):
     from .rules import FEEDBACK_STYLE
     missing = [r for r, a in runs.items() if FEEDBACK_STYLE.get(r) == "dfa" and _compared_layers(a)
                and not _layers_with_B(a)]
-    return "".join(f"{_label(r)}: no B ∠ W angle: its target (W_L⋯W_l+1)ᵀ is defined only where every later\n"
-                   "layer is a Linear (a conv layer or a separate activation layer after it: none)\n"
-                   for r in missing).rstrip()
+    return "".join(f"{_label(r)}: no B ∠ W angle: its target (W_L⋯W_l+1)ᵀ is defined only\n"
+                   "where every later layer is a Linear (none after a conv layer\n"
+                   "or a separate activation layer)\n" for r in missing).rstrip()
 
 
 def _roles_note(runs):
@@ -360,8 +360,10 @@ def feedback_curves(result, path):
     note = _no_feedback_angle(runs)
     if note:
         ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=8, color="dimgray")
+    import textwrap   # a long title over one panel is cut at the figure's edges: wrapped to the panel
     ax.set(xlabel=_steps_axis(result), ylabel="angle (degrees)", ylim=(0, 180),
-           title=f"{_title(result)}\nweight alignment: feedback matrix B ∠ the forward weights it replaces")
+           title=textwrap.fill(_title(result), 75) +
+           "\nweight alignment: feedback matrix B ∠ the forward weights it replaces")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -393,17 +395,19 @@ def summary_figure(result, path):
     layers = sorted({k for a in runs.values() for k in _compared_layers(a)})
     compared = [r for r in runs if _compared_layers(runs[r])]
     width = 0.8 / max(len(compared), 1)
+    top = 100   # an angle above 100 (an update against backprop's) still shows, with its label
     for i, rule in enumerate(compared):
         a = runs[rule]
         final = [_final(a, "update_angle", k) for k in layers]
         pos = np.arange(len(layers)) + (i - (len(compared) - 1) / 2) * width
         b = bars.bar(pos, final, width, color=_color(rule, rules), label=_label(rule))
+        top = max([top] + [10 * np.ceil(v / 10) + 10 for v in final if np.isfinite(v)])
         bars.bar_label(b, fmt="%.0f", fontsize=8)
     bars.set_xticks(np.arange(len(layers)))
     hidden = "hidden " if (result.get("params") or {}).get("sizes") else ""
     bars.set_xticklabels([f"{hidden}layer {k}" for k in layers])
     bars.axhline(90, color="gray", ls=":", lw=1)
-    bars.set(ylabel="angle to backprop (degrees)", ylim=(0, 100),
+    bars.set(ylabel="angle to backprop (degrees)", ylim=(0, top),
              title="(b) final dW ∠ dW_BP (mean of the last epoch's records)")
 
     for rule, a in runs.items():
@@ -426,6 +430,9 @@ def summary_figure(result, path):
     note = _roles_note(runs)
     if note:
         curves.text(0.02, 0.02, note, transform=curves.transAxes, fontsize=8, color="dimgray")
+    note = _no_feedback_angle(runs)
+    if note:
+        wb.text(0.02, 0.02, note, transform=wb.transAxes, fontsize=7, color="dimgray")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.suptitle(_title(result))
