@@ -65,20 +65,33 @@ _momentum = _parsed(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 def _add_data(p):
     g = p.add_argument_group("data")
     g.add_argument("--data", default="fashion-mnist", metavar="fashion-mnist|FILE.npz",
-                   help="'fashion-mnist', or an .npz file holding X_train (samples x features), y_train "
-                        "(integer labels 0..k-1) and optionally X_test, y_test")
+                   help="'fashion-mnist' (as images with --arch/--layers), or an .npz file holding X_train "
+                        "(samples x features, or samples x channels x height x width images for --arch/--layers), "
+                        "y_train (integer labels 0..k-1) and optionally X_test, y_test")
     g.add_argument("--data-path", metavar="DIR",
                    help="folder with the four Fashion-MNIST IDX files (default: $PYJLFA_FASHION_MNIST, "
                         "else /usr/share/datasets/fashion-mnist)")
     g.add_argument("--train-size", type=_positive_int, metavar="N",
                    help="use only the first N training samples (quick runs)")
+    g.add_argument("--pad", type=_nonnegative_int, default=2, metavar="PIXELS",
+                   help="fashion-mnist as images (--arch/--layers): standardise by the training pixels' mean and "
+                        "std, then zero-pad every side by PIXELS (2 gives LeNet-5's 32 x 32)")
 
 
 def _add_model(p, rule=True):
     g = p.add_argument_group("network and training")
     g.add_argument("--hidden", type=_positive_int, nargs="+", default=[256, 256], metavar="WIDTH",
-                   help="hidden-layer widths; input and output widths come from the data")
-    g.add_argument("--activation", default="tanh", help="hidden activation: tanh, sigmoid, relu, leaky_relu, identity")
+                   help="hidden-layer widths of a dense network; input and output widths come from the data")
+    g.add_argument("--activation", default="tanh",
+                   help="the dense network's hidden activation: tanh, sigmoid, relu, leaky_relu, identity")
+    chain = g.add_mutually_exclusive_group()
+    chain.add_argument("--arch", metavar="NAME",
+                       help="a named network for images instead of a dense one: lenet5, or resnet<depth> "
+                            "(resnet20, resnet32, ...); channels and classes come from the data, images are 32 x 32")
+    chain.add_argument("--layers", metavar="'[Layer(...), ...]'",
+                       help="any network as a list of pyjlfa.layers calls in Python syntax, e.g. "
+                            "\"[Conv2d(1, 6, 5), ReLU(), MaxPool2d(2), Flatten(), Linear(6 * 14 * 14, 10)]\" "
+                            "(read, not run)")
     if rule:
         g.add_argument("--rule", default="fa",
                        help=f"learning rule, one of: {_RULES} (bp: backprop, fa: feedback alignment, dfa: "
@@ -178,7 +191,9 @@ def _parser():
     rep.add_argument("--search-lrs", type=float, nargs="+", metavar="LR",
                      help="learning rates --search tries (default 0.0001 0.0003 0.001 0.003 0.01 0.03 0.1)")
     rep.add_argument("--test-size", type=_positive_int, metavar="N", help="first N test images (the tables)")
-    rep.add_argument("--train-size", type=_positive_int, metavar="N", help="first N training images (fashion-mnist and the tables)")
+    rep.add_argument("--train-size", type=_positive_int, metavar="N",
+                     help="first N training images (fashion-mnist and the tables; with --search, the first N "
+                          "of those it trains on)")
     rep.add_argument("--data-path", metavar="DIR", help="Fashion-MNIST folder, or an .npz file of images (the tables)")
     rep.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of every random draw")
     rep.add_argument("--no-plots", action="store_true", help="write no figures (they need matplotlib)")
@@ -190,10 +205,15 @@ def _parser():
 
 
 def _load_data(args, parser):
-    from . import datasets
+    from . import datasets, experiments
+    chain = bool(args.arch or args.layers)
     if args.data == "fashion-mnist":
         try:
-            Xtr, ytr, Xte, yte = datasets.fashion_mnist(path=args.data_path, dtype=args.dtype)
+            if chain:
+                Xtr, ytr, Xte, yte = experiments.fashion_mnist_images(path=args.data_path, dtype=args.dtype,
+                                                                      pad=args.pad)
+            else:
+                Xtr, ytr, Xte, yte = datasets.fashion_mnist(path=args.data_path, dtype=args.dtype)
         except FileNotFoundError as e:
             parser.error(_in_cli_words(str(e)))
     elif args.data.endswith(".npz"):
@@ -208,8 +228,12 @@ def _load_data(args, parser):
         _check_labels(parser, args.data, ytr, yte)
     else:
         parser.error(f"--data must be 'fashion-mnist' or a path ending in .npz, got {args.data!r}")
-    if Xtr.ndim != 2:
-        parser.error(f"X_train must be 2-D (samples, features), got shape {Xtr.shape}")
+    if not chain and Xtr.ndim != 2:
+        parser.error(f"X_train has shape {Xtr.shape}: a dense network (--hidden) takes 2-D X (samples, features); "
+                     "for images give the network with --arch lenet5|resnet20 or --layers '[...]'")
+    if chain and Xtr.ndim not in (2, 4):
+        parser.error(f"X_train must be 2-D (samples, features) or 4-D (samples, channels, height, width), "
+                     f"got shape {Xtr.shape}")
     if args.train_size:
         Xtr, ytr = Xtr[:args.train_size], ytr[:args.train_size]
     validation = None if Xte is None else (Xte, yte)
@@ -267,6 +291,38 @@ def _sizes(args, Xtr, ytr):
     return [Xtr.shape[1], *args.hidden, int(np.max(ytr)) + 1]
 
 
+def _chain(args, parser, Xtr, ytr):
+    """The --arch or --layers network as a list of layers (None for the dense --hidden one)."""
+    from . import experiments
+    from .layers import from_text
+    try:
+        if args.arch:
+            if Xtr.ndim != 4:
+                parser.error(f"--arch {args.arch} needs images (samples, channels, height, width); X_train has "
+                             f"shape {Xtr.shape}")
+            return experiments.architecture(args.arch, in_channels=Xtr.shape[1], classes=int(np.max(ytr)) + 1)
+        if args.layers:
+            return from_text(args.layers, "--layers")
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    return None
+
+
+def _network(args, layers, sizes, Xtr, rule):
+    from .network import Network
+    if layers is not None:
+        return Network(layers, input_shape=Xtr.shape[1:], rule=rule, seed=args.seed,
+                       feedback_seed=args.feedback_seed, dtype=args.dtype)
+    return Network(sizes, activation=args.activation, rule=rule, seed=args.seed,
+                   feedback_seed=args.feedback_seed, dtype=args.dtype)
+
+
+def _described(args, layers, sizes):
+    if layers is None:
+        return f"{'-'.join(map(str, sizes))} {args.activation}"
+    return args.arch or f"{len(layers)}-layer chain"
+
+
 def _sgd(args):
     from .optimizers import SGD
     return SGD(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -274,37 +330,52 @@ def _sgd(args):
 
 def _train(args, parser):
     from . import experiments
-    from .network import Network
     Xtr, ytr, validation = _load_data(args, parser)
     _check_names(parser, "--rule", [args.rule], "rule")
-    _check_names(parser, "--activation", [args.activation], "activation")
-    sizes = _sizes(args, Xtr, ytr)
-    args.out = args.out or _new_run_folder()
-    os.makedirs(args.out, exist_ok=True)
-    print(f"training {'-'.join(map(str, sizes))} {args.activation}, rule {args.rule}, {len(Xtr)} samples, "
-          f"SGD lr {args.lr} momentum {args.momentum} weight decay {args.weight_decay}, batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
+    layers = _chain(args, parser, Xtr, ytr)
+    if layers is None:
+        _check_names(parser, "--activation", [args.activation], "activation")
+    sizes = _sizes(args, Xtr, ytr) if layers is None else None
+    out = args.out or _new_run_folder()
+    made = not os.path.exists(out)
+    model = os.path.join(out, "model.safetensors")
+
+    def checkpoint(net, history):   # the model of the last completed epoch: what Ctrl-C leaves
+        os.makedirs(out, exist_ok=True)
+        net.save(model, include_optimizer=True)   # the optimizer too, so `fit` on the loaded model resumes exactly
+
+    print(f"training {_described(args, layers, sizes)}, rule {args.rule}, {len(Xtr)} samples, "
+          f"SGD lr {args.lr} momentum {args.momentum} weight decay {args.weight_decay}, batch {args.batch_size}, "
+          f"{args.epochs} epochs, seed {args.seed}")
     net, interrupted = None, None
     try:
-        net = Network(sizes, activation=args.activation, rule=args.rule, seed=args.seed,
-                      feedback_seed=args.feedback_seed, dtype=args.dtype)
+        net = _network(args, layers, sizes, Xtr, args.rule)
         history = net.fit(Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size,
-                          optimizer=_sgd(args), validation_data=validation,
+                          optimizer=_sgd(args), validation_data=validation, on_epoch_end=checkpoint,
                           progress=not args.quiet, track_alignment=args.track_alignment or None)
     except (ValueError, TypeError) as e:
         parser.error(str(e))
     except KeyboardInterrupt as e:   # Ctrl-C: keep the completed epochs, then exit 130 (main)
-        if net is None or not net.history or not net.history["loss"]:
+        done = len(net.history["loss"]) if net is not None and net.history else 0
+        if not done:
+            if made and os.path.isdir(out) and not os.listdir(out):
+                os.rmdir(out)
+            print("\ninterrupted before the first epoch ended: nothing saved", file=sys.stderr)
             raise
         interrupted, history = e, net.history
-        print(f"\ninterrupted: saving the history of the {len(history['loss'])} completed epochs, and the model as "
-              "it is now", file=sys.stderr)
-    result = {"experiment": "history", "params": dict(vars(args), sizes=sizes), "runs": {args.rule: history}}
-    files = experiments.save_results(result, args.out, plot=False)
-    model = os.path.join(args.out, "model.safetensors")
-    net.save(model, include_optimizer=True)   # the optimizer too, so `fit` on the loaded model resumes exactly
-    files.append(model)
+        if history.get("alignment"):   # records of the unfinished epoch go with its unsaved batches
+            keep = [i for i, epoch in enumerate(history["alignment"]["epoch"]) if epoch <= done]
+            history["alignment"] = {k: [v[i] for i in keep] for k, v in history["alignment"].items()}
+        print(f"\ninterrupted in epoch {done + 1}: saving the {done} completed epochs; the model file is the "
+              f"checkpoint written after epoch {done} (the batches of epoch {done + 1} are not in it)", file=sys.stderr)
+    params = dict(vars(args), out=out, **(dict(sizes=sizes) if layers is None else
+                                          dict(layers=[repr(layer) for layer in layers],
+                                               input_shape=list(Xtr.shape[1:]))))
+    result = {"experiment": "history", "params": params, "runs": {args.rule: history}}
+    files = experiments.save_results(result, out, plot=False) + [model]
     last = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v and not isinstance(v[-1], list)}
-    print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "seconds"))
+    print(f"final (epoch {len(history['loss'])}): " + "  ".join(f"{k} {v:.4f}" for k, v in last.items()
+                                                              if k != "seconds"))
     print("wrote " + ", ".join(files))
     if interrupted is not None:
         raise interrupted
@@ -322,22 +393,28 @@ def _new_run_folder():
 
 def _table(result):
     """One row per rule: accuracy, seconds, and the final angle of each hidden layer to backprop."""
-    from .plots import _final   # the same "last epoch's records" mean the summary figure shows
+    from .plots import _compared_layers, _final, _layers_with_B   # as the summary figure shows them
     runs = result["runs"]
-    n_hidden = len(result["params"]["sizes"]) - 2
+    tracked = [h["alignment"] for h in runs.values() if h.get("alignment") and h["alignment"]["step"]]
+    if tracked:   # the layers some rule has an angle for (engine layers: a chain's ReLUs count too)
+        compared = sorted({k for a in tracked for k in _compared_layers(a)})
+        with_B = sorted({k for a in tracked for k in _layers_with_B(a)})
+    else:
+        n_hidden = len(result["params"].get("sizes") or [0, 0]) - 2
+        compared, with_B = list(range(n_hidden)), list(range(n_hidden + 1))
     head = f"{'rule':<8} {'test acc':>8} {'train loss':>10} {'s/epoch':>8}" + \
-        "".join(f"{f'dW∠BP L{k}':>10}" for k in range(n_hidden)) + \
-        "".join(f"{f'B∠W L{k}':>9}" for k in range(n_hidden + 1))
+        "".join(f"{f'dW∠BP L{k}':>10}" for k in compared) + \
+        "".join(f"{f'B∠W L{k}':>9}" for k in with_B)
     lines = [head]
     for rule, h in runs.items():
         acc = h.get("val_accuracy", h.get("accuracy", [float("nan")]))[-1]
         steady = h["seconds"][1:] or h["seconds"]  # the first epoch includes compiling for this network
         row = f"{rule:<8} {acc:>8.4f} {h['loss'][-1]:>10.4f} {np.mean(steady):>8.2f}"
         a = h.get("alignment")
-        for k in range(n_hidden):
+        for k in compared:
             v = _final(a, "update_angle", k) if a and a["step"] else float("nan")
             row += f"{'-' if np.isnan(v) else f'{v:.1f}':>10}"
-        for k in range(n_hidden + 1):
+        for k in with_B:
             v = _final(a, "feedback_angle", k) if a and a["step"] else float("nan")
             row += f"{'-' if np.isnan(v) else f'{v:.1f}':>9}"
         lines.append(row)
@@ -365,16 +442,19 @@ def _compare(args, parser):
     Xtr, ytr, validation = _load_data(args, parser)
     rules = args.rules or list(experiments.available_rules())
     _check_names(parser, "--rules", rules, "rule")
-    _check_names(parser, "--activation", [args.activation], "activation")
-    sizes = _sizes(args, Xtr, ytr)
+    layers = _chain(args, parser, Xtr, ytr)
+    if layers is None:
+        _check_names(parser, "--activation", [args.activation], "activation")
+    sizes = _sizes(args, Xtr, ytr) if layers is None else None
     data = "Fashion-MNIST" if args.data == "fashion-mnist" else os.path.basename(args.data)
-    title = (f"{data} ({len(Xtr)} training samples), {'-'.join(map(str, sizes))} {args.activation}, SGD lr {args.lr}"
+    title = (f"{data} ({len(Xtr)} training samples), {_described(args, layers, sizes)}, SGD lr {args.lr}"
              f"{f' momentum {args.momentum}' if args.momentum else ''}"
              f"{f' weight decay {args.weight_decay}' if args.weight_decay else ''}, batch {args.batch_size}, {args.epochs} epochs, "
              f"seed {args.seed}")
     print(f"comparing {', '.join(rules)}: {title}")
     try:
-        result = experiments.compare(Xtr, ytr, validation, rules=rules, sizes=sizes, activation=args.activation,
+        result = experiments.compare(Xtr, ytr, validation, rules=rules, sizes=sizes, layers=layers,
+                                     activation=args.activation,
                                      epochs=args.epochs, batch_size=args.batch_size,
                                      optimizer=_sgd(args), seed=args.seed,
                                      feedback_seed=args.feedback_seed, dtype=args.dtype,

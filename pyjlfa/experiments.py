@@ -34,7 +34,7 @@ from .network import Network
 from .optimizers import SGD
 
 __all__ = ["linear_task", "nonlinear_task", "teacher_task", "fashion_mnist", "compare", "save_results",
-           "available_rules"]
+           "available_rules", "architecture", "lenet5", "resnet", "fashion_mnist_images"]
 
 _DTYPES = {"float32": 0, "float64": 1}
 
@@ -214,10 +214,12 @@ def nonlinear_task(rules=("bp", "fa", "dfa"), steps=20000, record_every=100, **k
 
 def compare(X, y, validation_data, rules=None, sizes=None, activation="tanh", epochs=10, batch_size=64,
             optimizer=None, seed=0, feedback_seed=None, dtype="float32", track_alignment=50, name="compare",
-            out_dir=None, plot=True, progress=False, title=None):
+            out_dir=None, plot=True, progress=False, title=None, layers=None):
     """Train one network per rule from the same seed on (X, y); record learning and alignment curves.
 
-    ``rules`` defaults to every rule the engine has; ``sizes`` to [n_features, 256, 256, n_classes].
+    ``rules`` defaults to every rule the engine has. The network: ``layers``, a list of
+    :mod:`pyjlfa.layers` (any chain: conv, residual; X then holds samples of any shape, such as
+    (n, C, H, W) images), or else the dense ``sizes`` (default [n_features, 256, 256, n_classes]).
     Returns ``{"experiment": name, "params", "runs": {rule: history}}`` with each history as
     :meth:`pyjlfa.Network.fit` returns it (alignment under "alignment").
 
@@ -256,13 +258,26 @@ def compare(X, y, validation_data, rules=None, sizes=None, activation="tanh", ep
     """
     rules = _check_rules(available_rules() if rules is None else rules)
     X, y = np.asarray(X), np.asarray(y)
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2-D (samples, features), got shape {X.shape}")
-    if sizes is None:
+    if layers is not None and sizes is not None:
+        raise ValueError("give layers (a chain) or sizes (a dense network), not both")
+    if layers is None and X.ndim != 2:
+        raise ValueError(f"X of shape {X.shape} needs layers=[...] (e.g. experiments.lenet5()); sizes "
+                         "describe a dense network, which takes 2-D X (samples, features)")
+    if layers is None and sizes is None:
         sizes = [X.shape[1], 256, 256, int(np.max(y)) + 1]
     optimizer = SGD(lr=0.05) if optimizer is None else optimizer
+    if layers is not None:   # one description, built afresh for each rule
+        def build(rule):
+            return Network(layers, input_shape=X.shape[1:], rule=rule, seed=seed, feedback_seed=feedback_seed,
+                           dtype=dtype)
+    else:
+        def build(rule):
+            return Network(sizes, activation=activation, rule=rule, seed=seed, feedback_seed=feedback_seed,
+                           dtype=dtype)
+    architecture = (dict(layers=[repr(layer) for layer in layers], input_shape=list(X.shape[1:]))
+                    if layers is not None else dict(sizes=list(map(int, sizes)), activation=activation))
     result = {"experiment": name, "title": title,
-              "params": dict(rules=rules, sizes=list(map(int, sizes)), activation=activation, epochs=epochs,
+              "params": dict(rules=rules, **architecture, epochs=epochs,
                              batch_size=batch_size, lr=optimizer.lr, momentum=optimizer.momentum,
                              weight_decay=optimizer.weight_decay, seed=int(seed),
                              feedback_seed=None if feedback_seed is None else int(feedback_seed), dtype=dtype,
@@ -270,14 +285,27 @@ def compare(X, y, validation_data, rules=None, sizes=None, activation="tanh", ep
                              n_validation=None if validation_data is None else int(len(validation_data[1]))),
               "runs": {}}
     for rule in rules:
-        with Network(sizes, activation=activation, rule=rule, seed=seed, feedback_seed=feedback_seed,
-                     dtype=dtype) as net:
+        with build(rule) as net:
+            if layers is not None:   # what the alignment records' per-layer entries are
+                result["params"]["layer_names"] = [_short(v) for v in net._leaves]
             history = net.fit(X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                               validation_data=validation_data, progress=progress, track_alignment=track_alignment)
         result["runs"][rule] = history
     if out_dir is not None:
         save_results(result, out_dir, plot=plot)
     return result
+
+
+def _short(view):
+    """A layer as a panel title: "Conv2d(1, 6, 5)", "Linear(120, 84)", "ReLU()"; the engine's call
+    for layers not written by the user (a residual block's "pad" shortcut)."""
+    layer = view.layer
+    if layer is None:
+        return view.spec
+    values = [getattr(layer, f) for f in layer._fields if f not in layer._defaults or
+              getattr(layer, f) != layer._defaults[f]]
+    values = [v[0] if isinstance(v, tuple) and len(set(v)) == 1 else v for v in values]
+    return f"{type(layer).__name__}({', '.join(map(str, values))})"
 
 
 def fashion_mnist(rules=None, sizes=(784, 256, 256, 10), epochs=10, batch_size=64, lr=0.05, train_size=None,
@@ -457,11 +485,22 @@ class Recipe:
     published: dict
 
 
-def lenet5():
-    """LeNet-5 as biotorch builds it (ReLU, max pooling), for 1 x 32 x 32 images."""
+def lenet5(in_channels=1, classes=10):
+    """LeNet-5 as biotorch builds it (ReLU, max pooling), for in_channels x 32 x 32 images."""
     from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
-    return [Conv2d(1, 6, 5), ReLU(), MaxPool2d(2), Conv2d(6, 16, 5), ReLU(), MaxPool2d(2),
-            Conv2d(16, 120, 5), ReLU(), Flatten(), Linear(120, 84), ReLU(), Linear(84, 10)]
+    return [Conv2d(in_channels, 6, 5), ReLU(), MaxPool2d(2), Conv2d(6, 16, 5), ReLU(), MaxPool2d(2),
+            Conv2d(16, 120, 5), ReLU(), Flatten(), Linear(120, 84), ReLU(), Linear(84, classes)]
+
+
+def architecture(name, in_channels=1, classes=10):
+    """A named network as a list of layers: "lenet5", or "resnet<depth>" ("resnet20", "resnet56"),
+    for 32 x 32 images with ``in_channels`` channels and ``classes`` outputs."""
+    if name == "lenet5":
+        return lenet5(in_channels, classes)
+    if isinstance(name, str) and name.startswith("resnet") and name[6:].isdigit():
+        return resnet(int(name[6:]), in_channels, classes)
+    raise ValueError(f"unknown architecture {name!r}; known: 'lenet5', 'resnet<depth>' with depth 6n + 2 "
+                     "('resnet20', 'resnet32', 'resnet44', 'resnet56', ...)")
 
 
 def resnet(depth=20, in_channels=1, classes=10):
@@ -538,11 +577,24 @@ def _write_json_atomic(value, path):
     os.replace(tmp, path)
 
 
-def _normalised_padded(X, pad=2):
-    """Images standardised by Fashion-MNIST's pixel mean and std, then zero-padded to 32 x 32."""
+def _normalised_padded(X, pad=2, normalize=True):
+    """Images standardised by Fashion-MNIST's pixel mean and std (with ``normalize``), then
+    zero-padded by ``pad`` pixels on every side (2: 28 x 28 -> 32 x 32)."""
     out = np.zeros(X.shape[:2] + (X.shape[2] + 2 * pad, X.shape[3] + 2 * pad), dtype=X.dtype)
-    out[:, :, pad:-pad, pad:-pad] = (X - X.dtype.type(FASHION_MNIST_MEAN)) / X.dtype.type(FASHION_MNIST_STD)
+    if normalize:
+        X = (X - X.dtype.type(FASHION_MNIST_MEAN)) / X.dtype.type(FASHION_MNIST_STD)
+    out[:, :, pad:pad + X.shape[2], pad:pad + X.shape[3]] = X
     return out
+
+
+def fashion_mnist_images(path=None, dtype="float32", pad=2, normalize=True):
+    """Fashion-MNIST as (n, 1, 28 + 2 pad, 28 + 2 pad) images, standardised by the training pixels'
+    mean and std (with ``normalize``, as biotorch's LeNet runs do) before zero padding:
+    (X_train, y_train, X_test, y_test)."""
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise ValueError(f"pad must be an integer >= 0 (pixels added on every side), got {pad!r}")
+    Xtr, ytr, Xte, yte = datasets.fashion_mnist(path=path, dtype=dtype, images=True)
+    return _normalised_padded(Xtr, pad, normalize), ytr, _normalised_padded(Xte, pad, normalize), yte
 
 
 def _table_data(data_path, train_size, test_size, holdout=None):

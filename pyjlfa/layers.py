@@ -19,7 +19,7 @@ Sizes are PyTorch's: (channels, height, width), kernels (height, width).
 """
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Linear", "BatchNorm2d",
-           "BatchNorm1d", "ReLU", "Tanh", "Sigmoid", "LeakyReLU", "Dropout", "Residual", "julia_chain"]
+           "BatchNorm1d", "ReLU", "Tanh", "Sigmoid", "LeakyReLU", "Dropout", "Residual", "from_text", "julia_chain"]
 
 
 def _positive(value, name, low=1):
@@ -368,6 +368,62 @@ def _check_layer(layer, where):
         hint = (" PyTorch modules are not taken: write the same layers from pyjlfa.layers "
                 "(e.g. torch.nn.Conv2d(1, 6, 5) -> pyjlfa.layers.Conv2d(1, 6, 5)).")
     raise TypeError(f"{where} is {layer!r}; expected a layer from pyjlfa.layers ({known}).{hint}")
+
+
+def from_text(text, where="layers"):
+    """A list of layers from its Python text, as you would write it (``"[Conv2d(1, 6, 5), ReLU(),
+    MaxPool2d(2), Flatten(), Linear(864, 10)]"``, or as a layer's repr prints it), for spec files
+    and the command line. The text is parsed, never evaluated: only calls of this module's layers
+    with literal arguments (numbers and their + - * // arithmetic, strings, True/False/None, tuples,
+    nested lists of layers).
+
+    Parameters
+    ----------
+    text : str
+        The list, as Python text.
+    where : str
+        What to call it in an error (a spec key, a command-line option).
+    """
+    import ast
+    import operator
+    arithmetic = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+    known = {name: globals()[name] for name in __all__ if name[0].isupper()}
+    if not isinstance(text, str):
+        raise TypeError(f"{where} must be the text of a list of layers, got {text!r}")
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise ValueError(f"{where}: cannot read {text!r} as Python ({e.msg}); expected a list of layer calls "
+                         "such as [Linear(784, 256), ReLU(), Linear(256, 10)]") from None
+
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
+            return node.value
+        if isinstance(node, (ast.Tuple, ast.List)):
+            items = [value(n) for n in node.elts]
+            return tuple(items) if isinstance(node, ast.Tuple) else items
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -_number(value(node.operand))
+        if isinstance(node, ast.BinOp) and type(node.op) in arithmetic:   # Linear(16 * 5 * 5, 120)
+            return arithmetic[type(node.op)](_number(value(node.left)), _number(value(node.right)))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not any(
+                isinstance(a, ast.Starred) for a in node.args) and all(k.arg for k in node.keywords):
+            if node.func.id not in known:
+                raise ValueError(f"{where}: {node.func.id!r} is not a layer of pyjlfa.layers; it has "
+                                 f"{', '.join(known)}.")
+            return known[node.func.id](*map(value, node.args), **{k.arg: value(k.value) for k in node.keywords})
+        raise ValueError(f"{where}: {ast.unparse(node)!r} is not a layer call or a literal (the text is read, "
+                         "not run: no variables, arithmetic or other functions)")
+
+    def _number(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{where}: arithmetic on {v!r}: only numbers can be added or multiplied")
+        return v
+
+    layers = value(tree)
+    if not isinstance(layers, list):
+        raise ValueError(f"{where}: expected a list of layers in brackets, got {text!r}")
+    return _layer_list(layers, where)
 
 
 def julia_chain(layers):

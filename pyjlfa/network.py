@@ -603,7 +603,7 @@ class Network:
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True, validation_data=None,
-            progress=False, track_alignment=None):
+            progress=False, track_alignment=None, on_epoch_end=None):
         """Train for ``epochs`` passes over (X, y); each epoch is one call into Julia.
 
         Returns the history: per epoch "loss" (and "accuracy" for classifiers) averaged over the
@@ -621,6 +621,9 @@ class Network:
         ``track_alignment=n`` records :meth:`alignment` every n batches, on the batch being trained
         (before its update), into ``history["alignment"]``: {"epoch", "batch", "step", "role",
         "update_angle", ...}, each a list with one entry per record (per-layer lists inside).
+
+        ``on_epoch_end(net, history)`` is called after each epoch (after its validation), e.g. to
+        save a checkpoint: ``on_epoch_end=lambda net, h: net.save("ckpt.safetensors", True)``.
 
         Without ``optimizer``, training continues with the network's own: the one the last
         ``fit``/``step`` used, or the one a loaded model file recorded (its state, such as momentum,
@@ -656,6 +659,8 @@ class Network:
         """
         epochs = _positive_int(epochs, "epochs")
         batch_size = _positive_int(batch_size, "batch_size")
+        if on_epoch_end is not None and not callable(on_epoch_end):
+            raise TypeError(f"on_epoch_end must be a function called as on_epoch_end(net, history), got {on_epoch_end!r}")
         optimizer = optimizer if optimizer is not None else self.optimizer if self.optimizer is not None else SGD()
         opt = self._optimizer(optimizer)
         X, y = self._data(X, y)
@@ -688,6 +693,8 @@ class Network:
                 if validation_data is not None:
                     for k, v in self._evaluate(*validation).items():
                         history[f"val_{k}"].append(v)
+                if on_epoch_end is not None:
+                    on_epoch_end(self, history)
                 if progress:
                     _show_progress(self.rule, epoch, epochs, {k: v[-1] for k, v in history.items()})
         except KeyboardInterrupt:

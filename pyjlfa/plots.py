@@ -6,13 +6,19 @@ for a comparison of rules the learning curves, the alignment angles per layer ov
 W-vs-B angles, and a summary. Saved results can be drawn again without Julia:
 
     python -m pyjlfa.plots results/fashion_mnist.json [OUT_DIR]
+
+Every function also takes what :meth:`pyjlfa.Network.fit` returns, one history or a dict of
+name -> history (any network: dense, conv, residual), with the alignment curves where the
+histories have ``track_alignment`` records::
+
+    plots.figures({"FA": net_fa.fit(...), "BP": net_bp.fit(...)}, "figures/")
 """
 
 import os
 
 import numpy as np
 
-__all__ = ["figures", "teacher_task_figure", "learning_curves", "alignment_curves", "feedback_curves",
+__all__ = ["figures", "as_result", "teacher_task_figure", "learning_curves", "alignment_curves", "feedback_curves",
            "summary_figure", "robustness_figure", "require_matplotlib"]
 
 _COLORS = {"bp": "black", "fa": "tab:green", "dfa": "tab:blue", "shallow": "tab:gray"}
@@ -29,6 +35,37 @@ def require_matplotlib():
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     return plt
+
+
+def as_result(history, name=None):
+    """What the figures are drawn from: a result of :mod:`pyjlfa.experiments` as it is, or one
+    ``fit`` history (named ``name``, default "model"), or a dict of name -> history, wrapped as one.
+
+    Parameters
+    ----------
+    history : dict
+        A result, a history, or a dict of name -> history.
+    name : str or None
+        The name of a lone history.
+    """
+    def is_history(h):
+        return isinstance(h, dict) and isinstance(h.get("loss"), list)
+    if isinstance(history, dict) and "runs" in history:
+        return history
+    if is_history(history):
+        runs = {name or "model": history}
+    elif isinstance(history, dict) and history and all(is_history(h) for h in history.values()):
+        runs = dict(history)
+    else:
+        raise TypeError("expected a history returned by Network.fit, a dict of name -> history, or a result of "
+                        f"pyjlfa.experiments; got {type(history).__name__}"
+                        + (f" with keys {', '.join(map(repr, list(history)[:6]))}" if isinstance(history, dict) else ""))
+    return {"experiment": "history", "params": {}, "runs": runs}
+
+
+def _dots(n):
+    """Markers where a line has too few points to be seen as a line (a one-epoch history)."""
+    return {"marker": "o", "ms": 4} if n <= 1 else {}
 
 
 def _color(rule, rules):
@@ -70,7 +107,22 @@ def _b_style_keys(n_layers):
 def _target(rule, k):
     """What layer k's B stands in for, by the rule's feedback style."""
     from .rules import FEEDBACK_STYLE
-    return {"fa": "Wᵀ", "dfa": f"(W_{k + 1}⋯W_out)ᵀ"}.get(FEEDBACK_STYLE.get(rule), "its stand-in")
+    return {"fa": f"W_{k}ᵀ", "dfa": f"(W_{k + 1}⋯W_out)ᵀ"}.get(FEEDBACK_STYLE.get(rule), "its stand-in")
+
+
+def _receiver(rule, k, alignment):
+    """The layer whose error signal layer k's B makes: the layer itself under DFA-style rules, the
+    nearest layer before it that learns from a feedback signal under FA-style ones (B replaces Wᵀ
+    in carrying the error one layer down), so that both are numbered as the "layer j" panels are."""
+    from .rules import FEEDBACK_STYLE
+    if FEEDBACK_STYLE.get(rule) != "fa":
+        return k
+    before = [j for j in _compared_layers(alignment) if j < k]
+    return before[-1] if before else k - 1
+
+
+def _b_label(rule, k, alignment):
+    return f"{_label(rule)}: B → δ of layer {_receiver(rule, k, alignment)} (∠ {_target(rule, k)})"
 
 
 def _figure_legend(fig, handles, title=None):
@@ -104,6 +156,17 @@ def _layers_with_B(alignment):
     return [k for k in range(values.shape[1]) if np.isfinite(values[:, k]).any()] if values.size else []
 
 
+def _no_feedback_angle(runs):
+    """DFA-style rules whose B has no angle to show: the engine defines (W_L⋯W_{l+1})ᵀ only where every
+    later engine layer is a Dense one (so not in a chain with conv layers or separate activation layers)."""
+    from .rules import FEEDBACK_STYLE
+    missing = [r for r, a in runs.items() if FEEDBACK_STYLE.get(r) == "dfa" and _compared_layers(a)
+               and not _layers_with_B(a)]
+    return "".join(f"{_label(r)}: no B ∠ W angle: its target (W_L⋯W_l+1)ᵀ is defined only\n"
+                   "where every later layer is a Linear (none after a conv layer\n"
+                   "or a separate activation layer)\n" for r in missing).rstrip()
+
+
 def _roles_note(runs):
     """Which rules have no angle to show, and why."""
     notes = []
@@ -132,7 +195,8 @@ def teacher_task_figure(result, path):
     Parameters
     ----------
     result : dict
-        What an experiment of :mod:`pyjlfa.experiments` returns.
+        What an experiment of :mod:`pyjlfa.experiments` returns, one ``fit`` history, or a dict
+        of name -> history.
     path : str
         The PNG file to write.
     """
@@ -151,9 +215,8 @@ def teacher_task_figure(result, path):
             axes[1].plot(steps, _series(a, "delta_angle", k), color=c, ls=ls, lw=widths[i % 3],
                          label=f"{_label(rule)}, hidden layer {k}")
         for i, k in enumerate(_layers_with_B(a)):
-            target = _target(rule, k)
             axes[2].plot(steps, _series(a, "feedback_angle", k), color=c, ls=ls, lw=widths[i % 3],
-                         label=f"{_label(rule)}: B of layer {k} ∠ {target}")
+                         label=_b_label(rule, k, a))
     axes[0].set(xlabel="training step (samples seen)", ylabel="normalised test error (1 − R²)",
                 title="(a) error on 1000 test inputs")
     axes[1].axhline(90, color="gray", ls=":", lw=1)
@@ -192,30 +255,49 @@ def _ticks():
 def _title(result):
     if result.get("title"):
         return result["title"]
-    p = result["params"]
+    p = result.get("params") or {}
+    if "sizes" not in p or "lr" not in p:   # histories given as they are: what they hold
+        epochs = max(len(h["loss"]) for h in result["runs"].values())
+        return f"{', '.join(map(_label, result['runs']))}: {epochs} epoch{'s' * (epochs != 1)}"
     return (f"{result['experiment']}: {'-'.join(map(str, p['sizes']))} {p['activation']}, SGD lr {p['lr']:g}, "
             f"batch {p['batch_size']}, {p['epochs']} epochs, seed {p['seed']}")
 
 
 def _steps_axis(result):
-    return f"training step (minibatches of {result['params']['batch_size']})"
+    batch = (result.get("params") or {}).get("batch_size")
+    return f"training step (minibatches{f' of {batch}' if batch else ''})"
 
 
 def _accuracy_key(history):
     return "val_accuracy" if "val_accuracy" in history else "accuracy" if "accuracy" in history else None
 
 
+def _identical(runs):
+    """A note naming runs whose curves coincide (FA and DFA are one rule with one hidden layer), so
+    that a line hidden under another is explained."""
+    import textwrap
+    names = list(runs)
+    curves = {n: {k: v for k, v in runs[n].items() if k not in ("seconds", "alignment")} for n in names}
+    same = [f"{_label(b)} = {_label(a)}" for i, a in enumerate(names) for b in names[i + 1:] if curves[a] == curves[b]]
+    if not same:
+        return ""
+    why = " (with one hidden layer FA and DFA are the same rule)" if "FA = DFA" in same or "DFA = FA" in same else ""
+    return textwrap.fill("identical curves: " + ", ".join(same) + why, 60)
+
+
 def learning_curves(result, path):
-    """Training loss and (validation) accuracy per epoch for each rule.
+    """Training loss and (validation) accuracy per epoch for each rule (or each named history).
 
     Parameters
     ----------
     result : dict
-        What an experiment of :mod:`pyjlfa.experiments` returns.
+        What an experiment of :mod:`pyjlfa.experiments` returns, one ``fit`` history, or a dict
+        of name -> history.
     path : str
         The PNG file to write.
     """
     plt = require_matplotlib()
+    result = as_result(result)
     runs, rules = result["runs"], list(result["runs"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
     for rule, h in runs.items():
@@ -223,7 +305,7 @@ def learning_curves(result, path):
         c = _color(rule, rules)
         axes[0].plot(epochs, h["loss"], "-o", ms=3, color=c)
         if "val_loss" in h:
-            axes[0].plot(epochs, h["val_loss"], "--", color=c)
+            axes[0].plot(epochs, h["val_loss"], "--", color=c, **_dots(len(epochs)))
         key = _accuracy_key(h)
         if key:
             axes[1].plot(epochs, 100 * np.array(h[key]), "-o", ms=3, color=c,
@@ -235,6 +317,9 @@ def learning_curves(result, path):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(_ticks())
     styles = [("-", "training (epoch mean)")] + ([("--", "test")] if "val_loss" in next(iter(runs.values())) else [])
+    same = _identical(runs)
+    if same:
+        axes[0].text(0.02, 0.02, same, transform=axes[0].transAxes, fontsize=8, color="dimgray")
     fig.suptitle(_title(result))
     _figure_legend(fig, axes[1].get_legend_handles_labels()[0] + _style_keys(*styles),
                    title="rule (final accuracy);\nloss: line style")
@@ -247,11 +332,13 @@ def alignment_curves(result, path):
     Parameters
     ----------
     result : dict
-        What an experiment of :mod:`pyjlfa.experiments` returns.
+        What an experiment of :mod:`pyjlfa.experiments` returns, one ``fit`` history, or a dict
+        of name -> history.
     path : str
         The PNG file to write.
     """
     plt = require_matplotlib()
+    result = as_result(result)
     runs = {r: h["alignment"] for r, h in result["runs"].items() if h.get("alignment") and h["alignment"]["step"]}
     rules = list(result["runs"])
     layers = sorted({k for a in runs.values() for k in _compared_layers(a)}) or [0]
@@ -261,11 +348,12 @@ def alignment_curves(result, path):
             if k not in _compared_layers(a):
                 continue
             steps, c = np.array(a["step"]), _color(rule, rules)
-            ax.plot(steps, _series(a, "update_angle", k), color=c, label=_label(rule))
-            ax.plot(steps, _series(a, "delta_angle", k), color=c, ls="--", lw=1)
+            ax.plot(steps, _series(a, "update_angle", k), color=c, label=_label(rule), **_dots(len(steps)))
+            ax.plot(steps, _series(a, "delta_angle", k), color=c, ls="--", lw=1, **_dots(len(steps)))
         ax.axhline(90, color="gray", ls=":", lw=1)
         ax.set(xlabel=_steps_axis(result), ylabel="angle to backprop (degrees)", ylim=(0, 180),
-               title=f"hidden layer {k} (W of shape {_layer_shape(result, k)})")
+               title=_layer_title(result, k))
+        ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
     note = _roles_note(runs)
     if note:
@@ -280,9 +368,14 @@ def alignment_curves(result, path):
     return _save(fig, path)
 
 
-def _layer_shape(result, k):
-    sizes = result["params"]["sizes"]
-    return f"{sizes[k]}x{sizes[k + 1]}"
+def _layer_title(result, k):
+    """Panel title of layer k (an engine layer: alignment records have one entry per layer)."""
+    p = result.get("params") or {}
+    if p.get("layer_names"):   # a chain: the layer as written
+        return f"layer {k}: {p['layer_names'][k]}"
+    if p.get("sizes"):
+        return f"hidden layer {k} (W of shape {p['sizes'][k]}x{p['sizes'][k + 1]})"
+    return f"layer {k}"
 
 
 def feedback_curves(result, path):
@@ -291,11 +384,13 @@ def feedback_curves(result, path):
     Parameters
     ----------
     result : dict
-        What an experiment of :mod:`pyjlfa.experiments` returns.
+        What an experiment of :mod:`pyjlfa.experiments` returns, one ``fit`` history, or a dict
+        of name -> history.
     path : str
         The PNG file to write.
     """
     plt = require_matplotlib()
+    result = as_result(result)
     runs = {r: h["alignment"] for r, h in result["runs"].items() if h.get("alignment") and h["alignment"]["step"]}
     rules = list(result["runs"])
     n_lines = sum(len(_layers_with_B(a)) for a in runs.values())
@@ -303,12 +398,16 @@ def feedback_curves(result, path):
     for rule, a in runs.items():
         with_B = _layers_with_B(a)
         for k in with_B:
-            target = _target(rule, k)
             ax.plot(a["step"], _series(a, "feedback_angle", k), color=_color(rule, rules), ls=_b_style(k, with_B),
-                    label=f"{_label(rule)}: B of layer {k} ∠ {target}", gid=f"{rule} B{k}")
+                    label=_b_label(rule, k, a), gid=f"{rule} B{k}", **_dots(len(a["step"])))
     ax.axhline(90, color="gray", ls=":", lw=1)
+    note = _no_feedback_angle(runs)
+    if note:
+        ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=8, color="dimgray")
+    import textwrap   # a long title over one panel is cut at the figure's edges: wrapped to the panel
     ax.set(xlabel=_steps_axis(result), ylabel="angle (degrees)", ylim=(0, 180),
-           title=f"{_title(result)}\nweight alignment: feedback matrix B ∠ the forward weights it replaces")
+           title=textwrap.fill(_title(result), 75) +
+           "\nweight alignment: feedback matrix B ∠ the forward weights it replaces")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -325,12 +424,14 @@ def summary_figure(result, path):
     Parameters
     ----------
     result : dict
-        What an experiment of :mod:`pyjlfa.experiments` returns.
+        What an experiment of :mod:`pyjlfa.experiments` returns, one ``fit`` history, or a dict
+        of name -> history.
     path : str
         The PNG file to write.
     """
     plt = require_matplotlib()
     from matplotlib.lines import Line2D
+    result = as_result(result)
     all_runs, rules = result["runs"], list(result["runs"])
     runs = {r: h["alignment"] for r, h in all_runs.items() if h.get("alignment") and h["alignment"]["step"]}
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
@@ -347,23 +448,26 @@ def summary_figure(result, path):
     layers = sorted({k for a in runs.values() for k in _compared_layers(a)})
     compared = [r for r in runs if _compared_layers(runs[r])]
     width = 0.8 / max(len(compared), 1)
+    top = 100   # an angle above 100 (an update against backprop's) still shows, with its label
     for i, rule in enumerate(compared):
         a = runs[rule]
         final = [_final(a, "update_angle", k) for k in layers]
         pos = np.arange(len(layers)) + (i - (len(compared) - 1) / 2) * width
         b = bars.bar(pos, final, width, color=_color(rule, rules), label=_label(rule))
+        top = max([top] + [10 * np.ceil(v / 10) + 10 for v in final if np.isfinite(v)])
         bars.bar_label(b, fmt="%.0f", fontsize=8)
     bars.set_xticks(np.arange(len(layers)))
-    bars.set_xticklabels([f"hidden layer {k}" for k in layers])
+    hidden = "hidden " if (result.get("params") or {}).get("sizes") else ""
+    bars.set_xticklabels([f"{hidden}layer {k}" for k in layers])
     bars.axhline(90, color="gray", ls=":", lw=1)
-    bars.set(ylabel="angle to backprop (degrees)", ylim=(0, 100),
+    bars.set(ylabel="angle to backprop (degrees)", ylim=(0, top),
              title="(b) final dW ∠ dW_BP (mean of the last epoch's records)")
 
     for rule, a in runs.items():
         ks = _compared_layers(a)
         if ks:
             mean = np.nanmean(np.stack([_series(a, "update_angle", k) for k in ks]), axis=0)
-            curves.plot(a["step"], mean, color=_color(rule, rules), label=_label(rule))
+            curves.plot(a["step"], mean, color=_color(rule, rules), label=_label(rule), **_dots(len(mean)))
     curves.axhline(90, color="gray", ls=":", lw=1)
     curves.set(xlabel=_steps_axis(result), ylabel="angle to backprop (degrees)", ylim=(0, 180),
                title="(c) dW ∠ dW_BP, mean over hidden layers")
@@ -372,13 +476,16 @@ def summary_figure(result, path):
         with_B = _layers_with_B(a)
         for k in with_B:
             wb.plot(a["step"], _series(a, "feedback_angle", k), color=_color(rule, rules), ls=_b_style(k, with_B),
-                    gid=f"{rule} B{k}")
+                    gid=f"{rule} B{k}", **_dots(len(a["step"])))
     wb.axhline(90, color="gray", ls=":", lw=1)
     wb.set(xlabel=_steps_axis(result), ylabel="angle (degrees)", ylim=(0, 180),
            title="(d) feedback matrix B ∠ the weights it replaces")
     note = _roles_note(runs)
     if note:
         curves.text(0.02, 0.02, note, transform=curves.transAxes, fontsize=8, color="dimgray")
+    note = _no_feedback_angle(runs)
+    if note:
+        wb.text(0.02, 0.02, note, transform=wb.transAxes, fontsize=7, color="dimgray")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.suptitle(_title(result))
@@ -401,16 +508,20 @@ def _final(alignment, field, layer):
 
 
 def figures(result, out_dir):
-    """Every figure for ``result`` (from :mod:`pyjlfa.experiments`) as PNG files in ``out_dir``.
+    """Every figure for ``result`` (from :mod:`pyjlfa.experiments`, or one ``fit`` history, or a
+    dict of name -> history) as PNG files in ``out_dir``; the alignment figures where there are
+    ``track_alignment`` records.
 
     Parameters
     ----------
     result : dict
-        What an experiment of :mod:`pyjlfa.experiments` returns.
+        What an experiment of :mod:`pyjlfa.experiments` returns, one ``fit`` history, or a dict
+        of name -> history.
     out_dir : str
         The folder.
     """
     require_matplotlib()
+    result = as_result(result)
     os.makedirs(out_dir, exist_ok=True)
     name = result["experiment"]
     if "step" in result:

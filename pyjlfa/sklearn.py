@@ -30,6 +30,7 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _runtime, _schema
+from .layers import _layer_list, from_text
 from .network import Network
 from .optimizers import SGD, Adam
 
@@ -91,6 +92,24 @@ def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _with_parameters(net):
+    """The layers that hold a W (Linear, Conv2d), depth first: those of coefs_ and intercepts_."""
+    return [layer for _, layer in net.named_layers() if layer.W is not None]
+
+
+def _copies(net, skip=()):
+    """Copies of the network's arrays by layer path (for early stopping's best epoch, and pickles)."""
+    return {path: {name: a.copy() for name, a in layer.arrays.items() if name not in skip}
+            for path, layer in net.named_layers() if layer.arrays}
+
+
+def _restore(net, copies):
+    layers = dict(net.named_layers())
+    for path, arrays in copies.items():
+        for name, a in arrays.items():
+            layers[path].arrays[name][...] = a
+
+
 class _BaseFeedbackAlignment(BaseEstimator):
     """What the classifier and the regressor share; see their docstrings."""
 
@@ -101,7 +120,7 @@ class _BaseFeedbackAlignment(BaseEstimator):
                  solver="sgd", alpha=0.0, batch_size="auto", learning_rate_init=0.001, max_iter=200,
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=False, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
-                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, layers=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.rule = rule
@@ -124,6 +143,7 @@ class _BaseFeedbackAlignment(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.layers = layers
 
     # -- parameters -----------------------------------------------------------------------------
     def _hidden_sizes(self):
@@ -134,6 +154,17 @@ class _BaseFeedbackAlignment(BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be a positive integer or a sequence of them, "
                              f"got {self.hidden_layer_sizes!r}")
         return [int(s) for s in sizes]
+
+    def _layer_list(self):
+        """``layers`` as a list of pyjlfa.layers (given as such or as their text), or None (dense)."""
+        if self.layers is None:
+            return None
+        if isinstance(self.layers, str):
+            return from_text(self.layers, "layers")
+        return list(_layer_list(self.layers, "layers"))
+
+    def _n_layers(self, net=None):
+        return len(self._hidden_sizes()) + 2 if self.layers is None else len(_with_parameters(net)) + 1
 
     def _check_parameters(self):
         """Refuse what pyjlfa cannot do, with a clear message, before any work."""
@@ -166,6 +197,7 @@ class _BaseFeedbackAlignment(BaseEstimator):
         if self.early_stopping and not (_is_real(self.validation_fraction) and 0 < self.validation_fraction < 1):
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
         self._hidden_sizes()
+        self._layer_list()
 
     def _seeds(self):
         """The network's seed and a RandomState for the validation split, both from random_state."""
@@ -174,19 +206,22 @@ class _BaseFeedbackAlignment(BaseEstimator):
         seed = int(self.random_state) if _is_int(self.random_state) else int(rng.randint(np.iinfo(np.int64).max))
         return seed, rng
 
-    def _network_config(self, n_features, n_outputs, dtype, seed):
-        return dict(layers=[n_features] + self._hidden_sizes() + [n_outputs],
-                    activation=_ACTIVATION_ALIASES.get(self.activation, self.activation),
-                    rule=self.rule, loss=self._loss, seed=seed, feedback_seed=self.feedback_seed,
-                    dtype=np.dtype(dtype).name)
+    def _network_config(self, sample_shape, n_outputs, dtype, seed):
+        common = dict(rule=self.rule, loss=self._loss, seed=seed, feedback_seed=self.feedback_seed,
+                      dtype=np.dtype(dtype).name)
+        if self.layers is not None:   # one sample's shape, e.g. (C, H, W), comes from X
+            return dict(layers=self._layer_list(), input_shape=tuple(sample_shape), **common)
+        return dict(layers=[sample_shape[0]] + self._hidden_sizes() + [n_outputs],
+                    activation=_ACTIVATION_ALIASES.get(self.activation, self.activation), **common)
 
     # -- the network behind the arrays ----------------------------------------------------------
     def _adopt(self, net):
         """Make the estimator's arrays the views of ``net``'s parameters."""
         self._net = net
-        self.coefs_ = [layer.W for layer in net.layers]
-        self.intercepts_ = [layer.b for layer in net.layers]
-        self.feedback_matrices_ = [layer.B for layer in net.layers]
+        layers = _with_parameters(net)
+        self.coefs_ = [layer.W for layer in layers]
+        self.intercepts_ = [layer.b for layer in layers]
+        self.feedback_matrices_ = [layer.B for layer in layers]
 
     def _network(self):
         """The Julia network whose parameter views are coefs_, intercepts_ and feedback_matrices_.
@@ -196,21 +231,23 @@ class _BaseFeedbackAlignment(BaseEstimator):
         and shuffling stream start afresh.
         """
         net = getattr(self, "_net", None)
-        if net is not None and all(len(arrays) == len(net.layers) and all(a is getattr(layer, which)
-                                                                         for a, layer in zip(arrays, net.layers))
-                                   for _, which, arrays in self._parameter_lists()):
+        if net is not None and all(len(arrays) == len(_with_parameters(net)) and all(
+                a is getattr(layer, which) for a, layer in zip(arrays, _with_parameters(net)))
+                for _, which, arrays in self._parameter_lists()):
             return net
         net = Network(**self._config)
+        layers = _with_parameters(net)
         for name, which, arrays in self._parameter_lists():
-            if len(arrays) != len(net.layers):
-                raise ValueError(f"{name} has {len(arrays)} entries; this network has {len(net.layers)} layers")
-            for k, (value, layer) in enumerate(zip(arrays, net.layers)):
+            if len(arrays) != len(layers):
+                raise ValueError(f"{name} has {len(arrays)} entries; this network has {len(layers)} layers")
+            for k, (value, layer) in enumerate(zip(arrays, layers)):
                 view = getattr(layer, which)
                 if (view is None) != (value is None) or (view is not None and np.shape(value) != view.shape):
                     raise ValueError(f"{name}[{k}] has shape {np.shape(value)}; this network needs "
                                      f"{None if view is None else view.shape}")
                 if view is not None:
                     view[...] = value
+        _restore(net, getattr(self, "_other_arrays", {}))   # batch norm's, when pickled
         self._adopt(net)
         return net
 
@@ -221,7 +258,9 @@ class _BaseFeedbackAlignment(BaseEstimator):
     def __getstate__(self):
         # Pickles carry plain NumPy copies of the parameters, never the Julia network.
         state = dict(super().__getstate__())
-        state.pop("_net", None)
+        net = state.pop("_net", None)
+        if net is not None and self.layers is not None:   # arrays beyond W, b, B (batch norm's)
+            state["_other_arrays"] = _copies(net, skip=("W", "b", "B"))
         for name in ("coefs_", "intercepts_", "feedback_matrices_"):
             if name in state:
                 state[name] = [None if a is None else np.array(a) for a in state[name]]
@@ -240,15 +279,17 @@ class _BaseFeedbackAlignment(BaseEstimator):
         first = not hasattr(self, "coefs_") or not (self.warm_start or incremental)
         X, y, fitted = self._validate_training_data(X, y, first, incremental, classes)
         seed, rng = self._seeds()
-        config = self._network_config(X.shape[1], fitted["n_outputs_"], X.dtype, seed)
+        config = self._network_config(X.shape[1:], fitted["n_outputs_"], X.dtype, seed)
         if first:
             net = Network(**config)  # validates rule and activation before anything is set
+            fitted["n_layers_"] = self._n_layers(net)
             self.__dict__.update(fitted)
             self._config = config
             self._adopt(net)
             self._initialize_progress()
         else:
-            changed = [k for k in ("layers", "activation", "rule") if config[k] != self._config[k]]
+            changed = [k for k in ("layers", "activation", "input_shape", "rule")
+                       if config.get(k) != self._config.get(k)]
             if changed:
                 raise ValueError("warm_start and partial_fit continue the fitted network, whose "
                                  + ", ".join(f"{k} is {self._config[k]!r} (now {config[k]!r})" for k in changed)
@@ -297,8 +338,7 @@ class _BaseFeedbackAlignment(BaseEstimator):
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                               "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         if self.early_stopping:  # keep the parameters of the best validation score
-            for layer, (W, b) in zip(net.layers, self._best_parameters):
-                layer.W[...], layer.b[...] = W, b
+            _restore(net, self._best_parameters)
         return self
 
     def _initialize_progress(self):
@@ -320,7 +360,7 @@ class _BaseFeedbackAlignment(BaseEstimator):
             self.best_loss_ = np.inf
 
     def _copy_parameters(self):
-        return [(W.copy(), b.copy()) for W, b in zip(self.coefs_, self.intercepts_)]
+        return _copies(self._network(), skip=("B",))
 
     def _track_loss(self):
         """As MLP*: count epochs whose training loss is not ``tol`` below the best so far."""
@@ -352,7 +392,8 @@ class _BaseFeedbackAlignment(BaseEstimator):
     def _validated_inputs(self, X):
         check_is_fitted(self)
         _check_thread()
-        return validate_data(self, X, reset=False, dtype=self._input_dtype(False), order="C")
+        return validate_data(self, X, reset=False, dtype=self._input_dtype(False), order="C",
+                             allow_nd=self.layers is not None)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -366,6 +407,11 @@ _PARAMETERS_DOC = """
     ----------
     hidden_layer_sizes : int or sequence of int, default=(100,)
         Widths of the hidden layers.
+    layers : list of pyjlfa.layers, or its text, default=None
+        Any network instead of the dense one of hidden_layer_sizes and activation, e.g.
+        ``[Conv2d(1, 6, 5), ReLU(), MaxPool2d(2), Flatten(), Linear(6 * 12 * 12, 10)]``; X then
+        holds samples of the shape the first layer takes, such as images (n, C, H, W). coefs_,
+        intercepts_ and feedback_matrices_ list the layers with weights (Linear, Conv2d), depth first.
     activation : {"relu", "tanh", "logistic", "sigmoid", "leaky_relu", "identity"}, default="relu"
         Hidden-layer activation ("logistic" is scikit-learn's name for "sigmoid").
     rule : str, default="fa"
@@ -437,7 +483,7 @@ class FeedbackAlignmentClassifier(ClassifierMixin, _BaseFeedbackAlignment):
                  solver="sgd", alpha=0.0, batch_size="auto", learning_rate_init=0.03, max_iter=200,
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=False, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
-                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, layers=None):
         # The same parameters as the regressor, with defaults for classifying small tabular data.
         super().__init__(hidden_layer_sizes, activation, rule=rule, feedback_seed=feedback_seed, solver=solver,
                          alpha=alpha, batch_size=batch_size, learning_rate_init=learning_rate_init,
@@ -445,10 +491,11 @@ class FeedbackAlignmentClassifier(ClassifierMixin, _BaseFeedbackAlignment):
                          verbose=verbose, warm_start=warm_start, momentum=momentum,
                          nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
                          validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-                         epsilon=epsilon, n_iter_no_change=n_iter_no_change)
+                         epsilon=epsilon, n_iter_no_change=n_iter_no_change, layers=layers)
 
     def _validate_training_data(self, X, y, first, incremental, classes):
-        X, y = validate_data(self, X, y, reset=first, dtype=self._input_dtype(first), order="C")
+        X, y = validate_data(self, X, y, reset=first, dtype=self._input_dtype(first), order="C",
+                             allow_nd=self.layers is not None)
         check_classification_targets(y)
         if first:
             classes = unique_labels(y if classes is None else classes)
@@ -461,8 +508,7 @@ class FeedbackAlignmentClassifier(ClassifierMixin, _BaseFeedbackAlignment):
             raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the data, "
                              f"but the data contains only one class: {classes[0]!r}")
         y = LabelEncoder().fit(classes).transform(y)  # raises on labels outside classes
-        return X, y, dict(classes_=classes, n_outputs_=len(classes), n_layers_=len(self._hidden_sizes()) + 2,
-                          out_activation_="softmax")
+        return X, y, dict(classes_=classes, n_outputs_=len(classes), out_activation_="softmax")
 
     def _validation_score(self, net, X_val, y_val):
         return net.evaluate(X_val, y_val)["accuracy"]
@@ -556,12 +602,11 @@ class FeedbackAlignmentRegressor(RegressorMixin, _BaseFeedbackAlignment):
 
     def _validate_training_data(self, X, y, first, incremental, classes):
         X, y = validate_data(self, X, y, reset=first, dtype=self._input_dtype(first), order="C",
-                             multi_output=True, y_numeric=True)
+                             multi_output=True, y_numeric=True, allow_nd=self.layers is not None)
         y = y.reshape(-1, 1) if y.ndim == 1 else y
         if not first and y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {y.shape[1]} outputs; the fitted network has {self.n_outputs_}")
-        return X, y, dict(n_outputs_=y.shape[1], n_layers_=len(self._hidden_sizes()) + 2,
-                          out_activation_="identity")
+        return X, y, dict(n_outputs_=y.shape[1], out_activation_="identity")
 
     def _validation_score(self, net, X_val, y_val):
         return r2_score(y_val, net.predict(X_val))

@@ -21,6 +21,19 @@ shares, and the grid (plus optional random samples) over any Network/fit/optimiz
     seed = 0
     momentum = { uniform = [0.0, 0.9] }
 
+Networks other than dense ones: ``layers``, a list of :mod:`pyjlfa.layers` calls in Python syntax
+(read, never run) or a named architecture ("lenet5", "resnet20", ...), with image data
+(``images = true`` for Fashion-MNIST, standardised and zero-padded by ``pad`` pixels; or an .npz
+file with (n, C, H, W) arrays). A grid over architectures is a grid over ``layers``::
+
+    [data]
+    name = "fashion_mnist"
+    images = true                 # (n, 1, 32, 32): pad = 2 (default), normalize = true (default)
+
+    [grid]
+    layers = ["lenet5", "[Conv2d(1, 8, 5), ReLU(), MaxPool2d(4), Flatten(), Linear(8 * 7 * 7, 10)]"]
+    rule = ["bp", "fa"]
+
 ``sweep(spec, out=DIR)`` validates every run first, then runs them on Dask distributed (a
 LocalCluster of spawned worker processes by default, or the ``client`` you pass), writes each
 result atomically to ``DIR/runs/<id>.json`` as it arrives (a rerun skips finished runs), and
@@ -36,6 +49,7 @@ import hashlib
 import itertools
 import json
 import math
+import textwrap
 import os
 import sys
 import threading
@@ -99,6 +113,20 @@ def _widths(value, where):
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
         raise SpecError(f"{where}: expected a list of positive integer widths such as [256, 256], got {value!r}")
     return value
+
+
+def _layers(value, where):
+    """A named architecture (resolved against the data on the worker) or the text of a layer list."""
+    from .experiments import architecture
+    from .layers import from_text
+    _text(value, where)
+    try:
+        if value.lstrip().startswith("["):
+            return from_text(value, where)
+        architecture(value)   # checks the name
+        return value
+    except (TypeError, ValueError) as e:
+        raise SpecError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
 
 
 def _numbers(value, where):
@@ -167,6 +195,7 @@ def _optimizer_name(value, where):
 # A new Network/fit/optimizer argument is one line here.
 PARAMETERS = {
     "hidden": ("network", "sizes", _widths),            # input and output widths come from the data
+    "layers": ("network", "layers", _layers),           # "lenet5", "resnet20", or "[Conv2d(1, 6, 5), ReLU(), ...]"
     "activation": ("network", "activation", _text),
     "rule": ("network", "rule", _rule),                 # "fa", or with parameters: "wm(steps=2)"
     "loss": ("network", "loss", _text),                 # mse trains on one-hot targets
@@ -216,7 +245,7 @@ def arguments(config):
 
 
 # -- data -------------------------------------------------------------------------------------------
-_DATA_KEYS = {"fashion_mnist": {"path", "train_size", "test_size"},
+_DATA_KEYS = {"fashion_mnist": {"path", "train_size", "test_size", "images", "pad", "normalize"},
               "npz": {"path", "train_size", "test_size"},
               "synthetic": {"train_size", "test_size", "features", "classes", "seed"}}
 
@@ -235,8 +264,13 @@ def _check_data(data, base_dir):
             raise SpecError(f"data.{key}: unknown key for data {name!r}; expected some of {', '.join(sorted(_DATA_KEYS[name]))}")
         if key == "path":
             data[key] = os.path.abspath(os.path.join(base_dir, _text(value, "data.path")))
-        elif _integer(value, f"data.{key}") < (0 if key == "seed" else 1):
-            raise SpecError(f"data.{key}: expected a positive integer, got {value!r}")
+        elif key in ("images", "normalize"):
+            _flag(value, f"data.{key}")
+        elif _integer(value, f"data.{key}") < (0 if key in ("seed", "pad") else 1):
+            raise SpecError(f"data.{key}: expected a{' non-negative' if key == 'pad' else ' positive'} integer, "
+                            f"got {value!r}")
+    if not data.get("images") and ({"pad", "normalize"} & set(data)):
+        raise SpecError(f"data.{sorted({'pad', 'normalize'} & set(data))[0]}: applies to images; add images = true")
     if name == "npz" and "path" not in data:
         raise SpecError("data.path: data 'npz' needs path = 'file.npz' (with X_train, y_train, optionally X_test, y_test)")
     return data
@@ -269,7 +303,11 @@ def load_data(data, dtype="float32"):
         from . import datasets
         name, params = data["name"], {k: v for k, v in data.items() if k != "name"}
         train_size, test_size = params.pop("train_size", None), params.pop("test_size", None)
-        if name == "fashion_mnist":
+        if name == "fashion_mnist" and params.get("images"):
+            from .experiments import fashion_mnist_images
+            Xtr, ytr, Xte, yte = fashion_mnist_images(path=params.get("path"), dtype=dtype, pad=params.get("pad", 2),
+                                                      normalize=params.get("normalize", True))
+        elif name == "fashion_mnist":
             Xtr, ytr, Xte, yte = datasets.fashion_mnist(path=params.get("path"), dtype=dtype)
         elif name == "npz":
             with np.load(params["path"]) as f:
@@ -382,11 +420,19 @@ def plan(spec):
 
     rng = np.random.default_rng(random_seed)
     draws = [{k: _draw(rng, k, how) for k, how in random.items()} for _ in range(samples)] or [{}]
-    base = dict(DEFAULTS, **fixed)
+    given = set(fixed) | set(grid) | set(random)
+    if "layers" in given:   # a chain instead of the dense network
+        both = sorted(given & {"hidden", "activation"})
+        if both:
+            raise SpecError(f"{both[0]}: describes the dense network, but layers gives the network; give one "
+                            "(activations are layers in a layer list: ReLU(), Tanh())")
+    base = dict({k: v for k, v in DEFAULTS.items() if not (k == "hidden" and "layers" in given)}, **fixed)
     runs, seen = [], set()
     for values in itertools.product(*grid.values()):
         for draw in draws:
             config = dict(base, **dict(zip(grid, values)), **draw)
+            if isinstance(config.get("rule"), str) and config["rule"].isidentifier():   # "FA" is "fa"
+                config["rule"] = _schema.rule_name(config["rule"])
             where = ", ".join(f"{k}={config[k]!r}" for k in list(grid) + list(random))
             try:
                 arguments(config)
@@ -409,7 +455,19 @@ def _build(args, Xtr, ytr):
     from .network import Network
     net_args = dict(args["network"])
     n_outputs = int(max(ytr.max(), 0)) + 1
-    net_args["sizes"] = [Xtr.shape[1], *net_args["sizes"], n_outputs]
+    if "layers" in net_args:   # a chain: one sample's shape comes from the data
+        if isinstance(net_args["layers"], str):
+            from .experiments import architecture
+            if Xtr.ndim != 4:
+                raise ValueError(f"layers {net_args['layers']!r} needs images (n, C, H, W); the data has shape "
+                                 f"{Xtr.shape} (Fashion-MNIST: images = true)")
+            net_args["layers"] = architecture(net_args["layers"], in_channels=Xtr.shape[1], classes=n_outputs)
+        net_args["input_shape"] = Xtr.shape[1:]
+    else:
+        if Xtr.ndim != 2:
+            raise ValueError(f"the data are images of shape {Xtr.shape[1:]}: give the network as layers "
+                             "(a layer list or 'lenet5'), hidden describes a dense one")
+        net_args["sizes"] = [Xtr.shape[1], *net_args["sizes"], n_outputs]
     net = Network(**net_args)
     net._optimizer(args["optimizer"])  # the optimizer's per-layer options against this network
     return net, n_outputs
@@ -635,45 +693,127 @@ def _write_summary(rows, path):
             w.writerows(rows)
 
 
-def figures(rows, out):
-    """Test accuracy against learning rate, one line per rule (mean; band: ± std over seeds),
-    one panel per combination of the other varying keys. Returns the PNG paths (none without lr in the grid)."""
-    if not rows or "lr" not in rows[0]:
+def _grouping_keys(rows):
+    return [k for k in rows[0] if k not in ("runs", "failed") and not k.endswith(("_mean", "_std"))]
+
+
+def _varies(rows, key):
+    return len({json.dumps(r[key], sort_keys=True, default=str) for r in rows}) > 1
+
+
+def x_key(rows):
+    """(the key the figures are drawn against, or None, and why): lr if it varies, else the first
+    other varying key (rule only when nothing else varies)."""
+    if not rows:
+        return None, "no runs finished"
+    varying = [k for k in _grouping_keys(rows) if _varies(rows, k)]
+    if not varying:
+        return None, ("every run has the same configuration but its seeds: nothing varies to draw against "
+                      "(summary.csv has the mean ± std over seeds)")
+    for k in ["lr"] + [k for k in varying if k != "rule"] + ["rule"]:
+        if k in varying:
+            return k, ""
+
+
+def identical_rules(rows):
+    """Notes on rules whose results coincide in one configuration (with one hidden layer DFA is FA:
+    both send the output error to the hidden layer through one random matrix, the same draw)."""
+    others = [k for k in _grouping_keys(rows) if k != "rule"]
+    groups, notes = {}, []
+    for r in rows:
+        if "rule" in r and r["runs"]:
+            groups.setdefault(tuple(json.dumps(r[k], default=str) for k in others), []).append(r)
+    for members in groups.values():
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                if all(a[f"{w}_accuracy_mean"] == b[f"{w}_accuracy_mean"] for w in ("final", "best")):
+                    where = ", ".join(f"{k}={a[k]}" for k in others if _varies(rows, k))
+                    why = ("; FA and DFA are one rule in a network with one hidden layer (both send e to it "
+                           "through one random matrix, the same draw)") if {a["rule"], b["rule"]} == {"fa", "dfa"} else ""
+                    notes.append(f"{a['rule']} and {b['rule']} give identical results{f' at {where}' if where else ''}{why}")
+    return notes
+
+
+def _tick(value):
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 24 else None
+
+
+def figures(rows, out, notes=()):
+    """Final and best test accuracy (mean; band: ± std over seeds) against the key that varies: lr
+    when it does (log axis), else the first other varying key (a layer list, hidden, ...), one line
+    per rule, one panel per combination of the other varying keys. Returns the PNG paths, none when
+    nothing but seeds varies (:func:`x_key` says why)."""
+    x, _ = x_key(rows)
+    if x is None:
         return []
-    from .plots import _color, require_matplotlib
+    from .plots import _color, _label as rule_label, require_matplotlib
     plt = require_matplotlib()
+    lines_by = "rule" if x != "rule" and "rule" in rows[0] and _varies(rows, "rule") else None
+    others = [k for k in _grouping_keys(rows) if k not in (x, lines_by) and _varies(rows, k)]
     rules = sorted({str(r.get("rule", "")) for r in rows})
-    lrs = sorted({r["lr"] for r in rows})
-    others = [k for k in rows[0] if k not in ("lr", "rule", "runs", "failed") and not k.endswith(("_mean", "_std"))]
+    values = []   # the x values in order of appearance (numbers sorted)
+    for r in rows:
+        if r[x] not in values:
+            values.append(r[x])
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        values.sort()
+    key = (lambda v: v) if numeric else (lambda v: values.index(v))
+    names = [_tick(v) for v in values]
+    legend_text = [] if numeric or all(names) else [f"({chr(97 + i)}) {v}" for i, v in enumerate(values)]
+    if legend_text:
+        names = [f"({chr(97 + i)})" for i in range(len(values))]
     panels = {}
     for r in rows:
         panels.setdefault(tuple(str(r[k]) for k in others), []).append(r)
     paths = []
     for which in ("final", "best"):
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False, sharey=True)
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6),
+                                 squeeze=False, sharey=True)
         for ax, (title, members) in zip(axes[0], panels.items()):
             lines = {}
             for r in members:
-                lines.setdefault(str(r.get("rule", "")), []).append(r)
-            for rule, pts in lines.items():
-                pts.sort(key=lambda r: r["lr"])
-                x = [r["lr"] for r in pts]
+                lines.setdefault(str(r.get(lines_by, "")) if lines_by else "", []).append(r)
+            for i, (rule, pts) in enumerate(lines.items()):
+                pts.sort(key=lambda r: key(r[x]))
+                xs = np.array([key(r[x]) for r in pts], dtype=float)
                 m = np.array([r[f"{which}_accuracy_mean"] for r in pts])
-                s = np.array([r[f"{which}_accuracy_std"] for r in pts])
+                sd = np.array([r[f"{which}_accuracy_std"] for r in pts])
                 color = _color(rule, rules) if rule else None
-                ax.plot(x, m, marker="o", label=rule or None, color=color)
-                ax.fill_between(x, m - s, m + s, alpha=0.2, color=color)
-            ax.set_xscale("log")
-            ax.minorticks_off()
-            ax.set_xticks(lrs if len(lrs) <= 8 else lrs[::-(-len(lrs) // 8)])
-            ax.set_xticklabels([f"{v:g}" for v in ax.get_xticks()])
-            ax.set_xlabel("learning rate")
+                label = rule_label(rule) if rule else None
+                if numeric:
+                    ax.plot(xs, m, marker="o", label=label, color=color, ls="--" if rule == "dfa" else "-")
+                    ax.fill_between(xs, m - sd, m + sd, alpha=0.2, color=color)
+                else:   # categories: points with ± std bars, side by side, not joined by lines
+                    shift = (i - (len(lines) - 1) / 2) * 0.6 / max(len(lines), 1)
+                    ax.errorbar(xs + shift, m, yerr=sd, marker="o", ls="none", capsize=3, label=label, color=color)
+            if numeric:
+                if x == "lr" or (min(values) > 0 and max(values) / min(values) >= 10):
+                    ax.set_xscale("log")
+                ax.minorticks_off()
+                ax.set_xticks(values if len(values) <= 8 else values[::-(-len(values) // 8)])
+                ax.set_xticklabels([f"{v:g}" for v in ax.get_xticks()])
+            else:
+                ax.set_xticks(range(len(values)))
+                ax.set_xticklabels([rule_label(n) if x == "rule" else n for n in names], fontsize=8)
+                ax.set_xlim(-0.5, len(values) - 0.5)
+            ax.set_xlabel("learning rate" if x == "lr" else x)
             ax.set_title(", ".join(f"{k}={v}" for k, v in zip(others, title)) or "all runs", fontsize=9)
-            if "rule" in rows[0]:
+            ax.grid(alpha=0.3)
+            if lines_by:
                 ax.legend(fontsize=8)
-        axes[0][0].set_ylabel(f"{which} test accuracy (mean ± std over seeds)")
-        fig.tight_layout()
-        path = os.path.join(out, f"accuracy_vs_lr_{which}.png")
+        axes[0][0].set_ylabel(f"{which} test accuracy\n(mean ± std over seeds)")
+        width, height = fig.get_size_inches()
+        caption = "\n".join(textwrap.fill(t, int(17 * width), subsequent_indent="    ")
+                             for t in legend_text + list(notes))
+        n_lines = len(caption.splitlines()) if caption else 0
+        # the caption below the panels: 7-point lines, the figure grown to hold them
+        fig.set_size_inches(width, height + n_lines * 7 * 1.3 / 72)
+        fig.tight_layout(rect=(0, (n_lines * 7 * 1.3 + 6) / 72 / (height + n_lines * 7 * 1.3 / 72), 1, 1))
+        if caption:
+            fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray", va="bottom")
+        path = os.path.join(out, f"accuracy_vs_{x}_{which}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
@@ -720,7 +860,8 @@ def sweep(spec, out, client=None, scheduler=None, workers=None, retry_failed=Fal
     Notes
     -----
     Writes ``out/runs/<id>.json`` per run, ``out/sweep.json`` (the runs and their ids),
-    ``out/summary.csv`` and, with matplotlib, ``out/accuracy_vs_lr_{final,best}.png``.
+    ``out/summary.csv`` and, with matplotlib, ``out/accuracy_vs_<key>_{final,best}.png`` against
+    the key that varies (:func:`figures`; when only seeds vary it says so instead).
     Returns ``{"total", "ran", "skipped", "failed", "summary", "files"}``.
     """
     stream = stream or sys.stderr
@@ -762,13 +903,18 @@ def sweep(spec, out, client=None, scheduler=None, workers=None, retry_failed=Fal
     rows = summarise(records, varying)
     files = [os.path.join(out, "summary.csv")]
     _write_summary(rows, files[0])
+    notes = identical_rules(rows)
     if plot:
         try:
-            files += figures(rows, out)
+            files += figures(rows, out, notes)
+            if x_key(rows)[0] is None:
+                print(f"(no figures: {x_key(rows)[1]})", file=stream)
         except ImportError as e:
             print(f"(no figures: {e})", file=stream)
     failed = sum(r["status"] != "ok" for r in records)
     print(_table(rows), file=stream)
+    for note in notes:
+        print(f"note: {note}", file=stream)
     print(f"{len(records)} of {len(runs)} runs finished ({failed} failed); wrote {', '.join(files)}", file=stream)
     return {"total": len(runs), "ran": len(todo), "skipped": skipped, "failed": failed, "summary": rows,
             "files": files}

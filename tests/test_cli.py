@@ -191,3 +191,86 @@ def test_train_writes_into_a_new_runs_folder_by_default(npz, tmp_path, monkeypat
     runs = sorted(os.listdir(tmp_path / "runs"))
     assert len(runs) == 2 and all((tmp_path / "runs" / r / "history.json").is_file() for r in runs)
     assert "/runs/" in (ROOT / ".gitignore").read_text().split()
+
+
+# -- issue 26, item 3: images, named architectures and chains ---------------------------------------------
+@pytest.fixture
+def images(tmp_path):
+    """(n, 1, 32, 32) images of three classes in the .npz layout, for LeNet-5 and small chains."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 1, 32, 32)).astype(np.float32)
+    y = X[:, 0, :3, :].sum(axis=2).argmax(axis=1)
+    path = tmp_path / "images.npz"
+    np.savez(path, X_train=X[:40], y_train=y[:40], X_test=X[40:], y_test=y[40:])
+    return path
+
+
+@pytest.mark.slow
+def test_train_takes_images_and_a_named_architecture(images, tmp_path, cli_here):
+    import pyjlfa
+    from pyjlfa.experiments import lenet5
+    out = tmp_path / "lenet"
+    result = cli_here("train", "--data", images, "--arch", "lenet5", "--rule", "FA", "--epochs", "2", "--batch-size",
+                      "10", "--lr", "0.01", "--track-alignment", "0", "--quiet", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("training lenet5, rule fa, 40 samples")
+    with np.load(images) as f:
+        X, y, Xte = f["X_train"], f["y_train"], f["X_test"]
+    with pyjlfa.Network(lenet5(classes=3), input_shape=(1, 32, 32), rule="fa", seed=0) as net, \
+            pyjlfa.load(out / "model.safetensors") as saved:
+        net.fit(X, y, epochs=2, batch_size=10, optimizer=pyjlfa.SGD(lr=0.01))
+        assert saved.epochs == 2 and np.array_equal(saved.outputs(Xte), net.outputs(Xte))
+    result = cli_here("train", "--data", images, "--out", tmp_path / "dense")
+    assert result.returncode == 2 and "for images give the network with --arch lenet5|resnet20 or --layers" in result.stderr
+    result = cli_here("train", "--data", images, "--arch", "alexnet", "--out", tmp_path / "x")
+    assert result.returncode == 2 and "unknown architecture 'alexnet'" in result.stderr
+
+
+@pytest.mark.slow
+def test_compare_takes_a_chain_written_as_python(images, tmp_path, cli_here):
+    out = tmp_path / "cmp"
+    chain = "[Conv2d(1, 2, 5), ReLU(), MaxPool2d(4), Flatten(), Linear(2 * 7 * 7, 3)]"
+    result = cli_here("compare", "--data", images, "--layers", chain, "--rules", "bp", "fa", "--epochs", "1",
+                      "--batch-size", "10", "--track-alignment", "1", "--no-plots", "--quiet", "--out", out)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["bp"], ["fa"])}
+    assert set(rows) == {"bp", "fa"} and rows["bp"][4] == "-" and 0 <= float(rows["fa"][4]) <= 180
+    import json
+    params = json.loads((out / "compare.json").read_text())["params"]
+    assert params["layers"][0] == "Conv2d(in_channels=1, out_channels=2, kernel_size=(5, 5))"
+    assert params["layer_names"] == ["Conv2d(1, 2, 5)", "ReLU()", "MaxPool2d(4, 4)", "Flatten()", "Linear(98, 3)"]
+    result = cli_here("compare", "--data", images, "--layers", "[Conv2d(1, 2, 5), Softmax()]", "--out", out)
+    assert result.returncode == 2 and "'Softmax' is not a layer of pyjlfa.layers" in result.stderr
+
+
+def test_defaults_are_the_ones_the_readme_explains():
+    """Issue 26, item 14: defaults differed without a reason given; the README now gives one per place."""
+    import inspect
+    import pyjlfa
+    from pyjlfa import experiments
+    from pyjlfa.sklearn import FeedbackAlignmentClassifier, FeedbackAlignmentRegressor
+    assert inspect.signature(pyjlfa.Network.fit).parameters["batch_size"].default == 32 and pyjlfa.SGD().lr == 0.01
+    train = cli._parser().parse_args(["train"])
+    assert (train.batch_size, train.lr) == (64, 0.05)
+    compare = inspect.signature(experiments.compare).parameters
+    assert compare["batch_size"].default == 64 and "SGD(lr=0.05)" in inspect.getsource(experiments.compare)
+    clf, reg = FeedbackAlignmentClassifier(), FeedbackAlignmentRegressor()
+    assert (clf.learning_rate_init, clf.momentum, clf._auto_batch_size, reg.learning_rate_init) == (0.03, 0.9, 32, 0.001)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    section = readme[readme.index("**Defaults, and why they differ.**"):][:1500]
+    for text in ("batch 32", "lr 0.01", "batch 64 and lr 0.05", "lr 0.03, momentum 0.9 and batches of 32", "lr 0.001"):
+        assert text in section, text
+    assert "pandas is not a dependency" not in readme   # it is in the test extra, and the pandas checks run
+    reproduce = cli._parser()._subparsers._group_actions[0].choices["reproduce"]
+    help_text, = [a.help for a in reproduce._actions if "--train-size" in a.option_strings]
+    assert "lenet-fashion-mnist" in help_text
+
+
+@pytest.mark.parametrize("spelling", ["FA", "uSF", "USF"])
+def test_rule_names_are_case_insensitive_on_the_command_line(spelling, npz, tmp_path, cli_here):
+    import json
+    out = tmp_path / spelling
+    result = cli_here("train", "--data", npz, "--rule", spelling, "--hidden", "4", "--epochs", "1", "--quiet",
+                      "--track-alignment", "0", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert list(json.loads((out / "history.json").read_text())["runs"]) == [spelling.lower()]

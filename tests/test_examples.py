@@ -43,3 +43,18 @@ def test_main_job_prints_its_table(monkeypatch, capsys):
     for rule, row in rows.items():
         assert 0.7 < float(row[1]) < 1.0, row  # one epoch of FA/DFA is well above chance
     assert "epoch 1/1" in err
+
+
+@pytest.mark.slow
+def test_lenet_example_trains_each_rule_at_its_own_rate(monkeypatch, capsys):
+    """Issue 26, item 5: one rate (0.01) for every rule left FA at 31 % and blew DFA up on a first try;
+    the example now uses the rates the reproduction's search chose (LENET_LR) on standardised images,
+    at which no rule blows up (they start slowly: FA and DFA are still near chance on 3000 images)."""
+    from pyjlfa.experiments import BLOWN_UP_LOSS, LENET_LR
+    monkeypatch.setattr(sys, "argv", ["lenet.py", "--rules", "fa,dfa", "--train-size", "3000"])
+    runpy.run_path(str(ROOT / "examples" / "lenet.py"), run_name="__main__")
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.split()[:1] in (["fa"], ["dfa"])}
+    for rule in ("fa", "dfa"):
+        lr, loss = float(rows[rule][1]), float(rows[rule][3])
+        assert lr == LENET_LR[rule] and loss < BLOWN_UP_LOSS, rows[rule]

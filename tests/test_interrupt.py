@@ -164,6 +164,33 @@ def test_cli_train_exits_130_and_keeps_the_completed_epochs(tmp_path):
     assert "pyjlfa train: interrupted" in err and "completed epochs" in err
     history = json.loads((out / "history.json").read_text())["runs"]["fa"]
     assert len(history["loss"]) >= 1 and (out / "model.safetensors").is_file()
+    # Issue 26, item 8: what is printed, what is saved and what the file says agree: the last completed epoch
+    # (the model was saved "as it is now", mid-epoch, while its file said one epoch fewer).
+    done = len(history["loss"])
+    assert f"interrupted in epoch {done + 1}: saving the {done} completed epochs" in err
+    final, = [line for line in lines if line.startswith("final")]
+    assert final.startswith(f"final (epoch {done}): loss {history['loss'][-1]:.4f}  accuracy {history['accuracy'][-1]:.4f}")
+    import pyjlfa
+    with pyjlfa.load(out / "model.safetensors") as net:   # the checkpoint of that epoch: its loss is the history's
+        assert net.epochs == done
+        h = net.fit(X, y, epochs=1, batch_size=16, track_alignment=None, shuffle=True)
+    with pyjlfa.Network([20, 64, 3], rule="fa", seed=0) as ref:   # the same run, stopped after `done` epochs
+        expected = ref.fit(X, y, epochs=done + 1, batch_size=16, optimizer=pyjlfa.SGD(lr=0.05))
+    assert h["loss"][0] == expected["loss"][done]
+
+
+@pytest.mark.subprocess
+def test_cli_train_stopped_before_the_first_epoch_leaves_no_folder(tmp_path):
+    """Issue 26, item 8: Ctrl-C before the first batch left an empty run folder."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 20)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", X_train=X, y_train=X[:, :3].argmax(axis=1))
+    out = tmp_path / "run"
+    args = [sys.executable, "-u", "-m", "pyjlfa", "train", "--data", str(tmp_path / "data.npz"), "--hidden", "64",
+            "--epochs", "3", "--track-alignment", "0", "--out", str(out)]
+    sent, lines, err, code = interrupt(args, 0.3, ROOT, ready="training")   # Julia is still starting
+    assert code == 130, err[-3000:]
+    assert "interrupted before the first epoch ended: nothing saved" in err and not out.exists()
 
 
 @pytest.mark.subprocess

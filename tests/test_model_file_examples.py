@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pyjlfa
@@ -75,3 +76,31 @@ def test_julia_trains_and_saves_then_python_loads_and_finetunes(tmp_path, julia)
     assert metrics(out, "loaded after 1 epochs") == trained  # Python sees exactly the model Julia saved
     assert metrics(out, "fine-tuned to 2 epochs")[0] < trained[0]
     assert pyjlfa.load(tmp_path / "jl_py.safetensors").epochs == 2
+
+
+def test_julia_load_gives_back_pythons_optimizer_and_continues_as_python_does(tmp_path, julia):
+    """Issue 26, item 6: Julia's load dropped the optimizer (learn! defaulted to SGD(0.01); the example
+    rebuilt it by hand and lost weight_decay). Now learn! without an optimizer continues with the file's,
+    as Python's fit does after pyjlfa.load: both continue to the same parameters."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 5)), rng.integers(0, 3, size=40)
+    net = pyjlfa.Network([5, 7, 3], rule="fa", seed=2, dtype="float64")
+    net.fit(X, y, epochs=1, batch_size=8, optimizer=pyjlfa.SGD(lr=0.1, momentum=0.9, weight_decay=0.05))
+    net.save(tmp_path / "py.safetensors", include_optimizer=True)
+    X.tofile(tmp_path / "X.f64")   # C-ordered (samples, features) is Julia's column-major features x samples
+    (y + 1).astype(np.int64).tofile(tmp_path / "y.i64")   # Julia's labels are 1..K
+    script = (f'push!(LOAD_PATH, "{ROOT / "julia"}"); using FeedbackAlignment\n'
+              'net = load("py.safetensors")\n'
+              'X = Array{Float64}(undef, 5, 40); read!("X.f64", X); y = Vector{Int}(undef, 40); read!("y.i64", y)\n'
+              'println("weight_decay ", net.optimizer.weight_decay, " momentum ", net.optimizer.momentum)\n'
+              'learn!(net, X, y; epochs=1, batchsize=8)\n'
+              'save("jl.safetensors", net; include_optimizer=true)\n')
+    out = run([*julia, "-e", script], tmp_path)
+    assert "weight_decay 0.05 momentum 0.9" in out, out
+    with pyjlfa.load(tmp_path / "py.safetensors") as python, pyjlfa.load(tmp_path / "jl.safetensors") as julia_net:
+        assert python.optimizer == pyjlfa.SGD(lr=0.1, momentum=0.9, weight_decay=0.05)
+        python.fit(X, y, epochs=1, batch_size=8)          # continues with the file's optimizer
+        assert julia_net.epochs == python.epochs == 2 and julia_net.optimizer == python.optimizer
+        for a, b in zip(julia_net.layers, python.layers):
+            np.testing.assert_allclose(a.W, b.W, rtol=0, atol=1e-13)   # two BLAS libraries: float64 rounding apart
+            np.testing.assert_allclose(a.b, b.b, rtol=0, atol=1e-13)

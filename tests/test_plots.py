@@ -41,14 +41,7 @@ def _result():
 @pytest.fixture
 def drawn(monkeypatch, tmp_path):
     """Draw every figure of an 11-rule comparison and keep the matplotlib figures (not only the PNGs)."""
-    pytest.importorskip("matplotlib", reason="the figures need matplotlib (pip install pyjlfa[plot])")
-    figures = {}
-
-    def keep(fig, path):
-        figures[path.rsplit("_", 1)[-1][:-4]] = fig
-        fig.canvas.draw()
-        return path
-    monkeypatch.setattr(plots, "_save", keep)
+    figures = _kept(monkeypatch)
     plots.figures(_result(), str(tmp_path))
     assert set(figures) == {"learning", "alignment", "feedback", "summary"}
     yield figures
@@ -115,3 +108,99 @@ def test_a_fashion_mnist_subset_is_named_in_the_title(monkeypatch):
     experiments.fashion_mnist()
     assert titles[0][0] == 25 and titles[0][1].startswith("Fashion-MNIST (first 25 of 60 training images), ")
     assert titles[1][0] == 60 and titles[1][1].startswith("Fashion-MNIST, 784-256-256-10")
+
+
+# -- issue 26: any history, any network -----------------------------------------------------------------
+def _kept(monkeypatch):
+    """{name: figure} of the figures drawn from now on, kept instead of saved (the name ends their file's)."""
+    pytest.importorskip("matplotlib", reason="the figures need matplotlib (pip install pyjlfa[plot])")
+    figures = {}
+
+    def keep(fig, path):
+        figures[path.rsplit("_", 1)[-1][:-4]] = fig
+        fig.canvas.draw()
+        return path
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_figures_take_one_fit_history_or_a_dict_of_histories(monkeypatch, tmp_path):
+    """Item 1: a history as Network.fit returns it failed with KeyError: 'runs' (wrapped: 'params')."""
+    figures = _kept(monkeypatch)
+    history = _result()["runs"]["fa"]
+    plots.figures(history, str(tmp_path))
+    assert set(figures) == {"learning", "alignment", "feedback", "summary"}
+    lines = figures["learning"].axes[0].get_lines()
+    assert [list(line.get_ydata()) for line in lines] == [history["loss"], history["val_loss"]]
+    figures.clear()
+    bp = _result()["runs"]["bp"]
+    plots.figures({"BP": bp, "FA": history}, str(tmp_path))
+    legend = [t.get_text() for t in figures["learning"].legends[0].get_texts()]
+    # the names given, with their final accuracy
+    assert legend[:2] == [f"BP ({100 * bp['val_accuracy'][-1]:.2f}%)", f"FA ({100 * history['val_accuracy'][-1]:.2f}%)"]
+    figures.clear()
+    plots.learning_curves({"loss": [1.0], "accuracy": [0.5], "seconds": [1.0]}, str(tmp_path / "x.png"))
+    with pytest.raises(TypeError, match="expected a history returned by Network.fit"):
+        plots.figures({"runz": 1}, str(tmp_path))
+
+
+def test_a_one_epoch_history_is_drawn_with_markers(monkeypatch, tmp_path):
+    """Item 13: single points drawn as lines without markers were invisible."""
+    figures = _kept(monkeypatch)
+    one = {r: {"loss": [0.9], "val_loss": [1.0], "accuracy": [0.6], "val_accuracy": [0.6], "seconds": [1.0],
+               "alignment": _alignment(r, n=1)} for r in ("bp", "fa", "dfa")}
+    plots.figures(one, str(tmp_path))
+    for name in ("learning", "alignment", "feedback", "summary"):
+        for ax in figures[name].axes:
+            for line in ax.get_lines():
+                if len(line.get_xdata()) == 1:
+                    assert line.get_marker() not in (None, "None", ""), (name, ax.get_title(), line.get_label())
+
+
+def test_feedback_matrices_are_numbered_as_the_layer_panels_are(monkeypatch, tmp_path):
+    """Item 13: FA's B were "layer 1/2" and DFA's "layer 0/1" beside panels "hidden layer 0/1": now each B is
+    named by the layer whose error signal it makes, for FA (B of layer k teaches layer k-1) and DFA alike."""
+    figures = _kept(monkeypatch)
+    result = _result()
+    result["runs"] = {r: result["runs"][r] for r in ("fa", "dfa")}
+    plots.figures(result, str(tmp_path))
+    labels = [t.get_text() for t in figures["feedback"].legends[0].get_texts()]
+    assert labels == ["FA: B → δ of layer 0 (∠ W_1ᵀ)", "FA: B → δ of layer 1 (∠ W_2ᵀ)",
+                      "DFA: B → δ of layer 0 (∠ (W_1⋯W_out)ᵀ)", "DFA: B → δ of layer 1 (∠ (W_2⋯W_out)ᵀ)"]
+    panels = [ax.get_title() for ax in figures["alignment"].axes]
+    assert panels == ["hidden layer 0 (W of shape 20x16)", "hidden layer 1 (W of shape 16x16)"]
+
+
+def test_identical_curves_are_said_to_be(monkeypatch, tmp_path):
+    """Item 13: with one hidden layer FA and DFA coincide; the figure says so instead of hiding a line."""
+    figures = _kept(monkeypatch)
+    runs = {r: _result()["runs"]["fa"] for r in ("bp", "fa", "dfa")}
+    runs["bp"] = dict(runs["bp"], loss=[1.0, 0.6, 0.5])
+    plots.learning_curves(runs, str(tmp_path / "x.png"))
+    fig, = figures.values()
+    notes = [t.get_text().replace("\n", " ") for t in fig.axes[0].texts]
+    assert notes == ["identical curves: DFA = FA (with one hidden layer FA and DFA are the same rule)"]
+
+
+def test_compare_trains_any_chain_on_images_and_draws_it(tmp_path):
+    """Item 1: compare refused images (X must be 2-D); now any chain, with the histories a direct fit gives."""
+    pytest.importorskip("matplotlib")
+    import pyjlfa
+    from pyjlfa.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 1, 8, 8)).astype(np.float32)
+    y = (X[:, 0, :4].sum(axis=(1, 2)) > 0).astype(np.int64)
+    layers = [Conv2d(1, 3, 3), ReLU(), MaxPool2d(2), Flatten(), Linear(27, 8), ReLU(), Linear(8, 2)]
+    result = experiments.compare(X[:48], y[:48], (X[48:], y[48:]), rules=["bp", "fa"], layers=layers, epochs=2,
+                                 batch_size=8, track_alignment=2, out_dir=str(tmp_path), title="chain")
+    with pyjlfa.Network(layers, input_shape=(1, 8, 8), rule="fa", seed=0) as net:
+        direct = net.fit(X[:48], y[:48], epochs=2, batch_size=8, optimizer=pyjlfa.SGD(lr=0.05),
+                         validation_data=(X[48:], y[48:]), track_alignment=2)
+    fa = result["runs"]["fa"]
+    assert fa["loss"] == direct["loss"] and fa["val_accuracy"] == direct["val_accuracy"]
+    np.testing.assert_array_equal(fa["alignment"]["update_angle"], direct["alignment"]["update_angle"])
+    assert result["params"]["layer_names"][0] == "Conv2d(1, 3, 3)" and result["params"]["input_shape"] == [1, 8, 8]
+    assert {p.name for p in tmp_path.glob("*.png")} == {f"compare_{n}.png" for n in
+                                                          ("learning", "alignment", "feedback", "summary")}
+    with pytest.raises(ValueError, match=r"X of shape \(64, 1, 8, 8\) needs layers="):
+        experiments.compare(X, y, None, rules=["bp"])

@@ -466,3 +466,43 @@ def test_defaults_are_a_reasonable_drop_in_for_mlpclassifier_on_small_tabular_da
     params = FeedbackAlignmentClassifier().get_params()
     assert params["learning_rate_init"] == 0.03 and params["momentum"] == 0.9 and params["batch_size"] == "auto"
     assert FeedbackAlignmentRegressor().get_params()["learning_rate_init"] == 0.001
+
+
+# -- issue 26, item 4: any network, image input ------------------------------------------------------------
+def _images(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 1, 8, 8))
+    return X, X[:, 0, :3].sum(axis=2).argmax(axis=1)   # three classes by the brightest of three rows
+
+
+def test_layers_train_on_images_as_a_network_does():
+    """The estimator with layers=[...] on (n, C, H, W) input (it said "Found array with dim 4") is the
+    Network it describes, trained epoch by epoch with the solver's optimizer."""
+    from pyjlfa.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU
+    X, y = _images()
+    layers = [Conv2d(1, 4, 3, padding="same", bias=False), BatchNorm2d(4), ReLU(), Flatten(), Linear(256, 3)]
+    clf = FeedbackAlignmentClassifier(layers=layers, max_iter=4, random_state=3, n_iter_no_change=100).fit(X, y)
+    with pyjlfa.Network(layers, input_shape=(1, 8, 8), rule="fa", seed=3, dtype="float64") as net:
+        optimizer = pyjlfa.SGD(lr=0.03, momentum=0.9)
+        losses = [net.fit(X, y, epochs=1, batch_size=32, optimizer=optimizer)["loss"][0] for _ in range(4)]
+        np.testing.assert_array_equal(clf.predict_proba(X), net.predict_proba(X))
+    assert clf.loss_curve_ == losses and clf.n_features_in_ == 1 and clf.n_layers_ == 3
+    assert [W.shape for W in clf.coefs_] == [(4, 1, 3, 3), (256, 3)] and clf.intercepts_[0] is None
+    # A pickle keeps batch norm's arrays too; the chain may also be given as its text.
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+    text = FeedbackAlignmentClassifier(layers=repr(layers), max_iter=4, random_state=3, n_iter_no_change=100)
+    np.testing.assert_array_equal(text.fit(X, y).predict_proba(X), clf.predict_proba(X))
+    with pytest.raises(ValueError, match=r"X has 2 features, but FeedbackAlignmentClassifier is expecting 1"):
+        clf.predict(X.reshape(len(X), 2, 32))
+
+
+def test_layers_with_early_stopping_restore_batch_norm_too():
+    from pyjlfa.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU
+    X, y = _images(200, seed=1)
+    layers = [Conv2d(1, 4, 3, bias=False), BatchNorm2d(4), ReLU(), Flatten(), Linear(144, 3)]
+    clf = FeedbackAlignmentClassifier(layers=layers, learning_rate_init=0.3, max_iter=12, n_iter_no_change=12,
+                                      early_stopping=True, validation_fraction=0.25, random_state=5).fit(X, y)
+    _, X_val, _, y_val = train_test_split(X, y, random_state=np.random.RandomState(5), test_size=0.25, stratify=y)
+    assert clf.validation_scores_[-1] < clf.best_validation_score_   # so the restore is exercised
+    assert clf.score(X_val, y_val) == clf.best_validation_score_

@@ -310,3 +310,109 @@ def test_sklearn_grid_search_on_dask_equals_sequential():
                                       sequential.cv_results_[f"split{k}_test_score"])
     assert on_dask.best_params_ == sequential.best_params_
     np.testing.assert_array_equal(on_dask.predict_proba(Xtr), sequential.predict_proba(Xtr))
+
+
+# -- issue 26, item 2: sweeps over architectures, on images ---------------------------------------------
+IMAGES = {"name": "npz", "path": None}
+CHAIN = "[Conv2d(1, 3, 3), ReLU(), MaxPool2d(2), Flatten(), Linear(3 * 3 * 3, 3)]"
+
+
+@pytest.fixture
+def image_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 1, 8, 8)).astype(np.float32)
+    y = X[:, 0].reshape(90, 4, 16).sum(axis=2)[:, :3].argmax(axis=1)
+    path = tmp_path / "images.npz"
+    np.savez(path, X_train=X[:60], y_train=y[:60], X_test=X[60:], y_test=y[60:])
+    return str(path)
+
+
+def test_a_grid_over_architectures_plans_one_run_per_chain(image_npz):
+    spec = {"data": {"name": "npz", "path": image_npz}, "fixed": {"epochs": 1},
+            "grid": {"layers": [CHAIN, "lenet5", "resnet20"], "rule": ["bp", "fa"]}}
+    data, runs, varying = plan(spec)
+    assert varying == ["layers", "rule"] and len(runs) == 6
+    assert [config["layers"] for _, config in runs[::2]] == [CHAIN, "lenet5", "resnet20"]
+    assert all("hidden" not in config for _, config in runs)   # the dense default does not apply to a chain
+
+
+@pytest.mark.parametrize("layers, message", [
+    ("[Linear(4, 2), Softmax()]", r"'Softmax' is not a layer of pyjlfa.layers; it has Conv2d, .*Dropout"),
+    ("[__import__('os').system('echo hi')]", r"is not a layer call or a literal \(the text is read, not run"),
+    ("[Linear(4, 2)", r"cannot read .* as Python"),
+    ("vgg16", r"unknown architecture 'vgg16'; known: 'lenet5', 'resnet<depth>'"),
+    ("resnet21", r"depth must be 6n \+ 2"),
+])
+def test_a_chain_is_read_not_run(layers, message, tmp_path):
+    spec = dict(TINY, grid={"layers": [layers]}, fixed={"epochs": 1})
+    with pytest.raises(SpecError, match=message):
+        plan(spec)
+
+
+def test_layers_and_the_dense_keys_exclude_each_other():
+    with pytest.raises(SpecError, match="hidden: describes the dense network, but layers gives the network"):
+        plan(dict(TINY, grid={"layers": [CHAIN]}, fixed={"hidden": [4]}))
+    with pytest.raises(SpecError, match=r"data\.pad: applies to images; add images = true"):
+        plan(dict(TINY, data={"name": "fashion_mnist", "pad": 2}))
+    spec = {"data": {"name": "fashion_mnist", "images": True, "pad": 0, "normalize": False},
+            "grid": {"layers": [CHAIN]}}
+    assert plan(spec)[0] == spec["data"]
+
+
+def test_an_image_run_equals_a_direct_fit(image_npz):
+    """run_config (what a worker does) on 4-D data with a chain: the history a Network.fit by hand gives."""
+    from pyjlfa.layers import from_text
+    from pyjlfa.sweep import run_config
+    data = {"name": "npz", "path": image_npz}
+    config = {"layers": CHAIN, "rule": "fa", "lr": 0.05, "epochs": 2, "batch_size": 16, "seed": 3}
+    record = run_config(data, config)
+    assert record["status"] == "ok", record.get("traceback")
+    Xtr, ytr, Xte, yte = load_data(data)
+    with pyjlfa.Network(from_text(CHAIN), input_shape=(1, 8, 8), rule="fa", seed=3) as net:
+        h = net.fit(Xtr, ytr, epochs=2, batch_size=16, optimizer=pyjlfa.SGD(lr=0.05), validation_data=(Xte, yte))
+    assert {k: v for k, v in record["history"].items() if k != "seconds"} == {k: v for k, v in h.items() if k != "seconds"}
+    lenet = run_config(data, dict(config, layers="lenet5"))   # LeNet-5 takes 32 x 32 images: the engine says so
+    assert lenet["status"] == "error" and "Conv" in lenet["error"]
+
+
+def test_fashion_mnist_as_images_is_standardised_and_padded():
+    if not os.path.isdir(os.environ.get("PYJLFA_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")):
+        pytest.skip("Fashion-MNIST is not installed (Debian: dataset-fashion-mnist)")
+    data = {"name": "fashion_mnist", "images": True, "train_size": 50, "test_size": 20}
+    Xtr, ytr, Xte, yte = load_data(data)
+    flat = load_data({"name": "fashion_mnist", "train_size": 50, "test_size": 20})[0]
+    assert Xtr.shape == (50, 1, 32, 32) and Xte.shape == (20, 1, 32, 32)
+    inner = (flat.reshape(50, 28, 28) - np.float32(0.2860)) / np.float32(0.3530)
+    np.testing.assert_allclose(Xtr[:, 0, 2:30, 2:30], inner, rtol=1e-6)
+    assert not Xtr[:, 0, :2].any() and not Xtr[:, 0, :, 30:].any()
+
+
+def _rows(key, values, rules=("bp", "fa", "dfa")):
+    return [dict({key: v} if key else {}, rule=r, runs=2, failed=0, final_accuracy_mean=0.5 + 0.1 * i + 0.05 * (r == "bp"),
+                 final_accuracy_std=0.01, best_accuracy_mean=0.6 + 0.1 * i, best_accuracy_std=0.01, seconds_mean=1.0)
+            for i, v in enumerate(values) for r in rules]
+
+
+def test_figures_are_drawn_against_whichever_key_varies(tmp_path):
+    """Figures were drawn only when lr was in the grid, silently none otherwise."""
+    pytest.importorskip("matplotlib")
+    import importlib
+    sweep_module = importlib.import_module("pyjlfa.sweep")
+    rows = _rows("layers", [CHAIN, "lenet5"])
+    assert sweep_module.x_key(rows) == ("layers", "")
+    assert sweep_module.x_key(_rows("hidden", [[5], [5, 5]], rules=("fa",))) == ("hidden", "")
+    assert sweep_module.x_key(_rows(None, [0], rules=("bp", "fa"))) == ("rule", "")
+    key, why = sweep_module.x_key(_rows(None, [0], rules=("fa",)))
+    assert key is None and why.startswith("every run has the same configuration but its seeds")
+    notes = sweep_module.identical_rules(rows)
+    assert len(notes) == 2 and notes[0].startswith("fa and dfa give identical results at layers=[Conv2d(") \
+        and "FA and DFA are one rule in a network with one hidden layer" in notes[0]
+    paths = sweep_module.figures(rows, str(tmp_path), notes)
+    assert [os.path.basename(p) for p in paths] == ["accuracy_vs_layers_final.png", "accuracy_vs_layers_best.png"]
+    assert sweep_module.figures(_rows(None, [0], rules=("fa",)), str(tmp_path)) == []
+
+
+def test_rule_names_in_a_spec_are_case_insensitive():
+    """Issue 26, item 14: "FA" and "fa" are one rule (one summary row, one colour)."""
+    data, runs, _ = plan(dict(TINY, grid={"rule": ["FA", "uSF", "wm(steps=2)"]}))
+    assert [config["rule"] for _, config in runs] == ["fa", "usf", "wm(steps=2)"]

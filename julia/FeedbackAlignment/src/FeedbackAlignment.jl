@@ -27,7 +27,7 @@ export Network, Chain, Layer, Dense, Conv, MaxPool, MeanPool, GlobalMeanPool, Fl
     LeCunNormal, Uniform, Normal, Orthogonal, Sparse, SignConcordant, Zeros, Given, SplitMix64,
     DivergenceError, sigmoid, relu, leakyrelu, learn!, train_epoch!, step!, gradients, gradients!,
     predict, predict_proba, outputs, evaluate, feedback_shape
-export save, load, ModelFileError
+export save, load, read_metadata, ModelFileError
 export alignment, AlignmentTracker, teacher_task
 
 include("rng.jl")

@@ -127,18 +127,19 @@ state_tensors(net::Network, slots) =
 # Writing
 
 """
-    save(path, net; include_optimizer=false, optimizer=nothing) -> path
+    save(path, net; include_optimizer=false, optimizer=net.optimizer) -> path
 
 Write `net` to a model file that both Julia (`load`) and Python (`pyjlfa.load`) read: its
 parameters and feedback matrices, the epochs trained and the state of its generator, and what
 built it (input shape, layer chain, loss, rule, initialisers, seeds, dtype); docs/model-format.md
 is the format. With `include_optimizer`,
 the optimiser state (SGD's velocities, Adam's moments and step count, Kolen-Pollack's B state) too,
-so that training resumes exactly; pass the
-`optimizer` to record its hyperparameters as well. The file is written to a temporary file in the
+so that training resumes exactly, and the hyperparameters of `optimizer` (by default the network's
+own: the one `learn!` last used or `load` read), which `load` gives back as `net.optimizer`. The file is written to a temporary file in the
 same folder and renamed, so `path` never holds a half-written file.
 """
-function save(path::AbstractString, net::Network{T}; include_optimizer::Bool=false, optimizer=nothing) where {T}
+function save(path::AbstractString, net::Network{T}; include_optimizer::Bool=false,
+              optimizer=net.optimizer) where {T}
     ENDIAN_BOM == 0x04030201 || error("model files are little-endian; this machine is not")
     meta = file_metadata(net)
     tensors = network_tensors(net)
@@ -278,8 +279,9 @@ rebuild(registry, what, name, ps, path) = from_record(what, name, ps, path)
     load(path) -> Network
 
 A new network from a model file written by `save` or by Python's `Network.save`: the same
-parameters, feedback matrices, epochs, generator state and (when the file has it) optimiser
-state, so training continues exactly where it stopped. Throws a `ModelFileError` saying what is
+parameters, feedback matrices, epochs, generator state and (when the file has them) optimiser
+state and hyperparameters, as `net.optimizer`, which `learn!` continues with when given no
+`optimizer`: training continues exactly where it stopped, as after Python's `pyjlfa.load`. Throws a `ModelFileError` saying what is
 wrong for a truncated or corrupt file, a safetensors file that is not a pyjlfa model, an unknown
 format version, or tensors that disagree with the metadata.
 """
@@ -320,8 +322,8 @@ function load(path::AbstractString)
                                        "[] or $(json(STATE_SLOTS_BY_NAME[kind])) for $kind"))
             isempty(slots) || new_state!(net, kind)
             haskey(meta, "optimizer_steps") && (net.optsteps = integer_field(meta, "optimizer_steps", path, Int64))
-            haskey(meta, "optimizer_params") && from_record("optimizer", kind,
-                json_field(meta, "optimizer_params", path, is_object, "a JSON object"), path)
+            haskey(meta, "optimizer_params") && (net.optimizer = from_record("optimizer", kind,
+                json_field(meta, "optimizer_params", path, is_object, "a JSON object"), path))
         end
 
         # The tensors this network holds, in Python's shapes (Julia is the one source of shapes).

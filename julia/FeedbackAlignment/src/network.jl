@@ -362,6 +362,7 @@ mutable struct Network{T<:AbstractFloat,NX,R<:LearningRule,L<:Loss,RT<:ChainNode
     training::Bool                   # the mode `forward!` and `gradients` use (`trainmode!`, `testmode!`)
     m::Int                           # observations in the last forward pass
     seen::Vector{Array{T}}           # per leaf, the input it read in the last forward pass
+    optimizer::Any                   # what `learn!` continues with: the last one it used, or a loaded file's
 end
 
 """
@@ -419,7 +420,8 @@ function Network(chain::Chain; input=nothing, rule::LearningRule=FA(), loss::Los
     flat = Tuple(b.leaves)
     return Network{T,NX,typeof(rule),typeof(loss),typeof(root),typeof(flat),typeof(insize)}(
         chain, insize, root, flat, rule, loss, UInt64(seed), UInt64(feedback_seed), stream(seed, 3), :none, 0, 0,
-        init, inputs, Int[], false, any(>(0), b.dropouts), true, 0, Array{T}[Array{T,length(n.insize)+1}(undef, n.insize..., 0) for n in flat])
+        init, inputs, Int[], false, any(>(0), b.dropouts), true, 0, Array{T}[Array{T,length(n.insize)+1}(undef, n.insize..., 0) for n in flat],
+        nothing)
 end
 
 function Network(sizes::AbstractVector{<:Integer}; activation=tanh, dropout=0.0, kwargs...)

@@ -128,18 +128,23 @@ function gather_targets!(b::InputBuffers, Y::AbstractMatrix, idx)
 end
 
 """
-    learn!(net, X, Y; epochs=1, batchsize=32, optimizer=SGD(0.01), shuffle=true,
+    learn!(net, X, Y; epochs=1, batchsize=32, optimizer=net's own, shuffle=true,
            validation=nothing, verbose=false, observe=nothing) -> history
 
 Train for `epochs` passes over (X, Y) (observations last: features x observations, or width x
 height x channels x observations; class labels 1..K, or targets outputs x observations for MSE).
 Returns one named tuple per epoch with the epoch number, the training loss and accuracy and, given
 `validation = (Xv, Yv)`, the validation loss and accuracy. `observe` is passed on to `train_epoch!`.
+
+Without `optimizer`, training continues with the network's own (`net.optimizer`): the one the last
+`learn!` used, or the one a model file recorded (`load`; its state, such as momentum, carries on);
+a new network starts with `SGD(0.01)`. As Python's `Network.fit`.
 """
 function learn!(net::Network{T}, X, Y; epochs::Integer=1, batchsize::Integer=32,
-                optimizer::Optimiser=SGD(0.01), shuffle::Bool=true, validation=nothing,
+                optimizer::Optimiser=something(net.optimizer, SGD(0.01)), shuffle::Bool=true, validation=nothing,
                 verbose::Bool=false, observe=nothing) where {T}
     epochs >= 1 || throw(ArgumentError("epochs must be at least 1, got $epochs"))
+    net.optimizer = optimizer
     X = as_input(net, X)
     validation === nothing || (validation = (as_input(net, validation[1]), validation[2]))
     history = NamedTuple{(:epoch, :loss, :accuracy, :val_loss, :val_accuracy),Tuple{Int,Float64,Float64,Float64,Float64}}[]

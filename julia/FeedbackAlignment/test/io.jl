@@ -148,6 +148,18 @@ end
             resumed = load(path("r.safetensors"))
             learn!(resumed, X, y; epochs=1, batchsize=4, optimizer=SGD(0.05, 0.9))
             @test samebits(straight, resumed) && resumed.epochs == 2
+            # load gives back the optimiser (issue 26): learn! continues with it, weight decay included
+            decayed = SGD(0.05; momentum=0.9, weight_decay=1e-3)
+            straight = Network([6, 8, 3]; rule=rule, seed=1, T=Float64)
+            learn!(straight, X, y; epochs=2, batchsize=4, optimizer=decayed)
+            first = Network([6, 8, 3]; rule=rule, seed=1, T=Float64)
+            learn!(first, X, y; epochs=1, batchsize=4, optimizer=decayed)
+            @test first.optimizer == decayed
+            save(path("r.safetensors"), first; include_optimizer=true)   # records first.optimizer
+            resumed = load(path("r.safetensors"))
+            @test resumed.optimizer == decayed && load(path("r0.safetensors")).optimizer === nothing
+            learn!(resumed, X, y; epochs=1, batchsize=4)
+            @test samebits(straight, resumed) && resumed.epochs == 2
             without = load(path("r0.safetensors"))   # no velocities: a different second epoch
             @test without.optkind === :none && all(st -> all(isempty, values(st.slots)), without.layers)
             learn!(without, X, y; epochs=1, batchsize=4, optimizer=SGD(0.05, 0.9))
