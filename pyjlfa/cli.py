@@ -192,7 +192,7 @@ def _parser():
                      help="learning rates --search tries (default 0.0001 0.0003 0.001 0.003 0.01 0.03 0.1)")
     rep.add_argument("--test-size", type=_positive_int, metavar="N", help="first N test images (the tables)")
     rep.add_argument("--train-size", type=_positive_int, metavar="N",
-                     help="first N training images (fashion-mnist and the tables; with --search, the first N "
+                     help="first N training images (fashion-mnist, lenet-fashion-mnist, resnet20-fashion-mnist; with --search, the first N "
                           "of those it trains on)")
     rep.add_argument("--data-path", metavar="DIR", help="Fashion-MNIST folder, or an .npz file of images (the tables)")
     rep.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of every random draw")

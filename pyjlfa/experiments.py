@@ -233,6 +233,8 @@ def compare(X, y, validation_data, rules=None, sizes=None, activation="tanh", ep
         The rules (default: all).
     sizes : list of int, optional
         Layer widths.
+    layers : list of layers, optional
+        Any network (pyjlfa.layers) instead of the dense one, for image data too.
     activation : str
         Hidden activation.
     epochs, batch_size : int
@@ -486,7 +488,15 @@ class Recipe:
 
 
 def lenet5(in_channels=1, classes=10):
-    """LeNet-5 as biotorch builds it (ReLU, max pooling), for in_channels x 32 x 32 images."""
+    """LeNet-5 as biotorch builds it (ReLU, max pooling), for in_channels x 32 x 32 images.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input images.
+    classes : int
+        Outputs of the last layer.
+    """
     from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
     return [Conv2d(in_channels, 6, 5), ReLU(), MaxPool2d(2), Conv2d(6, 16, 5), ReLU(), MaxPool2d(2),
             Conv2d(16, 120, 5), ReLU(), Flatten(), Linear(120, 84), ReLU(), Linear(84, classes)]
@@ -494,7 +504,17 @@ def lenet5(in_channels=1, classes=10):
 
 def architecture(name, in_channels=1, classes=10):
     """A named network as a list of layers: "lenet5", or "resnet<depth>" ("resnet20", "resnet56"),
-    for 32 x 32 images with ``in_channels`` channels and ``classes`` outputs."""
+    for 32 x 32 images with ``in_channels`` channels and ``classes`` outputs.
+
+    Parameters
+    ----------
+    name : str
+        "lenet5" or "resnet<depth>".
+    in_channels : int
+        Channels of the input images.
+    classes : int
+        Outputs of the last layer.
+    """
     if name == "lenet5":
         return lenet5(in_channels, classes)
     if isinstance(name, str) and name.startswith("resnet") and name[6:].isdigit():
@@ -507,7 +527,17 @@ def resnet(depth=20, in_channels=1, classes=10):
     """The small ResNet of He et al. (2016) for 32 x 32 images as biotorch builds it: a 3x3 conv with
     16 channels, batch norm and ReLU, three stages of (depth - 2) / 6 basic blocks with 16, 32 and 64
     channels (the first block of stages two and three halves the image, with option-A "pad"
-    shortcuts), global average pooling and a Linear layer. ``depth=20`` is ResNet-20, 56 ResNet-56."""
+    shortcuts), global average pooling and a Linear layer. ``depth=20`` is ResNet-20, 56 ResNet-56.
+
+    Parameters
+    ----------
+    depth : int
+        6n + 2 layers with weights.
+    in_channels : int
+        Channels of the input images.
+    classes : int
+        Outputs of the last layer.
+    """
     from .layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, ReLU, Residual
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, ...), got {depth!r}")
@@ -590,7 +620,19 @@ def _normalised_padded(X, pad=2, normalize=True):
 def fashion_mnist_images(path=None, dtype="float32", pad=2, normalize=True):
     """Fashion-MNIST as (n, 1, 28 + 2 pad, 28 + 2 pad) images, standardised by the training pixels'
     mean and std (with ``normalize``, as biotorch's LeNet runs do) before zero padding:
-    (X_train, y_train, X_test, y_test)."""
+    (X_train, y_train, X_test, y_test).
+
+    Parameters
+    ----------
+    path : str, optional
+        The Fashion-MNIST folder (default: where the set-up installed it).
+    dtype : str
+        "float32" or "float64".
+    pad : int
+        Zero pixels added on every side.
+    normalize : bool
+        Standardise by the training pixels' mean and std first.
+    """
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"pad must be an integer >= 0 (pixels added on every side), got {pad!r}")
     Xtr, ytr, Xte, yte = datasets.fashion_mnist(path=path, dtype=dtype, images=True)

@@ -651,6 +651,8 @@ class Network:
             Draw a progress bar on stderr.
         track_alignment : int, optional
             Record the alignment diagnostics every this many batches.
+        on_epoch_end : callable, optional
+            Called as ``on_epoch_end(net, history)`` after each epoch.
 
         Returns
         -------
