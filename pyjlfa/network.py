@@ -817,8 +817,8 @@ class Network:
         elif not isinstance(out, np.ndarray) or out.shape != X.shape or out.dtype != self.dtype \
                 or not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError(f"out must be a writeable C-contiguous {self.dtype.name} array of X's shape {X.shape}")
-        self._engine.call("fa_input_gradient", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
-                          0 if through == "weights" else 1, out.ctypes.data)
+        self._call("fa_input_gradient", self._id(), X.ctypes.data, X.shape[0], self.n_features, y.ctypes.data,
+                   0 if through == "weights" else 1, out.ctypes.data)
         return out
 
     def _node_list(self):

@@ -74,9 +74,9 @@ def _through(through):
 
 def _run(net, code, X, y, eps, bounds, out, used, through=0, steps=0, step_size=0.0, restarts=1, queries=1,
          p_init=0.05, seed=0):
-    net._engine.call("fa_attack", net._id(), code, X.ctypes.data, X.shape[0], net.n_features, y.ctypes.data,
-                     eps, bounds[0], bounds[1], through, steps, step_size, restarts, queries, p_init, seed,
-                     out.ctypes.data, None if used is None else used.ctypes.data)
+    net._call("fa_attack", net._id(), code, X.ctypes.data, X.shape[0], net.n_features, y.ctypes.data,
+              eps, bounds[0], bounds[1], through, steps, step_size, restarts, queries, p_init, seed,
+              out.ctypes.data, None if used is None else used.ctypes.data)
     return out
 
 
