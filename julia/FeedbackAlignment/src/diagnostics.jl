@@ -54,8 +54,8 @@ layer_role(rule::LearningRule, net, l) = isempty(net.layers[l].params) ? :no_par
 
 # The parameters a layer's update is compared on: W for a weight layer (as the papers compare), else
 # all of them (batch norm's γ and β).
-compared_params(st) = weight_layer(st.layer) ? (st.params.W,) : Tuple(values(st.params))
-compared_grads(st) = weight_layer(st.layer) ? (st.grads.W,) : Tuple(values(st.grads))
+# `arrays` is the node's params or grads (or the probe's copy of its grads, in the same order).
+compared_arrays(st, arrays) = weight_layer(st.layer) ? (first(arrays),) : Tuple(arrays)
 
 # dot_norms summed over pairs of arrays: one vector made of them all.
 dot_norms(as::Tuple, bs::Tuple) = reduce((u, v) -> u .+ v, map(dot_norms, as, bs))
@@ -194,19 +194,19 @@ function alignment_matrix!(out::AbstractMatrix{Float64}, probe::AlignmentProbe{T
             continue
         end
         p = findfirst(==(l), params)
-        rule_grads = weight_layer(st.layer) ? (probe.grads[p][1],) : Tuple(probe.grads[p])
+        rule_grads = compared_arrays(st, probe.grads[p])
         rule_d, bp_d = rule_delta(p), buffers(st, m).D
         role == :feedback && (all(iszero, rule_grads) || iszero(rule_d)) && (role = :no_signal)
         compared = role == :feedback
         target = st.B === nothing ? nothing : feedback_target(net.rule, net, l)
-        update = dot_norms(rule_grads, compared_grads(st))   # one pass each: angle and norms together
+        update = dot_norms(rule_grads, compared_arrays(st, values(st.grads)))   # one pass each: angle and norms together
         feedback = target === nothing ? (NaN, NaN, NaN) : dot_norms(st.B, target)
         out[1, l] = findfirst(==(role), ALIGNMENT_ROLES) - 1
         out[2, l] = compared ? angle_between(rule_d, bp_d) : NaN
         out[3, l] = compared ? degrees_between(update...) : NaN
         out[4, l] = target === nothing ? NaN : degrees_between(feedback...)
         out[5, l] = compared ? mean_column_product(bp_d, rule_d) : NaN
-        out[6, l] = ratio(sqrt(update[2]), sqrt(sum(a -> norm64(a)^2, compared_params(st))))
+        out[6, l] = ratio(sqrt(update[2]), sqrt(sum(a -> norm64(a)^2, compared_arrays(st, values(st.params)))))
         out[7, l] = ratio(sqrt(update[2]), sqrt(update[3]))
         out[8, l] = target === nothing ? NaN : ratio(sqrt(feedback[3]), sqrt(feedback[2]))
     end
